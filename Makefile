@@ -1,0 +1,34 @@
+# hoigen: two commands set everything up on a fresh machine.
+#   make demo   install, then run recipes/quickstart.yaml (procedural objects -> NOCS export + contact sheet)
+#   make test   install, then lint and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.hoigen-installed
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch==2.13.0 is a CPU build on local disk; an unpinned torch downloads several GB of CUDA wheels
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/hoigen run recipes/quickstart.yaml
+
+test: install lint
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check hoigen tests
+
+bench: install
+	$(BIN)/python -m hoigen.bench
+
+clean:
+	rm -rf out demo .pytest_cache .ruff_cache

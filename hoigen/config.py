@@ -1,0 +1,151 @@
+"""Stage options and recipes: the one place where every default lives.
+
+Each stage has an options dataclass; the CLI fills only what the user passed and recipes
+(``recipes/*.yaml``) fill the rest, so a default is written once. A recipe is a YAML mapping with
+``seed``, ``out`` and one section per stage; an unknown key is rejected with the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hoigen.errors import HoigenError
+
+
+@dataclass
+class Common:
+    seed: int = 0
+    workers: int = 1
+    shard_index: int | None = None
+    num_shards: int | None = None
+    quiet: bool = False
+
+
+@dataclass
+class GraspOptions:
+    objects: Path | None = None  # a folder of meshes; None -> the embedded procedural objects
+    categories: list[str] | None = None  # procedural categories (None -> all)
+    category: str | None = None  # category for every mesh of --objects
+    grasps: int = 2  # grasps per object
+    frames: int = 8  # frames of the approach trajectory (the paper uses 8)
+    side: str = "right"
+    mano_dir: Path | None = None
+    objects_per_shard: int = 1
+    approach_distance: float = 0.3  # metres from the grasp to the start pose (as the original code)
+
+
+@dataclass
+class RenderOptions:
+    views: int = 2  # cameras per trajectory (fixed along the trajectory)
+    size: int = 512
+    supersample: int = 1
+
+
+@dataclass
+class SynthOptions:
+    prompts: Path | None = None
+    model: str = "tiny-random"
+    controlnet: str | None = None
+    steps: int = 20
+    guidance: float = 7.5
+    size: int | None = None  # None -> 512 for real models, 64 for the tiny stand-in
+    negative_prompt: str | None = None
+    batch_size: int = 4
+    device: str = "auto"
+
+
+@dataclass
+class ExportOptions:
+    format: str = "nocs"
+    split: str = "train"
+
+
+@dataclass
+class TrainOptions:
+    model: str = "tiny-random"
+    steps: int = 100
+    lr: float = 1e-5  # the paper's learning rate
+    batch_size: int = 4
+    size: int = 64
+    text_dropout: float = 0.1
+    bg_dir: Path | None = None
+    bg_every: int = 10
+    bg_weight: float = 1.0
+
+
+@dataclass
+class Recipe:
+    """A whole chain: ``hoigen run RECIPE`` runs every section present, in stage order."""
+
+    seed: int = 0
+    out: Path = Path("out")
+    grasp: GraspOptions | None = None
+    render: RenderOptions | None = None
+    synthesize: SynthOptions | None = None
+    export: ExportOptions | None = None
+    train: TrainOptions | None = None
+    workers: int = 1
+    name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+SECTIONS = {"grasp": GraspOptions, "render": RenderOptions, "synthesize": SynthOptions,
+            "export": ExportOptions, "train": TrainOptions}
+PATH_FIELDS = {"objects", "mano_dir", "prompts", "bg_dir"}
+
+
+def _check_keys(given: dict[str, Any], valid: list[str], where: str) -> None:
+    for key in given:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+            raise HoigenError(f"{where}: unknown key '{key}'{hint}")
+
+
+def build_options(cls: type, values: dict[str, Any], where: str, base: Path | None = None) -> Any:
+    """Make ``cls`` from a mapping, rejecting unknown keys; relative paths resolve against ``base``."""
+    _check_keys(values, [f.name for f in fields(cls)], where)
+    kwargs = {}
+    for key, value in values.items():
+        if key in PATH_FIELDS and value is not None:
+            value = Path(value)
+            if base is not None and not value.is_absolute():
+                value = base / value
+        if key == "categories" and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Read a recipe YAML; paths inside it are relative to the current directory."""
+    path = Path(path)
+    if not path.exists():
+        raise HoigenError(f"{path}: recipe not found; see recipes/ for examples")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise HoigenError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise HoigenError(f"{path}: a recipe must be a mapping of sections")
+    top = ["seed", "out", "workers", "name", *SECTIONS]
+    _check_keys(data, top, str(path))
+    recipe = Recipe(seed=int(data.get("seed", 0)), out=Path(data.get("out", "out")),
+                    workers=int(data.get("workers", 1)), name=str(data.get("name", path.stem)))
+    for section, cls in SECTIONS.items():
+        if section in data:
+            setattr(recipe, section, build_options(cls, data[section] or {}, f"{path} [{section}]"))
+    return recipe
+
+
+def to_config(*options: Any) -> dict[str, Any]:
+    """Options as a JSON-able dict for ``run.json``."""
+    out: dict[str, Any] = {}
+    for opt in options:
+        out.update({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opt).items()})
+    return out

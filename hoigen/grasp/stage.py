@@ -1,0 +1,106 @@
+"""The grasp stage: objects in, one sample per trajectory frame out.
+
+Planning saves every object to ``<out>/objects/`` (``objects.parquet`` beside the shards) and
+groups object ids into input units (``objects_per_shard`` each). For each object and grasp the
+object gets a random yaw (its bounding-box centre at the world origin, y up), a grasp is
+synthesised in the mesh frame and moved to the world, and the approach trajectory is posed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from hoigen.config import GraspOptions
+from hoigen.data.runner import StageContext, Task
+from hoigen.data.schema import Sample, sample_key
+from hoigen.errors import HoigenError
+from hoigen.grasp.metrics import APPROACH_FREE_FRAMES, penetration_cm
+from hoigen.grasp.synth import synthesize_grasp
+from hoigen.grasp.trajectory import approach_trajectory
+from hoigen.objects import ObjectAsset, load_objects, procedural_objects, read_objects, save_objects
+
+START_TILT_DEG = 20.0
+
+
+def plan_grasp(opts: GraspOptions, out_dir: Path, seed: int) -> tuple[list[Task], list[ObjectAsset]]:
+    """Load or make the objects, save them beside the shards, and group them into tasks."""
+    if opts.objects is not None:
+        assets = load_objects(Path(opts.objects), category=opts.category)
+    else:
+        assets = procedural_objects(opts.categories, seed=seed)
+    if not assets:
+        raise HoigenError("no objects to grasp; check --objects or --categories")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_objects(assets, out_dir)
+    per = max(1, opts.objects_per_shard)
+    tasks = [Task(i, tuple({"__key__": a.id} for a in assets[j:j + per]))
+             for i, j in enumerate(range(0, len(assets), per))]
+    return tasks, assets
+
+
+@lru_cache(maxsize=4)
+def _objects(folder: str) -> dict[str, ObjectAsset]:
+    return read_objects(Path(folder))
+
+
+def object_pose(asset: ObjectAsset, rng: np.random.Generator) -> np.ndarray:
+    """Mesh frame -> world: a random yaw about y, bounding-box centre at the origin."""
+    rot = Rotation.from_euler("y", rng.uniform(0.0, 2 * np.pi)).as_matrix()
+    centre = asset.mesh.bounds.mean(axis=0)
+    pose = np.eye(4)
+    pose[:3, :3] = rot
+    pose[:3, 3] = -rot @ centre
+    return pose
+
+
+def grasp_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample]:
+    """For each object id in ``samples``: ``grasps`` grasps x ``frames`` trajectory frames."""
+    from hoigen.hand import load_hand
+
+    cfg = ctx.config
+    hand = load_hand(cfg["side"], cfg.get("mano_dir"))
+    objects = _objects(str(ctx.out_dir))
+    for item in samples:
+        asset = objects[item["__key__"]]
+        for g in range(cfg["grasps"]):
+            rng = ctx.rng(asset.id, g)
+            pose = object_pose(asset, rng)
+            result = synthesize_grasp(asset.mesh, hand, rng)
+            final = result.pose.transformed(pose)
+            approach = pose[:3, :3] @ result.approach_dir
+            tilt = Rotation.from_rotvec(rng.normal(size=3) / np.sqrt(3) * np.deg2rad(START_TILT_DEG)).as_matrix()
+            frames = approach_trajectory(final, approach, cfg["frames"], cfg["approach_distance"],
+                                         start_rotation=tilt @ final.rotation)
+            params = [f.mano_params(hand) for f in frames]
+            out = hand.forward(*(np.stack([p[k] for p in params]) for k in ("global_orient", "hand_pose", "betas", "transl")))
+            world_mesh = asset.mesh.copy().apply_transform(pose)
+            early = out.vertices[: max(0, len(frames) - APPROACH_FREE_FRAMES)]
+            metrics = {**result.metrics,
+                       "approach_penetration_cm": round(penetration_cm(world_mesh, early.reshape(-1, 3)), 4)
+                       if len(early) else 0.0}
+            focus = (2 * pose[:3, 3] + out.joints[:, 0].mean(axis=0)) / 3
+            for f, p in enumerate(params):
+                key = sample_key(asset.id, g, f)
+                yield {"__key__": key, "ann.json": frame_annotation(key, hand, p, out.joints[f], asset, pose, f,
+                                                                     len(frames), focus, approach, metrics)}
+
+
+def frame_annotation(key: str, hand: Any, params: dict[str, np.ndarray], joints: np.ndarray, asset: ObjectAsset,
+                     pose: np.ndarray, frame: int, frames: int, focus: np.ndarray, approach: np.ndarray,
+                     metrics: dict) -> dict[str, Any]:
+    """The grasp stage's ``ann.json`` (DESIGN.md's shard contract)."""
+    return {
+        "key": key,
+        "hand": {"side": hand.side, "model": hand.name, **{k: v.tolist() for k, v in params.items()},
+                 "joints3d": joints.astype(np.float64).tolist()},
+        "object": {"id": asset.id, "category": asset.category, "mesh_sha256": asset.sha256,
+                   "pose": pose.tolist(), "nocs_from_mesh": np.asarray(asset.nocs_from_mesh).tolist()},
+        "trajectory": {"frame": frame, "frames": frames, "focus": focus.tolist(), "approach_dir": approach.tolist()},
+        "grasp": metrics,
+    }

@@ -1,0 +1,65 @@
+"""Hand poses as rigid placement + articulation, and the approach trajectory to a grasp.
+
+As in the paper (section 3.2) the trajectory starts from an open, flat hand placed above the
+contact surface (``distance`` metres along the approach direction) and reaches the grasp by
+spherical linear interpolation: of the global rotation and of each of the 15 joint rotations
+(as quaternions), with the translation interpolated linearly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy.spatial.transform import Rotation, Slerp
+
+
+@dataclass
+class HandPose:
+    """A hand placed in the world: ``v_world = rotation @ v_canonical + translation``.
+
+    ``v_canonical`` is the hand with zero global orientation and zero translation; ``hand_pose`` is
+    MANO's full 45-D axis-angle articulation and ``betas`` its shape.
+    """
+
+    rotation: np.ndarray
+    translation: np.ndarray
+    hand_pose: np.ndarray
+    betas: np.ndarray
+
+    def mano_params(self, hand) -> dict[str, np.ndarray]:
+        """MANO parameters (global_orient, hand_pose, betas, transl) for ``hand`` (a HandModel)."""
+        orient, transl = hand.params_for_rigid(self.rotation, self.translation, betas=self.betas)
+        return {"global_orient": np.asarray(orient, np.float64), "hand_pose": np.asarray(self.hand_pose, np.float64),
+                "betas": np.asarray(self.betas, np.float64), "transl": np.asarray(transl, np.float64)}
+
+    def transformed(self, pose: np.ndarray) -> HandPose:
+        """This hand moved by a rigid 4x4 ``pose`` (e.g. object mesh frame -> world)."""
+        return replace(self, rotation=pose[:3, :3] @ self.rotation, translation=pose[:3, :3] @ self.translation + pose[:3, 3])
+
+
+def slerp_rotations(start: np.ndarray, end: np.ndarray, ts: np.ndarray) -> Rotation:
+    """Rotations at times ``ts`` in [0, 1] on the shortest arc between two rotations."""
+    keys = Rotation.concatenate([Rotation.from_matrix(start) if np.ndim(start) == 2 else Rotation.from_rotvec(start),
+                                 Rotation.from_matrix(end) if np.ndim(end) == 2 else Rotation.from_rotvec(end)])
+    return Slerp([0.0, 1.0], keys)(ts)
+
+
+def approach_trajectory(grasp: HandPose, approach_dir: np.ndarray, frames: int, distance: float = 0.3,
+                        start_rotation: np.ndarray | None = None) -> list[HandPose]:
+    """``frames`` poses from a flat hand ``distance`` m along ``approach_dir`` to ``grasp`` (last frame).
+
+    ``start_rotation`` (3x3) is the open hand's orientation at the start (default: the grasp's).
+    """
+    if frames < 1:
+        raise ValueError("a trajectory needs at least one frame")
+    ts = np.linspace(0.0, 1.0, frames) if frames > 1 else np.ones(1)
+    direction = np.asarray(approach_dir, np.float64) / np.linalg.norm(approach_dir)
+    start_t = grasp.translation + distance * direction
+    joints_end = np.asarray(grasp.hand_pose, np.float64).reshape(15, 3)
+    per_joint = [slerp_rotations(np.zeros(3), joints_end[j], ts).as_rotvec() for j in range(15)]
+    poses = np.stack(per_joint, axis=1).reshape(len(ts), 45)
+    start_r = grasp.rotation if start_rotation is None else start_rotation
+    rotations = slerp_rotations(start_r, grasp.rotation, ts).as_matrix()
+    return [HandPose(rotation=rotations[i], translation=(1 - t) * start_t + t * grasp.translation,
+                     hand_pose=poses[i], betas=np.asarray(grasp.betas)) for i, t in enumerate(ts)]

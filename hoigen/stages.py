@@ -1,0 +1,188 @@
+"""The programmatic API: one function per stage, used by the CLI and by recipes.
+
+Each function plans the stage's tasks (input shard i -> output shard i), records how the output was
+made in ``run.json`` and hands the work to :func:`hoigen.data.runner.run_stage`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hoigen.config import (
+    Common,
+    ExportOptions,
+    GraspOptions,
+    Recipe,
+    RenderOptions,
+    SynthOptions,
+    TrainOptions,
+    to_config,
+)
+from hoigen.data.index import read_index, read_run_json
+from hoigen.data.progress import console, info, make_progress
+from hoigen.data.runner import RunSummary, StageContext, Task, run_stage
+from hoigen.data.shards import list_shards, read_shard, shard_index
+from hoigen.errors import HoigenError
+
+TINY_SIZE = 64
+REAL_SIZE = 512
+
+
+def input_tasks(in_dir: Path, produced_by: tuple[str, ...]) -> list[Task]:
+    """One task per finished input shard; a clear error when the folder is not what we need."""
+    in_dir = Path(in_dir)
+    if not in_dir.is_dir():
+        raise HoigenError(f"{in_dir}: input folder does not exist; run hoigen {produced_by[0]} first or pass --in")
+    shards = list_shards(in_dir)
+    if not shards:
+        raise HoigenError(f"{in_dir}: no shards (shard-*.tar) found; run hoigen {produced_by[0]} into it first")
+    stage = read_run_json(in_dir).get("stage")
+    if stage is not None and stage not in produced_by:
+        raise HoigenError(f"{in_dir}: holds '{stage}' output, but this stage reads {' or '.join(produced_by)} output")
+    return [Task(shard_index(p), p) for p in shards]
+
+
+def _run(fn: Any, tasks: list[Task], stage: str, out: Path, common: Common, config: dict[str, Any],
+         in_dir: Path | None, extra: dict[str, Any]) -> RunSummary:
+    ctx = StageContext(stage=stage, seed=common.seed, config=config, out_dir=Path(out), in_dir=in_dir)
+    return run_stage(fn, tasks, ctx, run_extra={"input": str(in_dir) if in_dir else None, **extra},
+                     workers=common.workers, shard_index=common.shard_index, num_shards=common.num_shards,
+                     quiet=common.quiet)
+
+
+def grasp(opts: GraspOptions, out: Path, common: Common) -> RunSummary:
+    """Objects -> grasp shards (+ ``objects/`` and ``objects.parquet``)."""
+    from hoigen.grasp.stage import grasp_stage, plan_grasp
+    from hoigen.hand import load_hand
+
+    hand = load_hand(opts.side, opts.mano_dir)  # fail early on a bad --mano-dir
+    tasks, assets = plan_grasp(opts, Path(out), common.seed)
+    config = to_config(opts)
+    extra = {"hand_model": {"name": hand.name, "source": str(hand.source), "embedded": hand.is_embedded},
+             "objects": [{"id": a.id, "category": a.category, "source": a.source} for a in assets]}
+    return _run(grasp_stage, tasks, "grasp", out, common, config, None, extra)
+
+
+def render(in_dir: Path, out: Path, opts: RenderOptions, common: Common) -> RunSummary:
+    """Grasp shards -> render shards."""
+    from hoigen.render.stage import OBJECTS_KEY, objects_dir_of, render_stage
+
+    tasks = input_tasks(in_dir, ("grasp",))
+    objects = objects_dir_of(in_dir)
+    upstream = read_run_json(in_dir)
+    config = {**to_config(opts), OBJECTS_KEY: str(objects),
+              "mano_dir": upstream.get("config", {}).get("mano_dir")}
+    return _run(render_stage, tasks, "render", out, common, config, Path(in_dir),
+                {OBJECTS_KEY: str(objects), "hand_model": upstream.get("hand_model")})
+
+
+def synthesize(in_dir: Path, out: Path, opts: SynthOptions, common: Common) -> RunSummary:
+    """Render shards -> synthesize shards (image.jpg, prompt.txt, gen.json added)."""
+    from hoigen.diffusion.prompts import DEFAULT_PROMPTS, load_prompts
+    from hoigen.diffusion.stage import _pipeline, resolve_device, synth_stage
+    from hoigen.render.stage import OBJECTS_KEY, objects_dir_of
+
+    tasks = input_tasks(in_dir, ("render",))
+    templates = load_prompts(opts.prompts) if opts.prompts is not None else list(DEFAULT_PROMPTS)
+    tiny = opts.model in (None, "", "tiny-random")
+    size = opts.size or (TINY_SIZE if tiny else REAL_SIZE)
+    device = resolve_device(opts.device)
+    _, model_info = _pipeline(opts.model, opts.controlnet, device)  # fail early on missing weights
+    config = {**to_config(opts), "size": size, "prompt_templates": templates}
+    return _run(synth_stage, tasks, "synthesize", out, common, config, Path(in_dir),
+                {OBJECTS_KEY: str(objects_dir_of(in_dir)), "diffusion_model": model_info})
+
+
+def export(in_dir: Path, out: Path, opts: ExportOptions, quiet: bool = False) -> RunSummary:
+    """Synthesize (or render) shards -> a NOCS-style dataset folder."""
+    from hoigen.data.index import write_run_json
+    from hoigen.export.nocs import export_nocs
+
+    if opts.format != "nocs":
+        raise HoigenError(f"unknown export format '{opts.format}'; supported: nocs")
+    tasks = input_tasks(in_dir, ("synthesize", "render"))
+    keys = read_index(in_dir).column("key").to_pylist()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_run_json(out, "export", {**to_config(opts)}, 0, {"input": str(in_dir)})
+    summary = RunSummary("export", out, len(tasks), len(tasks))
+    with make_progress(quiet) as progress:
+        bar = progress.add_task("export", total=len(keys), samples=0)
+
+        def tick() -> None:
+            summary.samples_written += 1
+            progress.update(bar, advance=1, samples=summary.samples_written)
+
+        samples = (s for t in tasks for s in t.samples())
+        export_nocs(samples, keys, out, split=opts.split, on_sample=tick)
+    summary.shards_written = len(tasks)
+    return summary
+
+
+def train(in_dir: Path, out: Path, opts: TrainOptions, common: Common) -> dict[str, Any]:
+    """Shards with images -> a fine-tuned diffusers pipeline folder."""
+    from hoigen.diffusion.train_data import train_from_shards
+
+    tasks = input_tasks(in_dir, ("synthesize", "render"))
+    stats = train_from_shards([t.source for t in tasks], Path(out), opts, common.seed, common.quiet)
+    info(f"train: {stats['steps']} steps, loss {stats['first_loss']:.4f} -> {stats['last_loss']:.4f} -> {out}",
+         common.quiet)
+    return stats
+
+
+def inspect(folder: Path, sheet: Path | None = None, rows: int = 12) -> Path:
+    """Print counts and the head of the index; write a contact sheet."""
+    from rich.table import Table
+
+    from hoigen.preview import contact_sheet, spread_samples
+
+    folder = Path(folder)
+    shards = list_shards(folder)
+    if not shards:
+        raise HoigenError(f"{folder}: no shards (shard-*.tar) found; point at a stage's output folder")
+    table = read_index(folder)
+    run = read_run_json(folder)
+    console.print(f"[bold]{folder}[/]: stage {run.get('stage', '?')}, {len(shards)} shards, {table.num_rows} samples")
+    if "category" in table.column_names and table.num_rows:
+        counts: dict[str, int] = {}
+        for c in table.column("category").to_pylist():
+            counts[c] = counts.get(c, 0) + 1
+        console.print("categories: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    view = Table(show_header=True, header_style="bold")
+    columns = table.column_names[:9]
+    for c in columns:
+        view.add_column(c)
+    for row in table.slice(0, 10).to_pylist():
+        view.add_row(*[f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in columns])
+    console.print(view)
+    fields = sorted({k for s in read_shard(shards[0], decode=False) for k in s if not k.startswith("__")})
+    console.print("fields: " + ", ".join(fields))
+    path = contact_sheet(spread_samples(folder, rows), sheet or folder / "contact_sheet.png", max_rows=rows)
+    console.print(f"contact sheet: {path}")
+    return path
+
+
+def run_recipe(recipe: Recipe, quiet: bool = False) -> None:
+    """Run every stage a recipe names, in order, into ``recipe.out/<stage>``."""
+    out = Path(recipe.out)
+    common = Common(seed=recipe.seed, workers=recipe.workers, quiet=quiet)
+    last = None
+    if recipe.grasp is not None:
+        info(grasp(recipe.grasp, out / "grasp", common).line(), quiet)
+        last = out / "grasp"
+    if recipe.render is not None:
+        info(render(out / "grasp", out / "render", recipe.render, common).line(), quiet)
+        last = out / "render"
+    if recipe.synthesize is not None:
+        info(synthesize(out / "render", out / "synth", recipe.synthesize, common).line(), quiet)
+        last = out / "synth"
+    if recipe.export is not None:
+        info(export(last, out / "nocs", recipe.export, quiet).line(), quiet)
+    if recipe.train is not None:
+        train(last, out / "model", recipe.train, common)
+    if last is not None and last != out / "grasp":
+        from hoigen.preview import contact_sheet, spread_samples
+
+        sheet = contact_sheet(spread_samples(last, 12), out / "contact_sheet.png")
+        info(f"contact sheet: {sheet}", quiet)
