@@ -58,8 +58,6 @@ def tangent_direction(normal: np.ndarray, rng: np.random.Generator, up=(0.0, 1.0
 
 def synthesize_grasp(mesh, hand, rng: np.random.Generator, candidates: int = 6) -> GraspResult:
     """One grasp of ``mesh`` (a trimesh in its mesh frame) by ``hand`` (a HandModel)."""
-    from hoigen.hand import curl_pose
-
     betas = np.zeros(10)
     centre, palm_normal, forward = hand.palm_frame(betas)
     points, normals = sample_surface(mesh, 512, rng)
@@ -67,7 +65,7 @@ def synthesize_grasp(mesh, hand, rng: np.random.Generator, candidates: int = 6) 
     picks = rng.choice(len(points), size=candidates, replace=False, p=weight / weight.sum())
 
     amounts = np.linspace(0.0, 1.0, CURL_STEPS)
-    curls = np.stack([curl_pose(float(a)) for a in amounts])
+    curls = np.stack([hand.curl_pose(float(a)) for a in amounts])
     zeros = np.zeros((CURL_STEPS, 3))
     canon = hand.forward(zeros, curls, np.tile(betas, (CURL_STEPS, 1)), zeros)
 
@@ -81,7 +79,7 @@ def synthesize_grasp(mesh, hand, rng: np.random.Generator, candidates: int = 6) 
         sd = signed_distance(mesh, tips.reshape(-1, 3)).reshape(CURL_STEPS, 5)
         touch = sd > -TOUCH_M
         stop = np.where(touch.any(axis=0), touch.argmax(axis=0), CURL_STEPS - 1)
-        pose45 = curl_pose(amounts[stop])
+        pose45 = hand.curl_pose(amounts[stop])
         out = hand.forward(np.zeros(3), pose45, betas, np.zeros(3))
         verts = out.vertices[0] @ rot.T + trans
         metrics = grasp_metrics(mesh, verts, out.joints[0, list(TIPS_21)] @ rot.T + trans)
