@@ -267,27 +267,23 @@ def _finish(summary: Any, quiet: bool) -> None:
         info(summary.line(), quiet)
 
 
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM: raised past click (which would turn Ctrl-C into exit 1) to exit 130."""
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    raise Interrupted
 
 
 def main() -> None:
-    """Console entry point: one-line errors, exit 1 on failure, 130 when interrupted."""
+    """Console entry point: one-line errors, exit 1 on failure, 2 on usage errors, 130 when interrupted."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     try:
-        app(standalone_mode=False)
+        app()
     except HoigenError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except Interrupted:
         typer.echo("interrupted: finished shards are kept; rerun the same command to resume", err=True)
         sys.exit(130)
-    except (typer.Exit, typer.Abort) as exc:
-        sys.exit(getattr(exc, "exit_code", 1))
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise

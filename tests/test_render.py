@@ -1,0 +1,284 @@
+"""Rendering layer: cameras, skeleton drawing and the Renderer's maps tied back to the geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trimesh
+
+from hoigen.errors import HoigenError
+from hoigen.render.cameras import Camera, intrinsics, look_at, pixel_rays, project, sample_camera
+from hoigen.render.renderer import Renderer, SceneSpec
+from hoigen.render.skeleton import HAND_BONES, SKELETON_PALETTE, draw_skeleton, joint_color
+
+SIZE = 96
+
+
+def _rotation(rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q *= np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def _nocs_from_mesh(mesh: trimesh.Trimesh) -> np.ndarray:
+    lo, hi = mesh.bounds
+    s = 1.0 / np.linalg.norm(hi - lo)
+    T = np.eye(4)
+    T[:3, :3] *= s
+    T[:3, 3] = -s * (lo + hi) / 2.0
+    return T
+
+
+def _scene(seed: int, obj: trimesh.Trimesh | None = None, hand_shift: float = 0.45) -> SceneSpec:
+    """A random object near the origin, a capsule "hand" part-way toward the camera, 21 joints."""
+    rng = np.random.default_rng(seed)
+    obj = trimesh.creation.icosphere(subdivisions=2, radius=0.1) if obj is None else obj
+    pose = np.eye(4)
+    pose[:3, :3] = _rotation(rng)
+    pose[:3, 3] = rng.uniform(-0.02, 0.02, 3)
+    center = pose[:3, 3]
+    cam = sample_camera(center, rng, SIZE, SIZE)
+    to_cam = cam.center - center
+    right = cam.world_to_cam[0, :3]
+    hand_center = center + hand_shift * to_cam + 0.06 * right
+    hand = trimesh.creation.capsule(height=0.1, radius=0.025, count=[12, 8])
+    Rh = _rotation(rng)
+    hand_vertices = hand.vertices @ Rh.T + hand_center
+    joints = hand_center + rng.uniform(-0.04, 0.04, (21, 3))
+    return SceneSpec(hand_vertices, np.asarray(hand.faces), obj, pose, _nocs_from_mesh(obj), cam, joints)
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    with Renderer(SIZE, SIZE) as r:
+        yield r
+
+
+def _backproject(spec: SceneSpec, depth_m: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    cam = spec.camera
+    rays = pixel_rays(cam.K, cam.width, cam.height)[mask]
+    p_cam = rays * depth_m[mask][:, None]
+    R, t = cam.world_to_cam[:3, :3], cam.world_to_cam[:3, 3]
+    return (p_cam - t) @ R
+
+
+def _closest(mesh: trimesh.Trimesh, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Closest surface points, distances and face indices by brute force (no rtree needed)."""
+    n_faces = len(mesh.faces)
+    tris = np.tile(mesh.triangles, (len(points), 1, 1))
+    pts = np.repeat(points, n_faces, axis=0)
+    cand = trimesh.triangles.closest_point(tris, pts).reshape(len(points), n_faces, 3)
+    dist = np.linalg.norm(cand - points[:, None], axis=2)
+    face = dist.argmin(axis=1)
+    rows = np.arange(len(points))
+    return cand[rows, face], dist[rows, face], face
+
+
+def _to_mesh(spec: SceneSpec, points_world: np.ndarray) -> np.ndarray:
+    inv = np.linalg.inv(spec.object_pose)
+    return points_world @ inv[:3, :3].T + inv[:3, 3]
+
+
+# ---------------------------------------------------------------------------- cameras
+def test_intrinsics_and_look_at_conventions():
+    K = intrinsics(64, 48, 60.0)
+    assert K[0, 2] == pytest.approx(31.5) and K[1, 2] == pytest.approx(23.5)
+    # a ray at half the horizontal fov lands on the image's right edge u = W - 0.5
+    T = look_at(np.array([0.0, 0.0, 1.0]), np.zeros(3))
+    edge = np.array([[np.tan(np.deg2rad(30.0)), 0.0, 0.0]])
+    uv, z = project(edge, K, T)
+    assert uv[0, 0] == pytest.approx(63.5) and z[0] == pytest.approx(1.0)
+    # world up (+y) is image up (smaller v); world +x seen from +z is image right
+    uv, _ = project(np.array([[0, 0, 0], [0, 0.1, 0], [0.1, 0, 0]], dtype=float), K, T)
+    assert uv[0] == pytest.approx([31.5, 23.5])
+    assert uv[1, 1] < uv[0, 1] and uv[2, 0] > uv[0, 0]
+    assert np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3))
+    # looking straight down still gives a valid rotation
+    down = look_at(np.array([0.0, 1.0, 0.0]), np.zeros(3))
+    assert np.allclose(down[:3, :3] @ down[:3, :3].T, np.eye(3)) and np.linalg.det(down[:3, :3]) > 0
+    with pytest.raises(HoigenError):
+        intrinsics(64, 64, 0.0)
+
+
+def test_sample_camera_ranges_and_determinism():
+    center = np.array([0.1, 0.2, -0.1])
+    a = sample_camera(center, np.random.default_rng(3), 64, 64)
+    b = sample_camera(center, np.random.default_rng(3), 64, 64)
+    assert np.array_equal(a.K, b.K) and np.array_equal(a.world_to_cam, b.world_to_cam)
+    for seed in range(20):
+        cam = sample_camera(center, np.random.default_rng(seed), 64, 64)
+        offset = cam.center - center
+        d = np.linalg.norm(offset)
+        assert 0.45 <= d <= 0.7
+        assert 10.0 - 1e-6 <= np.rad2deg(np.arcsin(offset[1] / d)) <= 60.0 + 1e-6
+        uv, z = project(center[None], cam.K, cam.world_to_cam)
+        assert uv[0] == pytest.approx([31.5, 31.5]) and z[0] == pytest.approx(d)
+    cam2 = Camera.from_dict(a.to_dict())
+    assert np.array_equal(cam2.K, a.K) and cam2.width == 64
+
+
+# ---------------------------------------------------------------------------- skeleton
+def test_skeleton_drawing():
+    assert len(HAND_BONES) == 20 and len(set(HAND_BONES)) == 20
+    joints = np.stack([np.linspace(10, 50, 21), np.linspace(12, 52, 21)], axis=1)
+    vis = np.ones(21, dtype=bool)
+    vis[8] = False
+    img = draw_skeleton(joints, vis, 64, 64)
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+    u, v = np.round(joints[4]).astype(int)
+    assert tuple(img[v, u]) == SKELETON_PALETTE["thumb"] == joint_color(4)
+    assert tuple(draw_skeleton(joints, None, 64, 64)[52, 50]) == SKELETON_PALETTE["pinky"]
+    # nothing drawn when no joint is visible; the hidden index tip leaves its pixel dark on its own
+    assert draw_skeleton(joints, np.zeros(21, bool), 64, 64).max() == 0
+    lone = np.full((21, 2), 30.0)
+    lone[8] = (5.0, 5.0)
+    only_tip = np.zeros(21, bool)
+    only_tip[8] = True
+    assert draw_skeleton(lone, ~only_tip, 64, 64)[5, 5].max() == 0
+    assert tuple(draw_skeleton(lone, only_tip, 64, 64)[5, 5]) == SKELETON_PALETTE["index"]
+
+
+# ---------------------------------------------------------------------------- renderer
+def test_pixel_convention_matches_project():
+    """A square facing the camera covers exactly the pixels whose centres project inside it."""
+    box = trimesh.creation.box(extents=(0.1, 0.1, 0.01))
+    K = intrinsics(64, 64, 50.0)
+    cam = Camera(K, look_at(np.array([0.013, 0.007, 0.5]), np.array([0.013, 0.007, 0.0])), 64, 64)
+    spec = SceneSpec(
+        hand_vertices=np.array([[0, 0, 5.0], [0.001, 0, 5.0], [0, 0.001, 5.0]]),  # behind the camera
+        hand_faces=np.array([[0, 1, 2]]),
+        object_mesh=box,
+        object_pose=np.eye(4),
+        nocs_from_mesh=_nocs_from_mesh(box),
+        camera=cam,
+        joints3d=np.zeros((21, 3)),
+    )
+    with Renderer(64, 64) as r:
+        res = r.render(spec)
+    corners, _ = project(np.array([[-0.05, -0.05, 0.005], [0.05, 0.05, 0.005]]), K, cam.world_to_cam)
+    (u0, v1), (u1, v0) = corners  # world +y is image up
+    u, v = np.meshgrid(np.arange(64), np.arange(64))
+    expect = (u > u0) & (u < u1) & (v > v0) & (v < v1)
+    assert not np.any(np.isclose(u0 % 1, 0.5)) and res.mask_object.sum() > 100
+    assert np.array_equal(res.mask_object, expect)
+    assert not res.mask_hand.any()
+    # flat face toward the camera: normal (0,0,-1) in the camera frame -> RGB (128,128,255)
+    assert np.all(np.abs(res.normal[expect].astype(int) - [128, 128, 255]) <= 1)
+
+
+def test_depth_nocs_normals_tie_to_geometry(renderer):
+    spec = _scene(0)
+    res = renderer.render(spec)
+    m = res.mask_object
+    assert m.sum() > 200 and res.mask_hand.sum() > 20
+    assert res.depth.dtype == np.uint16 and res.nocs.dtype == np.uint8 and res.normal.dtype == np.uint8
+    # depth back-projects onto the object surface
+    world = _backproject(spec, res.depth_m, m)
+    local = _to_mesh(spec, world)
+    closest, dist, _ = _closest(spec.object_mesh, local)
+    assert dist.max() < 1e-4
+    assert np.all(np.abs(res.depth[m] / 1000.0 - res.depth_m[m]) <= 0.0005 + 1e-7)
+    assert np.all(res.depth[res.seg == 0] == 0) and np.all(res.depth_m[res.seg == 0] == 0)
+    # NOCS equals the canonical coordinate of that surface point
+    T = spec.nocs_from_mesh
+    nocs_true = closest @ T[:3, :3].T + T[:3, 3]
+    nocs = res.nocs[m] / 255.0 - 0.5
+    assert np.abs(nocs - nocs_true).max() <= 0.5 / 255 + 1e-3
+    assert np.all(res.nocs[~m] == 0)
+    # normals: unit length after decoding, facing the camera, and close to the sphere's normal
+    covered = res.seg > 0
+    n = 1.0 - 2.0 * res.normal[covered] / 255.0
+    assert np.all(np.abs(np.linalg.norm(n, axis=1) - 1.0) < 0.02)
+    rays = pixel_rays(spec.camera.K, SIZE, SIZE)[covered]
+    assert np.all(np.sum(n * rays, axis=1) < 0)
+    assert np.all(res.normal[~covered] == 0)
+    radial = (local / np.linalg.norm(local, axis=1, keepdims=True)) @ spec.object_pose[:3, :3].T
+    radial_cam = radial @ spec.camera.world_to_cam[:3, :3].T
+    n_obj = 1.0 - 2.0 * res.normal[m] / 255.0
+    cos = np.sum(n_obj / np.linalg.norm(n_obj, axis=1, keepdims=True) * radial_cam, axis=1)
+    assert np.median(cos) > 0.999 and cos.min() > 0.97  # icosphere: smooth normals ~ radial
+
+
+def test_box_normals_are_face_normals(renderer):
+    box = trimesh.creation.box(extents=(0.08, 0.05, 0.06))
+    spec = _scene(1, obj=box, hand_shift=3.0)  # hand behind the camera: the box alone
+    res = renderer.render(spec)
+    m = res.mask_object
+    local = _to_mesh(spec, _backproject(spec, res.depth_m, m))
+    _, dist, tri = _closest(box, local)
+    assert dist.max() < 1e-4
+    n_true = box.face_normals[tri] @ spec.object_pose[:3, :3].T @ spec.camera.world_to_cam[:3, :3].T
+    n = 1.0 - 2.0 * res.normal[m] / 255.0
+    # away from the edges (where the closest face may be the neighbour) normals are the face normals
+    ratio = np.sort(np.abs(local) / (np.array([0.08, 0.05, 0.06]) / 2), axis=1)
+    inner = ratio[:, 1] < 0.8
+    assert inner.sum() > 50
+    assert np.abs(n[inner] - n_true[inner]).max() < 0.01
+
+
+def test_joints_projection_and_visibility(renderer):
+    spec = _scene(2)
+    cam = spec.camera
+    obj_center = spec.object_pose[:3, 3]
+    view = obj_center - cam.center
+    view /= np.linalg.norm(view)
+    spec.joints3d[5] = obj_center + 0.15 * view  # behind the object
+    spec.joints3d[6] = obj_center - 0.15 * view  # in front of the object
+    spec.joints3d[7] = cam.center - 0.1 * view  # behind the camera
+    res = renderer.render(spec)
+    uv, _ = project(spec.joints3d, cam.K, cam.world_to_cam)
+    assert np.allclose(res.joints2d, uv)
+    assert not res.joints_visible[5] and res.joints_visible[6] and not res.joints_visible[7]
+    # the skeleton image draws exactly the visible joints
+    assert np.array_equal(res.skeleton, draw_skeleton(res.joints2d, res.joints_visible, SIZE, SIZE))
+    u, v = np.round(res.joints2d[6]).astype(int)
+    assert tuple(res.skeleton[v, u]) == joint_color(6)
+
+
+def test_seg_follows_depth_order_and_renderer_is_reused(renderer):
+    offscreen = renderer.offscreen
+    with_hand = _scene(4)
+    without = _scene(4, hand_shift=3.0)  # same scene, the hand moved behind the camera
+    a = renderer.render(with_hand)
+    b = renderer.render(without)
+    hidden = a.mask_hand & b.mask_object
+    assert hidden.sum() > 10  # the hand hides part of the object
+    assert np.all(a.depth_m[hidden] < b.depth_m[hidden])
+    assert np.array_equal(a.mask_object, b.mask_object & ~a.mask_hand)
+    assert np.array_equal(a.depth_m[a.mask_object], b.depth_m[a.mask_object])
+    # shade silhouette equals seg != 0
+    for res in (a, b):
+        assert np.array_equal(res.shade.max(axis=2) > 0, res.seg != 0)
+    # one GL context, reused; re-rendering a scene reproduces it exactly (object cache included)
+    other = renderer.render(_scene(5, obj=trimesh.creation.box(extents=(0.05, 0.1, 0.04))))
+    again = renderer.render(with_hand)
+    assert renderer.offscreen is offscreen
+    assert not np.array_equal(other.seg, a.seg)
+    for name in ("normal", "seg", "depth", "nocs", "shade", "skeleton"):
+        assert np.array_equal(getattr(a, name), getattr(again, name)), name
+
+
+def test_supersample_keeps_point_maps_and_smooths_normals(renderer):
+    spec = _scene(6)
+    one = renderer.render(spec)
+    two = renderer.render(spec, supersample=2)
+    for name in ("seg", "depth", "nocs", "joints_visible"):
+        assert np.array_equal(getattr(one, name), getattr(two, name)), name
+    interior = one.seg > 0
+    for _ in range(2):  # two pixels away from any silhouette
+        core = interior[:-2, 1:-1] & interior[2:, 1:-1] & interior[1:-1, :-2] & interior[1:-1, 2:]
+        interior[1:-1, 1:-1] &= core
+    interior &= (one.seg == np.roll(one.seg, 2, 0)) & (one.seg == np.roll(one.seg, 2, 1))
+    diff = np.abs(one.normal[interior].astype(int) - two.normal[interior].astype(int))
+    assert np.percentile(diff, 95) <= 6
+    edge = (one.seg > 0) & ~interior
+    assert np.any(two.normal[edge] != one.normal[edge])
+
+
+def test_renderer_rejects_bad_input(renderer):
+    spec = _scene(7)
+    spec.camera = Camera(spec.camera.K, spec.camera.world_to_cam, 32, 32)
+    with pytest.raises(HoigenError):
+        renderer.render(spec)
+    with pytest.raises(HoigenError):
+        renderer.render(_scene(7), supersample=0)
