@@ -61,25 +61,38 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """hoigen: synthetic 3D hand-object interaction data."""
 
 
 @app.command()
 def grasp(
-    objects: Path | None = typer.Option(None, "--objects", help="Folder of meshes (.obj/.ply/.glb/.stl, YCB layout). "
-                                        "Default: the embedded procedural objects."),
+    objects: Path | None = typer.Option(
+        None,
+        "--objects",
+        help="Folder of meshes (.obj/.ply/.glb/.stl, YCB layout). Default: the embedded procedural objects.",
+    ),
     categories: str | None = typer.Option(None, "--categories", help="Procedural categories, e.g. mug,bowl."),
     category: str | None = typer.Option(None, "--category", help="Category for every mesh in --objects."),
     out: Path = typer.Option(Path("out/grasp"), "--out", help="Output folder."),
     grasps: int | None = typer.Option(None, "--grasps", help="Grasps per object [default: 2]."),
     frames: int | None = typer.Option(None, "--frames", help="Frames of each approach trajectory [default: 8]."),
     side: str | None = typer.Option(None, "--side", help="right or left [default: right]."),
-    mano_dir: Path | None = typer.Option(None, "--mano-dir", envvar="HOIGEN_MANO_DIR",
-                                         help="Folder with MANO_RIGHT.pkl/MANO_LEFT.pkl (default: embedded hand)."),
-    seed: int = SEED, workers: int = WORKERS, shard_index: int | None = SHARD_INDEX,
-    num_shards: int | None = NUM_SHARDS, quiet: bool = QUIET,
+    mano_dir: Path | None = typer.Option(
+        None,
+        "--mano-dir",
+        envvar="HOIGEN_MANO_DIR",
+        help="Folder with MANO_RIGHT.pkl/MANO_LEFT.pkl (default: embedded hand).",
+    ),
+    seed: int = SEED,
+    workers: int = WORKERS,
+    shard_index: int | None = SHARD_INDEX,
+    num_shards: int | None = NUM_SHARDS,
+    quiet: bool = QUIET,
 ) -> None:
     """Synthesize MANO grasps and approach trajectories for each object.
 
@@ -91,8 +104,16 @@ def grasp(
     """
     from hoigen import stages
 
-    opts = _options(GraspOptions, objects=objects, categories=categories, category=category, grasps=grasps,
-                    frames=frames, side=side, mano_dir=mano_dir)
+    opts = _options(
+        GraspOptions,
+        objects=objects,
+        categories=categories,
+        category=category,
+        grasps=grasps,
+        frames=frames,
+        side=side,
+        mano_dir=mano_dir,
+    )
     _finish(stages.grasp(opts, out, _common(seed, workers, shard_index, num_shards, quiet)), quiet)
 
 
@@ -103,8 +124,11 @@ def render(
     views: int | None = typer.Option(None, "--views", help="Cameras per trajectory, fixed along it [default: 2]."),
     size: int | None = typer.Option(None, "--size", help="Image size in pixels [default: 512]."),
     supersample: int | None = typer.Option(None, "--supersample", help="Render N times larger and downsample."),
-    seed: int = SEED, workers: int = WORKERS, shard_index: int | None = SHARD_INDEX,
-    num_shards: int | None = NUM_SHARDS, quiet: bool = QUIET,
+    seed: int = SEED,
+    workers: int = WORKERS,
+    shard_index: int | None = SHARD_INDEX,
+    num_shards: int | None = NUM_SHARDS,
+    quiet: bool = QUIET,
 ) -> None:
     """Render condition maps and annotations from sampled cameras.
 
@@ -122,14 +146,22 @@ def render(
 
 @app.command()
 def synthesize(
-    in_dir: Path | None = typer.Option(None, "--in", help="Render output folder. Without it, grasp and render run "
-                                       "first into OUT/work from --objects (or the embedded objects)."),
+    in_dir: Path | None = typer.Option(
+        None,
+        "--in",
+        help="Render output folder. Without it, grasp and render run "
+        "first into OUT/work from --objects (or the embedded objects).",
+    ),
     objects: Path | None = typer.Option(None, "--objects", help="Mesh folder to grasp and render first."),
     out: Path = typer.Option(Path("out/synth"), "--out", help="Output folder."),
-    prompts: Path | None = typer.Option(None, "--prompts", help="Prompt file: one per line, # comments, "
-                                        "{object} and {background} placeholders."),
-    model: str | None = typer.Option(None, "--model", help="Diffusers folder or hub id of the base model "
-                                     "[default: tiny-random, an offline stand-in]."),
+    prompts: Path | None = typer.Option(
+        None, "--prompts", help="Prompt file: one per line, # comments, {object} and {background} placeholders."
+    ),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="Diffusers folder or hub id of the base model [default: tiny-random, an offline stand-in].",
+    ),
     controlnet: str | None = typer.Option(None, "--controlnet", help="Folder or hub id of the HOI ControlNet."),
     steps: int | None = typer.Option(None, "--steps", help="Denoising steps [default: 20]."),
     guidance: float | None = typer.Option(None, "--guidance", help="Classifier-free guidance scale [default: 7.5]."),
@@ -137,8 +169,11 @@ def synthesize(
     negative_prompt: str | None = typer.Option(None, "--negative-prompt", help="Negative prompt."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per diffusion batch [default: 4]."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda or auto [default: auto]."),
-    seed: int = SEED, workers: int = WORKERS, shard_index: int | None = SHARD_INDEX,
-    num_shards: int | None = NUM_SHARDS, quiet: bool = QUIET,
+    seed: int = SEED,
+    workers: int = WORKERS,
+    shard_index: int | None = SHARD_INDEX,
+    num_shards: int | None = NUM_SHARDS,
+    quiet: bool = QUIET,
 ) -> None:
     """Paint images on the rendered conditions with the HOI diffusion model.
 
@@ -151,9 +186,18 @@ def synthesize(
     from hoigen import stages
 
     common = _common(seed, workers, shard_index, num_shards, quiet)
-    opts = _options(SynthOptions, prompts=prompts, model=model, controlnet=controlnet, steps=steps,
-                    guidance=guidance, size=size, negative_prompt=negative_prompt, batch_size=batch_size,
-                    device=device)
+    opts = _options(
+        SynthOptions,
+        prompts=prompts,
+        model=model,
+        controlnet=controlnet,
+        steps=steps,
+        guidance=guidance,
+        size=size,
+        negative_prompt=negative_prompt,
+        batch_size=batch_size,
+        device=device,
+    )
     if in_dir is None:
         work = out / "work"
         stages.grasp(_options(GraspOptions, objects=objects), work / "grasp", common)
@@ -187,8 +231,11 @@ def export(
 
 @app.command()
 def train(
-    in_dir: Path = typer.Option(Path("out/synth"), "--in", help="Shards with images (synthesize output, "
-                                "or render output whose shade.png stands in for photos)."),
+    in_dir: Path = typer.Option(
+        Path("out/synth"),
+        "--in",
+        help="Shards with images (synthesize output, or render output whose shade.png stands in for photos).",
+    ),
     out: Path = typer.Option(Path("out/model"), "--out", help="Folder for the trained diffusers pipeline."),
     model: str | None = typer.Option(None, "--model", help="Base pipeline to fine-tune [default: tiny-random]."),
     steps: int | None = typer.Option(None, "--steps", help="Optimisation steps [default: 100]."),
@@ -199,7 +246,8 @@ def train(
     bg_dir: Path | None = typer.Option(None, "--bg-dir", help="Background buffer: a folder of scenery images."),
     bg_every: int | None = typer.Option(None, "--bg-every", help="Use a background batch every N steps."),
     bg_weight: float | None = typer.Option(None, "--bg-weight", help="Background regularisation weight [default: 1]."),
-    seed: int = SEED, quiet: bool = QUIET,
+    seed: int = SEED,
+    quiet: bool = QUIET,
 ) -> None:
     """Fine-tune the HOI ControlNet on shards (noise-prediction loss + background regularisation).
 
@@ -209,8 +257,18 @@ def train(
     """
     from hoigen import stages
 
-    opts = _options(TrainOptions, model=model, steps=steps, lr=lr, batch_size=batch_size, size=size,
-                    text_dropout=text_dropout, bg_dir=bg_dir, bg_every=bg_every, bg_weight=bg_weight)
+    opts = _options(
+        TrainOptions,
+        model=model,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        size=size,
+        text_dropout=text_dropout,
+        bg_dir=bg_dir,
+        bg_every=bg_every,
+        bg_weight=bg_weight,
+    )
     _finish(stages.train(in_dir, out, opts, _common(seed, 1, None, None, quiet)), quiet)
 
 

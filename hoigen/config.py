@@ -94,8 +94,13 @@ class Recipe:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-SECTIONS = {"grasp": GraspOptions, "render": RenderOptions, "synthesize": SynthOptions,
-            "export": ExportOptions, "train": TrainOptions}
+SECTIONS = {
+    "grasp": GraspOptions,
+    "render": RenderOptions,
+    "synthesize": SynthOptions,
+    "export": ExportOptions,
+    "train": TrainOptions,
+}
 PATH_FIELDS = {"objects", "mano_dir", "prompts", "bg_dir"}
 
 
@@ -135,8 +140,12 @@ def load_recipe(path: Path) -> Recipe:
         raise HoigenError(f"{path}: a recipe must be a mapping of sections")
     top = ["seed", "out", "workers", "name", *SECTIONS]
     _check_keys(data, top, str(path))
-    recipe = Recipe(seed=int(data.get("seed", 0)), out=Path(data.get("out", "out")),
-                    workers=int(data.get("workers", 1)), name=str(data.get("name", path.stem)))
+    recipe = Recipe(
+        seed=int(data.get("seed", 0)),
+        out=Path(data.get("out", "out")),
+        workers=int(data.get("workers", 1)),
+        name=str(data.get("name", path.stem)),
+    )
     for section, cls in SECTIONS.items():
         if section in data:
             setattr(recipe, section, build_options(cls, data[section] or {}, f"{path} [{section}]"))

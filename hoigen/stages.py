@@ -43,12 +43,27 @@ def input_tasks(in_dir: Path, produced_by: tuple[str, ...]) -> list[Task]:
     return [Task(shard_index(p), p) for p in shards]
 
 
-def _run(fn: Any, tasks: list[Task], stage: str, out: Path, common: Common, config: dict[str, Any],
-         in_dir: Path | None, extra: dict[str, Any]) -> RunSummary:
+def _run(
+    fn: Any,
+    tasks: list[Task],
+    stage: str,
+    out: Path,
+    common: Common,
+    config: dict[str, Any],
+    in_dir: Path | None,
+    extra: dict[str, Any],
+) -> RunSummary:
     ctx = StageContext(stage=stage, seed=common.seed, config=config, out_dir=Path(out), in_dir=in_dir)
-    return run_stage(fn, tasks, ctx, run_extra={"input": str(in_dir) if in_dir else None, **extra},
-                     workers=common.workers, shard_index=common.shard_index, num_shards=common.num_shards,
-                     quiet=common.quiet)
+    return run_stage(
+        fn,
+        tasks,
+        ctx,
+        run_extra={"input": str(in_dir) if in_dir else None, **extra},
+        workers=common.workers,
+        shard_index=common.shard_index,
+        num_shards=common.num_shards,
+        quiet=common.quiet,
+    )
 
 
 def grasp(opts: GraspOptions, out: Path, common: Common) -> RunSummary:
@@ -59,8 +74,10 @@ def grasp(opts: GraspOptions, out: Path, common: Common) -> RunSummary:
     hand = load_hand(opts.side, opts.mano_dir)  # fail early on a bad --mano-dir
     tasks, assets = plan_grasp(opts, Path(out), common.seed)
     config = to_config(opts)
-    extra = {"hand_model": {"name": hand.name, "source": str(hand.source), "embedded": hand.is_embedded},
-             "objects": [{"id": a.id, "category": a.category, "source": a.source} for a in assets]}
+    extra = {
+        "hand_model": {"name": hand.name, "source": str(hand.source), "embedded": hand.is_embedded},
+        "objects": [{"id": a.id, "category": a.category, "source": a.source} for a in assets],
+    }
     return _run(grasp_stage, tasks, "grasp", out, common, config, None, extra)
 
 
@@ -71,10 +88,17 @@ def render(in_dir: Path, out: Path, opts: RenderOptions, common: Common) -> RunS
     tasks = input_tasks(in_dir, ("grasp",))
     objects = objects_dir_of(in_dir)
     upstream = read_run_json(in_dir)
-    config = {**to_config(opts), OBJECTS_KEY: str(objects),
-              "mano_dir": upstream.get("config", {}).get("mano_dir")}
-    return _run(render_stage, tasks, "render", out, common, config, Path(in_dir),
-                {OBJECTS_KEY: str(objects), "hand_model": upstream.get("hand_model")})
+    config = {**to_config(opts), OBJECTS_KEY: str(objects), "mano_dir": upstream.get("config", {}).get("mano_dir")}
+    return _run(
+        render_stage,
+        tasks,
+        "render",
+        out,
+        common,
+        config,
+        Path(in_dir),
+        {OBJECTS_KEY: str(objects), "hand_model": upstream.get("hand_model")},
+    )
 
 
 def synthesize(in_dir: Path, out: Path, opts: SynthOptions, common: Common) -> RunSummary:
@@ -90,8 +114,16 @@ def synthesize(in_dir: Path, out: Path, opts: SynthOptions, common: Common) -> R
     device = resolve_device(opts.device)
     _, model_info = _pipeline(opts.model, opts.controlnet, device)  # fail early on missing weights
     config = {**to_config(opts), "size": size, "prompt_templates": templates}
-    return _run(synth_stage, tasks, "synthesize", out, common, config, Path(in_dir),
-                {OBJECTS_KEY: str(objects_dir_of(in_dir)), "diffusion_model": model_info})
+    return _run(
+        synth_stage,
+        tasks,
+        "synthesize",
+        out,
+        common,
+        config,
+        Path(in_dir),
+        {OBJECTS_KEY: str(objects_dir_of(in_dir)), "diffusion_model": model_info},
+    )
 
 
 def export(in_dir: Path, out: Path, opts: ExportOptions, quiet: bool = False) -> RunSummary:
@@ -126,8 +158,10 @@ def train(in_dir: Path, out: Path, opts: TrainOptions, common: Common) -> dict[s
 
     tasks = input_tasks(in_dir, ("synthesize", "render"))
     stats = train_from_shards([t.source for t in tasks], Path(out), opts, common.seed, common.quiet)
-    info(f"train: {stats['steps']} steps, loss {stats['first_loss']:.4f} -> {stats['last_loss']:.4f} -> {out}",
-         common.quiet)
+    info(
+        f"train: {stats['steps']} steps, loss {stats['first_loss']:.4f} -> {stats['last_loss']:.4f} -> {out}",
+        common.quiet,
+    )
     return stats
 
 

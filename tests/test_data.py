@@ -27,8 +27,12 @@ def make_sample(i: int) -> dict:
     rng = np.random.default_rng(i)
     return {
         "__key__": sample_key("mug-000", i, 3, 1),
-        "ann.json": {"key": "x", "hand": {"side": "right", "joints3d": rng.normal(size=(21, 3)).round(6).tolist()},
-                     "object": {"id": "mug-000", "category": "mug"}, "grasp": {"penetration_cm": 0.25}},
+        "ann.json": {
+            "key": "x",
+            "hand": {"side": "right", "joints3d": rng.normal(size=(21, 3)).round(6).tolist()},
+            "object": {"id": "mug-000", "category": "mug"},
+            "grasp": {"penetration_cm": 0.25},
+        },
         "normal.png": rng.integers(0, 256, (16, 24, 3), dtype=np.uint8),
         "seg.png": rng.integers(0, 3, (16, 24), dtype=np.uint8),
         "depth.png": rng.integers(0, 65535, (16, 24), dtype=np.uint16),
@@ -102,13 +106,19 @@ def test_member_that_is_not_its_extension(tmp_path: Path) -> None:
 
 # --- the runner -------------------------------------------------------------------------------
 
+
 def toy_stage(samples, ctx: StageContext):
     """Adds a seeded random value to each input sample (a stand-in stage for runner tests)."""
     for sample in samples:
         rng = ctx.rng(sample["__key__"])
-        yield {"__key__": sample["__key__"],
-               "ann.json": {"object": {"id": sample["__key__"].split("_")[0], "category": "toy"},
-                            "value": float(rng.random()), "shard": ctx.shard}}
+        yield {
+            "__key__": sample["__key__"],
+            "ann.json": {
+                "object": {"id": sample["__key__"].split("_")[0], "category": "toy"},
+                "value": float(rng.random()),
+                "shard": ctx.shard,
+            },
+        }
 
 
 def toy_tasks(n_shards: int = 5, per: int = 3) -> list[Task]:
@@ -140,7 +150,8 @@ def test_runner_writes_index_run_json_and_resumes(tmp_path: Path) -> None:
     third = run_toy(out)
     assert third.shards_written == 1
     assert {p.name: p.stat().st_mtime_ns for p in list_shards(out) if p.name != "shard-000002.tar"} == {
-        k: v for k, v in mtimes.items() if k != "shard-000002.tar"}
+        k: v for k, v in mtimes.items() if k != "shard-000002.tar"
+    }
     assert shard_bytes(out) == first
 
 

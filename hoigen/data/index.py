@@ -72,7 +72,9 @@ def build_index(out_dir: Path) -> pa.Table:
             write_part(out_dir, shard.name, rows_from_shard(shard))
         if part.stat().st_size:
             tables.append(pq.read_table(part))
-    table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({"key": pa.array([], pa.string())})
+    table = (
+        pa.concat_tables(tables, promote_options="default") if tables else pa.table({"key": pa.array([], pa.string())})
+    )
     atomic_write_bytes(out_dir / INDEX_FILE, _table_bytes(table))
     return table
 

@@ -110,7 +110,9 @@ def run_task(fn: StageFn, task: Task, ctx: StageContext, on_sample: Callable[[],
     with ShardWriter(out_path) as writer:
         for sample in fn(task.samples(), ctx):
             writer.write(sample)
-            written.append({"__key__": sample["__key__"], **{k: sample[k] for k in ("ann.json", "prompt.txt") if k in sample}})
+            written.append(
+                {"__key__": sample["__key__"], **{k: sample[k] for k in ("ann.json", "prompt.txt") if k in sample}}
+            )
             if on_sample is not None:
                 on_sample()
         write_part(ctx.out_dir, name, shard_rows(written, name))
@@ -138,8 +140,9 @@ def run_stage(
     rank, world = resolve_split(shard_index, num_shards)
     mine = [t for t in tasks if t.index % world == rank]
     todo = [t for t in mine if not (out_dir / shard_name(t.index)).exists()]
-    summary = RunSummary(ctx.stage, out_dir, len(tasks), len(mine), shards_skipped=len(mine) - len(todo),
-                         rank=rank, world=world)
+    summary = RunSummary(
+        ctx.stage, out_dir, len(tasks), len(mine), shards_skipped=len(mine) - len(todo), rank=rank, world=world
+    )
     write_run_json(out_dir, ctx.stage, ctx.config, ctx.seed, {"shards": len(tasks), **(run_extra or {})})
 
     with make_progress(quiet) as progress:

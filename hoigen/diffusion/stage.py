@@ -16,8 +16,14 @@ import torch
 from hoigen.data.runner import StageContext
 from hoigen.data.schema import Sample, derive_seed
 
-BACKGROUNDS = ("on a wooden kitchen table", "in a bright living room", "on an office desk",
-               "in front of a white wall", "outdoors in a garden", "on a marble countertop")
+BACKGROUNDS = (
+    "on a wooden kitchen table",
+    "in a bright living room",
+    "on an office desk",
+    "in front of a white wall",
+    "outdoors in a garden",
+    "on a marble countertop",
+)
 
 
 def resolve_device(device: str) -> str:
@@ -60,15 +66,37 @@ def _paint(batch: list[Sample], ctx: StageContext) -> list[Sample]:
     pipe, info = _pipeline(cfg["model"], cfg.get("controlnet"), resolve_device(cfg["device"]))
     size = int(cfg["size"])
     conds = torch.stack([stack_conditions(s["normal.png"], s["seg.png"], s["skeleton.png"], size) for s in batch])
-    prompts = [sample_prompt(cfg["prompt_templates"], s["ann.json"]["object"]["category"], ctx.rng(s["__key__"]))
-               for s in batch]
+    prompts = [
+        sample_prompt(cfg["prompt_templates"], s["ann.json"]["object"]["category"], ctx.rng(s["__key__"]))
+        for s in batch
+    ]
     seeds = [derive_seed(ctx.seed, "synthesize", s["__key__"]) for s in batch]
-    images = generate(pipe, conds, prompts, seeds, steps=cfg["steps"], guidance=cfg["guidance"],
-                      negative_prompt=cfg.get("negative_prompt"))
+    images = generate(
+        pipe,
+        conds,
+        prompts,
+        seeds,
+        steps=cfg["steps"],
+        guidance=cfg["guidance"],
+        negative_prompt=cfg.get("negative_prompt"),
+    )
     out = []
     for sample, prompt, seed, image in zip(batch, prompts, seeds, images, strict=True):
-        gen = {**info, "seed": seed, "steps": cfg["steps"], "guidance": cfg["guidance"], "size": size,
-               "negative_prompt": cfg.get("negative_prompt"), "conditions": ["normal", "seg", "skeleton"]}
-        out.append({**{k: v for k, v in sample.items() if k != "__shard__"},
-                    "image.jpg": image, "prompt.txt": prompt, "gen.json": gen})
+        gen = {
+            **info,
+            "seed": seed,
+            "steps": cfg["steps"],
+            "guidance": cfg["guidance"],
+            "size": size,
+            "negative_prompt": cfg.get("negative_prompt"),
+            "conditions": ["normal", "seg", "skeleton"],
+        }
+        out.append(
+            {
+                **{k: v for k, v in sample.items() if k != "__shard__"},
+                "image.jpg": image,
+                "prompt.txt": prompt,
+                "gen.json": gen,
+            }
+        )
     return out

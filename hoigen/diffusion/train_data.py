@@ -42,8 +42,13 @@ def shard_examples(shards: list[Path], size: int) -> list[dict[str, Any]]:
         for s in read_shard(shard, fields=TRAIN_FIELDS):
             image = s.get("image.jpg", s.get("shade.png"))
             caption = s.get("prompt.txt") or FALLBACK_CAPTION.format(object=s["ann.json"]["object"]["category"])
-            examples.append({"image": image_tensor(image, size), "prompt": caption,
-                             "conditions": stack_conditions(s["normal.png"], s["seg.png"], s["skeleton.png"], size)})
+            examples.append(
+                {
+                    "image": image_tensor(image, size),
+                    "prompt": caption,
+                    "conditions": stack_conditions(s["normal.png"], s["seg.png"], s["skeleton.png"], size),
+                }
+            )
     if not examples:
         raise HoigenError(f"{shards[0].parent}: the shards hold no samples to train on")
     return examples
@@ -67,8 +72,13 @@ def background_examples(folder: Path, size: int) -> list[dict[str, Any]]:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             raise HoigenError(f"{path}: not a readable image; remove it from the background folder")
-        out.append({"image": image_tensor(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), size),
-                    "conditions": blank_conditions(size, size), "prompt": captions.get(path.name, BG_CAPTION)})
+        out.append(
+            {
+                "image": image_tensor(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), size),
+                "conditions": blank_conditions(size, size),
+                "prompt": captions.get(path.name, BG_CAPTION),
+            }
+        )
     if not out:
         raise HoigenError(f"{folder}: no .jpg/.png images in the background folder")
     return out
@@ -81,10 +91,12 @@ def batches(examples: list[dict[str, Any]], batch_size: int, seed: int) -> Itera
         order = rng.permutation(len(examples))
         stop = max(len(order) - len(order) % batch_size, 1)  # drop a ragged last batch
         for i in range(0, stop, batch_size):
-            chunk = [examples[j] for j in order[i:i + batch_size]]
-            yield {"image": torch.stack([c["image"] for c in chunk]),
-                   "conditions": torch.stack([c["conditions"] for c in chunk]),
-                   "prompt": [c["prompt"] for c in chunk]}
+            chunk = [examples[j] for j in order[i : i + batch_size]]
+            yield {
+                "image": torch.stack([c["image"] for c in chunk]),
+                "conditions": torch.stack([c["conditions"] for c in chunk]),
+                "prompt": [c["prompt"] for c in chunk],
+            }
 
 
 def train_from_shards(shards: list[Path], out: Path, opts: TrainOptions, seed: int, quiet: bool) -> dict[str, Any]:
@@ -96,6 +108,14 @@ def train_from_shards(shards: list[Path], out: Path, opts: TrainOptions, seed: i
     bg = background_examples(opts.bg_dir, opts.size) if opts.bg_dir is not None else None
     pipe, _ = load_pipeline(opts.model)
     return train_controlnet(
-        pipe, batches(examples, opts.batch_size, seed), steps=opts.steps, out_dir=Path(out), lr=opts.lr, seed=seed,
-        text_dropout=opts.text_dropout, bg_batches=batches(bg, opts.batch_size, seed + 1) if bg else None,
-        bg_every=opts.bg_every if bg else 0, bg_weight=opts.bg_weight)
+        pipe,
+        batches(examples, opts.batch_size, seed),
+        steps=opts.steps,
+        out_dir=Path(out),
+        lr=opts.lr,
+        seed=seed,
+        text_dropout=opts.text_dropout,
+        bg_batches=batches(bg, opts.batch_size, seed + 1) if bg else None,
+        bg_every=opts.bg_every if bg else 0,
+        bg_weight=opts.bg_weight,
+    )

@@ -34,8 +34,14 @@ from hoigen.data.schema import SEG_OBJECT, Sample, parse_key
 from hoigen.errors import HoigenError
 
 NOCS_CLASS_IDS = {"bottle": 1, "bowl": 2, "camera": 3, "can": 4, "laptop": 5, "mug": 6}
-SHAPENET_SYNSETS = {"bottle": "02876657", "bowl": "02880940", "camera": "02942699", "can": "02946921",
-                    "laptop": "03642806", "mug": "03797390"}
+SHAPENET_SYNSETS = {
+    "bottle": "02876657",
+    "bowl": "02880940",
+    "camera": "02942699",
+    "can": "02946921",
+    "laptop": "03642806",
+    "mug": "03797390",
+}
 OBJECT_INSTANCE = 1
 MASK_BACKGROUND = 255
 
@@ -67,10 +73,16 @@ def hand_record(ann: dict[str, Any]) -> dict[str, Any]:
     j3 = np.asarray(hand["joints3d"], np.float64)
     j3_cam = j3 @ w2c[:3, :3].T + w2c[:3, 3]
     return {
-        "side": hand["side"], "model": hand["model"], "global_orient_world": hand["global_orient"],
-        "hand_pose": hand["hand_pose"], "betas": hand["betas"], "transl_world": hand["transl"],
-        "world_to_cam": ann["camera"]["world_to_cam"], "joints3d_cam": j3_cam.round(6).tolist(),
-        "joints2d": hand.get("joints2d"), "joints_visible": hand.get("joints_visible"),
+        "side": hand["side"],
+        "model": hand["model"],
+        "global_orient_world": hand["global_orient"],
+        "hand_pose": hand["hand_pose"],
+        "betas": hand["betas"],
+        "transl_world": hand["transl"],
+        "world_to_cam": ann["camera"]["world_to_cam"],
+        "joints3d_cam": j3_cam.round(6).tolist(),
+        "joints2d": hand.get("joints2d"),
+        "joints_visible": hand.get("joints_visible"),
     }
 
 
@@ -83,8 +95,10 @@ def scene_table(keys: Iterable[str]) -> dict[tuple[str, int], int]:
 def export_sample(sample: Sample, image_dir: Path, idx: int) -> None:
     ann = sample["ann.json"]
     if "seg.png" not in sample:
-        raise HoigenError(f"{sample.get('__shard__', '?')}: sample {sample['__key__']} has no render passes; "
-                          "export reads the output of hoigen render or hoigen synthesize")
+        raise HoigenError(
+            f"{sample.get('__shard__', '?')}: sample {sample['__key__']} has no render passes; "
+            "export reads the output of hoigen render or hoigen synthesize"
+        )
     seg = sample["seg.png"]
     h, w = seg.shape
     color = sample.get("image.jpg", sample.get("shade.png"))
@@ -103,8 +117,9 @@ def export_sample(sample: Sample, image_dir: Path, idx: int) -> None:
         atomic_write_bytes(stem.with_name(stem.name + suffix), data)
 
 
-def export_nocs(samples: Iterable[Sample], keys: list[str], out_dir: Path, split: str = "train",
-                on_sample: Any = None) -> int:
+def export_nocs(
+    samples: Iterable[Sample], keys: list[str], out_dir: Path, split: str = "train", on_sample: Any = None
+) -> int:
     """Write ``samples`` (render or synthesize output) as a NOCS-style dataset; returns the count."""
     scenes = scene_table(keys)
     counters: dict[int, list[str]] = {}

@@ -17,8 +17,13 @@ from hoigen.objects.geometry import signed_distance
 
 CONTACT_M = 0.005
 APPROACH_FREE_FRAMES = 2
-METRIC_NAMES = ("penetration_depth_cm", "contact_fingers", "contact_ratio", "tip_distance_cm",
-                "approach_penetration_cm")
+METRIC_NAMES = (
+    "penetration_depth_cm",
+    "contact_fingers",
+    "contact_ratio",
+    "tip_distance_cm",
+    "approach_penetration_cm",
+)
 
 
 def penetration_cm(mesh: trimesh.Trimesh, points: np.ndarray) -> float:

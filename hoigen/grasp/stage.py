@@ -39,8 +39,9 @@ def plan_grasp(opts: GraspOptions, out_dir: Path, seed: int) -> tuple[list[Task]
     out_dir.mkdir(parents=True, exist_ok=True)
     save_objects(assets, out_dir)
     per = max(1, opts.objects_per_shard)
-    tasks = [Task(i, tuple({"__key__": a.id} for a in assets[j:j + per]))
-             for i, j in enumerate(range(0, len(assets), per))]
+    tasks = [
+        Task(i, tuple({"__key__": a.id} for a in assets[j : j + per])) for i, j in enumerate(range(0, len(assets), per))
+    ]
     return tasks, assets
 
 
@@ -75,32 +76,61 @@ def grasp_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample
             final = result.pose.transformed(pose)
             approach = pose[:3, :3] @ result.approach_dir
             tilt = Rotation.from_rotvec(rng.normal(size=3) / np.sqrt(3) * np.deg2rad(START_TILT_DEG)).as_matrix()
-            frames = approach_trajectory(final, approach, cfg["frames"], cfg["approach_distance"],
-                                         start_rotation=tilt @ final.rotation)
+            frames = approach_trajectory(
+                final, approach, cfg["frames"], cfg["approach_distance"], start_rotation=tilt @ final.rotation
+            )
             params = [f.mano_params(hand) for f in frames]
-            out = hand.forward(*(np.stack([p[k] for p in params]) for k in ("global_orient", "hand_pose", "betas", "transl")))
+            out = hand.forward(
+                *(np.stack([p[k] for p in params]) for k in ("global_orient", "hand_pose", "betas", "transl"))
+            )
             world_mesh = asset.mesh.copy().apply_transform(pose)
             early = out.vertices[: max(0, len(frames) - APPROACH_FREE_FRAMES)]
-            metrics = {**result.metrics,
-                       "approach_penetration_cm": round(penetration_cm(world_mesh, early.reshape(-1, 3)), 4)
-                       if len(early) else 0.0}
+            metrics = {
+                **result.metrics,
+                "approach_penetration_cm": round(penetration_cm(world_mesh, early.reshape(-1, 3)), 4)
+                if len(early)
+                else 0.0,
+            }
             focus = (2 * pose[:3, 3] + out.joints[:, 0].mean(axis=0)) / 3
             for f, p in enumerate(params):
                 key = sample_key(asset.id, g, f)
-                yield {"__key__": key, "ann.json": frame_annotation(key, hand, p, out.joints[f], asset, pose, f,
-                                                                     len(frames), focus, approach, metrics)}
+                yield {
+                    "__key__": key,
+                    "ann.json": frame_annotation(
+                        key, hand, p, out.joints[f], asset, pose, f, len(frames), focus, approach, metrics
+                    ),
+                }
 
 
-def frame_annotation(key: str, hand: Any, params: dict[str, np.ndarray], joints: np.ndarray, asset: ObjectAsset,
-                     pose: np.ndarray, frame: int, frames: int, focus: np.ndarray, approach: np.ndarray,
-                     metrics: dict) -> dict[str, Any]:
+def frame_annotation(
+    key: str,
+    hand: Any,
+    params: dict[str, np.ndarray],
+    joints: np.ndarray,
+    asset: ObjectAsset,
+    pose: np.ndarray,
+    frame: int,
+    frames: int,
+    focus: np.ndarray,
+    approach: np.ndarray,
+    metrics: dict,
+) -> dict[str, Any]:
     """The grasp stage's ``ann.json`` (DESIGN.md's shard contract)."""
     return {
         "key": key,
-        "hand": {"side": hand.side, "model": hand.name, **{k: v.tolist() for k, v in params.items()},
-                 "joints3d": joints.astype(np.float64).tolist()},
-        "object": {"id": asset.id, "category": asset.category, "mesh_sha256": asset.sha256,
-                   "pose": pose.tolist(), "nocs_from_mesh": np.asarray(asset.nocs_from_mesh).tolist()},
+        "hand": {
+            "side": hand.side,
+            "model": hand.name,
+            **{k: v.tolist() for k, v in params.items()},
+            "joints3d": joints.astype(np.float64).tolist(),
+        },
+        "object": {
+            "id": asset.id,
+            "category": asset.category,
+            "mesh_sha256": asset.sha256,
+            "pose": pose.tolist(),
+            "nocs_from_mesh": np.asarray(asset.nocs_from_mesh).tolist(),
+        },
         "trajectory": {"frame": frame, "frames": frames, "focus": focus.tolist(), "approach_dir": approach.tolist()},
         "grasp": metrics,
     }

@@ -30,23 +30,38 @@ class HandPose:
     def mano_params(self, hand) -> dict[str, np.ndarray]:
         """MANO parameters (global_orient, hand_pose, betas, transl) for ``hand`` (a HandModel)."""
         orient, transl = hand.params_for_rigid(self.rotation, self.translation, betas=self.betas)
-        return {"global_orient": np.asarray(orient, np.float64), "hand_pose": np.asarray(self.hand_pose, np.float64),
-                "betas": np.asarray(self.betas, np.float64), "transl": np.asarray(transl, np.float64)}
+        return {
+            "global_orient": np.asarray(orient, np.float64),
+            "hand_pose": np.asarray(self.hand_pose, np.float64),
+            "betas": np.asarray(self.betas, np.float64),
+            "transl": np.asarray(transl, np.float64),
+        }
 
     def transformed(self, pose: np.ndarray) -> HandPose:
         """This hand moved by a rigid 4x4 ``pose`` (e.g. object mesh frame -> world)."""
-        return replace(self, rotation=pose[:3, :3] @ self.rotation, translation=pose[:3, :3] @ self.translation + pose[:3, 3])
+        return replace(
+            self, rotation=pose[:3, :3] @ self.rotation, translation=pose[:3, :3] @ self.translation + pose[:3, 3]
+        )
 
 
 def slerp_rotations(start: np.ndarray, end: np.ndarray, ts: np.ndarray) -> Rotation:
     """Rotations at times ``ts`` in [0, 1] on the shortest arc between two rotations."""
-    keys = Rotation.concatenate([Rotation.from_matrix(start) if np.ndim(start) == 2 else Rotation.from_rotvec(start),
-                                 Rotation.from_matrix(end) if np.ndim(end) == 2 else Rotation.from_rotvec(end)])
+    keys = Rotation.concatenate(
+        [
+            Rotation.from_matrix(start) if np.ndim(start) == 2 else Rotation.from_rotvec(start),
+            Rotation.from_matrix(end) if np.ndim(end) == 2 else Rotation.from_rotvec(end),
+        ]
+    )
     return Slerp([0.0, 1.0], keys)(ts)
 
 
-def approach_trajectory(grasp: HandPose, approach_dir: np.ndarray, frames: int, distance: float = 0.3,
-                        start_rotation: np.ndarray | None = None) -> list[HandPose]:
+def approach_trajectory(
+    grasp: HandPose,
+    approach_dir: np.ndarray,
+    frames: int,
+    distance: float = 0.3,
+    start_rotation: np.ndarray | None = None,
+) -> list[HandPose]:
     """``frames`` poses from a flat hand ``distance`` m along ``approach_dir`` to ``grasp`` (last frame).
 
     ``start_rotation`` (3x3) is the open hand's orientation at the start (default: the grasp's).
@@ -61,5 +76,12 @@ def approach_trajectory(grasp: HandPose, approach_dir: np.ndarray, frames: int, 
     poses = np.stack(per_joint, axis=1).reshape(len(ts), 45)
     start_r = grasp.rotation if start_rotation is None else start_rotation
     rotations = slerp_rotations(start_r, grasp.rotation, ts).as_matrix()
-    return [HandPose(rotation=rotations[i], translation=(1 - t) * start_t + t * grasp.translation,
-                     hand_pose=poses[i], betas=np.asarray(grasp.betas)) for i, t in enumerate(ts)]
+    return [
+        HandPose(
+            rotation=rotations[i],
+            translation=(1 - t) * start_t + t * grasp.translation,
+            hand_pose=poses[i],
+            betas=np.asarray(grasp.betas),
+        )
+        for i, t in enumerate(ts)
+    ]

@@ -8,7 +8,7 @@ posed again from the stored MANO parameters with the same hand model that made t
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ def _objects(folder: str) -> dict[str, ObjectAsset]:
     return read_objects(Path(folder))
 
 
-@lru_cache(maxsize=2)
+@cache  # never evicted: deleting a pyrender EGL renderer terminates the shared display
 def _renderer(width: int, height: int, supersample: int) -> Any:
     from hoigen.render.renderer import Renderer
 
@@ -53,8 +53,10 @@ def _hand(side: str, model: str, mano_dir: str | None) -> Any:
 
     hand = load_hand(side, None if model == EMBEDDED_HAND_NAME else mano_dir)
     if hand.name != model:
-        raise HoigenError(f"the grasp shards were made with hand model '{model}' but '{hand.name}' was found; "
-                          "pass the same --mano-dir (or HOIGEN_MANO_DIR) as for hoigen grasp")
+        raise HoigenError(
+            f"the grasp shards were made with hand model '{model}' but '{hand.name}' was found; "
+            "pass the same --mano-dir (or HOIGEN_MANO_DIR) as for hoigen grasp"
+        )
     return hand
 
 
@@ -75,18 +77,45 @@ def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sampl
         asset = objects[obj_ann["id"]]
         ids = parse_key(sample["__key__"])
         for view in range(int(cfg["views"])):
-            camera = sample_camera(np.asarray(ann["trajectory"]["focus"]), ctx.rng(ids["object"], ids["grasp"], view),
-                                   size, size)
-            result = renderer.render(SceneSpec(
-                hand_vertices=out.vertices[0], hand_faces=hand.faces, object_mesh=asset.mesh,
-                object_pose=np.asarray(obj_ann["pose"]), nocs_from_mesh=np.asarray(obj_ann["nocs_from_mesh"]),
-                camera=camera, joints3d=np.asarray(hand_ann["joints3d"]), mesh_key=asset.id))
+            camera = sample_camera(
+                np.asarray(ann["trajectory"]["focus"]), ctx.rng(ids["object"], ids["grasp"], view), size, size
+            )
+            result = renderer.render(
+                SceneSpec(
+                    hand_vertices=out.vertices[0],
+                    hand_faces=hand.faces,
+                    object_mesh=asset.mesh,
+                    object_pose=np.asarray(obj_ann["pose"]),
+                    nocs_from_mesh=np.asarray(obj_ann["nocs_from_mesh"]),
+                    camera=camera,
+                    joints3d=np.asarray(hand_ann["joints3d"]),
+                    mesh_key=asset.id,
+                )
+            )
             key = sample_key(ids["object"], ids["grasp"], ids["frame"], view)
-            new_ann = {**ann, "key": key,
-                       "hand": {**hand_ann, "joints2d": np.round(result.joints2d, 4).tolist(),
-                                "joints_visible": result.joints_visible.astype(bool).tolist()},
-                       "camera": {"K": camera.K.tolist(), "world_to_cam": camera.world_to_cam.tolist(),
-                                  "width": camera.width, "height": camera.height, "view": view}}
-            yield {"__key__": key, "ann.json": new_ann, "normal.png": result.normal, "seg.png": result.seg,
-                   "skeleton.png": result.skeleton, "depth.png": result.depth, "nocs.png": result.nocs,
-                   "shade.png": result.shade}
+            new_ann = {
+                **ann,
+                "key": key,
+                "hand": {
+                    **hand_ann,
+                    "joints2d": np.round(result.joints2d, 4).tolist(),
+                    "joints_visible": result.joints_visible.astype(bool).tolist(),
+                },
+                "camera": {
+                    "K": camera.K.tolist(),
+                    "world_to_cam": camera.world_to_cam.tolist(),
+                    "width": camera.width,
+                    "height": camera.height,
+                    "view": view,
+                },
+            }
+            yield {
+                "__key__": key,
+                "ann.json": new_ann,
+                "normal.png": result.normal,
+                "seg.png": result.seg,
+                "skeleton.png": result.skeleton,
+                "depth.png": result.depth,
+                "nocs.png": result.nocs,
+                "shade.png": result.shade,
+            }

@@ -1,0 +1,284 @@
+"""Loading the condition-to-image diffusion pipeline and painting images with it.
+
+``load_pipeline`` resolves a model name to a ``diffusers.StableDiffusionControlNetPipeline``:
+
+- ``None`` / ``"tiny-random"``: the tiny offline stand-in (``hoigen.diffusion.tiny``), random weights;
+- a folder that ``hoigen train`` saved (``model_index.json`` naming a ``controlnet``): loaded whole;
+- a Stable Diffusion folder or hub id: its components, plus the ControlNet from ``controlnet``
+  (a folder or hub id) or, without one, a fresh ControlNet copied from the UNet (flagged
+  ``untrained-controlnet``: its zero-initialised output convolutions leave the images unconditioned).
+
+The returned ``info`` dict says which model made the images; stand-ins are labelled as such and
+``synthesize`` writes it into every sample's ``gen.json``.
+
+Conditions go to diffusers as a (B, 9, H, W) float tensor in [0, 1]. The pipeline accepts that as is:
+for tensors, its ``control_image_processor`` only resizes (bilinear, a no-op at the requested size)
+and skips RGB conversion and normalisation (``do_normalize=False``), and ``check_image`` only counts
+the batch. (It would pass a tensor with 4 = ``vae_latent_channels`` channels through unresized, which
+never applies to the 9 channels here.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hoigen.diffusion.backend import (
+    ControlNetModel,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionPipeline,
+    quiet,
+)
+from hoigen.diffusion.conditions import CONDITIONING_CHANNELS
+from hoigen.diffusion.tiny import TINY_MODEL_NAME, build_tiny_pipeline
+from hoigen.diffusion.train import TRAIN_RECORD
+from hoigen.errors import HoigenError
+
+DEFAULT_STEPS = 50  # DDIM steps of the original HOIDiffusion sampler
+DEFAULT_GUIDANCE = 7.5
+SD15_HINT = "runwayml/stable-diffusion-v1-5"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
+    """``None`` -> float16 on CUDA, float32 elsewhere; strings such as "fp16" or "bfloat16" accepted."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None:
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise HoigenError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))}") from None
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _is_local(name: str) -> bool:
+    """A name that exists on disk, or that cannot be a hub id, is meant as a local folder."""
+    return Path(name).expanduser().exists() or not _HUB_ID.match(name)
+
+
+def _from_pretrained(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
+    """Call ``loader(name, ...)``: local folders directly; hub ids from the cache first, then the hub."""
+    if _is_local(name):
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise HoigenError(
+                f"{name}: {what} folder not found; pass a diffusers model folder "
+                f"(e.g. from `huggingface-cli download {SD15_HINT}`) or leave it out for the tiny stand-in"
+            )
+        try:
+            with quiet():
+                return loader(str(path), local_files_only=True, **kwargs)
+        except Exception as error:  # diffusers raises OSError, ValueError, EnvironmentError, ...
+            raise HoigenError(
+                f"{name}: cannot load the {what} from this folder ({_first_line(error)}); "
+                "it must be a diffusers model folder (model_index.json or config.json with weights)"
+            ) from None
+    attempts = [True] if _offline() else [True, False]
+    last: Exception | None = None
+    for local_only in attempts:
+        try:
+            with quiet():
+                return loader(name, local_files_only=local_only, **kwargs)
+        except Exception as error:  # not cached / hub unreachable / no such repo
+            last = error
+    raise HoigenError(
+        f"{name}: {what} weights not found locally and the model hub is not reachable "
+        f"({_first_line(last)}); on a machine with access run `huggingface-cli download {name}` "
+        "and pass the downloaded folder (or set HF_HOME to the cache holding it)"
+    )
+
+
+def _first_line(error: BaseException | None) -> str:
+    text = str(error).strip().splitlines() if error is not None else []
+    return (text[0] if text else type(error).__name__)[:200]
+
+
+def _check_controlnet(controlnet: ControlNetModel, name: str) -> None:
+    channels = controlnet.config.conditioning_channels
+    if channels != CONDITIONING_CHANNELS:
+        raise HoigenError(
+            f"{name}: this ControlNet takes {channels} condition channels, hoigen feeds "
+            f"{CONDITIONING_CHANNELS} (normal + seg + skeleton); pass a ControlNet trained by `hoigen train`"
+        )
+
+
+def _is_saved_controlnet_pipeline(path: Path) -> bool:
+    index = path / "model_index.json"
+    if not (index.is_file() and (path / "controlnet").is_dir()):
+        return False
+    try:
+        return "controlnet" in json.loads(index.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def _train_record(path: Path) -> dict[str, Any] | None:
+    record = path / TRAIN_RECORD
+    if not record.is_file():
+        return None
+    try:
+        return json.loads(record.read_text())
+    except (OSError, ValueError):
+        raise HoigenError(f"{record}: unreadable training record; re-run `hoigen train`") from None
+
+
+def load_pipeline(
+    model: str | None = None,
+    controlnet: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+) -> tuple[StableDiffusionControlNetPipeline, dict[str, Any]]:
+    """Load the pipeline for ``model`` (+ ``controlnet``) on ``device``; returns (pipe, info)."""
+    torch_dtype = resolve_dtype(dtype, device)
+    info: dict[str, Any] = {"model": model or TINY_MODEL_NAME, "controlnet": controlnet}
+    if model is None or model == TINY_MODEL_NAME:
+        pipe = build_tiny_pipeline(seed=0)
+        info["kind"] = TINY_MODEL_NAME
+        info["note"] = "tiny stand-in with random weights built offline; not Stable Diffusion"
+    elif _is_local(model) and _is_saved_controlnet_pipeline(Path(model).expanduser()):
+        pipe = _from_pretrained(
+            StableDiffusionControlNetPipeline.from_pretrained,
+            model,
+            "trained pipeline",
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+        record = _train_record(Path(model).expanduser())
+        if record is not None:
+            base = record.get("base") or {}
+            info["base"] = base
+            tiny_base = base.get("kind") in (TINY_MODEL_NAME, "tiny-trained")
+            info["kind"] = "tiny-trained" if tiny_base else "trained"
+        else:
+            info["kind"] = "pretrained"
+        if controlnet is not None:
+            pipe.controlnet = _from_pretrained(ControlNetModel.from_pretrained, controlnet, "ControlNet")
+    elif controlnet is not None:
+        net = _from_pretrained(ControlNetModel.from_pretrained, controlnet, "ControlNet")
+        info["kind"] = "pretrained"
+        pipe = _from_pretrained(
+            StableDiffusionControlNetPipeline.from_pretrained,
+            model,
+            "Stable Diffusion",
+            controlnet=net,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+    else:
+        info["kind"] = "untrained-controlnet"
+        info["note"] = "ControlNet copied from the UNet, never trained: images ignore the conditions"
+        pipe = _from_pretrained(
+            _load_sd_with_fresh_controlnet,
+            model,
+            "Stable Diffusion",
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+    _check_controlnet(pipe.controlnet, controlnet or str(info["model"]))
+    # Cast only when needed: diffusers warns about casting even when float32 stays float32.
+    pipe.to(device=device, dtype=None if torch_dtype == pipe.unet.dtype else torch_dtype)
+    pipe.set_progress_bar_config(disable=True)
+    info["dtype"] = str(torch_dtype).removeprefix("torch.")
+    info["device"] = str(device)
+    pipe.hoigen_info = dict(info)
+    return pipe, info
+
+
+def _load_sd_with_fresh_controlnet(name: str, **kwargs: Any) -> StableDiffusionControlNetPipeline:
+    """A Stable Diffusion pipeline plus a ControlNet initialised from its UNet (seeded, deterministic)."""
+    base = StableDiffusionPipeline.from_pretrained(name, **kwargs)
+    # The condition encoder must downsample by the VAE factor: one stride-2 stage per level after the first.
+    levels = max(base.vae_scale_factor.bit_length(), 1)
+    embedding = tuple((16, 32, 96, 256)[:levels]) if levels <= 4 else (16,) * (levels - 4) + (16, 32, 96, 256)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = ControlNetModel.from_unet(
+            base.unet,
+            conditioning_channels=CONDITIONING_CHANNELS,
+            conditioning_embedding_out_channels=embedding,
+        )
+    return StableDiffusionControlNetPipeline(**base.components, controlnet=net, requires_safety_checker=False)
+
+
+def generate(
+    pipe: StableDiffusionControlNetPipeline,
+    conditions: torch.Tensor,
+    prompts: list[str],
+    seeds: list[int],
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
+    negative_prompt: str | None = None,
+    control_scale: float = 1.0,
+    per_sample: bool = False,
+) -> list[np.ndarray]:
+    """Paint one (H, W, 3) uint8 image per condition tensor, prompt and seed.
+
+    Each sample draws its initial noise from its own ``torch.Generator`` seeded with its seed (DDIM
+    with eta 0 adds no further noise), so an image depends on its own inputs only, not on the batch
+    -- up to float rounding: batched convolutions round differently from single ones, so on CPU about
+    0.03 % of pixels differ by one level between batch sizes. ``per_sample=True`` runs the samples
+    one at a time, making every image bit-identical whatever the batch (slower on a GPU).
+    """
+    if conditions.ndim != 4 or conditions.shape[1] != CONDITIONING_CHANNELS:
+        shape = tuple(conditions.shape)
+        raise ValueError(f"conditions must be (B, {CONDITIONING_CHANNELS}, H, W), got {shape}")
+    batch, _, height, width = conditions.shape
+    if len(prompts) != batch or len(seeds) != batch:
+        raise ValueError(
+            f"{batch} conditions need as many prompts and seeds, got {len(prompts)} and {len(seeds)}"
+        )
+    factor = pipe.vae_scale_factor
+    if height % factor or width % factor:
+        raise HoigenError(
+            f"image size {width}x{height} is not a multiple of {factor}; choose a size divisible by {factor}"
+        )
+    if batch == 0:
+        return []
+    low, high = float(conditions.min()), float(conditions.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(f"conditions must lie in [0, 1], got [{low:.3g}, {high:.3g}]")
+    if per_sample and batch > 1:
+        return [
+            image
+            for i in range(batch)
+            for image in generate(
+                pipe, conditions[i : i + 1], [prompts[i]], [seeds[i]], steps, guidance, negative_prompt,
+                control_scale,
+            )
+        ]
+    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+    result = pipe(
+        prompt=list(prompts),
+        image=conditions.float(),
+        height=height,
+        width=width,
+        num_inference_steps=int(steps),
+        guidance_scale=float(guidance),
+        negative_prompt=[negative_prompt] * batch if negative_prompt else None,
+        controlnet_conditioning_scale=float(control_scale),
+        generator=generators,
+        output_type="np",
+    )
+    images = np.clip(np.asarray(result.images, dtype=np.float32), 0.0, 1.0)
+    return [img for img in (images * 255.0).round().astype(np.uint8)]
