@@ -199,10 +199,7 @@ def synthesize(
         device=device,
     )
     if in_dir is None:
-        work = out / "work"
-        stages.grasp(_options(GraspOptions, objects=objects), work / "grasp", common)
-        stages.render(work / "grasp", work / "render", RenderOptions(size=256), common)
-        in_dir = work / "render"
+        in_dir = stages.prepare_conditions(_options(GraspOptions, objects=objects), opts, out / "work", common)
     elif objects is not None:
         raise HoigenError("pass either --in (render output) or --objects (a mesh folder), not both")
     _finish(stages.synthesize(in_dir, out, opts, common), quiet)

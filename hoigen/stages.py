@@ -6,6 +6,7 @@ made in ``run.json`` and hands the work to :func:`hoigen.data.runner.run_stage`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,13 @@ from hoigen.errors import HoigenError
 
 TINY_SIZE = 64
 REAL_SIZE = 512
+
+
+def synth_size(opts: SynthOptions) -> int:
+    """The image size: as given, else 64 for the tiny stand-in and 512 for real weights."""
+    if opts.size:
+        return opts.size
+    return TINY_SIZE if opts.model in (None, "", "tiny-random") else REAL_SIZE
 
 
 def input_tasks(in_dir: Path, produced_by: tuple[str, ...]) -> list[Task]:
@@ -109,8 +117,7 @@ def synthesize(in_dir: Path, out: Path, opts: SynthOptions, common: Common) -> R
 
     tasks = input_tasks(in_dir, ("render",))
     templates = load_prompts(opts.prompts) if opts.prompts is not None else list(DEFAULT_PROMPTS)
-    tiny = opts.model in (None, "", "tiny-random")
-    size = opts.size or (TINY_SIZE if tiny else REAL_SIZE)
+    size = synth_size(opts)
     device = resolve_device(opts.device)
     _, model_info = _pipeline(opts.model, opts.controlnet, device)  # fail early on missing weights
     config = {**to_config(opts), "size": size, "prompt_templates": templates}
@@ -126,7 +133,28 @@ def synthesize(in_dir: Path, out: Path, opts: SynthOptions, common: Common) -> R
     )
 
 
-def export(in_dir: Path, out: Path, opts: ExportOptions, quiet: bool = False) -> RunSummary:
+def prepare_conditions(grasp_opts: GraspOptions, synth_opts: SynthOptions, work: Path, common: Common) -> Path:
+    """Grasp and render into ``work`` for ``synthesize --objects``; returns the render folder.
+
+    Conditions are rendered at the synthesis size (at least 256 px, so the annotations stay useful).
+    """
+    size = max(synth_size(synth_opts), 256)
+    info(grasp(grasp_opts, work / "grasp", common).line(), common.quiet)
+    info(render(work / "grasp", work / "render", RenderOptions(size=size), common).line(), common.quiet)
+    return work / "render"
+
+
+@dataclass
+class ExportSummary:
+    out_dir: Path
+    shards_read: int
+    samples_written: int = 0
+
+    def line(self) -> str:
+        return f"export: {self.samples_written} images from {self.shards_read} shards -> {self.out_dir}"
+
+
+def export(in_dir: Path, out: Path, opts: ExportOptions, quiet: bool = False) -> ExportSummary:
     """Synthesize (or render) shards -> a NOCS-style dataset folder."""
     from hoigen.data.index import write_run_json
     from hoigen.export.nocs import export_nocs
@@ -138,17 +166,16 @@ def export(in_dir: Path, out: Path, opts: ExportOptions, quiet: bool = False) ->
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_run_json(out, "export", {**to_config(opts)}, 0, {"input": str(in_dir)})
-    summary = RunSummary("export", out, len(tasks), len(tasks))
+    summary = ExportSummary(out, len(tasks))
     with make_progress(quiet) as progress:
-        bar = progress.add_task("export", total=len(keys), samples=0)
+        bar = progress.add_task("export", total=len(keys), status="")
 
         def tick() -> None:
             summary.samples_written += 1
-            progress.update(bar, advance=1, samples=summary.samples_written)
+            progress.advance(bar)
 
         samples = (s for t in tasks for s in t.samples())
         export_nocs(samples, keys, out, split=opts.split, on_sample=tick)
-    summary.shards_written = len(tasks)
     return summary
 
 
@@ -184,7 +211,8 @@ def inspect(folder: Path, sheet: Path | None = None, rows: int = 12) -> Path:
             counts[c] = counts.get(c, 0) + 1
         console.print("categories: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     view = Table(show_header=True, header_style="bold")
-    columns = table.column_names[:9]
+    skip = {"shard", "object", "grasp", "frame", "view"}
+    columns = [c for c in table.column_names if c not in skip][:7]
     for c in columns:
         view.add_column(c)
     for row in table.slice(0, 10).to_pylist():

@@ -142,6 +142,8 @@ def test_train_saves_a_pipeline_synthesize_loads(chain: Path, tmp_path: Path) ->
     model = tmp_path / "model"
     assert hoigen("train", "--in", chain / "synth", "--steps", "2", "--batch-size", "2", "--out", model, "-q")[0] == 0
     assert (model / "controlnet").is_dir() and (model / "model_index.json").exists()
+    record = json.loads((model / "hoigen_train.json").read_text())
+    assert record["steps"] == 2 and record["data"]["targets"] == ["image.jpg"] and record["data"]["samples"] == 8
     out = tmp_path / "synth"
     assert (
         hoigen(
@@ -207,3 +209,23 @@ def test_truncated_input_shard_names_it_and_keeps_finished_output(
     assert code == 1 and err.count("\n") == 1 and "shard-000001.tar" in err and "truncated" in err
     assert [p.name for p in list_shards(out)] == ["shard-000000.tar"]  # the finished shard is kept
     assert not list(out.glob("*.tmp-*"))
+
+
+def test_synthesize_from_a_mesh_folder_and_prompts(tmp_path: Path) -> None:
+    """The user's headline command: hoigen synthesize --objects DIR --prompts FILE."""
+    import trimesh
+
+    meshes = tmp_path / "ycb" / "025_mug" / "google_16k"
+    meshes.mkdir(parents=True)
+    trimesh.creation.cylinder(radius=40.0, height=95.0, sections=24).export(meshes / "textured.obj")  # millimetres
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# appearance\na red {object} {background}\n")
+    out = tmp_path / "synth"
+    code, _ = hoigen("synthesize", "--objects", tmp_path / "ycb", "--prompts", prompts, "--steps", "2",
+                     "--size", "64", "--out", out, "-q")
+    assert code == 0
+    samples = [s for p in list_shards(out) for s in read_shard(p, fields=("prompt.txt", "ann.json"))]
+    assert len(samples) == 2 * 8 * 2  # default grasps x frames x views
+    assert all(s["prompt.txt"].startswith("a red mug ") for s in samples)
+    assert samples[0]["ann.json"]["object"]["id"] == "025-mug"
+    assert (out / "work" / "render" / "index.parquet").exists()

@@ -15,11 +15,12 @@ def show_progress(quiet: bool) -> bool:
 
 
 def make_progress(quiet: bool) -> Progress:
+    """A bar with a free ``status`` field (add tasks with ``status=""``)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[samples]} samples"),
+        TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
         console=console,
         disable=not show_progress(quiet),

@@ -146,11 +146,11 @@ def run_stage(
     write_run_json(out_dir, ctx.stage, ctx.config, ctx.seed, {"shards": len(tasks), **(run_extra or {})})
 
     with make_progress(quiet) as progress:
-        bar = progress.add_task(ctx.stage, total=len(todo), samples=0)
+        bar = progress.add_task(ctx.stage, total=len(todo), status="0 samples")
 
         def count_sample() -> None:
             summary.samples_written += 1
-            progress.update(bar, samples=summary.samples_written)
+            progress.update(bar, status=f"{summary.samples_written} samples")
 
         if workers <= 1 or len(todo) <= 1:
             for task in todo:
@@ -164,6 +164,6 @@ def run_stage(
                 for future in as_completed(futures):
                     summary.samples_written += future.result()
                     summary.shards_written += 1
-                    progress.update(bar, advance=1, samples=summary.samples_written)
+                    progress.update(bar, advance=1, status=f"{summary.samples_written} samples")
     build_index(out_dir)
     return summary

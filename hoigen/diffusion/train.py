@@ -143,6 +143,7 @@ def train_controlnet(
     log: Callable[[dict[str, Any]], None] | None = None,
     base: dict[str, Any] | None = None,
     max_grad_norm: float = 1.0,
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``pipe.controlnet`` for ``steps`` steps and save the whole pipeline to ``out_dir``.
 
@@ -150,7 +151,8 @@ def train_controlnet(
     [0, 1] and ``prompt`` (B strings); a list is cycled, a one-shot iterator ends training early.
     ``bg_batches`` (conditions ignored: blank) is used every ``bg_every`` steps when both are given.
     ``base`` describes the starting model for the record (default: ``pipe.hoigen_info`` set by
-    ``load_pipeline``). Returns the statistics also written to ``out_dir/hoigen_train.json``.
+    ``load_pipeline``); ``data`` describes the training data for the record. Returns the
+    statistics also written to ``out_dir/hoigen_train.json``.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -233,6 +235,7 @@ def train_controlnet(
         "seconds": round(seconds, 3),
         "seconds_per_step": round(seconds / done, 4),
         "base": base if base is not None else getattr(pipe, "hoigen_info", None),
+        "data": data,
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
     }
     out_dir = Path(out_dir)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from hoigen.config import TrainOptions
+from hoigen.data.progress import make_progress
 from hoigen.data.shards import read_shard
 from hoigen.errors import HoigenError
 
@@ -34,7 +35,7 @@ def image_tensor(image: np.ndarray, size: int) -> torch.Tensor:
 
 
 def shard_examples(shards: list[Path], size: int) -> list[dict[str, Any]]:
-    """Every sample of ``shards`` as a training example (image, conditions, prompt)."""
+    """Every sample of ``shards`` as a training example (image, conditions, prompt, target field)."""
     from hoigen.diffusion.conditions import stack_conditions
 
     examples = []
@@ -46,6 +47,7 @@ def shard_examples(shards: list[Path], size: int) -> list[dict[str, Any]]:
                 {
                     "image": image_tensor(image, size),
                     "prompt": caption,
+                    "target": "image.jpg" if "image.jpg" in s else "shade.png",
                     "conditions": stack_conditions(s["normal.png"], s["seg.png"], s["skeleton.png"], size),
                 }
             )
@@ -107,15 +109,26 @@ def train_from_shards(shards: list[Path], out: Path, opts: TrainOptions, seed: i
     examples = shard_examples(shards, opts.size)
     bg = background_examples(opts.bg_dir, opts.size) if opts.bg_dir is not None else None
     pipe, _ = load_pipeline(opts.model)
-    return train_controlnet(
-        pipe,
-        batches(examples, opts.batch_size, seed),
-        steps=opts.steps,
-        out_dir=Path(out),
-        lr=opts.lr,
-        seed=seed,
-        text_dropout=opts.text_dropout,
-        bg_batches=batches(bg, opts.batch_size, seed + 1) if bg else None,
-        bg_every=opts.bg_every if bg else 0,
-        bg_weight=opts.bg_weight,
-    )
+    targets = sorted({e["target"] for e in examples})
+    data = {"shards": [str(p) for p in shards], "samples": len(examples), "targets": targets,
+            "background_images": len(bg) if bg else 0}
+    with make_progress(quiet) as progress:
+        bar = progress.add_task("train", total=opts.steps, status="")
+
+        def log(entry: dict[str, Any]) -> None:
+            progress.update(bar, advance=1, status=f"loss {entry['loss']:.4f}")
+
+        return train_controlnet(
+            pipe,
+            batches(examples, opts.batch_size, seed),
+            steps=opts.steps,
+            out_dir=Path(out),
+            lr=opts.lr,
+            seed=seed,
+            text_dropout=opts.text_dropout,
+            bg_batches=batches(bg, opts.batch_size, seed + 1) if bg else None,
+            bg_every=opts.bg_every if bg else 0,
+            bg_weight=opts.bg_weight,
+            log=log,
+            data=data,
+        )
