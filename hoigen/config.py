@@ -17,6 +17,14 @@ import yaml
 from hoigen.errors import HoigenError
 
 
+def require_positive(options: object, *names: str) -> None:
+    """Reject zero or negative counts with a one-line error naming the option."""
+    for name in names:
+        value = getattr(options, name)
+        if value is not None and value < 1:
+            raise HoigenError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
 @dataclass
 class Common:
     seed: int = 0
@@ -38,12 +46,20 @@ class GraspOptions:
     objects_per_shard: int = 1
     approach_distance: float = 0.3  # metres from the grasp to the start pose (as the original code)
 
+    def __post_init__(self) -> None:
+        require_positive(self, "grasps", "frames", "objects_per_shard")
+        if self.side not in ("right", "left"):
+            raise HoigenError(f"--side must be right or left, got {self.side!r}")
+
 
 @dataclass
 class RenderOptions:
     views: int = 2  # cameras per trajectory (fixed along the trajectory)
     size: int = 512
     supersample: int = 1
+
+    def __post_init__(self) -> None:
+        require_positive(self, "views", "size", "supersample")
 
 
 @dataclass
@@ -57,6 +73,9 @@ class SynthOptions:
     negative_prompt: str | None = None
     batch_size: int = 4
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        require_positive(self, "steps", "size", "batch_size")
 
 
 @dataclass
@@ -76,6 +95,9 @@ class TrainOptions:
     bg_dir: Path | None = None
     bg_every: int = 10
     bg_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        require_positive(self, "steps", "batch_size", "size", "bg_every")
 
 
 @dataclass

@@ -179,6 +179,7 @@ def test_run_recipe(tmp_path: Path) -> None:
         (lambda t: ("grasp", "--objects", t / "meshes", "--out", t / "o"), "bad.obj"),
         (lambda t: ("synthesize", "--in", t / "render", "--prompts", t / "nope.txt", "--out", t / "o"), "nope.txt"),
         (lambda t: ("run", t / "bad.yaml"), "did you mean 'grasp'"),
+        (lambda t: ("grasp", "--frames", "0", "--out", t / "o"), "--frames must be at least 1"),
     ],
 )
 def test_bad_inputs_exit_nonzero_with_one_line(
