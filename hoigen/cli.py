@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
 )
 assets_app = typer.Typer(help="Build the embedded assets shipped with hoigen.", no_args_is_help=True)
 app.add_typer(assets_app, name="assets")
@@ -52,6 +53,11 @@ def _common(seed: int, workers: int, shard_index: int | None, num_shards: int | 
 def _options(cls: type, **given: Any) -> Any:
     """Options from what the user passed (None = not passed, so the dataclass default applies)."""
     return build_options(cls, {k: v for k, v in given.items() if v is not None}, "options")
+
+
+def _default(cls: type, name: str) -> str:
+    """`` [default: X]`` read from the options dataclass, so help never drifts from the code."""
+    return f" [default: {next(f.default for f in fields(cls) if f.name == name)}]"
 
 
 def _version(value: bool) -> None:
@@ -79,9 +85,11 @@ def grasp(
     categories: str | None = typer.Option(None, "--categories", help="Procedural categories, e.g. mug,bowl."),
     category: str | None = typer.Option(None, "--category", help="Category for every mesh in --objects."),
     out: Path = typer.Option(Path("out/grasp"), "--out", help="Output folder."),
-    grasps: int | None = typer.Option(None, "--grasps", help="Grasps per object [default: 2]."),
-    frames: int | None = typer.Option(None, "--frames", help="Frames of each approach trajectory [default: 8]."),
-    side: str | None = typer.Option(None, "--side", help="right or left [default: right]."),
+    grasps: int | None = typer.Option(None, "--grasps", help="Grasps per object." + _default(GraspOptions, "grasps")),
+    frames: int | None = typer.Option(
+        None, "--frames", help="Frames of each approach trajectory." + _default(GraspOptions, "frames")
+    ),
+    side: str | None = typer.Option(None, "--side", help="right or left." + _default(GraspOptions, "side")),
     mano_dir: Path | None = typer.Option(
         None,
         "--mano-dir",
@@ -121,8 +129,10 @@ def grasp(
 def render(
     in_dir: Path = typer.Option(Path("out/grasp"), "--in", help="Grasp output folder."),
     out: Path = typer.Option(Path("out/render"), "--out", help="Output folder."),
-    views: int | None = typer.Option(None, "--views", help="Cameras per trajectory, fixed along it [default: 2]."),
-    size: int | None = typer.Option(None, "--size", help="Image size in pixels [default: 512]."),
+    views: int | None = typer.Option(
+        None, "--views", help="Cameras per trajectory, fixed along it." + _default(RenderOptions, "views")
+    ),
+    size: int | None = typer.Option(None, "--size", help="Image size in pixels." + _default(RenderOptions, "size")),
     supersample: int | None = typer.Option(None, "--supersample", help="Render N times larger and downsample."),
     seed: int = SEED,
     workers: int = WORKERS,
@@ -163,12 +173,16 @@ def synthesize(
         help="Diffusers folder or hub id of the base model [default: tiny-random, an offline stand-in].",
     ),
     controlnet: str | None = typer.Option(None, "--controlnet", help="Folder or hub id of the HOI ControlNet."),
-    steps: int | None = typer.Option(None, "--steps", help="Denoising steps [default: 20]."),
-    guidance: float | None = typer.Option(None, "--guidance", help="Classifier-free guidance scale [default: 7.5]."),
+    steps: int | None = typer.Option(None, "--steps", help="Denoising steps." + _default(SynthOptions, "steps")),
+    guidance: float | None = typer.Option(
+        None, "--guidance", help="Classifier-free guidance scale." + _default(SynthOptions, "guidance")
+    ),
     size: int | None = typer.Option(None, "--size", help="Image size [default: 512, 64 for tiny-random]."),
     negative_prompt: str | None = typer.Option(None, "--negative-prompt", help="Negative prompt."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per diffusion batch [default: 4]."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda or auto [default: auto]."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Images per diffusion batch." + _default(SynthOptions, "batch_size")
+    ),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda or auto." + _default(SynthOptions, "device")),
     seed: int = SEED,
     workers: int = WORKERS,
     shard_index: int | None = SHARD_INDEX,
@@ -209,8 +223,10 @@ def synthesize(
 def export(
     in_dir: Path = typer.Option(Path("out/synth"), "--in", help="Synthesize (or render) output folder."),
     out: Path = typer.Option(Path("out/nocs"), "--out", help="Dataset folder."),
-    format: str | None = typer.Option(None, "--format", help="Dataset format: nocs [default: nocs]."),
-    split: str | None = typer.Option(None, "--split", help="Split name [default: train]."),
+    format: str | None = typer.Option(
+        None, "--format", help="Dataset format: nocs." + _default(ExportOptions, "format")
+    ),
+    split: str | None = typer.Option(None, "--split", help="Split name." + _default(ExportOptions, "split")),
     quiet: bool = QUIET,
 ) -> None:
     """Write a dataset that NOCS-style category-level pose estimators read.
@@ -234,15 +250,23 @@ def train(
         help="Shards with images (synthesize output, or render output whose shade.png stands in for photos).",
     ),
     out: Path = typer.Option(Path("out/model"), "--out", help="Folder for the trained diffusers pipeline."),
-    model: str | None = typer.Option(None, "--model", help="Base pipeline to fine-tune [default: tiny-random]."),
-    steps: int | None = typer.Option(None, "--steps", help="Optimisation steps [default: 100]."),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate [default: 1e-5, as in the paper]."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size [default: 4]."),
-    size: int | None = typer.Option(None, "--size", help="Training resolution [default: 64]."),
-    text_dropout: float | None = typer.Option(None, "--text-dropout", help="Prompt dropout for CFG [default: 0.1]."),
+    model: str | None = typer.Option(
+        None, "--model", help="Base pipeline to fine-tune." + _default(TrainOptions, "model")
+    ),
+    steps: int | None = typer.Option(None, "--steps", help="Optimisation steps." + _default(TrainOptions, "steps")),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate." + _default(TrainOptions, "lr")),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Batch size." + _default(TrainOptions, "batch_size")
+    ),
+    size: int | None = typer.Option(None, "--size", help="Training resolution." + _default(TrainOptions, "size")),
+    text_dropout: float | None = typer.Option(
+        None, "--text-dropout", help="Prompt dropout for CFG." + _default(TrainOptions, "text_dropout")
+    ),
     bg_dir: Path | None = typer.Option(None, "--bg-dir", help="Background buffer: a folder of scenery images."),
     bg_every: int | None = typer.Option(None, "--bg-every", help="Use a background batch every N steps."),
-    bg_weight: float | None = typer.Option(None, "--bg-weight", help="Background regularisation weight [default: 1]."),
+    bg_weight: float | None = typer.Option(
+        None, "--bg-weight", help="Background regularisation weight." + _default(TrainOptions, "bg_weight")
+    ),
     seed: int = SEED,
     quiet: bool = QUIET,
 ) -> None:

@@ -67,7 +67,7 @@ class SynthOptions:
     prompts: Path | None = None
     model: str = "tiny-random"
     controlnet: str | None = None
-    steps: int = 20
+    steps: int = 50  # DDIM 50 steps, guidance 7.5: the original release (pipeline.DEFAULT_STEPS)
     guidance: float = 7.5
     size: int | None = None  # None -> 512 for real models, 64 for the tiny stand-in
     negative_prompt: str | None = None

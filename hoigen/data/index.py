@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import platform
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hoigen.data.atomic import atomic_write_bytes
 from hoigen.data.schema import Sample, index_row
 from hoigen.data.shards import list_shards, read_shard
 
@@ -26,17 +26,6 @@ INDEX_FILE = "index.parquet"
 RUN_FILE = "run.json"
 PARTS_DIR = "_index"
 VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "smplx", "trimesh", "pyrender", "webdataset")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> bool:
-    """Write ``data`` to ``path`` through a temporary file; skip if the file already holds it."""
-    path = Path(path)
-    if path.exists() and path.read_bytes() == data:
-        return False
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return True
 
 
 def _table_bytes(rows: list[dict[str, Any]] | pa.Table) -> bytes:

@@ -28,8 +28,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from hoigen.data.atomic import atomic_write_bytes
 from hoigen.data.codec import encode_field
-from hoigen.data.index import atomic_write_bytes
 from hoigen.data.schema import SEG_OBJECT, Sample, parse_key
 from hoigen.errors import HoigenError
 

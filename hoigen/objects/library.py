@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,6 +27,7 @@ import pyarrow.parquet as pq
 import trimesh
 import yaml
 
+from hoigen.data.atomic import atomic_write_bytes
 from hoigen.errors import HoigenError
 from hoigen.objects.asset import ObjectAsset, check_id, mesh_bytes, slugify
 from hoigen.objects.ply import read_ply_bytes
@@ -172,16 +172,6 @@ def load_objects(root: Path, category: str | None = None, mapping: Path | None =
     return assets
 
 
-def _write_atomic(path: Path, data: bytes) -> bool:
-    """Write ``data`` to ``path`` through a temporary name; skip when the file already holds it."""
-    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
-        return False
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return True
-
-
 def _table(rows: list[dict]) -> pa.Table:
     schema = pa.schema(
         [
@@ -224,7 +214,7 @@ def save_objects(assets: Iterable[ObjectAsset], out_dir: Path, overwrite: bool =
             raise HoigenError(
                 f"object {asset.id!r}: its sha256 does not match its mesh; build it with ObjectAsset.create"
             )
-        _write_atomic(mesh_dir / f"{asset.id}.ply", data)
+        atomic_write_bytes(mesh_dir / f"{asset.id}.ply", data)
         rows[asset.id] = {
             "id": asset.id,
             "category": asset.category,
@@ -238,7 +228,7 @@ def save_objects(assets: Iterable[ObjectAsset], out_dir: Path, overwrite: bool =
         }
     sink = pa.BufferOutputStream()
     pq.write_table(_table([rows[k] for k in sorted(rows)]), sink)
-    _write_atomic(parquet, sink.getvalue().to_pybytes())
+    atomic_write_bytes(parquet, sink.getvalue().to_pybytes())
     return parquet
 
 
