@@ -8,7 +8,7 @@ Each stage has an options dataclass; the CLI fills only what the user passed and
 from __future__ import annotations
 
 import difflib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +113,6 @@ class Recipe:
     train: TrainOptions | None = None
     workers: int = 1
     name: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 SECTIONS = {

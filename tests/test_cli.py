@@ -230,3 +230,14 @@ def test_synthesize_from_a_mesh_folder_and_prompts(tmp_path: Path) -> None:
     assert all(s["prompt.txt"].startswith("a red mug ") for s in samples)
     assert samples[0]["ann.json"]["object"]["id"] == "025-mug"
     assert (out / "work" / "render" / "index.parquet").exists()
+
+
+def test_assets_build_hand_rebuilds_the_shipped_files(tmp_path: Path) -> None:
+    from hoigen.hand.model import load_mano_pickle
+
+    assert hoigen("assets", "build-hand", "--out", tmp_path)[0] == 0
+    shipped = Path(__file__).resolve().parents[1] / "hoigen" / "hand" / "assets" / "embedded"
+    for name in ("MANO_RIGHT.pkl", "MANO_LEFT.pkl"):
+        built, ref = load_mano_pickle(tmp_path / name), load_mano_pickle(shipped / name)
+        assert set(built) == set(ref)
+        assert all(np.array_equal(np.asarray(built[k]), np.asarray(ref[k])) for k in ref if k != "hoigen_model")
