@@ -5,9 +5,10 @@ grasped rather than rims). For a candidate point ``p`` with outward normal ``n``
 to face the surface (palm normal = ``-n``) with the fingers along the horizontal tangent (turned
 by a random angle about ``n``) and placed ``PALM_GAP`` off the surface. The fingers then close:
 a batch of curl amounts from open to fist is posed once, and each finger stops at the first amount
-where its tip reaches the surface. The candidate with the most fingertip contacts and the least
-penetration wins. This is the walking-skeleton heuristic; an optimisation-based synthesiser
-(contact, penetration, joint-limit and force-closure energies) replaces it later.
+where any of its vertices (a subsample) reaches the surface. The candidate with the most
+fingertip contacts and the least penetration wins. This is the walking-skeleton heuristic; an
+optimisation-based synthesiser (contact, penetration, joint-limit and force-closure energies)
+replaces it later.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from hoigen.objects.geometry import sample_surface, signed_distance
 
 TIPS_21 = (4, 8, 12, 16, 20)  # thumb, index, middle, ring, pinky tips in the common 21 order
 PALM_GAP = 0.006
-CURL_STEPS = 12
+CURL_STEPS = 16
+PROBE_STRIDE = 3  # every third finger vertex is tested for contact while closing
 TOUCH_M = 0.004
 
 
@@ -68,6 +70,9 @@ def synthesize_grasp(mesh, hand, rng: np.random.Generator, candidates: int = 6) 
     curls = np.stack([hand.curl_pose(float(a)) for a in amounts])
     zeros = np.zeros((CURL_STEPS, 3))
     canon = hand.forward(zeros, curls, np.tile(betas, (CURL_STEPS, 1)), zeros)
+    fingers = hand.vertex_fingers
+    probe = np.flatnonzero(fingers >= 0)[::PROBE_STRIDE]
+    owner = fingers[probe]
 
     best: GraspResult | None = None
     best_score = -np.inf
@@ -75,9 +80,9 @@ def synthesize_grasp(mesh, hand, rng: np.random.Generator, candidates: int = 6) 
         p, n = points[i], normals[i] / np.linalg.norm(normals[i])
         rot = align_frames(palm_normal, forward, -n, tangent_direction(n, rng))
         trans = p + n * PALM_GAP - rot @ centre
-        tips = canon.joints[:, TIPS_21] @ rot.T + trans
-        sd = signed_distance(mesh, tips.reshape(-1, 3)).reshape(CURL_STEPS, 5)
-        touch = sd > -TOUCH_M
+        probes = canon.vertices[:, probe] @ rot.T + trans
+        near = signed_distance(mesh, probes.reshape(-1, 3)).reshape(CURL_STEPS, len(probe)) > -TOUCH_M
+        touch = np.stack([near[:, owner == k].any(axis=1) for k in range(5)], axis=1)
         stop = np.where(touch.any(axis=0), touch.argmax(axis=0), CURL_STEPS - 1)
         pose45 = hand.curl_pose(amounts[stop])
         out = hand.forward(np.zeros(3), pose45, betas, np.zeros(3))

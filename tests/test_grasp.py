@@ -1,0 +1,64 @@
+"""Grasp synthesis and the approach trajectory on the embedded hand and procedural objects."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from hoigen.grasp.synth import TIPS_21, synthesize_grasp
+from hoigen.grasp.trajectory import HandPose, approach_trajectory
+from hoigen.hand import load_hand
+from hoigen.objects import procedural_objects
+from hoigen.objects.geometry import signed_distance
+
+
+@pytest.fixture(scope="module")
+def hand():
+    return load_hand("right")
+
+
+def test_vertex_fingers_hold_their_fingertips(hand) -> None:
+    fingers = hand.vertex_fingers
+    assert fingers.shape == (hand.num_vertices,)
+    assert set(np.unique(fingers)) == {-1, 0, 1, 2, 3, 4}
+    assert [int(fingers[i]) for i in hand.tip_vertex_ids] == [0, 1, 2, 3, 4]
+
+
+def test_grasp_touches_without_deep_penetration(hand) -> None:
+    can = procedural_objects(["can"])[0]
+    result = synthesize_grasp(can.mesh, hand, np.random.default_rng(3))
+    posed = hand.forward(*result.pose.mano_params(hand).values())
+    sd = signed_distance(can.mesh, posed.vertices[0])
+    assert sd.max() < 0.01  # under 1 cm inside
+    assert result.metrics["contact_fingers"] >= 2
+    assert np.isclose(result.metrics["penetration_depth_cm"], max(sd.max(), 0) * 100, atol=1e-3)
+    tips_sd = signed_distance(can.mesh, posed.joints[0, list(TIPS_21)])
+    assert int(np.sum(tips_sd > -0.005)) == result.metrics["contact_fingers"]
+    again = synthesize_grasp(can.mesh, hand, np.random.default_rng(3))
+    assert np.array_equal(again.pose.hand_pose, result.pose.hand_pose)
+
+
+def test_approach_trajectory_slerps_from_a_flat_hand(hand) -> None:
+    rng = np.random.default_rng(0)
+    grasp = HandPose(rotation=Rotation.random(random_state=1).as_matrix(), translation=np.array([0.1, 0.0, 0.0]),
+                     hand_pose=rng.normal(scale=0.3, size=45), betas=np.zeros(10))
+    start_rot = Rotation.from_rotvec([0.0, 0.4, 0.0]).as_matrix() @ grasp.rotation
+    frames = approach_trajectory(grasp, np.array([0.0, 2.0, 0.0]), 5, 0.3, start_rotation=start_rot)
+    assert len(frames) == 5
+    assert np.allclose(frames[0].translation, [0.1, 0.3, 0.0]) and np.allclose(frames[0].hand_pose, 0)
+    assert np.allclose(frames[-1].rotation, grasp.rotation, atol=1e-9)
+    assert np.allclose(frames[-1].hand_pose, grasp.hand_pose, atol=1e-9)
+    assert np.allclose(frames[2].translation, [0.1, 0.15, 0.0])
+    # the middle frame's rotation is half way on the geodesic
+    half = Rotation.from_matrix(frames[2].rotation) * Rotation.from_matrix(start_rot).inv()
+    full = Rotation.from_matrix(grasp.rotation) * Rotation.from_matrix(start_rot).inv()
+    assert np.isclose(half.magnitude(), full.magnitude() / 2)
+    # per-joint slerp: joint angles grow monotonically along the trajectory
+    angles = np.array([np.linalg.norm(f.hand_pose.reshape(15, 3), axis=1) for f in frames])
+    assert np.all(np.diff(angles, axis=0) >= -1e-9)
+    # MANO parameters reproduce the rigid placement
+    params = frames[-1].mano_params(hand)
+    posed = hand.forward(*params.values()).vertices[0]
+    canon = hand.forward(np.zeros(3), grasp.hand_pose, np.zeros(10), np.zeros(3)).vertices[0]
+    assert np.allclose(posed, canon @ grasp.rotation.T + grasp.translation, atol=1e-5)
