@@ -37,6 +37,8 @@ app = typer.Typer(
 )
 assets_app = typer.Typer(help="Build the embedded assets shipped with hoigen.", no_args_is_help=True)
 app.add_typer(assets_app, name="assets")
+eval_app = typer.Typer(help="Evaluate predictions against exported ground truth.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 
 # Options shared by every stage ------------------------------------------------------------------
 SEED = typer.Option(0, "--seed", help="Run seed; every sample's seed derives from it and the sample key.")
@@ -224,22 +226,53 @@ def export(
     in_dir: Path = typer.Option(Path("out/synth"), "--in", help="Synthesize (or render) output folder."),
     out: Path = typer.Option(Path("out/nocs"), "--out", help="Dataset folder."),
     format: str | None = typer.Option(
-        None, "--format", help="Dataset format: nocs." + _default(ExportOptions, "format")
+        None, "--format", help="Dataset format: nocs or bop." + _default(ExportOptions, "format")
     ),
     split: str | None = typer.Option(None, "--split", help="Split name." + _default(ExportOptions, "split")),
+    val_fraction: float | None = typer.Option(
+        None,
+        "--val-fraction",
+        help="Share of grasp trajectories written to the val split." + _default(ExportOptions, "val_fraction"),
+    ),
     quiet: bool = QUIET,
 ) -> None:
-    """Write a dataset that NOCS-style category-level pose estimators read.
+    """Write a dataset that 6D pose estimators read: NOCS CAMERA layout or BOP.
 
-    Reads synthesize (or render) shards; writes <split>/<scene>/<idx>_color.png, _coord.png,
-    _depth.png, _mask.png, _meta.txt and _hand.json, with <split>_list.txt and scenes.json.
+    Reads synthesize (or render) shards. nocs: <split>/<scene>/<idx>_color.png, _coord.png,
+    _depth.png, _mask.png, _meta.txt, _hand.json; obj_models/, gts/, <split>_list.txt.
+    bop: <split>/<scene>/rgb, depth, mask, mask_visib, scene_gt*.json, scene_camera.json; models/.
 
-    Example: hoigen export --in out/synth --format nocs --out out/nocs
+    Example: hoigen export --in out/synth --format bop --out out/bop
     """
     from hoigen import stages
 
-    opts = _options(ExportOptions, format=format, split=split)
+    opts = _options(ExportOptions, format=format, split=split, val_fraction=val_fraction)
     _finish(stages.export(in_dir, out, opts, quiet), quiet)
+
+
+@eval_app.command("pose")
+def eval_pose(
+    pred: Path = typer.Argument(..., help="Prediction pose file (hoigen-pose-v1 JSON)."),
+    gt: Path = typer.Argument(..., help="Ground-truth pose file, or a NOCS export folder (its gts/<split>.json)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+) -> None:
+    """NOCS metrics: 3D IoU 25/50 and 5deg2cm, 5deg5cm, 10deg2cm, 10deg5cm mAP, in percent.
+
+    Example: hoigen eval pose preds.json out/nocs/gts/train.json
+    """
+    import json
+
+    from hoigen import stages
+
+    result = stages.eval_pose(pred, gt)
+    names = ("iou25", "iou50", "5deg2cm", "5deg5cm", "10deg2cm", "10deg5cm")
+    typer.echo(f"{result['images']} images, {result['instances']} ground-truth instances")
+    typer.echo("class        " + " ".join(f"{n:>9}" for n in names))
+    for cls, row in sorted(result["per_class"].items()):
+        typer.echo(f"{cls:<12} " + " ".join(f"{row[n]:9.2f}" for n in names))
+    typer.echo(f"{'mean':<12} " + " ".join(f"{result[n]:9.2f}" for n in names))
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=1, sort_keys=True))
 
 
 @app.command()

@@ -80,8 +80,17 @@ class SynthOptions:
 
 @dataclass
 class ExportOptions:
-    format: str = "nocs"
+    format: str = "nocs"  # nocs | bop
     split: str = "train"
+    val_fraction: float = 0.0  # share of (object, grasp) trajectories written to the val split instead
+
+    def __post_init__(self) -> None:
+        if self.format not in ("nocs", "bop"):
+            raise HoigenError(f"--format must be nocs or bop, got '{self.format}'")
+        if not 0.0 <= float(self.val_fraction) < 1.0:
+            raise HoigenError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if not self.split or "/" in self.split or self.split == "val" and self.val_fraction > 0:
+            raise HoigenError(f"--split '{self.split}' is not a split name (no '/', not 'val' with --val-fraction)")
 
 
 @dataclass

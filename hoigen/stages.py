@@ -155,14 +155,17 @@ class ExportSummary:
 
 
 def export(in_dir: Path, out: Path, opts: ExportOptions, quiet: bool = False) -> ExportSummary:
-    """Synthesize (or render) shards -> a NOCS-style dataset folder."""
+    """Synthesize (or render) shards -> a NOCS CAMERA-style or BOP dataset folder."""
     from hoigen.data.index import write_run_json
+    from hoigen.export.bop import export_bop
     from hoigen.export.nocs import export_nocs
+    from hoigen.objects import read_objects
+    from hoigen.render.stage import objects_dir_of
 
-    if opts.format != "nocs":
-        raise HoigenError(f"unknown export format '{opts.format}'; supported: nocs")
+    writers = {"nocs": export_nocs, "bop": export_bop}  # ExportOptions has checked the format
     tasks = input_tasks(in_dir, ("synthesize", "render"))
     keys = read_index(in_dir).column("key").to_pylist()
+    objects = read_objects(objects_dir_of(in_dir))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_run_json(out, "export", {**to_config(opts)}, 0, {"input": str(in_dir)})
@@ -175,8 +178,18 @@ def export(in_dir: Path, out: Path, opts: ExportOptions, quiet: bool = False) ->
             progress.advance(bar)
 
         samples = (s for t in tasks for s in t.samples())
-        export_nocs(samples, keys, out, split=opts.split, on_sample=tick)
+        writers[opts.format](
+            samples, keys, out, objects, split=opts.split, val_fraction=opts.val_fraction, on_sample=tick
+        )
     return summary
+
+
+def eval_pose(pred: Path, gt: Path) -> dict[str, Any]:
+    """NOCS metrics (mAP, percent) of a prediction pose file against a ground-truth pose file."""
+    from hoigen.pose.files import read_pose_file
+    from hoigen.pose.metrics import evaluate
+
+    return evaluate(read_pose_file(pred), read_pose_file(gt))
 
 
 def train(in_dir: Path, out: Path, opts: TrainOptions, common: Common) -> dict[str, Any]:

@@ -1,27 +1,44 @@
-"""Export to the NOCS CAMERA-style layout that category-level pose estimators read.
+"""Export to the NOCS CAMERA layout that category-level pose estimators read unchanged.
 
-``<out>/<split>/<scene:05d>/<idx:04d>_{color,coord,depth,mask}.png`` and ``_meta.txt``, one scene per
-(object, grasp) trajectory, with ``<out>/<split>_list.txt`` naming every image and ``scenes.json``
-mapping scene numbers back to hoigen keys. Encodings follow the NOCS release:
+Layout (``<out>/``), as the NOCS release (Wang et al., CVPR 2019, github.com/hughw19/NOCS_CVPR2019)
+lays out CAMERA and its loader (``dataset.py``) reads it:
 
-- ``_color.png``: the synthesized image (render's ``shade.png`` when exporting render shards),
-  resized to the annotation size if the diffusion model painted at another size.
-- ``_coord.png``: RGB = (x, y, 1 - z) of NOCS coordinates in [0, 1] times 255 (the release stores z
-  flipped; its loader undoes it), 0 outside the object.
-- ``_depth.png``: uint16 millimetres.
-- ``_mask.png``: instance ids, 255 background; the object is instance 1; hand pixels are 255 too, so
-  the hand acts as an occluder for loaders that only know the object classes.
-- ``_meta.txt``: ``inst_id cls_id synset model_id`` per instance (class ids of the release:
-  BG 0, bottle 1, bowl 2, camera 3, can 4, laptop 5, mug 6; other categories get id 0 and synset
-  ``hoigen-<category>``).
-- ``_hand.json`` (hoigen's side file): MANO parameters, 21 joints in 3D (camera frame, metres)
-  and 2D (pixels) with visibility, for hand-pose users.
+- ``<split>/<scene:05d>/<idx:04d>_color.png``: the synthesized image (render's ``shade.png`` for
+  render shards), resized to the annotation size if painted at another size.
+- ``_coord.png``: RGB = (x, y, 1 - z) of the NOCS coordinates shifted to [0, 1], times 255 (the
+  release stores z flipped; its loader reads BGR, reorders to RGB, divides by 255 and undoes the
+  flip); 0 outside the visible object.
+- ``_depth.png``: uint16 millimetres, 0 = no surface (hand pixels keep the hand's depth).
+- ``_mask.png``: uint8 instance ids, 255 background; the object is instance 1; hand pixels are 255,
+  so the hand is an occluder the loader never sees as an object.
+- ``_meta.txt``: one line per instance, ``inst_id cls_id synset model_id`` (the CAMERA form; the
+  loader finds the model at ``obj_models/<split>/<synset>/<model_id>/model.obj``). Class ids of the
+  release: BG 0, bottle 1, bowl 2, camera 3, can 4, laptop 5, mug 6. **Extension:** objects of other
+  categories get class 0 (the release's loader drops class-0 instances, as it does its own
+  distractors) and synset ``hoigen-<category>``; ``classes.json`` gives them ids from 7 on.
+- ``_hand.json`` (hoigen's side file): MANO parameters, 21 joints in 3D (camera frame, metres) and 2D
+  (pixels) with visibility.
+- Scenes hold at most 10 images (the CAMERA loader reads ``0000``..``0009`` per folder); one scene is
+  up to 10 consecutive frames of one (object, grasp, view) trajectory, numbered from 0 per split.
+- ``obj_models/<split>/<synset>/<model_id>/model.obj``: the mesh in its NOCS frame (bounding box
+  centred, diagonal 1, y up), so ``coord = vertex + 0.5``; ``bbox.txt`` beside it: two rows, the
+  box's max then min corner (the loader takes ``bbox[0] - bbox[1]`` as the instance's size).
+- ``gts/<split>/results_<split>_<scene:05d>_<idx:04d>.pkl``: the per-image ground-truth pickle of the
+  release's evaluation (``detect_eval.py`` reads ``gt_RTs`` and ``handle_visibility`` from it); keys
+  ``image_path``, ``gt_class_ids`` (N,), ``gt_bboxes`` (N,4 y1 x1 y2 x2), ``gt_RTs`` (N,4,4 with s*R
+  in the rotation block, metres), ``gt_scales`` (N,3 NOCS box extents), ``handle_visibility`` (N,),
+  for instances of the six NOCS classes.
+- ``gts/<split>.json``: every instance of every image as a ``hoigen eval pose`` file
+  (:mod:`hoigen.pose.files`).
+- ``<split>_list.txt``: one ``<split>/<scene>/<idx>`` per image; ``scenes.json``: scene -> hoigen
+  keys; ``classes.json``: class name -> id.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import pickle
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +47,23 @@ import numpy as np
 
 from hoigen.data.atomic import atomic_write_bytes
 from hoigen.data.codec import encode_field
-from hoigen.data.schema import SEG_OBJECT, Sample, parse_key
+from hoigen.data.schema import Sample
 from hoigen.errors import HoigenError
+from hoigen.export.common import (
+    ImageSlot,
+    bbox_yxyx,
+    hand_record,
+    nocs_size,
+    nocs_to_cam,
+    nocs_vertices,
+    plan_images,
+    visible_mask,
+)
+from hoigen.objects import ObjectAsset
+from hoigen.pose.files import instance, write_pose_file
 
-NOCS_CLASS_IDS = {"bottle": 1, "bowl": 2, "camera": 3, "can": 4, "laptop": 5, "mug": 6}
+NOCS_CLASSES = ("BG", "bottle", "bowl", "camera", "can", "laptop", "mug")
+NOCS_CLASS_IDS = {name: i for i, name in enumerate(NOCS_CLASSES) if i}
 SHAPENET_SYNSETS = {
     "bottle": "02876657",
     "bowl": "02880940",
@@ -46,6 +76,10 @@ OBJECT_INSTANCE = 1
 MASK_BACKGROUND = 255
 
 
+def synset_of(category: str) -> str:
+    return SHAPENET_SYNSETS.get(category, f"hoigen-{category}")
+
+
 def coord_png(nocs: np.ndarray, object_mask: np.ndarray) -> np.ndarray:
     """hoigen's ``nocs.png`` ((xyz + 0.5) * 255) to the release's ``_coord.png`` (z flipped)."""
     coord = nocs.copy()
@@ -54,93 +88,160 @@ def coord_png(nocs: np.ndarray, object_mask: np.ndarray) -> np.ndarray:
     return coord
 
 
-def mask_png(seg: np.ndarray) -> np.ndarray:
-    mask = np.full(seg.shape, MASK_BACKGROUND, np.uint8)
-    mask[seg == SEG_OBJECT] = OBJECT_INSTANCE
+def decode_coord_png(coord: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`coord_png` on RGB arrays: NOCS coordinates in [-0.5, 0.5]."""
+    xyz = np.asarray(coord, np.float64) / 255.0
+    xyz[..., 2] = 1.0 - xyz[..., 2]
+    return xyz - 0.5
+
+
+def mask_png(object_mask: np.ndarray) -> np.ndarray:
+    mask = np.full(object_mask.shape, MASK_BACKGROUND, np.uint8)
+    mask[object_mask] = OBJECT_INSTANCE
     return mask
 
 
 def meta_line(category: str, model_id: str) -> str:
-    cls_id = NOCS_CLASS_IDS.get(category, 0)
-    synset = SHAPENET_SYNSETS.get(category, f"hoigen-{category}")
-    return f"{OBJECT_INSTANCE} {cls_id} {synset} {model_id}\n"
+    return f"{OBJECT_INSTANCE} {NOCS_CLASS_IDS.get(category, 0)} {synset_of(category)} {model_id}\n"
 
 
-def hand_record(ann: dict[str, Any]) -> dict[str, Any]:
-    """The hand side file: MANO parameters plus joints in the camera frame and in pixels."""
-    hand = ann["hand"]
-    w2c = np.asarray(ann["camera"]["world_to_cam"], np.float64)
-    j3 = np.asarray(hand["joints3d"], np.float64)
-    j3_cam = j3 @ w2c[:3, :3].T + w2c[:3, 3]
-    return {
-        "side": hand["side"],
-        "model": hand["model"],
-        "global_orient_world": hand["global_orient"],
-        "hand_pose": hand["hand_pose"],
-        "betas": hand["betas"],
-        "transl_world": hand["transl"],
-        "world_to_cam": ann["camera"]["world_to_cam"],
-        "joints3d_cam": j3_cam.round(6).tolist(),
-        "joints2d": hand.get("joints2d"),
-        "joints_visible": hand.get("joints_visible"),
-    }
+def class_table(categories: Iterable[str]) -> dict[str, int]:
+    """The release's ids, then hoigen's extension ids (7, 8, ...) for other categories, sorted."""
+    table = {name: i for i, name in enumerate(NOCS_CLASSES)}
+    for cat in sorted(set(categories) - set(table)):
+        table[cat] = len(table)
+    return table
 
 
-def scene_table(keys: Iterable[str]) -> dict[tuple[str, int], int]:
-    """Scene numbers for (object, grasp) pairs in sorted order: independent of shard order."""
-    pairs = sorted({(p["object"], p["grasp"]) for p in map(parse_key, keys)})
-    return {pair: i for i, pair in enumerate(pairs)}
+def model_obj(vertices: np.ndarray, faces: np.ndarray) -> bytes:
+    lines = ["# hoigen object in its NOCS frame (bbox centred, diagonal 1, y up)\n"]
+    lines += [f"v {x:.6f} {y:.6f} {z:.6f}\n" for x, y, z in vertices]
+    lines += [f"f {a + 1} {b + 1} {c + 1}\n" for a, b, c in faces]
+    return "".join(lines).encode()
 
 
-def export_sample(sample: Sample, image_dir: Path, idx: int) -> None:
+def write_model(out_dir: Path, split: str, asset: ObjectAsset) -> None:
+    folder = Path(out_dir) / "obj_models" / split / synset_of(asset.category) / asset.id
+    folder.mkdir(parents=True, exist_ok=True)
+    v = nocs_vertices(asset)
+    atomic_write_bytes(folder / "model.obj", model_obj(v, np.asarray(asset.mesh.faces)))
+    atomic_write_bytes(
+        folder / "bbox.txt",
+        f"{' '.join(f'{x:.6f}' for x in v.max(0))}\n{' '.join(f'{x:.6f}' for x in v.min(0))}\n".encode(),
+    )
+
+
+def export_sample(sample: Sample, image_dir: Path, idx: int) -> np.ndarray:
+    """Write one image's files; returns the visible object mask."""
     ann = sample["ann.json"]
-    if "seg.png" not in sample:
-        raise HoigenError(
-            f"{sample.get('__shard__', '?')}: sample {sample['__key__']} has no render passes; "
-            "export reads the output of hoigen render or hoigen synthesize"
-        )
     seg = sample["seg.png"]
     h, w = seg.shape
     color = sample.get("image.jpg", sample.get("shade.png"))
     if color.shape[:2] != (h, w):
         color = cv2.resize(color, (w, h), interpolation=cv2.INTER_CUBIC)
+    visible = visible_mask(sample)
     stem = image_dir / f"{idx:04d}"
     files = {
         "_color.png": encode_field("x.png", color),
-        "_coord.png": encode_field("x.png", coord_png(sample["nocs.png"], seg == SEG_OBJECT)),
+        "_coord.png": encode_field("x.png", coord_png(sample["nocs.png"], visible)),
         "_depth.png": encode_field("x.png", sample["depth.png"]),
-        "_mask.png": encode_field("x.png", mask_png(seg)),
+        "_mask.png": encode_field("x.png", mask_png(visible)),
         "_meta.txt": meta_line(ann["object"]["category"], ann["object"]["id"]).encode(),
         "_hand.json": json.dumps(hand_record(ann), indent=1).encode(),
     }
     for suffix, data in files.items():
         atomic_write_bytes(stem.with_name(stem.name + suffix), data)
+    return visible
+
+
+def gt_pickle(slot: ImageSlot, insts: list[dict[str, Any]], boxes: list[list[int]]) -> bytes:
+    """The release's per-image ground truth (instances of the six NOCS classes only)."""
+    keep = [i for i, inst in enumerate(insts) if inst["class"] in NOCS_CLASS_IDS]
+    rts = []
+    for i in keep:
+        m = np.eye(4)
+        m[:3, :3] = insts[i]["s"] * np.asarray(insts[i]["R"])
+        m[:3, 3] = insts[i]["t"]
+        rts.append(m)
+    data = {
+        "image_path": slot.name,
+        "gt_class_ids": np.array([NOCS_CLASS_IDS[insts[i]["class"]] for i in keep], np.int32),
+        "gt_bboxes": np.array([boxes[i] for i in keep], np.int32).reshape(-1, 4),
+        "gt_RTs": np.array(rts, np.float64).reshape(-1, 4, 4),
+        "gt_scales": np.array([insts[i]["size"] for i in keep], np.float32).reshape(-1, 3),
+        "handle_visibility": np.ones(len(keep), np.int32),
+    }
+    return pickle.dumps(data, protocol=2)
+
+
+def check_renders(sample: Sample) -> None:
+    if "seg.png" not in sample:
+        raise HoigenError(
+            f"{sample.get('__shard__', '?')}: sample {sample['__key__']} has no render passes; "
+            "export reads the output of hoigen render or hoigen synthesize"
+        )
 
 
 def export_nocs(
-    samples: Iterable[Sample], keys: list[str], out_dir: Path, split: str = "train", on_sample: Any = None
+    samples: Iterable[Sample],
+    keys: list[str],
+    out_dir: Path,
+    objects: dict[str, ObjectAsset],
+    split: str = "train",
+    val_fraction: float = 0.0,
+    on_sample: Callable[[], None] | None = None,
 ) -> int:
-    """Write ``samples`` (render or synthesize output) as a NOCS-style dataset; returns the count."""
-    scenes = scene_table(keys)
-    counters: dict[int, list[str]] = {}
-    split_dir = Path(out_dir) / split
-    by_key: dict[str, tuple[int, int]] = {}
-    for key in sorted(keys):
-        p = parse_key(key)
-        scene = scenes[(p["object"], p["grasp"])]
-        by_key[key] = (scene, len(counters.setdefault(scene, [])))
-        counters[scene].append(key)
+    """Write ``samples`` (render or synthesize output) as a NOCS CAMERA-style dataset; returns the count."""
+    out_dir = Path(out_dir)
+    plan = plan_images(keys, split, val_fraction)
+    gts: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    models: set[tuple[str, str]] = set()
     count = 0
     for sample in samples:
-        scene, idx = by_key[sample["__key__"]]
-        image_dir = split_dir / f"{scene:05d}"
+        check_renders(sample)
+        slot = plan[sample["__key__"]]
+        image_dir = out_dir / slot.split / f"{slot.scene:05d}"
         image_dir.mkdir(parents=True, exist_ok=True)
-        export_sample(sample, image_dir, idx)
+        visible = export_sample(sample, image_dir, slot.index)
+        ann = sample["ann.json"]
+        obj_id = ann["object"]["id"]
+        if obj_id not in objects:
+            raise HoigenError(
+                f"{sample.get('__shard__', '?')}: object '{obj_id}' is not in objects.parquet; "
+                "export the shards together with their grasp folder"
+            )
+        R, t, s = nocs_to_cam(ann)
+        box = bbox_yxyx(visible)
+        inst = instance(
+            ann["object"]["category"],
+            R,
+            t,
+            s,
+            nocs_size(objects[obj_id]),
+            score=1.0,
+            handle_visible=True,
+            bbox=box,
+            model=obj_id,
+        )
+        gts.setdefault(slot.split, {})[slot.name] = [inst]
+        pkl = out_dir / "gts" / slot.split / f"results_{slot.split}_{slot.scene:05d}_{slot.index:04d}.pkl"
+        pkl.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(pkl, gt_pickle(slot, [inst], [box]))
+        models.add((slot.split, obj_id))
         count += 1
         if on_sample is not None:
             on_sample()
-    lines = [f"{split}/{scene:05d}/{i:04d}\n" for scene in sorted(counters) for i in range(len(counters[scene]))]
-    atomic_write_bytes(Path(out_dir) / f"{split}_list.txt", "".join(lines).encode())
-    scene_map = {f"{s:05d}": {"object": o, "grasp": g, "keys": counters[s]} for (o, g), s in scenes.items()}
-    atomic_write_bytes(Path(out_dir) / "scenes.json", json.dumps(scene_map, indent=1, sort_keys=True).encode())
+    for model_split, obj_id in sorted(models):
+        write_model(out_dir, model_split, objects[obj_id])
+    by_split: dict[str, list[str]] = {}
+    scenes: dict[str, list[str]] = {}
+    for key, slot in sorted(plan.items(), key=lambda kv: kv[1].name):
+        by_split.setdefault(slot.split, []).append(slot.name)
+        scenes.setdefault(f"{slot.split}/{slot.scene:05d}", []).append(key)
+    for name, lines in by_split.items():
+        atomic_write_bytes(out_dir / f"{name}_list.txt", "".join(f"{line}\n" for line in lines).encode())
+        write_pose_file(out_dir / "gts" / f"{name}.json", gts.get(name, {}))
+    atomic_write_bytes(out_dir / "scenes.json", json.dumps(scenes, indent=1, sort_keys=True).encode())
+    table = class_table(a.category for a in objects.values())
+    atomic_write_bytes(out_dir / "classes.json", json.dumps(table, indent=1).encode())
     return count
