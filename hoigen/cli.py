@@ -234,6 +234,17 @@ def export(
         "--val-fraction",
         help="Share of grasp trajectories written to the val split." + _default(ExportOptions, "val_fraction"),
     ),
+    mix: Path | None = typer.Option(
+        None,
+        "--mix",
+        help="A real NOCS-layout dataset to mix with (the paper's mixed training set): writes mixed_<split>_list.txt.",
+    ),
+    ratio: float | None = typer.Option(
+        None, "--ratio", help="Synthetic share of the mixed list." + _default(ExportOptions, "ratio")
+    ),
+    mix_mode: str | None = typer.Option(
+        None, "--mix-mode", help="replace (keep the real set's size) or add." + _default(ExportOptions, "mix_mode")
+    ),
     quiet: bool = QUIET,
 ) -> None:
     """Write a dataset that 6D pose estimators read: NOCS CAMERA layout or BOP.
@@ -246,7 +257,9 @@ def export(
     """
     from hoigen import stages
 
-    opts = _options(ExportOptions, format=format, split=split, val_fraction=val_fraction)
+    opts = _options(
+        ExportOptions, format=format, split=split, val_fraction=val_fraction, mix=mix, ratio=ratio, mix_mode=mix_mode
+    )
     _finish(stages.export(in_dir, out, opts, quiet), quiet)
 
 

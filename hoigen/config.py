@@ -83,12 +83,17 @@ class ExportOptions:
     format: str = "nocs"  # nocs | bop
     split: str = "train"
     val_fraction: float = 0.0  # share of (object, grasp) trajectories written to the val split instead
+    mix: Path | None = None  # a real NOCS-layout dataset to mix with (writes mixed_<split>_list.txt)
+    ratio: float = 0.5  # synthetic share of the mixed list
+    mix_mode: str = "replace"  # replace: keep the real set's size; add: real images plus synthetic ones
 
     def __post_init__(self) -> None:
         if self.format not in ("nocs", "bop"):
             raise HoigenError(f"--format must be nocs or bop, got '{self.format}'")
         if not 0.0 <= float(self.val_fraction) < 1.0:
             raise HoigenError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.mix is not None and self.format != "nocs":
+            raise HoigenError("--mix writes NOCS list files; use it with --format nocs")
         if not self.split or "/" in self.split or self.split == "val" and self.val_fraction > 0:
             raise HoigenError(f"--split '{self.split}' is not a split name (no '/', not 'val' with --val-fraction)")
 
@@ -131,7 +136,7 @@ SECTIONS = {
     "export": ExportOptions,
     "train": TrainOptions,
 }
-PATH_FIELDS = {"objects", "mano_dir", "prompts", "bg_dir"}
+PATH_FIELDS = {"objects", "mano_dir", "prompts", "bg_dir", "mix"}
 
 
 def _check_keys(given: dict[str, Any], valid: list[str], where: str) -> None:

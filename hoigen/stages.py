@@ -181,6 +181,11 @@ def export(in_dir: Path, out: Path, opts: ExportOptions, quiet: bool = False) ->
         writers[opts.format](
             samples, keys, out, objects, split=opts.split, val_fraction=opts.val_fraction, on_sample=tick
         )
+    if opts.mix is not None:
+        from hoigen.export.mix import mix_lists
+
+        mixed = mix_lists(out, opts.mix, opts.ratio, opts.mix_mode, opts.split)
+        info(f"mixed list: {mixed}", quiet)
     return summary
 
 

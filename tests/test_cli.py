@@ -94,6 +94,18 @@ def test_export_writes_the_nocs_layout(chain: Path) -> None:
     assert meta[0] == "1" and meta[1] in {"4", "6"}  # can or mug class id of the NOCS release
 
 
+def test_export_mixed_with_a_real_set(chain: Path, tmp_path: Path) -> None:
+    import shutil
+
+    real = tmp_path / "camera"
+    shutil.copytree(chain / "nocs" / "train", real / "train")  # any NOCS-layout folder will do
+    out = tmp_path / "mixed"
+    args = ("export", "--in", chain / "synth", "--out", out, "--mix", real, "--ratio", "0.25", "--mix-mode", "add")
+    assert hoigen(*args, "-q")[0] == 0
+    lines = (out / "mixed_train_list.txt").read_text().split()
+    assert sum(line.startswith("real/") for line in lines) == 8 and len(lines) == 8 + 3  # 8 real, 25% synthetic
+
+
 def test_same_seed_gives_identical_shards(chain: Path, tmp_path: Path) -> None:
     assert (
         hoigen("grasp", "--categories", "mug,can", "--grasps", "1", "--frames", "2", "--out", tmp_path / "grasp", "-q")[
