@@ -37,8 +37,15 @@ import trimesh
 from hoigen.data.atomic import atomic_write_bytes
 from hoigen.data.codec import encode_field
 from hoigen.data.schema import Sample
-from hoigen.errors import HoigenError
-from hoigen.export.common import amodal_mask, bbox_xywh, hand_record, mesh_to_cam, plan_images, visible_mask
+from hoigen.export.common import (
+    amodal_mask,
+    bbox_xywh,
+    hand_record,
+    mesh_to_cam,
+    object_of,
+    plan_images,
+    visible_mask,
+)
 from hoigen.export.nocs import check_renders
 from hoigen.objects import ObjectAsset
 from hoigen.pose.metrics import SYMMETRIC_CLASSES
@@ -127,11 +134,7 @@ def export_bop(
         check_renders(sample)
         ann = sample["ann.json"]
         oid = ann["object"]["id"]
-        if oid not in objects:
-            raise HoigenError(
-                f"{sample.get('__shard__', '?')}: object '{oid}' is not in objects.parquet; "
-                "export the shards together with their grasp folder"
-            )
+        asset = object_of(sample, objects)
         slot = plan[sample["__key__"]]
         folder = out_dir / slot.split / f"{slot.scene:06d}"
         for sub in ("rgb", "depth", "mask", "mask_visib"):
@@ -142,7 +145,7 @@ def export_bop(
         if color.shape[:2] != (h, w):
             color = cv2.resize(color, (w, h), interpolation=cv2.INTER_CUBIC)
         visible = visible_mask(sample)
-        amodal = amodal_mask(sample, objects[oid]) | visible
+        amodal = amodal_mask(sample, asset) | visible
         im = f"{slot.index:06d}"
         atomic_write_bytes(folder / "rgb" / f"{im}.png", encode_field("x.png", color))
         atomic_write_bytes(folder / "depth" / f"{im}.png", encode_field("x.png", depth.astype(np.uint16)))

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from hoigen.data.schema import SEG_OBJECT, Sample, parse_key
+from hoigen.errors import HoigenError
 from hoigen.objects import ObjectAsset
 
 SCENE_IMAGES = 10  # the NOCS CAMERA loader reads images 0000..0009 of each scene folder
@@ -162,3 +163,14 @@ def plan_images(
             for i, key in enumerate(track[start : start + per_scene]):
                 plan[key] = ImageSlot(name, scene, i)
     return plan
+
+
+def object_of(sample: Sample, objects: dict[str, ObjectAsset]) -> ObjectAsset:
+    """The object asset of a sample, or a one-line error when its grasp folder's objects are missing."""
+    obj_id = sample["ann.json"]["object"]["id"]
+    if obj_id not in objects:
+        raise HoigenError(
+            f"{sample.get('__shard__', '?')}: object '{obj_id}' is not in objects.parquet; "
+            "export the shards together with their grasp folder"
+        )
+    return objects[obj_id]

@@ -56,6 +56,7 @@ from hoigen.export.common import (
     nocs_size,
     nocs_to_cam,
     nocs_vertices,
+    object_of,
     plan_images,
     visible_mask,
 )
@@ -205,11 +206,7 @@ def export_nocs(
         visible = export_sample(sample, image_dir, slot.index)
         ann = sample["ann.json"]
         obj_id = ann["object"]["id"]
-        if obj_id not in objects:
-            raise HoigenError(
-                f"{sample.get('__shard__', '?')}: object '{obj_id}' is not in objects.parquet; "
-                "export the shards together with their grasp folder"
-            )
+        asset = object_of(sample, objects)
         R, t, s = nocs_to_cam(ann)
         box = bbox_yxyx(visible)
         inst = instance(
@@ -217,7 +214,7 @@ def export_nocs(
             R,
             t,
             s,
-            nocs_size(objects[obj_id]),
+            nocs_size(asset),
             score=1.0,
             handle_visible=True,
             bbox=box,
