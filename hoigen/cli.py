@@ -134,8 +134,31 @@ def render(
     views: int | None = typer.Option(
         None, "--views", help="Cameras per trajectory, fixed along it." + _default(RenderOptions, "views")
     ),
-    size: int | None = typer.Option(None, "--size", help="Image size in pixels." + _default(RenderOptions, "size")),
-    supersample: int | None = typer.Option(None, "--supersample", help="Render N times larger and downsample."),
+    size: int | None = typer.Option(
+        None,
+        "--size",
+        help="Square image side S in pixels. Not given: 512 with --camera random, the preset's native "
+        "size (640x480) with a preset; with a preset, S centre-crops the native frame to a square and "
+        "scales it (K follows).",
+    ),
+    supersample: int | None = typer.Option(
+        None,
+        "--supersample",
+        help="Render N times larger and area-average the normal and shade maps."
+        + _default(RenderOptions, "supersample"),
+    ),
+    camera: str | None = typer.Option(
+        None,
+        "--camera",
+        help="Intrinsics: random (fov 45-55 deg), nocs-camera, nocs-real275 or dexycb (real cameras' K)."
+        + _default(RenderOptions, "camera"),
+    ),
+    camera_tries: int | None = typer.Option(
+        None,
+        "--camera-tries",
+        help="Camera draws per trajectory view to get every frame in view; a view seeing nothing is then "
+        "skipped with a logged reason." + _default(RenderOptions, "camera_tries"),
+    ),
     seed: int = SEED,
     workers: int = WORKERS,
     shard_index: int | None = SHARD_INDEX,
@@ -145,14 +168,16 @@ def render(
     """Render condition maps and annotations from sampled cameras.
 
     Reads grasp shards; writes one sample per frame and view (key object_grasp_frame_view) with
-    normal.png, seg.png, skeleton.png (conditions), depth.png (uint16 mm), nocs.png, shade.png and
-    the camera, 2D joints and visibility in ann.json.
+    normal.png, seg.png, skeleton.png (conditions), depth.png (uint16 mm), nocs.png, shade.png,
+    amodal.png (bit 0 hand, bit 1 object) and the camera, 2D joints, visibility and boxes in ann.json.
 
     Example: hoigen render --in out/grasp --views 4 --size 512 --out out/render
     """
     from hoigen import stages
 
-    opts = _options(RenderOptions, views=views, size=size, supersample=supersample)
+    opts = _options(
+        RenderOptions, views=views, size=size, supersample=supersample, camera=camera, camera_tries=camera_tries
+    )
     _finish(stages.render(in_dir, out, opts, _common(seed, workers, shard_index, num_shards, quiet)), quiet)
 
 

@@ -55,11 +55,17 @@ class GraspOptions:
 @dataclass
 class RenderOptions:
     views: int = 2  # cameras per trajectory (fixed along the trajectory)
-    size: int = 512
+    size: int | None = None  # None: 512 (square) for camera "random", the preset's native size (640x480) else
     supersample: int = 1
+    camera: str = "random"  # random | nocs-camera | nocs-real275 | dexycb (hoigen.render.cameras.CAMERA_PRESETS)
+    camera_tries: int = 10  # camera draws per trajectory view to get it all in view before skipping it
 
     def __post_init__(self) -> None:
-        require_positive(self, "views", "size", "supersample")
+        require_positive(self, "views", "size", "supersample", "camera_tries")
+        from hoigen.render.cameras import CAMERA_CHOICES
+
+        if self.camera not in CAMERA_CHOICES:
+            raise HoigenError(f"--camera must be one of {', '.join(CAMERA_CHOICES)}, got {self.camera!r}")
 
 
 @dataclass

@@ -48,10 +48,17 @@ def _scene(seed: int, obj: trimesh.Trimesh | None = None, hand_shift: float = 0.
     return SceneSpec(hand_vertices, np.asarray(hand.faces), obj, pose, _nocs_from_mesh(obj), cam, joints)
 
 
+def _cached(width: int, height: int) -> Renderer:
+    """A renderer that is never closed: closing one pyrender EGL renderer ends the shared display,
+    which would break every other live renderer (the render stage keeps them the same way)."""
+    from hoigen.render.stage import _renderer
+
+    return _renderer(width, height)
+
+
 @pytest.fixture(scope="module")
 def renderer():
-    with Renderer(SIZE, SIZE) as r:
-        yield r
+    return _cached(SIZE, SIZE)
 
 
 def _backproject(spec: SceneSpec, depth_m: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -153,8 +160,7 @@ def test_pixel_convention_matches_project():
         camera=cam,
         joints3d=np.zeros((21, 3)),
     )
-    with Renderer(64, 64) as r:
-        res = r.render(spec)
+    res = _cached(64, 64).render(spec)
     corners, _ = project(np.array([[-0.05, -0.05, 0.005], [0.05, 0.05, 0.005]]), K, cam.world_to_cam)
     (u0, v1), (u1, v0) = corners  # world +y is image up
     u, v = np.meshgrid(np.arange(64), np.arange(64))
@@ -217,7 +223,7 @@ def test_box_normals_are_face_normals(renderer):
 
 
 def test_joints_projection_and_visibility(renderer):
-    spec = _scene(2)
+    spec = _scene(2, hand_shift=3.0)  # the capsule "hand" out of the way: occlusion by the object only
     cam = spec.camera
     obj_center = spec.object_pose[:3, 3]
     view = obj_center - cam.center
@@ -282,3 +288,144 @@ def test_renderer_rejects_bad_input(renderer):
         renderer.render(spec)
     with pytest.raises(HoigenError):
         renderer.render(_scene(7), supersample=0)
+
+
+# ---------------------------------------------------------------------------- amodal masks, boxes
+def test_amodal_masks_and_boxes(renderer):
+    from hoigen.render.renderer import mask_bbox
+
+    both = renderer.render(_scene(4))
+    alone = renderer.render(_scene(4, hand_shift=3.0))  # the same object without the hand
+    assert np.array_equal(both.mask_object_full, alone.mask_object)  # amodal = the object rendered alone
+    assert np.all(both.mask_object_full >= both.mask_object) and np.all(both.mask_hand_full >= both.mask_hand)
+    hidden = both.mask_object_full & ~both.mask_object
+    assert hidden.sum() > 10 and np.all(both.mask_hand[hidden])
+    assert np.array_equal(both.mask_hand_full | both.mask_object_full, both.seg > 0)
+    amodal = both.amodal
+    assert amodal.dtype == np.uint8 and set(np.unique(amodal)) <= {0, 1, 2, 3}
+    assert np.array_equal(amodal & 1 > 0, both.mask_hand_full) and np.array_equal(amodal & 2 > 0, both.mask_object_full)
+    boxes = both.bboxes()
+    for name, mask in (("hand", both.mask_hand_full), ("object_visible", both.mask_object)):
+        x0, y0, x1, y1 = boxes[name]
+        rows, cols = np.nonzero(mask)
+        assert (x0, y0, x1, y1) == (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
+        assert mask[y0:y1, x0:x1].sum() == mask.sum()
+    ox0, oy0, ox1, oy1 = boxes["object"]
+    vx0, vy0, vx1, vy1 = boxes["object_visible"]
+    assert ox0 <= vx0 and oy0 <= vy0 and ox1 >= vx1 and oy1 >= vy1
+    assert mask_bbox(np.zeros((4, 4), bool)) is None
+    assert not both.empty
+
+
+# ---------------------------------------------------------------------------- self-occlusion
+def _hand_view(renderer_128, hand, curl: float, side: float, joints_override=None):
+    out = hand.forward(np.zeros(3), hand.curl_pose(curl), np.zeros(10), np.zeros(3))
+    verts, joints = out.vertices[0], out.joints[0].copy()
+    if joints_override is not None:
+        joints = joints_override(joints)
+    palm = np.cross(joints[5] - joints[0], joints[17] - joints[0])  # toward the palm for a right hand
+    palm /= np.linalg.norm(palm)
+    center = verts.mean(axis=0)
+    up = np.cross(palm, [1.0, 0.0, 0.0]) if abs(palm[0]) < 0.9 else np.cross(palm, [0.0, 0.0, 1.0])
+    cam = Camera(intrinsics(128, 128, 40.0), look_at(center + side * 0.4 * palm, center, up=tuple(up)), 128, 128)
+    far = np.eye(4)
+    far[:3, 3] = center - 5.0 * side * palm  # the object far behind the hand: no object occlusion
+    box = trimesh.creation.box(extents=(0.01, 0.01, 0.01))
+    res = renderer_128.render(SceneSpec(verts, hand.faces, box, far, _nocs_from_mesh(box), cam, joints))
+    return res, joints, cam
+
+
+def test_self_occlusion_fist_and_flat_hand():
+    from hoigen.hand import load_hand
+
+    hand = load_hand("right")
+    tips, knuckles = [4, 8, 12, 16, 20], [5, 9, 13, 17]
+    r = _cached(128, 128)
+    dorsal, _, _ = _hand_view(r, hand, 1.0, -1.0)  # fist seen from the back of the hand
+    assert dorsal.joints_self_occluded[tips].all()  # the curled fingertips are under the fingers
+    assert not dorsal.joints_self_occluded[[0, *knuckles]].any()  # wrist and knuckles on top
+    palmar, _, _ = _hand_view(r, hand, 1.0, 1.0)  # fist seen from the palm
+    assert not palmar.joints_self_occluded[tips[1:]].any()  # the fingertips press into the palm, seen
+    assert palmar.joints_self_occluded[knuckles].sum() >= 3  # the knuckles are behind the curled fingers
+    for side in (-1.0, 1.0):  # a flat hand hides none of its finger joints from either side
+        flat, _, _ = _hand_view(r, hand, 0.0, side)
+        assert not flat.joints_self_occluded[2:].any()
+        assert np.array_equal(flat.joints_visible, ~flat.joints_self_occluded)
+    # a joint moved 3 cm behind the flat hand (seen from the back) is hidden by it
+    def behind(joints: np.ndarray) -> np.ndarray:
+        palm = np.cross(joints[5] - joints[0], joints[17] - joints[0])
+        joints[10] = joints[9] + 0.03 * palm / np.linalg.norm(palm)
+        return joints
+
+    moved, _, _ = _hand_view(r, hand, 0.0, -1.0, behind)
+    assert moved.joints_self_occluded[10] and not moved.joints_visible[10]
+    assert tuple(moved.skeleton[tuple(np.round(moved.joints2d[10][::-1]).astype(int))]) != (0, 0, 0)
+
+
+# ---------------------------------------------------------------------------- normals vs depth
+def test_normals_agree_with_depth_gradient():
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.1)
+    size = 128
+    cam = Camera(intrinsics(size, size, 45.0), look_at(np.array([0.05, 0.2, 0.4]), np.zeros(3)), size, size)
+    spec = SceneSpec(np.array([[0, 0, 5.0], [0.001, 0, 5.0], [0, 0.001, 5.0]]), np.array([[0, 1, 2]]), sphere,
+                     np.eye(4), _nocs_from_mesh(sphere), cam, np.zeros((21, 3)))
+    res = _cached(size, size).render(spec)
+    points = pixel_rays(cam.K, size, size) * res.depth_m[..., None]  # camera frame
+    m = res.mask_object
+    inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    du = points[1:-1, 2:] - points[1:-1, :-2]
+    dv = points[2:, 1:-1] - points[:-2, 1:-1]
+    n_depth = np.cross(dv, du)[inner]  # v down x u right = -z: toward the camera, as the map's normals
+    n_depth /= np.linalg.norm(n_depth, axis=1, keepdims=True)
+    n_map = 1.0 - 2.0 * res.normal[1:-1, 1:-1][inner] / 255.0
+    n_map /= np.linalg.norm(n_map, axis=1, keepdims=True)
+    angle = np.rad2deg(np.arccos(np.clip(np.sum(n_depth * n_map, axis=1), -1, 1)))
+    assert inner.sum() > 1000
+    assert angle.mean() < 2.0 and np.percentile(angle, 95) < 5.0
+
+
+# ---------------------------------------------------------------------------- presets, framing
+def test_camera_presets():
+    from hoigen.render.cameras import CAMERA_PRESETS, camera_sampler, camera_size, preset_intrinsics
+
+    K, w, h = preset_intrinsics("nocs-camera")
+    assert (w, h) == (640, 480) and np.allclose(K, [[577.5, 0, 319.5], [0, 577.5, 239.5], [0, 0, 1]])
+    K, _, _ = preset_intrinsics("nocs-real275")
+    assert K[0, 0] == 591.0125 and K[1, 2] == 244.11084
+    assert camera_size("random", None) == (512, 512) and camera_size("dexycb", None) == (640, 480)
+    assert camera_size("dexycb", 256) == (256, 256)
+    # --size S: centre square crop of 640x480 scaled to S; a point keeps its place in the crop
+    native, _, _ = preset_intrinsics("nocs-real275")
+    square, w, h = preset_intrinsics("nocs-real275", 96)
+    T = look_at(np.array([0.0, 0.0, 0.5]), np.zeros(3))
+    pts = np.array([[0.02, -0.03, 0.01], [-0.05, 0.04, 0.0]])
+    uv_native, _ = project(pts, native, T)
+    uv_square, _ = project(pts, square, T)
+    s = 96 / 480
+    assert np.allclose(uv_square, s * (uv_native - [80.0, 0.0] + 0.5) - 0.5)
+    # the same seed gives the same viewpoint whatever the intrinsics
+    a = camera_sampler("random", 64)(np.zeros(3), np.random.default_rng(5))
+    b = camera_sampler("dexycb", None)(np.zeros(3), np.random.default_rng(5))
+    assert np.allclose(a.world_to_cam, b.world_to_cam) and b.width == 640 and b.height == 480
+    assert np.allclose(b.K[0, 0], CAMERA_PRESETS["dexycb"].fx)
+    with pytest.raises(HoigenError):
+        preset_intrinsics("kinect")
+
+
+def test_frame_trajectory_resamples_then_gives_up():
+    from hoigen.render.cameras import camera_sampler
+    from hoigen.render.framing import frame_trajectory
+
+    sample = camera_sampler("random", 64)
+    near = np.random.default_rng(0).uniform(-0.05, 0.05, (50, 3))
+    first = frame_trajectory(sample, np.zeros(3), near, np.random.default_rng(1))
+    again = frame_trajectory(sample, np.zeros(3), near, np.random.default_rng(1))
+    assert first.camera is not None and first.tries == 1 and first.seen == 1.0 and first.reason == ""
+    assert np.array_equal(first.camera.world_to_cam, again.camera.world_to_cam)
+    # points 0.3 m to one side: only some draws see them all
+    side = near + np.array([0.3, 0.0, 0.0])
+    framed = frame_trajectory(sample, np.zeros(3), np.concatenate([near, side]), np.random.default_rng(2), tries=10)
+    assert framed.camera is not None and 0.5 <= framed.seen <= 1.0
+    # everything 100 m away (beyond zfar): every draw fails, nothing chosen, with a reason
+    gone = frame_trajectory(sample, np.zeros(3), near + 100.0, np.random.default_rng(3), tries=4)
+    assert gone.camera is None and gone.tries == 4 and gone.seen == 0.0 and "out of view" in gone.reason

@@ -17,7 +17,7 @@ OBJECT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 #: Fields each stage adds to a sample (tar member suffixes).
 GRASP_FIELDS = ("ann.json",)
-RENDER_FIELDS = ("normal.png", "seg.png", "skeleton.png", "depth.png", "nocs.png", "shade.png")
+RENDER_FIELDS = ("normal.png", "seg.png", "skeleton.png", "depth.png", "nocs.png", "shade.png", "amodal.png")
 SYNTH_FIELDS = ("image.jpg", "prompt.txt", "gen.json")
 
 #: Segmentation label values in ``seg.png``.

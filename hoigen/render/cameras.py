@@ -17,6 +17,7 @@ u = c, v = r of :func:`project` (checked in tests/test_render.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +88,71 @@ def intrinsics(width: int, height: int, fov_deg: float) -> np.ndarray:
     return np.array([[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
 
 
+@dataclass(frozen=True)
+class CameraPreset:
+    """Intrinsics of a real camera at its native image size (OpenCV pixel centres at integers)."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+    source: str
+
+
+# Intrinsics of the cameras whose data hoigen's output is meant to sit beside.
+CAMERA_PRESETS: dict[str, CameraPreset] = {
+    # NOCS CAMERA (synthetic) split, as in the NOCS release and its evaluation code.
+    "nocs-camera": CameraPreset(577.5, 577.5, 319.5, 239.5, 640, 480, "NOCS CAMERA intrinsics"),
+    # NOCS REAL275 (Structure Sensor), as in the NOCS release and its evaluation code.
+    "nocs-real275": CameraPreset(591.0125, 590.16775, 322.525, 244.11084, 640, 480, "NOCS REAL275 intrinsics"),
+    # DexYCB RealSense D415 serial 836212060125 at 640x480 (calibration/intrinsics of the DexYCB
+    # release; the sample printed in the dex-ycb-toolkit README).
+    "dexycb": CameraPreset(
+        616.640869140625, 616.2581787109375, 308.548095703125, 248.52310180664062, 640, 480,
+        "DexYCB camera 836212060125",
+    ),
+}
+CAMERA_CHOICES = ("random", *CAMERA_PRESETS)
+
+
+def preset_intrinsics(name: str, size: int | None = None) -> tuple[np.ndarray, int, int]:
+    """(K, width, height) of preset ``name``.
+
+    ``size=None`` keeps the native image (e.g. 640x480). ``size=S`` gives an S x S image: the
+    largest centred square of the native frame (480x480 of 640x480) scaled to S, so the focal
+    lengths scale by S / side and pixels stay square. With pixel centres at integers a native
+    pixel coordinate u maps to u' = s * (u - offset + 0.5) - 0.5.
+    """
+    if name not in CAMERA_PRESETS:
+        raise HoigenError(f"--camera: unknown camera {name!r}; use one of {', '.join(CAMERA_CHOICES)}")
+    p = CAMERA_PRESETS[name]
+    K = np.array([[p.fx, 0.0, p.cx], [0.0, p.fy, p.cy], [0.0, 0.0, 1.0]])
+    if size is None:
+        return K, p.width, p.height
+    side = min(p.width, p.height)
+    s = int(size) / side
+    off_x, off_y = (p.width - side) / 2.0, (p.height - side) / 2.0
+    K = np.array(
+        [
+            [s * p.fx, 0.0, s * (p.cx - off_x + 0.5) - 0.5],
+            [0.0, s * p.fy, s * (p.cy - off_y + 0.5) - 0.5],
+            [0.0, 0.0, 1.0],
+        ]
+    )
+    return K, int(size), int(size)
+
+
+def camera_size(name: str, size: int | None, default: int = 512) -> tuple[int, int]:
+    """Image (width, height) for ``--camera name --size size`` (None: 512 for random, else native)."""
+    if name == "random":
+        side = default if size is None else int(size)
+        return side, side
+    _, width, height = preset_intrinsics(name, size)
+    return width, height
+
+
 def look_at(
     eye: np.ndarray, target: np.ndarray, up: tuple[float, float, float] = (0.0, 1.0, 0.0)
 ) -> np.ndarray:
@@ -130,11 +196,14 @@ def sample_camera(
     azimuth_deg: tuple[float, float] = (0.0, 360.0),
     roll_deg: tuple[float, float] = (-10.0, 10.0),
     fov_deg: tuple[float, float] = (45.0, 55.0),
+    K: np.ndarray | None = None,
 ) -> Camera:
     """A random camera looking at ``center`` from a sphere cap (each range sampled uniformly).
 
     Elevation is measured from the world's horizontal plane (y-up); azimuth 0 looks from +z. Roll
     turns the camera about its viewing axis. Draw order: distance, elevation, azimuth, roll, fov.
+    With ``K`` given (a preset's intrinsics) the fov is still drawn, and ignored, so that one seed
+    gives the same viewpoint whatever the intrinsics; ``center`` then projects to (K[0,2], K[1,2]).
     """
     d = rng.uniform(*distance)
     el = np.deg2rad(rng.uniform(*elevation_deg))
@@ -144,7 +213,26 @@ def sample_camera(
     center = np.asarray(center, dtype=np.float64)
     eye = center + d * np.array([np.cos(el) * np.sin(az), np.sin(el), np.cos(el) * np.cos(az)])
     world_to_cam = _roll(roll) @ look_at(eye, center)
-    return Camera(intrinsics(width, height, fov), world_to_cam, width, height)
+    return Camera(intrinsics(width, height, fov) if K is None else K, world_to_cam, width, height)
+
+
+def camera_sampler(name: str, size: int | None, **ranges: Any) -> Callable[[np.ndarray, np.random.Generator], Camera]:
+    """``sample(center, rng) -> Camera`` for ``--camera name`` (``random`` or a preset) and ``--size``."""
+    width, height = camera_size(name, size)
+    K = None if name == "random" else preset_intrinsics(name, size)[0]
+
+    def sample(center: np.ndarray, rng: np.random.Generator) -> Camera:
+        return sample_camera(center, rng, width, height, K=K, **ranges)
+
+    return sample
+
+
+def in_view(points_world: np.ndarray, camera: Camera, znear: float = 0.01, zfar: float = 10.0) -> np.ndarray:
+    """(N,) bool: the point is in front of the camera within [znear, zfar] and inside the image."""
+    uv, z = project(points_world, camera.K, camera.world_to_cam)
+    ok = (z > znear) & (z < zfar) & np.all(np.isfinite(uv), axis=1)
+    u, v = np.where(ok[:, None], uv, -1.0).T
+    return ok & (u >= -0.5) & (u < camera.width - 0.5) & (v >= -0.5) & (v < camera.height - 0.5)
 
 
 def project(

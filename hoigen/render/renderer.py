@@ -2,14 +2,16 @@
 
 Passes (pyrender, one ``OffscreenRenderer`` for the renderer's lifetime):
 
-1. *face-id pass* (flat, unlit, no MSAA, both faces drawn): every triangle of object and hand gets
-   a unique 24-bit colour (:mod:`hoigen.render.surface`); object faces are ids 1..F_o, hand faces
-   F_o+1..F_o+F_h. From it, per pixel, the exact hit point on that triangle is computed by
-   intersecting the pixel's ray with the triangle's plane. ``seg``, ``depth``, ``nocs`` and
-   ``normal`` all come from these hits, so they agree with each other and with the meshes to float
-   precision.
-2. *object depth pass* (depth only, the object alone): the object's surface depth also where the
-   hand covers it, for joint visibility.
+1. *face-id passes* (flat, unlit, no MSAA, both faces drawn), one of the object alone and one of
+   the hand alone: every triangle gets a unique 24-bit colour (:mod:`hoigen.render.surface`);
+   object faces are ids 1..F_o, hand faces F_o+1..F_o+F_h. From them, per pixel, the exact hit
+   point on that triangle is computed by intersecting the pixel's ray with the triangle's plane.
+   Each pass alone gives its mesh's amodal (full) mask; per pixel the nearer of the two exact hits
+   is the visible surface (the depth test done in float64 instead of the depth buffer). ``seg``,
+   ``depth``, ``nocs`` and ``normal`` all come from these hits, so they agree with each other and
+   with the meshes to float precision, and each mesh's own exact depth gives joint visibility. No
+   depth buffer is read back.
+2. (with supersampling only) a face-id pass of both meshes at s times the size, for the normals.
 3. *shade pass*: lit colour render (hand skin colour, object grey, a directional light at the
    camera looking along its axis, plus ambient light), black background.
 
@@ -34,9 +36,25 @@ Maps in :class:`RenderResult` (H, W = camera size; pixel centres at integer coor
 - ``skeleton`` uint8 RGB, :func:`hoigen.render.skeleton.draw_skeleton` of the visible joints.
 - ``joints2d`` (21,2) float64 pixels = :func:`hoigen.render.cameras.project` of ``joints3d``.
 - ``joints_visible`` (21,) bool: inside the image (u in [-0.5, W-0.5), v likewise), in front of the
-  camera, and not behind the object's surface at the joint's pixel by more than
-  ``visibility_tolerance`` (default 1 cm). Occlusion by the hand itself is ignored at this stage.
-- ``mask_hand``, ``mask_object`` (H,W) bool = ``seg == 1``, ``seg == 2``.
+  camera, not behind the object's surface at the joint's pixel by more than
+  ``visibility_tolerance`` (default 1 cm), and not self-occluded.
+- ``joints_self_occluded`` (21,) bool: the joint lies deeper than the hand's own nearest surface at
+  its pixel (hand-alone depth pass, so the object does not count) by more than
+  max(``self_occlusion_tolerance`` (default 1.5 cm, about a finger's thickness),
+  clearance + 5 mm), where clearance is the joint's distance to the nearest hand vertex (a joint
+  sits inside the flesh: about 0.8 cm in a finger, more at the wrist). A joint seen through its own
+  finger's skin stays visible; one behind another finger or the palm does not.
+- ``mask_hand``, ``mask_object`` (H,W) bool = ``seg == 1``, ``seg == 2`` (visible surface).
+- ``mask_hand_full``, ``mask_object_full`` (H,W) bool: amodal masks, every pixel the mesh covers
+  when rendered alone (so ``mask_hand`` is a subset of ``mask_hand_full``); same rasteriser, same
+  pixel-centre sampling as ``seg``.
+- :meth:`RenderResult.bboxes`: ``[x0, y0, x1, y1]`` integer pixel bounds of a mask with x1, y1
+  exclusive (``mask[y0:y1, x0:x1]`` holds all of it; in continuous coordinates the box spans
+  x0 - 0.5 .. x1 - 0.5), None for an empty mask; visible boxes from the visible masks, amodal boxes
+  from the full masks (clipped to the image).
+
+The skeleton is drawn for joints in the image and not hidden by the object; self-occluded joints
+are drawn too (the skeleton conditions the hand's pose, which a curled finger still has).
 
 Supersampling (``supersample=s``): ``normal`` and ``shade`` are rendered at s times the size and
 area-averaged down (anti-aliased edges blend toward the background). ``seg``, masks, ``depth``,
@@ -61,7 +79,7 @@ import numpy as np
 import trimesh
 
 from hoigen.errors import HoigenError
-from hoigen.render.backend import import_pyrender
+from hoigen.render.backend import import_pyrender, install_raw_readback
 from hoigen.render.cameras import Camera, gl_intrinsics, project, pyrender_pose
 from hoigen.render.skeleton import draw_skeleton
 from hoigen.render.surface import (
@@ -112,6 +130,39 @@ class RenderResult:
     mask_hand: np.ndarray
     mask_object: np.ndarray
     camera: Camera = field(repr=False, default=None)  # type: ignore[assignment]
+    mask_hand_full: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
+    mask_object_full: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
+    joints_self_occluded: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
+
+    @property
+    def empty(self) -> bool:
+        """True when neither mesh covers any pixel (the frame shows nothing)."""
+        return not (self.mask_hand_full.any() or self.mask_object_full.any())
+
+    @property
+    def amodal(self) -> np.ndarray:
+        """uint8 (H,W): bit 0 = hand covers the pixel (amodal), bit 1 = object covers it."""
+        return (self.mask_hand_full.astype(np.uint8) | (self.mask_object_full.astype(np.uint8) << 1)).astype(
+            np.uint8
+        )
+
+    def bboxes(self) -> dict[str, list[int] | None]:
+        """Boxes ``[x0, y0, x1, y1]`` (x1, y1 exclusive) of the visible and full masks, None if empty."""
+        return {
+            "hand": mask_bbox(self.mask_hand_full),
+            "hand_visible": mask_bbox(self.mask_hand),
+            "object": mask_bbox(self.mask_object_full),
+            "object_visible": mask_bbox(self.mask_object),
+        }
+
+
+def mask_bbox(mask: np.ndarray) -> list[int] | None:
+    """``[x0, y0, x1, y1]`` of a boolean mask's pixels (x1, y1 exclusive); None when it is empty."""
+    cols = np.flatnonzero(mask.any(axis=0))
+    if len(cols) == 0:
+        return None
+    rows = np.flatnonzero(mask.any(axis=1))
+    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
 
 
 @dataclass
@@ -145,6 +196,7 @@ class Renderer:
         znear: float = 0.01,
         zfar: float = 10.0,
         visibility_tolerance: float = 0.01,
+        self_occlusion_tolerance: float = 0.015,
         hand_color: tuple[float, float, float] = HAND_COLOR,
         object_color: tuple[float, float, float] = OBJECT_COLOR,
         normal_background: tuple[int, int, int] = NORMAL_BACKGROUND,
@@ -160,12 +212,14 @@ class Renderer:
         self.crease_deg = crease_deg
         self.znear, self.zfar = float(znear), float(zfar)
         self.visibility_tolerance = float(visibility_tolerance)
+        self.self_occlusion_tolerance = float(self_occlusion_tolerance)
         self.normal_background = np.asarray(normal_background, dtype=np.float64)
         self.skeleton_line_width = skeleton_line_width
         self.cache_size = max(1, int(cache_size))
         self.renders = 0
         pr = self._pr = import_pyrender()
         self._offscreen = pr.OffscreenRenderer(self.width, self.height)
+        self._readback = install_raw_readback(self._offscreen)
         self._scene = pr.Scene(bg_color=(0.0, 0.0, 0.0, 0.0), ambient_light=(ambient, ambient, ambient))
         self._camera = pr.IntrinsicsCamera(1.0, 1.0, 0.0, 0.0, znear=self.znear, zfar=self.zfar)
         self._camera_node = self._scene.add(self._camera)
@@ -289,43 +343,46 @@ class Renderer:
         fx, fy, cx, cy = gl_intrinsics(camera.K)
         self._camera.fx, self._camera.fy, self._camera.cx, self._camera.cy = fx, fy, cx, cy
         self._scene.set_pose(self._camera_node, pyrender_pose(camera.world_to_cam))
-        obj.id_mesh.is_visible = kind in ("ids", "object_depth")
-        hand.id_mesh.is_visible = kind == "ids"
+        obj.id_mesh.is_visible = kind in ("ids", "object_ids")
+        hand.id_mesh.is_visible = kind in ("ids", "hand_ids")
         obj.shade_mesh.is_visible = hand.shade_mesh.is_visible = kind == "shade"
+        self._readback.depth = False  # exact depth comes from the face ids (module docstring)
+        self._readback.rgba = kind != "shade"
         flags = pr.RenderFlags.SKIP_CULL_FACES
-        if kind == "ids":
-            return self._offscreen.render(self._scene, flags | pr.RenderFlags.FLAT)
-        if kind == "object_depth":
-            return self._offscreen.render(self._scene, flags | pr.RenderFlags.DEPTH_ONLY)
+        if kind in ("ids", "object_ids", "hand_ids"):
+            return self._offscreen.render(self._scene, flags | pr.RenderFlags.FLAT)[0]
         return self._offscreen.render(self._scene, flags)[0]
 
     def _surface(
         self,
         ids: np.ndarray,
-        gl_depth: np.ndarray,
         camera: Camera,
         spec: SceneSpec,
         obj: _Geometry,
         hand: _Geometry,
         want_nocs: bool,
+        only: str | None = None,
     ) -> dict[str, np.ndarray]:
-        """Exact per-pixel depth, camera-frame normals (and NOCS) from a face-id image.
+        """Exact depth, camera-frame normals (and NOCS) of every covered pixel of a face-id image.
 
-        ``gl_depth`` (the pass's depth buffer) stands in only where a ray grazes its triangle's plane.
+        Returns flat pixel indices ``pix`` (N,) (row * W + col), ``is_object`` (N,), ``depth`` (N,),
+        ``normal`` (N,3) and, with ``want_nocs``, ``nocs`` (N,3) for the object pixels, in the
+        order of ``pix``. ``only="object"|"hand"``: the ids come from that mesh alone. Where a ray
+        grazes its triangle's plane, the triangle's centroid stands in for the hit.
         """
         h, w = ids.shape
         n_obj = len(obj.triangles)
         K_inv = np.linalg.inv(camera.K)
         R, center = camera.world_to_cam[:3, :3], camera.center
         flat = ids.reshape(-1)
-        depth = np.zeros(h * w)
-        normal = np.zeros((h * w, 3))
-        nocs = np.zeros((h * w, 3)) if want_nocs else None
         pose = np.asarray(spec.object_pose, dtype=np.float64).reshape(4, 4)
-        parts = [
-            (np.flatnonzero((flat >= 1) & (flat <= n_obj)), obj, 1, np.linalg.inv(pose)),
-            (np.flatnonzero(flat > n_obj), hand, 1 + n_obj, np.eye(4)),
-        ]
+        parts = []
+        if only in (None, "object"):
+            covered = (flat >= 1) & (flat <= n_obj) if only is None else flat > 0
+            parts.append((np.flatnonzero(covered), obj, 1, np.linalg.inv(pose)))
+        if only in (None, "hand"):
+            parts.append((np.flatnonzero(flat > n_obj), hand, 1 + n_obj, np.eye(4)))
+        out: dict[str, list[np.ndarray]] = {"pix": [], "is_object": [], "depth": [], "normal": [], "nocs": []}
         for pix, geo, first, frame_from_world in parts:
             if len(pix) == 0:
                 continue
@@ -336,9 +393,9 @@ class Renderer:
             dirs = rays @ (A @ R.T).T  # camera ray -> world -> this mesh's frame
             t, bary, facing = hit_planes(origin, dirs, geo.planes, face)
             bad = ~np.isfinite(t) | (t <= 0)
-            if np.any(bad):
-                t[bad] = gl_depth.reshape(-1)[pix[bad]]
-            depth[pix] = t
+            if np.any(bad):  # a ray grazing its triangle's plane: the triangle's centroid along the ray
+                centroid = geo.triangles[face[bad]].mean(axis=1) - origin
+                t[bad] = np.einsum("ij,ij->i", centroid, dirs[bad]) / np.einsum("ij,ij->i", dirs[bad], dirs[bad])
             if geo.corners is None:
                 n_frame = facing
             else:
@@ -357,26 +414,55 @@ class Renderer:
             if np.any(bend):
                 n_cam[bend] -= (cos[bend] + _FACING_EPS)[:, None] * ray[bend]
                 n_cam[bend] /= np.linalg.norm(n_cam[bend], axis=1, keepdims=True)
-            normal[pix] = n_cam
+            out["pix"].append(pix)
+            out["is_object"].append(np.full(len(pix), geo is obj))
+            out["depth"].append(t)
+            out["normal"].append(n_cam)
             if want_nocs and geo is obj:
                 points = origin + t[:, None] * dirs
                 nocs_T = np.asarray(spec.nocs_from_mesh, dtype=np.float64).reshape(4, 4)
-                nocs[pix] = points @ nocs_T[:3, :3].T + nocs_T[:3, 3]
-        out = {"depth": depth.reshape(h, w), "normal": normal.reshape(h, w, 3)}
-        if want_nocs:
-            out["nocs"] = nocs.reshape(h, w, 3)
+                out["nocs"].append(points @ nocs_T[:3, :3].T + nocs_T[:3, 3])
+        empty = {
+            "pix": np.zeros(0, np.int64),
+            "is_object": np.zeros(0, bool),
+            "depth": np.zeros(0),
+            "normal": np.zeros((0, 3)),
+            "nocs": np.zeros((0, 3)),
+        }
+        return {k: np.concatenate(v) if v else empty[k] for k, v in out.items() if k != "nocs" or want_nocs}
+
+    @staticmethod
+    def _composite(object_surf: dict[str, np.ndarray], hand_surf: dict[str, np.ndarray], n_pixels: int) -> dict:
+        """Per pixel, keep the nearer of the object's and the hand's exact hits (ties: the object).
+
+        Also returns each mesh's own exact depth per pixel, ``t_object`` and ``t_hand`` (inf where the
+        mesh does not cover the pixel), for joint visibility.
+        """
+        t_object = np.full(n_pixels, np.inf)
+        t_object[object_surf["pix"]] = object_surf["depth"]
+        t_hand = np.full(n_pixels, np.inf)
+        t_hand[hand_surf["pix"]] = hand_surf["depth"]
+        keep_object = object_surf["depth"] <= t_hand[object_surf["pix"]]
+        keep_hand = hand_surf["depth"] < t_object[hand_surf["pix"]]
+        out = {
+            k: np.concatenate([object_surf[k][keep_object], hand_surf[k][keep_hand]])
+            for k in ("pix", "is_object", "depth", "normal")
+        }
+        out["nocs"] = object_surf["nocs"][keep_object]
+        out["t_object"], out["t_hand"] = t_object, t_hand
         return out
 
-    def _encode_normals(self, normal: np.ndarray, covered: np.ndarray) -> np.ndarray:
-        rgb = normal.astype(np.float32)
-        rgb *= -127.5
-        rgb += 127.5
-        np.copyto(rgb, self.normal_background.astype(np.float32), where=~covered[..., None])
-        return rgb
+    def _normal_image(self, surf: dict[str, np.ndarray], h: int, w: int, dtype: type) -> np.ndarray:
+        """The encoded normal map (H,W,3): RGB = 127.5 - 127.5 * n where covered, else background."""
+        image = np.empty((h * w, 3), dtype=dtype)
+        for k in range(3):  # per channel: much faster than broadcasting a (3,) row
+            image[:, k] = self.normal_background[k]
+        rgb = 127.5 - 127.5 * surf["normal"]
+        image[surf["pix"]] = np.clip(np.round(rgb), 0, 255) if dtype == np.uint8 else rgb
+        return image.reshape(h, w, 3)
 
     # ------------------------------------------------------------------ main entry
-    def render(self, spec: SceneSpec, supersample: int | None = None) -> RenderResult:
-        """Render all maps and annotations of one frame (see the module docstring)."""
+    def _check(self, spec: SceneSpec) -> Camera:
         if self._offscreen is None:
             raise HoigenError("render: the Renderer was closed; create a new Renderer")
         cam = spec.camera
@@ -385,55 +471,103 @@ class Renderer:
                 f"render: camera is {cam.width}x{cam.height} but the Renderer is {self.width}x{self.height}; "
                 "use a Renderer of the camera's size"
             )
+        return cam
+
+    def shade_only(self, spec: SceneSpec) -> np.ndarray:
+        """Only the plain shaded colour render (H,W,3) uint8 of a frame: the bare single pass that
+        ``make bench`` compares the full set of passes with."""
+        cam = self._check(spec)
+        obj, hand = self._place(spec)
+        return np.ascontiguousarray(self._pass(cam, obj, hand, "shade"))
+
+    def render(self, spec: SceneSpec, supersample: int | None = None) -> RenderResult:
+        """Render all maps and annotations of one frame (see the module docstring)."""
+        cam = self._check(spec)
         ss = self.supersample if supersample is None else self._check_ss(supersample)
         obj, hand = self._place(spec)
+        h, w = self.height, self.width
 
         if ss > 1:  # anti-aliased normal and shade maps from a larger image
             big = cam.scaled(ss)
-            color_big, gl_depth_big = self._pass(big, obj, hand, "ids")
-            ids_big = decode_ids(color_big)
-            surf_big = self._surface(ids_big, gl_depth_big, big, spec, obj, hand, want_nocs=False)
-            normal_f = _area_downsample(self._encode_normals(surf_big["normal"], ids_big > 0), ss)
-            shade_f = _area_downsample(self._pass(big, obj, hand, "shade"), ss)
+            color_big = self._pass(big, obj, hand, "ids")
+            surf_big = self._surface(decode_ids(color_big), big, spec, obj, hand, want_nocs=False)
+            normal_big = self._normal_image(surf_big, big.height, big.width, np.float32)
+            normal = np.clip(np.round(_area_downsample(normal_big, ss)), 0, 255).astype(np.uint8)
+            shade = np.clip(np.round(_area_downsample(self._pass(big, obj, hand, "shade"), ss)), 0, 255)
+            shade = shade.astype(np.uint8)
 
-        color, gl_depth = self._pass(cam, obj, hand, "ids")
-        ids = decode_ids(color)
-        n_obj = len(obj.triangles)
-        seg = np.full(ids.shape, SEG_HAND, dtype=np.uint8)
-        seg[ids <= n_obj] = SEG_OBJECT
-        seg[ids == 0] = SEG_BACKGROUND
-        mask_hand, mask_object = seg == SEG_HAND, seg == SEG_OBJECT
-        surf = self._surface(ids, gl_depth, cam, spec, obj, hand, want_nocs=True)
-        depth_m = np.where(seg > 0, surf["depth"], 0.0).astype(np.float32)
-        depth = np.clip(np.round(depth_m.astype(np.float64) * 1000.0), 0, 65535).astype(np.uint16)
-        nocs = np.where(mask_object[..., None], np.clip(np.round((surf["nocs"] + 0.5) * 255.0), 0, 255), 0)
+        # each mesh alone: amodal coverage and exact hits; the nearer exact hit is the visible one
+        object_color = self._pass(cam, obj, hand, "object_ids")
+        hand_color = self._pass(cam, obj, hand, "hand_ids")
+        object_ids, hand_ids = decode_ids(object_color), decode_ids(hand_color)
+        surf = self._composite(
+            self._surface(object_ids, cam, spec, obj, hand, want_nocs=True, only="object"),
+            self._surface(hand_ids, cam, spec, obj, hand, want_nocs=True, only="hand"),
+            h * w,
+        )
+        pix, is_obj = surf["pix"], surf["is_object"]
+        seg = np.zeros(h * w, dtype=np.uint8)
+        seg[pix] = np.where(is_obj, SEG_OBJECT, SEG_HAND)
+        depth_m = np.zeros(h * w, dtype=np.float32)
+        depth_m[pix] = surf["depth"]
+        depth = np.zeros(h * w, dtype=np.uint16)
+        depth[pix] = np.clip(np.round(surf["depth"] * 1000.0), 0, 65535)
+        nocs = np.zeros((h * w, 3), dtype=np.uint8)
+        nocs[pix[is_obj]] = np.clip(np.round((surf["nocs"] + 0.5) * 255.0), 0, 255)
+        seg, depth_m, depth, nocs = seg.reshape(h, w), depth_m.reshape(h, w), depth.reshape(h, w), nocs.reshape(h, w, 3)
         if ss == 1:
-            normal_f = self._encode_normals(surf["normal"], seg > 0)
-            shade_f = self._pass(cam, obj, hand, "shade")
+            normal = self._normal_image(surf, h, w, np.uint8)
+            shade = np.ascontiguousarray(self._pass(cam, obj, hand, "shade"))
 
         joints3d = np.asarray(spec.joints3d, dtype=np.float64).reshape(-1, 3)
         joints2d, joints_z = project(joints3d, cam.K, cam.world_to_cam)
-        visible = self._joint_visibility(joints2d, joints_z, cam, obj, hand)
-        skeleton = draw_skeleton(joints2d, visible, self.width, self.height, self.skeleton_line_width)
+        unhidden, self_occluded = self._joint_visibility(
+            joints2d, joints_z, cam, surf["t_object"], surf["t_hand"], self._clearance(joints3d, spec.hand_vertices)
+        )
+        skeleton = draw_skeleton(joints2d, unhidden, w, h, self.skeleton_line_width)
         self.renders += 1
         return RenderResult(
-            normal=np.clip(np.round(normal_f), 0, 255).astype(np.uint8).reshape(self.height, self.width, 3),
+            normal=normal,
             seg=seg,
             depth=depth,
             depth_m=depth_m,
-            nocs=nocs.astype(np.uint8),
-            shade=np.clip(np.round(shade_f), 0, 255).astype(np.uint8).reshape(self.height, self.width, 3),
+            nocs=nocs,
+            shade=shade,
             skeleton=skeleton,
             joints2d=joints2d,
-            joints_visible=visible,
-            mask_hand=mask_hand,
-            mask_object=mask_object,
+            joints_visible=unhidden & ~self_occluded,
+            mask_hand=seg == SEG_HAND,
+            mask_object=seg == SEG_OBJECT,
             camera=cam,
+            mask_hand_full=hand_ids > 0,
+            mask_object_full=object_ids > 0,
+            joints_self_occluded=self_occluded,
         )
 
+    @staticmethod
+    def _clearance(joints3d: np.ndarray, hand_vertices: np.ndarray) -> np.ndarray:
+        """Distance (21,) from each joint to the nearest hand vertex (how deep it sits in the flesh)."""
+        verts = np.asarray(hand_vertices, dtype=np.float64).reshape(-1, 3)
+        if len(verts) == 0:
+            return np.zeros(len(joints3d))
+        d2 = (
+            np.einsum("ij,ij->i", joints3d, joints3d)[:, None]
+            - 2.0 * joints3d @ verts.T
+            + np.einsum("ij,ij->i", verts, verts)[None, :]
+        )
+        return np.sqrt(np.maximum(d2.min(axis=1), 0.0))
+
     def _joint_visibility(
-        self, joints2d: np.ndarray, joints_z: np.ndarray, cam: Camera, obj: _Geometry, hand: _Geometry
-    ) -> np.ndarray:
+        self,
+        joints2d: np.ndarray,
+        joints_z: np.ndarray,
+        cam: Camera,
+        object_depth: np.ndarray,
+        hand_depth: np.ndarray,
+        clearance: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(in the image and not hidden by the object, self-occluded), both (21,) bool; the depth
+        images are each mesh's exact depth alone (inf where it does not cover the pixel)."""
         finite = np.all(np.isfinite(joints2d), axis=1)
         u, v = np.where(finite[:, None], joints2d, -1e9).T
         inside = (
@@ -442,13 +576,16 @@ class Renderer:
             & (u >= -0.5) & (u < cam.width - 0.5)
             & (v >= -0.5) & (v < cam.height - 0.5)
         )
+        self_occluded = np.zeros(len(inside), dtype=bool)
         if not inside.any():
-            return inside
-        object_depth = self._pass(cam, obj, hand, "object_depth")
+            return inside, self_occluded
         col = np.clip(np.round(u[inside]).astype(np.int64), 0, cam.width - 1)
         row = np.clip(np.round(v[inside]).astype(np.int64), 0, cam.height - 1)
-        surface = object_depth[row, col]
-        free = (surface <= 0) | (joints_z[inside] <= surface + self.visibility_tolerance)
-        visible = inside.copy()
-        visible[inside] = free
-        return visible
+        z = joints_z[inside]
+        surface = object_depth.reshape(cam.height, cam.width)[row, col]
+        unhidden = inside.copy()
+        unhidden[inside] = z <= surface + self.visibility_tolerance
+        skin = hand_depth.reshape(cam.height, cam.width)[row, col]
+        tolerance = np.maximum(self.self_occlusion_tolerance, clearance[inside] + 0.005)
+        self_occluded[inside] = z > skin + tolerance
+        return unhidden, self_occluded

@@ -1,12 +1,23 @@
 """The render stage: each grasp frame seen from ``views`` cameras, as conditions and annotations.
 
-Cameras are sampled per (object, grasp, view) around the trajectory's focus point, so a view keeps
-its camera along the whole trajectory (a fixed camera per trajectory, for video). The hand mesh is
-posed again from the stored MANO parameters with the same hand model that made them.
+Cameras are chosen per (object, grasp, view) around the trajectory's focus point, so a view keeps
+its camera along the whole trajectory (a fixed camera per trajectory, for video). The stage reads a
+whole input shard first and groups its frames by (object, grasp), so that the camera can be chosen
+to see every frame of the trajectory (:func:`hoigen.render.framing.frame_trajectory`: up to
+``camera_tries`` seeded draws). A view that sees nothing after every draw is skipped, and so is a
+single frame that renders nothing; both are logged (logger ``hoigen.render``, a warning on stderr)
+with the reason, never raised. The hand mesh is posed again from the stored MANO parameters with
+the same hand model that made them.
+
+``--camera`` picks the intrinsics: ``random`` (a horizontal field of view drawn in 45-55 deg, square
+``--size`` images, default 512) or a preset of :data:`hoigen.render.cameras.CAMERA_PRESETS`
+(native size, e.g. 640x480, unless ``--size`` is given; see
+:func:`hoigen.render.cameras.preset_intrinsics`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from functools import cache, lru_cache
 from pathlib import Path
@@ -21,6 +32,8 @@ from hoigen.errors import HoigenError
 from hoigen.objects import ObjectAsset, read_objects
 
 OBJECTS_KEY = "objects_dir"
+FRAMING_POINTS = (200, 100)  # object surface points per object pose, hand vertices per frame
+log = logging.getLogger("hoigen.render")
 
 
 def objects_dir_of(folder: Path) -> Path:
@@ -42,7 +55,7 @@ def _objects(folder: str) -> dict[str, ObjectAsset]:
 
 
 @cache  # never evicted: deleting a pyrender EGL renderer terminates the shared display
-def _renderer(width: int, height: int, supersample: int) -> Any:
+def _renderer(width: int, height: int, supersample: int = 1) -> Any:
     from hoigen.render.renderer import Renderer
 
     return Renderer(width, height, supersample=supersample)
@@ -60,62 +73,126 @@ def _hand(side: str, model: str, mano_dir: str | None) -> Any:
     return hand
 
 
+def _trajectories(samples: Iterable[Sample]) -> list[list[Sample]]:
+    """The shard's samples grouped by (object, grasp), in order of first appearance, frames sorted."""
+    groups: dict[tuple[str, int], list[Sample]] = {}
+    for sample in samples:
+        ids = parse_key(sample["__key__"])
+        groups.setdefault((ids["object"], ids["grasp"]), []).append(sample)
+    return [sorted(g, key=lambda s: parse_key(s["__key__"])["frame"]) for g in groups.values()]
+
+
+def _framing_points(asset: ObjectAsset, poses: list[np.ndarray], hand_vertices: list[np.ndarray]) -> np.ndarray:
+    """Points the trajectory's camera must see: object surface points under every distinct object
+    pose and hand vertices of every frame (both subsampled, deterministic)."""
+    from hoigen.render.framing import subsample
+
+    local = subsample(asset.mesh.vertices, FRAMING_POINTS[0])
+    distinct = {np.asarray(p, dtype=np.float64).tobytes(): np.asarray(p, dtype=np.float64) for p in poses}
+    parts = [local @ p[:3, :3].T + p[:3, 3] for p in distinct.values()]
+    parts += [subsample(v, FRAMING_POINTS[1]) for v in hand_vertices]
+    return np.concatenate(parts, axis=0)
+
+
 def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample]:
-    """Grasp samples in, ``views`` rendered samples out per input sample."""
-    from hoigen.render.cameras import sample_camera
+    """Grasp samples in, ``views`` rendered samples out per input sample (fewer when a view or a
+    frame shows nothing: see the module docstring)."""
+    from hoigen.render.cameras import camera_sampler, camera_size
+    from hoigen.render.framing import frame_trajectory
     from hoigen.render.renderer import SceneSpec
 
     cfg = ctx.config
-    size = int(cfg["size"])
-    renderer = _renderer(size, size, int(cfg.get("supersample", 1)))
+    preset = str(cfg.get("camera") or "random")
+    size = cfg.get("size")
+    width, height = camera_size(preset, None if size is None else int(size))
+    sample_camera = camera_sampler(preset, None if size is None else int(size))
+    tries = int(cfg.get("camera_tries") or 10)
+    renderer = _renderer(width, height, int(cfg.get("supersample") or 1))
     objects = _objects(cfg[OBJECTS_KEY])
-    for sample in samples:
-        ann = sample["ann.json"]
-        hand_ann, obj_ann = ann["hand"], ann["object"]
-        hand = _hand(hand_ann["side"], hand_ann["model"], cfg.get("mano_dir"))
-        out = hand.forward(*(np.asarray(hand_ann[k]) for k in ("global_orient", "hand_pose", "betas", "transl")))
-        asset = objects[obj_ann["id"]]
-        ids = parse_key(sample["__key__"])
+    for trajectory in _trajectories(samples):
+        first = trajectory[0]["ann.json"]
+        asset = objects[first["object"]["id"]]
+        ids = parse_key(trajectory[0]["__key__"])
+        posed = []
+        for sample in trajectory:
+            hand_ann = sample["ann.json"]["hand"]
+            hand = _hand(hand_ann["side"], hand_ann["model"], cfg.get("mano_dir"))
+            out = hand.forward(
+                *(np.asarray(hand_ann[k]) for k in ("global_orient", "hand_pose", "betas", "transl"))
+            )
+            posed.append((hand, out.vertices[0]))
+        points = _framing_points(
+            asset, [s["ann.json"]["object"]["pose"] for s in trajectory], [v for _, v in posed]
+        )
+        focus = np.asarray(first["trajectory"]["focus"], dtype=np.float64)
+        cameras = {}
         for view in range(int(cfg["views"])):
-            camera = sample_camera(
-                np.asarray(ann["trajectory"]["focus"]), ctx.rng(ids["object"], ids["grasp"], view), size, size
+            framing = frame_trajectory(
+                sample_camera, focus, points, ctx.rng(ids["object"], ids["grasp"], view), tries,
+                renderer.znear, renderer.zfar,
             )
-            result = renderer.render(
-                SceneSpec(
-                    hand_vertices=out.vertices[0],
-                    hand_faces=hand.faces,
-                    object_mesh=asset.mesh,
-                    object_pose=np.asarray(obj_ann["pose"]),
-                    nocs_from_mesh=np.asarray(obj_ann["nocs_from_mesh"]),
-                    camera=camera,
-                    joints3d=np.asarray(hand_ann["joints3d"]),
-                    mesh_key=asset.id,
+            if framing.camera is None:
+                log.warning("render: skipped %s_%04d view %d: %s", ids["object"], ids["grasp"], view, framing.reason)
+            else:
+                cameras[view] = framing
+        for sample, (hand, vertices) in zip(trajectory, posed, strict=True):
+            ann = sample["ann.json"]
+            hand_ann, obj_ann = ann["hand"], ann["object"]
+            frame_ids = parse_key(sample["__key__"])
+            for view, framing in cameras.items():
+                camera = framing.camera
+                key = sample_key(frame_ids["object"], frame_ids["grasp"], frame_ids["frame"], view)
+                result = renderer.render(
+                    SceneSpec(
+                        hand_vertices=vertices,
+                        hand_faces=hand.faces,
+                        object_mesh=asset.mesh,
+                        object_pose=np.asarray(obj_ann["pose"]),
+                        nocs_from_mesh=np.asarray(obj_ann["nocs_from_mesh"]),
+                        camera=camera,
+                        joints3d=np.asarray(hand_ann["joints3d"]),
+                        mesh_key=asset.id,
+                    )
                 )
-            )
-            key = sample_key(ids["object"], ids["grasp"], ids["frame"], view)
-            new_ann = {
-                **ann,
-                "key": key,
-                "hand": {
-                    **hand_ann,
-                    "joints2d": np.round(result.joints2d, 4).tolist(),
-                    "joints_visible": result.joints_visible.astype(bool).tolist(),
-                },
-                "camera": {
-                    "K": camera.K.tolist(),
-                    "world_to_cam": camera.world_to_cam.tolist(),
-                    "width": camera.width,
-                    "height": camera.height,
-                    "view": view,
-                },
-            }
-            yield {
-                "__key__": key,
-                "ann.json": new_ann,
-                "normal.png": result.normal,
-                "seg.png": result.seg,
-                "skeleton.png": result.skeleton,
-                "depth.png": result.depth,
-                "nocs.png": result.nocs,
-                "shade.png": result.shade,
-            }
+                if result.empty:
+                    log.warning("render: skipped %s: neither the hand nor the object covers a pixel", key)
+                    continue
+                yield _rendered_sample(key, ann, result, view, preset, framing)
+
+
+def _rendered_sample(key: str, ann: dict, result: Any, view: int, preset: str, framing: Any) -> Sample:
+    """One output sample: the input annotation plus camera, 2D joints, visibility, boxes and maps."""
+    camera = result.camera
+    boxes = result.bboxes()
+    return {
+        "__key__": key,
+        "ann.json": {
+            **ann,
+            "key": key,
+            "hand": {
+                **ann["hand"],
+                "joints2d": np.round(result.joints2d, 4).tolist(),
+                "joints_visible": result.joints_visible.astype(bool).tolist(),
+                "joints_self_occluded": result.joints_self_occluded.astype(bool).tolist(),
+                "bbox": boxes["hand"],
+                "bbox_visible": boxes["hand_visible"],
+            },
+            "object": {**ann["object"], "bbox": boxes["object"], "bbox_visible": boxes["object_visible"]},
+            "camera": {
+                "K": camera.K.tolist(),
+                "world_to_cam": camera.world_to_cam.tolist(),
+                "width": camera.width,
+                "height": camera.height,
+                "view": view,
+                "preset": preset,
+                "in_view": round(framing.seen, 4),
+            },
+        },
+        "normal.png": result.normal,
+        "seg.png": result.seg,
+        "skeleton.png": result.skeleton,
+        "depth.png": result.depth,
+        "nocs.png": result.nocs,
+        "shade.png": result.shade,
+        "amodal.png": result.amodal,
+    }

@@ -10,6 +10,7 @@ Face ids are 24-bit: RGB = (id & 255, (id >> 8) & 255, (id >> 16) & 255); 0 is t
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,8 +29,10 @@ def encode_ids(ids: np.ndarray) -> np.ndarray:
 
 
 def decode_ids(rgb: np.ndarray) -> np.ndarray:
-    """RGB uint8 (...,3) -> integer ids (...)."""
+    """RGB or RGBA uint8 (...,3|4) -> integer ids (...) (RGBA: one 32-bit view, alpha masked off)."""
     rgb = np.asarray(rgb)
+    if rgb.ndim >= 1 and rgb.shape[-1] == 4 and rgb.dtype == np.uint8 and sys.byteorder == "little":
+        return (np.ascontiguousarray(rgb).view(np.uint32)[..., 0] & 0xFFFFFF).astype(np.int64)
     r, g, b = (rgb[..., k].astype(np.int64) for k in range(3))
     return r | (g << 8) | (b << 16)
 

@@ -1,0 +1,85 @@
+"""The render stage: one camera per trajectory view, presets, amodal masks and boxes in the shards,
+and out-of-view trajectories skipped with a logged reason."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import pytest
+
+from hoigen.config import Common, GraspOptions, RenderOptions
+from hoigen.data.runner import StageContext
+from hoigen.data.shards import list_shards, read_shard
+from hoigen.errors import HoigenError
+
+
+@pytest.fixture(scope="module")
+def grasp_samples(tmp_path_factory):
+    from hoigen import stages
+
+    out = tmp_path_factory.mktemp("grasp")
+    stages.grasp(GraspOptions(grasps=1, frames=3, categories=["can"]), out, Common(quiet=True))
+    samples = [s for shard in list_shards(out) for s in read_shard(shard)]
+    assert len(samples) == 3
+    return out, samples
+
+
+def _render(grasp_samples, tmp_path, **config):
+    from hoigen.render.stage import OBJECTS_KEY, objects_dir_of, render_stage
+
+    folder, samples = grasp_samples
+    cfg = {"views": 2, "size": 64, "camera": "random", OBJECTS_KEY: str(objects_dir_of(folder)), **config}
+    ctx = StageContext(stage="render", seed=7, config=cfg, out_dir=tmp_path)
+    return list(render_stage(copy.deepcopy(samples), ctx))
+
+
+def test_one_camera_per_trajectory_view_and_new_members(grasp_samples, tmp_path):
+    out = _render(grasp_samples, tmp_path)
+    assert [s["__key__"][-6:] for s in out] == ["000_00", "000_01", "001_00", "001_01", "002_00", "002_01"]
+    by_view = {}
+    for s in out:
+        cam = s["ann.json"]["camera"]
+        by_view.setdefault(cam["view"], []).append(np.asarray(cam["world_to_cam"]))
+        assert cam["preset"] == "random" and cam["width"] == 64 and 0 < cam["in_view"] <= 1
+    assert all(np.array_equal(m, views[0]) for views in by_view.values() for m in views)  # fixed per trajectory
+    assert not np.allclose(by_view[0][0], by_view[1][0])
+    for s in out:
+        ann, amodal, seg = s["ann.json"], s["amodal.png"], s["seg.png"]
+        assert amodal.dtype == np.uint8 and amodal.shape == (64, 64)
+        assert np.all((amodal[seg == 1] & 1) == 1) and np.all((amodal[seg == 2] & 2) == 2)
+        ys, xs = np.nonzero(amodal & 2)
+        assert ann["object"]["bbox"] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        ys, xs = np.nonzero(seg == 1)
+        if len(xs):
+            assert ann["hand"]["bbox_visible"] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        assert len(ann["hand"]["joints_self_occluded"]) == 21
+    again = _render(grasp_samples, tmp_path)  # deterministic
+    assert all(np.array_equal(a["normal.png"], b["normal.png"]) for a, b in zip(out, again, strict=True))
+
+
+def test_preset_camera_in_the_stage(grasp_samples, tmp_path):
+    out = _render(grasp_samples, tmp_path, views=1, size=48, camera="nocs-real275")
+    K = np.asarray(out[0]["ann.json"]["camera"]["K"])
+    assert out[0]["seg.png"].shape == (48, 48)
+    assert K[0, 0] == pytest.approx(591.0125 * 48 / 480) and K[1, 1] == pytest.approx(590.16775 * 48 / 480)
+    with pytest.raises(HoigenError, match="--camera"):
+        RenderOptions(camera="kinect")
+    assert RenderOptions(camera="dexycb").size is None
+
+
+def test_out_of_view_trajectory_is_skipped_with_a_reason(grasp_samples, tmp_path, caplog):
+    folder, samples = grasp_samples
+    moved = copy.deepcopy(samples)
+    for s in moved:  # object and hand 100 m away (beyond the far plane); the camera still aims at the focus
+        ann = s["ann.json"]
+        pose = np.asarray(ann["object"]["pose"])
+        pose[:3, 3] += 100.0
+        ann["object"]["pose"] = pose.tolist()
+        ann["hand"]["transl"] = (np.asarray(ann["hand"]["transl"]) + 100.0).tolist()
+    with caplog.at_level(logging.WARNING, logger="hoigen.render"):
+        out = _render((folder, moved), tmp_path, camera_tries=3)
+    assert out == []
+    reasons = [r.getMessage() for r in caplog.records if r.name == "hoigen.render"]
+    assert len(reasons) == 2 and all("out of view" in r and "3 draws" in r for r in reasons)
