@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hoigen-installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: install
 
 bench: install
 	$(BIN)/python -m hoigen.bench
+
+# long memory soak (minutes; not part of CI)
+soak: install
+	$(BIN)/python -m hoigen.soak
 
 clean:
 	rm -rf out demo .pytest_cache .ruff_cache
