@@ -254,3 +254,23 @@ def test_chumpy_pickle_loads_without_chumpy(tmp_path, right):
     assert hand.name == "mano-v1.2" and not hand.is_embedded
     assert hand.tip_vertex_ids == (744, 320, 443, 554, 671)
     np.testing.assert_allclose(hand.forward().vertices, right.forward().vertices, atol=1e-7)
+
+
+def test_forward_torch_matches_numpy_forward_and_has_gradients():
+    import torch
+
+    hand = load_hand("right")
+    rng = np.random.default_rng(3)
+    orient, pose, transl = rng.normal(0, 0.3, 3), rng.normal(0, 0.2, 45), rng.normal(0, 0.1, 3)
+    ref = hand.forward(global_orient=orient, hand_pose=pose, transl=transl)
+    pose_t = torch.tensor(pose[None], dtype=torch.float32, requires_grad=True)
+    verts, joints = hand.forward_torch(
+        global_orient=torch.tensor(orient[None], dtype=torch.float32), hand_pose=pose_t,
+        transl=torch.tensor(transl[None], dtype=torch.float32),
+    )  # fmt: skip
+    assert verts.shape == (1, hand.num_vertices, 3) and joints.shape == (1, 21, 3)
+    np.testing.assert_allclose(verts.detach().numpy(), ref.vertices, atol=1e-5)
+    np.testing.assert_allclose(joints.detach().numpy(), ref.joints, atol=1e-5)
+    joints[0, 20].sum().backward()  # the pinky tip (common order) moves with the pinky joints only
+    grad = pose_t.grad.reshape(15, 3).abs().sum(axis=1)
+    assert grad[6:9].sum() > 0 and grad[:3].sum() == 0 and grad[9:].sum() == 0  # MANO order: pinky 6-8

@@ -247,6 +247,25 @@ class HandModel:
 
     __call__ = forward
 
+    def forward_torch(self, global_orient=None, hand_pose=None, betas=None, transl=None):
+        """Differentiable, batched :meth:`forward` on torch tensors (float32, shapes (B, 3), (B, 45),
+        (B, 10), (B, 3); missing ones are zero). Returns ``(vertices (B, V, 3), joints (B, 21, 3))``
+        with gradients flowing to every input; used by grasp optimisation."""
+        torch = self._torch
+        given = [x for x in (global_orient, hand_pose, betas, transl) if x is not None]
+        b = given[0].shape[0] if given else 1
+        like = given[0] if given else torch.zeros(1)
+
+        def arg(x, dim: int):
+            return torch.zeros(b, dim, dtype=torch.float32, device=like.device) if x is None else x.float()
+
+        out = self._mano(
+            global_orient=arg(global_orient, 3), hand_pose=arg(hand_pose, 45),
+            betas=arg(betas, 10), transl=arg(transl, 3),
+        )  # fmt: skip
+        joints16 = out.joints[:, : len(MANO_JOINT_NAMES)]
+        return out.vertices, joints21_from_mano(joints16, out.vertices, self.tip_vertex_ids)
+
     def root_joint(self, betas=None) -> np.ndarray:
         """The root joint J0 (3,) of the rest hand with shape ``betas``: smplx rotates about it."""
         m = self._mano
