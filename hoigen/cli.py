@@ -86,6 +86,9 @@ def grasp(
     ),
     categories: str | None = typer.Option(None, "--categories", help="Procedural categories, e.g. mug,bowl."),
     category: str | None = typer.Option(None, "--category", help="Category for every mesh in --objects."),
+    up: str | None = typer.Option(
+        None, "--up", help="Up axis of the --objects meshes (+x/-x/+y/-y/+z/-z). Default: +z for YCB, else +y."
+    ),
     out: Path = typer.Option(Path("out/grasp"), "--out", help="Output folder."),
     grasps: int | None = typer.Option(None, "--grasps", help="Grasps per object." + _default(GraspOptions, "grasps")),
     frames: int | None = typer.Option(
@@ -119,6 +122,7 @@ def grasp(
         objects=objects,
         categories=categories,
         category=category,
+        up=up,
         grasps=grasps,
         frames=frames,
         side=side,

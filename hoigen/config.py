@@ -39,6 +39,7 @@ class GraspOptions:
     objects: Path | None = None  # a folder of meshes; None -> the embedded procedural objects
     categories: list[str] | None = None  # procedural categories (None -> all)
     category: str | None = None  # category for every mesh of --objects
+    up: str | None = None  # the meshes' up axis (+x/-x/+y/-y/+z/-z); None: +z for YCB layouts, else +y
     grasps: int = 2  # grasps per object
     frames: int = 8  # frames of the approach trajectory (the paper uses 8)
     side: str = "right"

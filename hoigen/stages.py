@@ -85,6 +85,7 @@ def grasp(opts: GraspOptions, out: Path, common: Common) -> RunSummary:
     extra = {
         "hand_model": {"name": hand.name, "source": str(hand.source), "embedded": hand.is_embedded},
         "objects": [{"id": a.id, "category": a.category, "source": a.source} for a in assets],
+        "objects_skipped": [s.to_dict() for s in getattr(assets, "skipped", [])],
     }
     return _run(grasp_stage, tasks, "grasp", out, common, config, None, extra)
 

@@ -31,7 +31,7 @@ START_TILT_DEG = 20.0
 def plan_grasp(opts: GraspOptions, out_dir: Path, seed: int) -> tuple[list[Task], list[ObjectAsset]]:
     """Load or make the objects, save them beside the shards, and group them into tasks."""
     if opts.objects is not None:
-        assets = load_objects(Path(opts.objects), category=opts.category)
+        assets = load_objects(Path(opts.objects), category=opts.category, up=opts.up)
     else:
         assets = procedural_objects(opts.categories, seed=seed)
     if not assets:
@@ -72,7 +72,7 @@ def grasp_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample
         for g in range(cfg["grasps"]):
             rng = ctx.rng(asset.id, g)
             pose = object_pose(asset, rng)
-            result = synthesize_grasp(asset.mesh, hand, rng)
+            result = synthesize_grasp(asset.sdf_mesh, hand, rng)
             final = result.pose.transformed(pose)
             approach = pose[:3, :3] @ result.approach_dir
             tilt = Rotation.from_rotvec(rng.normal(size=3) / np.sqrt(3) * np.deg2rad(START_TILT_DEG)).as_matrix()
@@ -83,7 +83,7 @@ def grasp_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample
             out = hand.forward(
                 *(np.stack([p[k] for p in params]) for k in ("global_orient", "hand_pose", "betas", "transl"))
             )
-            world_mesh = asset.mesh.copy().apply_transform(pose)
+            world_mesh = asset.sdf_mesh.copy().apply_transform(pose)
             early = out.vertices[: max(0, len(frames) - APPROACH_FREE_FRAMES)]
             metrics = {
                 **result.metrics,
