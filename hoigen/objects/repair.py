@@ -276,7 +276,8 @@ def voxel_remesh(mesh: trimesh.Trimesh, resolution: int = REMESH_RESOLUTION) -> 
     Surface voxels (from dense, deterministic surface samples) are closed morphologically with
     growing radii (``CLOSING_VOXELS``) until they enclose an interior, which is filled; marching
     cubes on the lightly smoothed occupancy gives the surface. Deviation from the input surface is
-    about one voxel (``voxel_pitch``) except over holes, which get a cap. A surface that encloses
+    about one voxel (``voxel_pitch``) except over holes, which get a cap that may sag into the hole
+    by up to the closing radius. A surface that encloses
     nothing even then (a single open sheet, a bowl scanned without its inside) becomes a closed
     shell about three voxels thick.
     """
