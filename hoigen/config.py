@@ -37,7 +37,7 @@ class Common:
 @dataclass
 class GraspOptions:
     objects: Path | None = None  # a folder of meshes; None -> the embedded procedural objects
-    categories: list[str] | None = None  # procedural categories (None -> all)
+    categories: list[str] | None = None  # procedural categories (None -> bottle, bowl, can, mug)
     category: str | None = None  # category for every mesh of --objects
     up: str | None = None  # the meshes' up axis (+x/-x/+y/-y/+z/-z); None: +z for YCB layouts, else +y
     grasps: int = 2  # grasps per object
