@@ -157,8 +157,26 @@ def bench_workers(repeats: int = 2) -> tuple[str, float, float]:
     return "render stage, 4 shards x 16 samples: --workers 1 vs 2", base, cand
 
 
+def bench_huge_mesh(repeats: int = 1) -> tuple[str, float, float]:
+    """Simplify a 5.2-million-face sphere to the face budget: quadric decimation alone vs the
+    loader's path (vertex clustering to 2x the budget first, then quadric decimation)."""
+    import fast_simplification
+    import trimesh
+
+    from hoigen.objects.repair import FACE_BUDGET, simplify
+
+    mesh = trimesh.creation.icosphere(9, radius=0.05)
+    v, f = np.asarray(mesh.vertices), np.asarray(mesh.faces)
+
+    def quadric_only() -> object:
+        return fast_simplification.simplify(v.astype(np.float32), f.astype(np.int32), target_count=FACE_BUDGET)
+
+    base, cand = side_by_side(quadric_only, lambda: simplify(v, f, None, FACE_BUDGET), repeats)
+    return f"simplify {len(f):,} faces to {FACE_BUDGET:,}: quadric only vs clustering + quadric", base, cand
+
+
 def main() -> None:
-    rows = [bench_renderer_reuse(), bench_full_vs_bare(), bench_renderer_memory(), bench_workers()]
+    rows = [bench_renderer_reuse(), bench_full_vs_bare(), bench_renderer_memory(), bench_workers(), bench_huge_mesh()]
     from rich.table import Table
 
     table = Table(title="hoigen bench (median seconds; ratio = baseline / candidate)")
