@@ -165,9 +165,9 @@ def bench_synthesis() -> list[tuple[str, float, float]]:
     are interleaved; the second row's baseline is ``steps`` x (one ControlNet + one UNet forward)
     at the guidance batch, so its ratio is the share of that bound the whole pipeline reaches.
     """
-    from hoigen.diffusion.benchmark import bench_scale, build_pair, runners, step_bound_runner, warm
-
     import torch
+
+    from hoigen.diffusion.benchmark import bench_scale, build_pair, runners, step_bound_runner, warm
 
     scale = bench_scale()
     if scale.device == "cpu":

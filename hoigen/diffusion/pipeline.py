@@ -196,6 +196,9 @@ def load_pipeline(
         pipe = build_tiny_pipeline(seed=0)
         info["kind"] = TINY_MODEL_NAME
         info["note"] = "tiny stand-in with random weights built offline; not Stable Diffusion"
+        if controlnet is not None:
+            pipe.controlnet = _load_controlnet(controlnet)
+            info["note"] = "tiny stand-in base model with random weights, not Stable Diffusion; ControlNet loaded"
     elif _is_local(model) and _is_saved_controlnet_pipeline(Path(model).expanduser()):
         pipe = _from_pretrained(
             StableDiffusionControlNetPipeline.from_pretrained,
