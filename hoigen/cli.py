@@ -233,6 +233,12 @@ def synthesize(
     control_scale: float | None = typer.Option(
         None, "--control-scale", help="Weight of the ControlNet's output." + _default(SynthOptions, "control_scale")
     ),
+    blank_uncond: bool | None = typer.Option(
+        None,
+        "--blank-uncond/--no-blank-uncond",
+        help="Classifier-free guidance's unconditional branch sees blank conditions (the paper's pairing), "
+        "so guidance also pushes toward the geometry [default: off: both branches see the conditions].",
+    ),
     video: bool | None = typer.Option(
         None,
         "--video/--no-video",
@@ -285,6 +291,7 @@ def synthesize(
         images_per_condition=images_per_condition,
         condition_scales=condition_scales,
         control_scale=control_scale,
+        blank_uncond=blank_uncond,
         video=video,
         anchor=anchor,
         fps=fps,

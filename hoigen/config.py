@@ -84,6 +84,7 @@ class SynthOptions:
     images_per_condition: int = 1
     condition_scales: str | None = None  # "normal=1,seg=1,skeleton=1" (hoigen.diffusion.conditions)
     control_scale: float = 1.0  # the ControlNet residuals' weight (controlnet_conditioning_scale)
+    blank_uncond: bool = False  # guidance's unconditional branch sees blank conditions (pipeline.generate)
     video: bool = False  # cross-frame attention to an anchor frame per trajectory; mp4s in OUT/videos
     anchor: str = "middle"  # the video anchor frame: middle | first | last | a frame number
     fps: int = 8

@@ -192,7 +192,7 @@ def test_cached_condition_encoding_is_exact_and_runs_once(pipe):
             import hoigen.diffusion.pipeline as pipeline_module
 
             original = pipeline_module.cached_condition_encoding
-            pipeline_module.cached_condition_encoding = lambda net: torch.no_grad()
+            pipeline_module.cached_condition_encoding = lambda net, blank=False: torch.no_grad()
             try:
                 plain = generate(pipe, _conds(2), ["a", "b"], [4, 5], steps=3)
             finally:
@@ -259,6 +259,21 @@ def test_blank_background_zeroes_all_channels_off_the_hand_and_object():
     assert float(stacked[6:9, 12, 5].min()) == 1.0 and float(stacked[0:3, 12, 5].sum()) > 0
     plain = stack_conditions(normal, seg, skeleton)  # without the flag: the maps as they are
     assert torch.allclose(plain[0:3, 0, 0] * 255, torch.from_numpy(normal[0, 0]).float())
+
+
+def test_blank_uncond_changes_guidance_only(pipe):
+    conds = _conds(2, seed=4)
+    plain = generate(pipe, conds, ["a mug", "a can"], [1, 2], steps=STEPS)
+    blank = generate(pipe, conds, ["a mug", "a can"], [1, 2], steps=STEPS, blank_uncond=True)
+    assert _same(blank, generate(pipe, conds, ["a mug", "a can"], [1, 2], steps=STEPS, blank_uncond=True))
+    assert _diff(plain[0], blank[0]) > 0.0 and _diff(plain[1], blank[1]) > 0.0
+    # without guidance there is no unconditional branch: nothing changes
+    no_cfg = generate(pipe, conds, ["a mug", "a can"], [1, 2], steps=STEPS, guidance=1.0)
+    no_cfg_blank = generate(pipe, conds, ["a mug", "a can"], [1, 2], steps=STEPS, guidance=1.0, blank_uncond=True)
+    assert _same(no_cfg, no_cfg_blank)
+    # the unconditional half is blanked, not the conditional one: blank conditions everywhere differ
+    all_blank = generate(pipe, torch.zeros_like(conds), ["a mug", "a can"], [1, 2], steps=STEPS)
+    assert _diff(all_blank[0], blank[0]) > 0.0
 
 
 # --- video ------------------------------------------------------------------------------------------

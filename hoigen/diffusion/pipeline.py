@@ -269,29 +269,37 @@ class _CachedConditionEmbedding(torch.nn.Module):
 
     The encoder does not see the timestep, and the pipeline passes the same condition tensor at
     every step, so its output is computed at the first step and reused (same values, fewer FLOPs).
+    With ``blank_first_half`` the first half of the batch -- the unconditional branch of
+    classifier-free guidance, as the pipeline stacks it -- is encoded from the blank condition.
     """
 
-    def __init__(self, inner: torch.nn.Module) -> None:
+    def __init__(self, inner: torch.nn.Module, blank_first_half: bool = False) -> None:
         super().__init__()
         self.inner = inner
+        self.blank_first_half = blank_first_half
         self._key: tuple | None = None
         self._value: torch.Tensor | None = None
 
     def forward(self, cond: torch.Tensor) -> torch.Tensor:
         key = (cond.data_ptr(), tuple(cond.shape), cond.dtype)  # alive and unchanged through one call
         if key != self._key or self._value is None:
+            if self.blank_first_half:
+                half = cond.shape[0] // 2
+                cond = torch.cat([torch.zeros_like(cond[:half]), cond[half:]])
             self._key, self._value = key, self.inner(cond)
         return self._value
 
 
 @contextmanager
-def cached_condition_encoding(controlnet: Any) -> Iterator[None]:
+def cached_condition_encoding(controlnet: Any, blank_uncond: bool = False) -> Iterator[None]:
     """Within the block, ``controlnet`` encodes each condition tensor once (see _CachedConditionEmbedding)."""
     inner = getattr(controlnet, "controlnet_cond_embedding", None)
     if inner is None or isinstance(inner, _CachedConditionEmbedding) or torch.is_grad_enabled():
+        if blank_uncond:
+            raise RuntimeError("blank unconditional conditions need the condition encoder wrapper")
         yield
         return
-    controlnet.controlnet_cond_embedding = _CachedConditionEmbedding(inner)
+    controlnet.controlnet_cond_embedding = _CachedConditionEmbedding(inner, blank_uncond)
     try:
         yield
     finally:
@@ -341,6 +349,7 @@ def generate(
     per_sample: bool = False,
     condition_scales: tuple[float, float, float] | None = None,
     video_anchor: int | None = None,
+    blank_uncond: bool = False,
 ) -> list[np.ndarray]:
     """Paint one (H, W, 3) uint8 image per condition tensor, prompt and seed.
 
@@ -354,6 +363,9 @@ def generate(
     ``control_scale`` weights the ControlNet's output. ``video_anchor``: the batch is the frames of
     one trajectory, in order, and every frame's self-attention also attends to frame
     ``video_anchor`` (``hoigen.diffusion.video``); give all frames the same seed for one shared noise.
+    ``blank_uncond``: the unconditional branch of classifier-free guidance sees the blank condition
+    instead of the sample's (the paper's pairing of blank conditions with classifier-free guidance),
+    so guidance also pushes toward the geometry; no effect when ``guidance`` <= 1.
     The whole batch is denoised and VAE-decoded together.
     """
     if conditions.ndim != 4 or conditions.shape[1] != CONDITIONING_CHANNELS:
@@ -382,7 +394,7 @@ def generate(
             for i in range(batch)
             for image in generate(
                 pipe, conditions[i : i + 1], [prompts[i]], [seeds[i]], steps, guidance, negative_prompt,
-                control_scale, condition_scales=condition_scales,
+                control_scale, condition_scales=condition_scales, blank_uncond=blank_uncond,
             )
         ]
     conditions = scale_conditions(conditions.float(), condition_scales)
@@ -390,7 +402,8 @@ def generate(
     from hoigen.diffusion.video import anchor_attention
 
     video = anchor_attention(pipe, batch, video_anchor) if video_anchor is not None else nullcontext()
-    with torch.inference_mode(), cached_condition_encoding(pipe.controlnet), video:
+    blank = bool(blank_uncond) and float(guidance) > 1.0
+    with torch.inference_mode(), cached_condition_encoding(pipe.controlnet, blank), video:
         result = pipe(
             prompt=list(prompts),
             image=conditions,

@@ -186,6 +186,7 @@ def _overlapped(jobs: Iterator[tuple[_Job, torch.Tensor]], ctx: StageContext) ->
             control_scale=float(cfg.get("control_scale", 1.0)),
             condition_scales=parse_condition_scales(cfg.get("condition_scales")),
             video_anchor=job.anchor,
+            blank_uncond=bool(cfg.get("blank_uncond", False)),
         )
 
     try:
@@ -216,6 +217,7 @@ def _gen_record(ctx: StageContext) -> dict[str, Any]:
         "conditions": list(CONDITION_MAPS),
         "condition_scales": dict(zip(CONDITION_MAPS, parse_condition_scales(cfg.get("condition_scales")), strict=True)),
         "control_scale": float(cfg.get("control_scale", 1.0)),
+        "blank_uncond": bool(cfg.get("blank_uncond", False)),
     }
 
 
