@@ -252,7 +252,7 @@ def synthesize(
     ),
     fps: int | None = typer.Option(None, "--fps", help="Frame rate of the mp4s." + _default(SynthOptions, "fps")),
     compile: bool | None = typer.Option(
-        None, "--compile/--no-compile", help="torch.compile the UNet and ControlNet (CUDA; slow first batch)."
+        None, "--compile/--no-compile", help="torch.compile the UNet (CUDA; slow first batch)."
     ),
     tiled_vae: bool | None = typer.Option(
         None, "--tiled-vae/--no-tiled-vae", help="Decode big images tile by tile (less GPU memory)."

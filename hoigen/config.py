@@ -88,7 +88,7 @@ class SynthOptions:
     video: bool = False  # cross-frame attention to an anchor frame per trajectory; mp4s in OUT/videos
     anchor: str = "middle"  # the video anchor frame: middle | first | last | a frame number
     fps: int = 8
-    compile: bool = False  # torch.compile the UNet and ControlNet (GPU; slow first batch)
+    compile: bool = False  # torch.compile the UNet (GPU; slow first batch)
     tiled_vae: bool = False  # decode big images tile by tile (less memory)
 
     def __post_init__(self) -> None:
