@@ -37,6 +37,8 @@ app = typer.Typer(
 )
 assets_app = typer.Typer(help="Build the embedded assets shipped with hoigen.", no_args_is_help=True)
 app.add_typer(assets_app, name="assets")
+ingest_app = typer.Typer(help="Read real datasets into hoigen shards (for hoigen train).", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
 eval_app = typer.Typer(help="Evaluate predictions against exported ground truth.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
@@ -433,6 +435,51 @@ def train(
         validation_steps=validation_steps,
     )
     _finish(stages.train(in_dir, out, opts, _common(seed, 1, None, None, quiet)), quiet)
+
+
+@ingest_app.command("dexycb")
+def ingest_dexycb(
+    root: Path = typer.Argument(..., help="The DexYCB release folder (DEX_YCB_DIR: calibration/, models/, subjects)."),
+    out: Path = typer.Option(Path("out/dexycb"), "--out", help="Output folder for the shards."),
+    size: int | None = typer.Option(
+        None, "--size", help="Centre-crop to a square and scale to SIZE px (K and 2D joints follow) [default: 640x480]."
+    ),
+    frame_step: int = typer.Option(1, "--frame-step", help="Keep every N-th frame."),
+    subjects: str | None = typer.Option(None, "--subjects", help="Comma-separated subject folders (default: all)."),
+    serials: str | None = typer.Option(None, "--serials", help="Comma-separated camera serials (default: all)."),
+    mano_dir: Path | None = typer.Option(
+        None,
+        "--mano-dir",
+        envvar="HOIGEN_MANO_DIR",
+        help="Real MANO files: converts DexYCB's PCA hand pose to the full 45-D hand_pose.",
+    ),
+    seed: int = SEED,
+    workers: int = WORKERS,
+    shard_index: int | None = SHARD_INDEX,
+    num_shards: int | None = NUM_SHARDS,
+    quiet: bool = QUIET,
+) -> None:
+    """Convert DexYCB (its release layout) to hoigen shards that hoigen train reads.
+
+    Writes one shard per (sequence, camera) with image.jpg, depth.png, seg.png, and the conditions
+    drawn as render draws them: normal.png (from depth), skeleton.png (from the 2D joints), plus
+    MANO/object poses, camera and joints in ann.json. Grasped objects' meshes go to objects/.
+
+    Example: hoigen ingest dexycb $DEX_YCB_DIR --size 512 --frame-step 4 --out out/dexycb
+    """
+    from hoigen.ingest.dexycb import ingest_dexycb as run_ingest
+
+    if frame_step < 1:
+        raise HoigenError(f"--frame-step must be at least 1, got {frame_step}")
+
+    def names(text: str | None) -> list[str] | None:
+        return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+    summary = run_ingest(
+        root, out, _common(seed, workers, shard_index, num_shards, quiet), size=size, frame_step=frame_step,
+        subjects=names(subjects), serials=names(serials), mano_dir=mano_dir,
+    )
+    _finish(summary, quiet)
 
 
 @app.command()

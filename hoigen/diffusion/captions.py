@@ -8,7 +8,8 @@ A training sample's caption is the first of:
    (the paper captions DexYCB with LLaVA): called once per sample as ``function(image, ann)``
    with ``image`` the (H, W, 3) uint8 RGB target image and ``ann`` the sample's ``ann.json``
    dict (``{}`` when absent); it returns the caption string (empty: fall through);
-4. the fallback ``"a hand is grasping a {object}"`` with the object's category.
+4. the fallback ``"a hand is grasping a {object}"`` with the object's name (``ann.json``
+   ``object.name``, e.g. "mustard bottle" from DexYCB), else its category.
 
 Captions file formats (chosen by suffix):
 
@@ -106,5 +107,5 @@ def caption_for(
             raise HoigenError(f"caption hook returned {type(text).__name__} for {key}; it must return a string")
         if text.strip():
             return text.strip(), "hook"
-    category = (ann.get("object") or {}).get("category") or "object"
-    return FALLBACK_CAPTION.format(object=category), "fallback"
+    obj = ann.get("object") or {}
+    return FALLBACK_CAPTION.format(object=obj.get("name") or obj.get("category") or "object"), "fallback"
