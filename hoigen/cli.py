@@ -391,6 +391,7 @@ def train(
     ),
     validation_images: int | None = typer.Option(None, "--validation-images", help="Fixed validation conditions."),
     validation_steps: int | None = typer.Option(None, "--validation-steps", help="Validation denoising steps."),
+    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads [default: torch's choice]."),
     seed: int = SEED,
     quiet: bool = QUIET,
 ) -> None:
@@ -433,6 +434,7 @@ def train(
         validate_every=validate_every,
         validation_images=validation_images,
         validation_steps=validation_steps,
+        threads=threads,
     )
     _finish(stages.train(in_dir, out, opts, _common(seed, 1, None, None, quiet)), quiet)
 

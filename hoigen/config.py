@@ -133,9 +133,11 @@ class TrainOptions:
     validate_every: int = 0  # 0 = no validation images
     validation_images: int = 4
     validation_steps: int = 20
+    threads: int | None = None  # torch CPU threads (None: torch's default); 1 helps small CPU runs on a busy box
 
     def __post_init__(self) -> None:
         require_positive(self, "steps", "batch_size", "size", "bg_every", "validation_images", "validation_steps")
+        require_positive(self, "threads")
         if not 0.0 <= float(self.text_dropout) <= 1.0:
             raise HoigenError(f"--text-dropout must lie in [0, 1], got {self.text_dropout}")
         if self.bg_weight < 0:

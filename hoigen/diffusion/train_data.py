@@ -154,6 +154,8 @@ def train_from_shards(shards: list[Path], out: Path, opts: TrainOptions, seed: i
     from hoigen.diffusion.pipeline import load_pipeline
     from hoigen.diffusion.train import TrainSettings, train_controlnet
 
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     captions = load_captions(opts.captions) if opts.captions is not None else None
     hook = load_caption_hook(opts.caption_hook) if opts.caption_hook else None
     examples = shard_examples(shards, opts.size, captions, hook)
