@@ -512,7 +512,7 @@ def _validate(
     if ema is not None:
         ema.swap_in()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), accelerator.autocast():  # frozen parts may be fp16, the ControlNet fp32
             return render_validation(
                 pipe, examples, out_dir, step, settings.validation_steps, settings.validation_guidance
             )
