@@ -205,7 +205,7 @@ def train(in_dir: Path, out: Path, opts: TrainOptions, common: Common) -> dict[s
     stats = train_from_shards([t.source for t in tasks], Path(out), opts, common.seed, common.quiet)
     info(
         f"train: {stats['steps']} steps, loss {stats['first_loss']:.4f} -> {stats['last_loss']:.4f} -> {out}",
-        common.quiet,
+        common.quiet or stats.get("process_index", 0) != 0,
     )
     return stats
 

@@ -194,11 +194,16 @@ def test_ingest_crops_like_render_and_converts_mano(dexycb, tmp_path):
     assert np.allclose(ann["hand"]["hand_pose"], full)
 
     # hoigen train reads the ingest output (captions fall back to the object's name).
+    scenery = tmp_path / "scenery"
+    scenery.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(scenery / f"bg{i}.jpg"), np.full((40, 40, 3), 60 * i, np.uint8))
     model = tmp_path / "model"
-    args = ("train", "--in", out, "--steps", "1", "--size", "32", "--batch-size", "2", "--out", model, "-q")
-    assert hoigen(*args) == 0
+    args = ("train", "--in", out, "--steps", "2", "--size", "32", "--batch-size", "2", "--out", model, "-q")
+    assert hoigen(*args, "--bg-dir", scenery, "--bg-every", "2", "--threads", "1") == 0
     record = json.loads((model / "hoigen_train.json").read_text())
     assert record["data"]["samples"] == 2 and record["data"]["captions"] == {"fallback": 2}
+    assert record["data"]["background_images"] == 2 and len(record["bg_losses"]) == 1
 
 
 def test_ingest_errors_name_the_file(tmp_path, capsys):

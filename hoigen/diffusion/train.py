@@ -233,7 +233,8 @@ def _accelerator(settings: TrainSettings) -> Any:
     from accelerate import Accelerator
 
     try:
-        return Accelerator(mixed_precision=settings.mixed_precision)
+        # cpu=True without CUDA: accelerate sets up multi-process CPU (gloo) training only when told.
+        return Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available())
     except (ValueError, RuntimeError) as error:
         raise HoigenError(
             f"--mixed-precision {settings.mixed_precision}: {str(error).splitlines()[0]}; use no on this machine"
@@ -468,6 +469,7 @@ def train_controlnet(
         "resumed_from": str(resumed_from) if resumed_from is not None else None,
         "resumed_at_step": start,
         "processes": world,
+        "process_index": rank,
         "device": str(device),
         "settings": asdict(settings),
         "trained": ["controlnet"] + (["unet attention"] if settings.train_unet_attention else []),
