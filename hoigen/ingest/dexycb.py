@@ -17,7 +17,7 @@ Files and fields read (layout and keys as in NVlabs/dex-ycb-toolkit, ``dex_ycb_t
     ROOT/calibration/intrinsics/<serial>_640x480.yml   color: fx, fy, ppx, ppy
     ROOT/calibration/mano_<mano_calib>/mano.yml        betas (10)
     ROOT/models/<ycb name>/textured_simple.obj         object meshes (optional here: when present
-                                                       they are saved to SHARDS/objects/ for export)
+                                                       the grasped ones go to SHARDS/objects/)
     ROOT/<subject>/<sequence>/meta.yml                 serials, num_frames, ycb_ids, ycb_grasp_ind,
                                                        mano_sides, mano_calib
     ROOT/<subject>/<sequence>/<serial>/color_%06d.jpg               RGB, 640x480
