@@ -237,7 +237,8 @@ def _accelerator(settings: TrainSettings) -> Any:
         return Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available())
     except (ValueError, RuntimeError) as error:
         raise HoigenError(
-            f"--mixed-precision {settings.mixed_precision}: {str(error).splitlines()[0]}; use no on this machine"
+            f"--mixed-precision {settings.mixed_precision}: {str(error).splitlines()[0]}; "
+            "run training in a fresh process, or use --mixed-precision no"
         ) from None
 
 
@@ -513,12 +514,20 @@ def _validate(
     body.eval()
     if ema is not None:
         ema.swap_in()
+    # Mixed precision leaves the frozen parts in fp16/bf16 and the trained ones in fp32; the pipeline
+    # call wants one dtype, so validation runs in float32 (and the dtypes are put back after).
+    parts = (pipe.vae, pipe.text_encoder, body, net)
+    dtypes = [m.dtype for m in parts]
+    for module in parts:
+        _place(module, module.device, torch.float32)
     try:
-        with torch.no_grad(), accelerator.autocast():  # frozen parts may be fp16, the ControlNet fp32
+        with torch.no_grad():
             return render_validation(
                 pipe, examples, out_dir, step, settings.validation_steps, settings.validation_guidance
             )
     finally:
+        for module, dtype in zip(parts, dtypes, strict=True):
+            _place(module, module.device, dtype)
         if ema is not None:
             ema.swap_out()
         net.train(modes[0])
