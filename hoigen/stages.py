@@ -112,15 +112,14 @@ def render(in_dir: Path, out: Path, opts: RenderOptions, common: Common) -> RunS
 def synthesize(in_dir: Path, out: Path, opts: SynthOptions, common: Common) -> RunSummary:
     """Render shards -> synthesize shards (image.jpg, prompt.txt, gen.json added)."""
     from hoigen.diffusion.prompts import DEFAULT_PROMPTS, load_prompts
-    from hoigen.diffusion.stage import _pipeline, resolve_device, synth_stage
+    from hoigen.diffusion.stage import pipeline_for, synth_stage
     from hoigen.render.stage import OBJECTS_KEY, objects_dir_of
 
     tasks = input_tasks(in_dir, ("render",))
     templates = load_prompts(opts.prompts) if opts.prompts is not None else list(DEFAULT_PROMPTS)
     size = synth_size(opts)
-    device = resolve_device(opts.device)
-    _, model_info = _pipeline(opts.model, opts.controlnet, device)  # fail early on missing weights
     config = {**to_config(opts), "size": size, "prompt_templates": templates}
+    _, model_info = pipeline_for(config)  # fail early on missing weights
     return _run(
         synth_stage,
         tasks,
