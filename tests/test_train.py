@@ -327,3 +327,44 @@ def test_train_recipes_are_valid():
     paper = load_recipe(ROOT / "recipes" / "train-dexycb.yaml")
     assert paper.train.lr == 1e-5 and paper.train.size == 512 and paper.train.steps == 50000
     assert paper.train.bg_weight == 1.0 and paper.train.text_dropout == 0.1
+
+
+def test_shard_examples_decode_on_access_like_synthesis_does(tmp_path):
+    from hoigen.data.shards import write_shard
+    from hoigen.diffusion.conditions import stack_conditions
+    from hoigen.diffusion.train_data import ShardExamples, image_tensor
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(3):
+        seg = np.zeros((40, 40), np.uint8)
+        seg[5:20, 5:20], seg[20:35, 10:30] = 1, 2
+        sample = {
+            "__key__": f"mug_0000_{i:03d}_00",
+            "ann.json": {"object": {"category": "mug"}},
+            "image.jpg": rng.integers(0, 256, (40, 40, 3), dtype=np.uint8),
+            "normal.png": rng.integers(0, 256, (40, 40, 3), dtype=np.uint8),
+            "seg.png": seg,
+            "skeleton.png": rng.integers(0, 256, (40, 40, 3), dtype=np.uint8),
+        }
+        if i == 1:
+            sample["prompt.txt"] = "a red mug in a kitchen"
+        samples.append(sample)
+    shard = tmp_path / "shard-000000.tar"
+    write_shard(shard, samples)
+    examples = ShardExamples([shard], SIZE, captions={"mug_0000_002_00": "from the file"})
+    assert len(examples) == 3 and not hasattr(examples, "tensors")
+    assert [e["prompt"] for e in examples.info] == [
+        "a hand is grasping a mug",
+        "a red mug in a kitchen",
+        "from the file",
+    ]
+    assert [e["caption_source"] for e in examples.info] == ["fallback", "prompt.txt", "file"]
+    from hoigen.data.shards import read_shard
+
+    for i, stored in enumerate(read_shard(shard)):  # what was written, decoded as synthesis decodes it
+        example = examples[i]
+        want = stack_conditions(stored["normal.png"], stored["seg.png"], stored["skeleton.png"], SIZE)
+        assert torch.equal(example["conditions"], want)
+        assert torch.equal(example["image"], image_tensor(stored["image.jpg"], SIZE))
+    assert [e["key"] for e in examples[1:]] == ["mug_0000_001_00", "mug_0000_002_00"]

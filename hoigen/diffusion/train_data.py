@@ -16,6 +16,7 @@ its step, and on ``world`` processes each rank takes its slice of the same globa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,6 @@ import torch
 
 from hoigen.config import TrainOptions
 from hoigen.data.schema import derive_seed
-from hoigen.data.shards import read_shard
 from hoigen.diffusion.captions import FALLBACK_CAPTION, caption_for, load_caption_hook, load_captions
 from hoigen.errors import HoigenError
 
@@ -34,6 +34,7 @@ __all__ = [
     "BG_CAPTION",
     "FALLBACK_CAPTION",
     "ExampleBatches",
+    "ShardExamples",
     "background_examples",
     "image_tensor",
     "shard_examples",
@@ -51,39 +52,97 @@ def image_tensor(image: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
+class ShardExamples(Sequence):
+    """The training examples of uncompressed tar shards, decoded on access (random access by offset).
+
+    Opening lists every member's byte offset (one pass over the tar headers) and resolves each
+    sample's caption (reading only ``prompt.txt`` and ``ann.json``, and the image when a caption
+    hook needs it); ``examples[i]`` then reads and decodes sample i alone, so memory holds a batch,
+    not the data set. ``info[i]`` has its key, prompt, caption source and target field.
+    """
+
+    def __init__(self, shards: list[Path], size: int, captions: dict[str, str] | None = None, hook: Any = None):
+        from hoigen.data.codec import decode_field
+
+        self.size = int(size)
+        self._decode = decode_field
+        self.entries: list[tuple[Path, str, dict[str, tuple[int, int]]]] = []
+        self.info: list[dict[str, str]] = []
+        for shard in shards:
+            shard = Path(shard)
+            for key, members in _members(shard).items():
+                target = "image.jpg" if "image.jpg" in members else "shade.png" if "shade.png" in members else None
+                missing = [f for f in ("normal.png", "seg.png", "skeleton.png") if f not in members]
+                if target is None or missing:
+                    what = ", ".join(missing) if missing else "image.jpg or shade.png"
+                    raise HoigenError(
+                        f"{shard}: sample {key} has no {what} to train on; train on render/synthesize/ingest shards"
+                    )
+                self.entries.append((shard, key, members))
+                light = self._read(len(self.entries) - 1, [f for f in ("prompt.txt", "ann.json") if f in members])
+                image = self._read(len(self.entries) - 1, [target])[target] if hook is not None else None
+                caption, source = caption_for(key, light, image, captions, hook)
+                self.info.append({"key": key, "prompt": caption, "caption_source": source, "target": target})
+        if not self.entries:
+            raise HoigenError(f"{shards[0].parent}: the shards hold no samples to train on")
+
+    def _read(self, i: int, fields: list[str]) -> dict[str, Any]:
+        shard, key, members = self.entries[i]
+        out: dict[str, Any] = {}
+        with open(shard, "rb") as handle:
+            for field in fields:
+                offset, length = members[field]
+                handle.seek(offset)
+                out[field] = self._decode(field, handle.read(length), f"{shard}: {key}")
+        return out
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        from hoigen.diffusion.conditions import stack_conditions
+
+        meta = self.info[i]
+        maps = self._read(i, [meta["target"], "normal.png", "seg.png", "skeleton.png"])
+        return {
+            **meta,
+            "image": image_tensor(maps[meta["target"]], self.size),
+            "conditions": stack_conditions(maps["normal.png"], maps["seg.png"], maps["skeleton.png"], self.size),
+        }
+
+
+def _members(shard: Path) -> dict[str, dict[str, tuple[int, int]]]:
+    """{key: {field: (data offset, size)}} of a shard, in tar order."""
+    import tarfile
+
+    from hoigen.data.shards import read_shard
+
+    for _ in read_shard(shard, fields=()):  # checks the end-of-archive marker: a cut shard fails here
+        pass
+    out: dict[str, dict[str, tuple[int, int]]] = {}
+    with tarfile.open(shard, mode="r:") as tar:
+        for member in tar:
+            base = member.name.rsplit("/", 1)[-1]
+            if member.isfile() and "." in base:
+                key, field = base.split(".", 1)
+                out.setdefault(key, {})[field] = (member.offset_data, member.size)
+    return out
+
+
 def shard_examples(
     shards: list[Path],
     size: int,
     captions: dict[str, str] | None = None,
     hook: Any = None,
-) -> list[dict[str, Any]]:
-    """Every sample of ``shards`` as a training example (image, conditions, prompt, key, sources)."""
-    from hoigen.diffusion.conditions import stack_conditions
-
-    examples = []
-    for shard in shards:
-        for s in read_shard(shard, fields=TRAIN_FIELDS):
-            image = s.get("image.jpg", s.get("shade.png"))
-            if image is None:
-                raise HoigenError(f"{shard}: sample {s['__key__']} has no image.jpg or shade.png to train on")
-            caption, source = caption_for(s["__key__"], s, image, captions, hook)
-            examples.append(
-                {
-                    "key": s["__key__"],
-                    "image": image_tensor(image, size),
-                    "prompt": caption,
-                    "caption_source": source,
-                    "target": "image.jpg" if "image.jpg" in s else "shade.png",
-                    "conditions": stack_conditions(s["normal.png"], s["seg.png"], s["skeleton.png"], size),
-                }
-            )
-    if not examples:
-        raise HoigenError(f"{shards[0].parent}: the shards hold no samples to train on")
-    return examples
+) -> ShardExamples:
+    """Every sample of ``shards`` as a training example (decoded on access; see :class:`ShardExamples`)."""
+    return ShardExamples(shards, size, captions, hook)
 
 
 def background_examples(folder: Path, size: int) -> list[dict[str, Any]]:
-    """The background buffer: scenery images with blank conditions."""
+    """The background buffer: scenery images with blank conditions (held in memory: a buffer is small)."""
     from hoigen.diffusion.conditions import blank_conditions
 
     folder = Path(folder)
@@ -121,7 +180,7 @@ class ExampleBatches:
     its epoch; a ragged end of an epoch is dropped; a set smaller than a global batch gives all of it.
     """
 
-    def __init__(self, examples: list[dict[str, Any]], batch_size: int, seed: int, name: str = "data") -> None:
+    def __init__(self, examples: Sequence[dict[str, Any]], batch_size: int, seed: int, name: str = "data") -> None:
         if not examples:
             raise HoigenError(f"{name}: no examples to make batches from")
         self.examples = examples
@@ -162,14 +221,14 @@ def train_from_shards(shards: list[Path], out: Path, opts: TrainOptions, seed: i
     use_bg = opts.bg_dir is not None and opts.bg_weight > 0
     bg = background_examples(opts.bg_dir, opts.size) if use_bg else None
     pipe, _ = load_pipeline(opts.model, opts.controlnet, dtype="float32")
+    described = getattr(examples, "info", examples)  # ShardExamples: without decoding images
     sources: dict[str, int] = {}
-    for e in examples:
-        where = e["caption_source"]
-        sources[where] = sources.get(where, 0) + 1
+    for e in described:
+        sources[e["caption_source"]] = sources.get(e["caption_source"], 0) + 1
     data = {
         "shards": [str(p) for p in shards],
         "samples": len(examples),
-        "targets": sorted({e["target"] for e in examples}),
+        "targets": sorted({e["target"] for e in described}),
         "captions": sources,
         "background_images": len(bg) if bg else 0,
         "background_dir": str(opts.bg_dir) if use_bg else None,
