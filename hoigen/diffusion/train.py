@@ -387,6 +387,11 @@ def train_controlnet(
                 "or --resume never to start again"
             )
         start, losses, bg_losses = int(state["step"]), list(state["losses"]), list(state["bg_losses"])
+        if start > steps:
+            raise HoigenError(
+                f"{resumed_from}: this checkpoint is at step {start}, past --steps {steps}; "
+                "ask for more steps, or pass --resume never to start again"
+            )
     main = accelerator.is_main_process
     csv_log = _Log(out_dir, start, main)
     started = time.perf_counter()
