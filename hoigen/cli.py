@@ -37,6 +37,8 @@ app = typer.Typer(
 )
 assets_app = typer.Typer(help="Build the embedded assets shipped with hoigen.", no_args_is_help=True)
 app.add_typer(assets_app, name="assets")
+ingest_app = typer.Typer(help="Read real datasets into hoigen shards (for hoigen train).", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
 eval_app = typer.Typer(help="Evaluate predictions against exported ground truth.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
@@ -381,40 +383,96 @@ def train(
     in_dir: Path = typer.Option(
         Path("out/synth"),
         "--in",
-        help="Shards with images (synthesize output, or render output whose shade.png stands in for photos).",
+        help="Shards with images: synthesize or `ingest dexycb` output (render output: shade.png stands in).",
     ),
     out: Path = typer.Option(Path("out/model"), "--out", help="Folder for the trained diffusers pipeline."),
     model: str | None = typer.Option(
         None, "--model", help="Base pipeline to fine-tune." + _default(TrainOptions, "model")
     ),
+    controlnet: str | None = typer.Option(None, "--controlnet", help="Start from this ControlNet (folder or hub id)."),
     steps: int | None = typer.Option(None, "--steps", help="Optimisation steps." + _default(TrainOptions, "steps")),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate." + _default(TrainOptions, "lr")),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate (the paper's)." + _default(TrainOptions, "lr")),
     batch_size: int | None = typer.Option(
-        None, "--batch-size", help="Batch size." + _default(TrainOptions, "batch_size")
+        None, "--batch-size", help="Batch size per process." + _default(TrainOptions, "batch_size")
     ),
     size: int | None = typer.Option(None, "--size", help="Training resolution." + _default(TrainOptions, "size")),
     text_dropout: float | None = typer.Option(
         None, "--text-dropout", help="Prompt dropout for CFG." + _default(TrainOptions, "text_dropout")
     ),
     bg_dir: Path | None = typer.Option(None, "--bg-dir", help="Background buffer: a folder of scenery images."),
-    bg_every: int | None = typer.Option(None, "--bg-every", help="Use a background batch every N steps."),
-    bg_weight: float | None = typer.Option(
-        None, "--bg-weight", help="Background regularisation weight." + _default(TrainOptions, "bg_weight")
+    bg_every: int | None = typer.Option(
+        None, "--bg-every", help="A background batch every N steps." + _default(TrainOptions, "bg_every")
     ),
+    bg_weight: float | None = typer.Option(
+        None, "--bg-weight", help="Background regularisation weight (0: none)." + _default(TrainOptions, "bg_weight")
+    ),
+    captions: Path | None = typer.Option(
+        None, "--captions", help="Captions file: .json {key: caption}, .jsonl, or key<TAB>caption lines."
+    ),
+    caption_hook: str | None = typer.Option(
+        None, "--caption-hook", help="module:function(image, ann) -> caption, for samples without one."
+    ),
+    train_unet_attention: bool | None = typer.Option(
+        None, "--train-unet-attention/--no-train-unet-attention", help="Also train the UNet's attention layers."
+    ),
+    gradient_checkpointing: bool | None = typer.Option(
+        None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory."
+    ),
+    mixed_precision: str | None = typer.Option(
+        None, "--mixed-precision", help="no, fp16 or bf16." + _default(TrainOptions, "mixed_precision")
+    ),
+    use_8bit_adam: bool | None = typer.Option(
+        None, "--use-8bit-adam/--no-8bit-adam", help="8-bit AdamW (needs bitsandbytes)."
+    ),
+    ema_decay: float | None = typer.Option(
+        None,
+        "--ema-decay",
+        help="Keep an EMA of the weights (e.g. 0.9999); 0 = off." + _default(TrainOptions, "ema_decay"),
+    ),
+    lr_scheduler: str | None = typer.Option(
+        None,
+        "--lr-scheduler",
+        help="constant, constant_with_warmup, linear, cosine, ..." + _default(TrainOptions, "lr_scheduler"),
+    ),
+    lr_warmup_steps: int | None = typer.Option(None, "--lr-warmup-steps", help="Warm-up steps."),
+    max_grad_norm: float | None = typer.Option(None, "--max-grad-norm", help="Gradient clipping (0 = off)."),
+    checkpoint_every: int | None = typer.Option(
+        None,
+        "--checkpoint-every",
+        help="Save a resumable checkpoint every N steps (0 = never)." + _default(TrainOptions, "checkpoint_every"),
+    ),
+    keep_checkpoints: int | None = typer.Option(
+        None, "--keep-checkpoints", help="Newest checkpoints kept." + _default(TrainOptions, "keep_checkpoints")
+    ),
+    resume: str | None = typer.Option(
+        None,
+        "--resume",
+        help="auto (latest checkpoint in --out, if any), never, or a checkpoint." + _default(TrainOptions, "resume"),
+    ),
+    validate_every: int | None = typer.Option(
+        None, "--validate-every", help="Write OUT/validation/step-N.png every N steps (0 = never)."
+    ),
+    validation_images: int | None = typer.Option(None, "--validation-images", help="Fixed validation conditions."),
+    validation_steps: int | None = typer.Option(None, "--validation-steps", help="Validation denoising steps."),
+    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads [default: torch's choice]."),
     seed: int = SEED,
     quiet: bool = QUIET,
 ) -> None:
     """Fine-tune the HOI ControlNet on shards (noise-prediction loss + background regularisation).
 
-    Reads shards with images; writes a diffusers pipeline folder that synthesize --model loads.
+    Reads shards with images; writes a diffusers pipeline folder that synthesize --model loads
+    (its controlnet/ also works with synthesize --controlnet), plus train_log.csv, checkpoints/
+    and validation/. Reruns resume from the latest checkpoint. Multi-GPU and mixed precision:
+    accelerate launch -m hoigen train ...
 
-    Example: hoigen train --in out/synth --steps 200 --out out/model
+    Example: hoigen train --in out/synth --steps 200 --bg-dir scenery/ --out out/model
     """
     from hoigen import stages
 
     opts = _options(
         TrainOptions,
         model=model,
+        controlnet=controlnet,
         steps=steps,
         lr=lr,
         batch_size=batch_size,
@@ -423,8 +481,70 @@ def train(
         bg_dir=bg_dir,
         bg_every=bg_every,
         bg_weight=bg_weight,
+        captions=captions,
+        caption_hook=caption_hook,
+        train_unet_attention=train_unet_attention,
+        gradient_checkpointing=gradient_checkpointing,
+        mixed_precision=mixed_precision,
+        use_8bit_adam=use_8bit_adam,
+        ema_decay=ema_decay,
+        lr_scheduler=lr_scheduler,
+        lr_warmup_steps=lr_warmup_steps,
+        max_grad_norm=max_grad_norm,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        resume=resume,
+        validate_every=validate_every,
+        validation_images=validation_images,
+        validation_steps=validation_steps,
+        threads=threads,
     )
     _finish(stages.train(in_dir, out, opts, _common(seed, 1, None, None, quiet)), quiet)
+
+
+@ingest_app.command("dexycb")
+def ingest_dexycb(
+    root: Path = typer.Argument(..., help="The DexYCB release folder (DEX_YCB_DIR: calibration/, models/, subjects)."),
+    out: Path = typer.Option(Path("out/dexycb"), "--out", help="Output folder for the shards."),
+    size: int | None = typer.Option(
+        None, "--size", help="Centre-crop to a square and scale to SIZE px (K and 2D joints follow) [default: 640x480]."
+    ),
+    frame_step: int = typer.Option(1, "--frame-step", help="Keep every N-th frame."),
+    subjects: str | None = typer.Option(None, "--subjects", help="Comma-separated subject folders (default: all)."),
+    serials: str | None = typer.Option(None, "--serials", help="Comma-separated camera serials (default: all)."),
+    mano_dir: Path | None = typer.Option(
+        None,
+        "--mano-dir",
+        envvar="HOIGEN_MANO_DIR",
+        help="Real MANO files: converts DexYCB's PCA hand pose to the full 45-D hand_pose.",
+    ),
+    seed: int = SEED,
+    workers: int = WORKERS,
+    shard_index: int | None = SHARD_INDEX,
+    num_shards: int | None = NUM_SHARDS,
+    quiet: bool = QUIET,
+) -> None:
+    """Convert DexYCB (its release layout) to hoigen shards that hoigen train reads.
+
+    Writes one shard per (sequence, camera) with image.jpg, depth.png, seg.png, and the conditions
+    drawn as render draws them: normal.png (from depth), skeleton.png (from the 2D joints), plus
+    MANO/object poses, camera and joints in ann.json. Grasped objects' meshes go to objects/.
+
+    Example: hoigen ingest dexycb $DEX_YCB_DIR --size 512 --frame-step 4 --out out/dexycb
+    """
+    from hoigen.ingest.dexycb import ingest_dexycb as run_ingest
+
+    if frame_step < 1:
+        raise HoigenError(f"--frame-step must be at least 1, got {frame_step}")
+
+    def names(text: str | None) -> list[str] | None:
+        return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+    summary = run_ingest(
+        root, out, _common(seed, workers, shard_index, num_shards, quiet), size=size, frame_step=frame_step,
+        subjects=names(subjects), serials=names(serials), mano_dir=mano_dir,
+    )
+    _finish(summary, quiet)
 
 
 @app.command()

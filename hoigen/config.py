@@ -128,18 +128,42 @@ class ExportOptions:
 
 @dataclass
 class TrainOptions:
-    model: str = "tiny-random"
+    data: Path | None = None  # recipes only: the shards to train on (default: the recipe's last stage output)
+    model: str = "tiny-random"  # base pipeline (a Stable Diffusion folder/hub id, a trained folder)
+    controlnet: str | None = None  # start from this ControlNet (default: the model's, or one copied from the UNet)
     steps: int = 100
-    lr: float = 1e-5  # the paper's learning rate
-    batch_size: int = 4
-    size: int = 64
+    lr: float = 1e-5  # the paper's learning rate (AdamW 1e-5 in the original code)
+    batch_size: int = 4  # per process (the original code: 8 per GPU)
+    size: int = 64  # training resolution (512 for Stable Diffusion 1.5; 64 suits the tiny stand-in)
     text_dropout: float = 0.1
-    bg_dir: Path | None = None
-    bg_every: int = 10
-    bg_weight: float = 1.0
+    bg_dir: Path | None = None  # background buffer: a folder of scenery images
+    bg_every: int = 10  # a background batch every N steps
+    bg_weight: float = 1.0  # lambda of the paper's eq. (3); 0 = no background batches
+    captions: Path | None = None  # key -> caption file (.json, .jsonl or key<TAB>caption)
+    caption_hook: str | None = None  # module:function(image, ann) -> caption
+    train_unet_attention: bool = False
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    use_8bit_adam: bool = False
+    ema_decay: float = 0.0  # 0 = no EMA
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 500  # 0 = no checkpoints
+    keep_checkpoints: int = 3
+    resume: str = "auto"  # auto (latest checkpoint in --out, if any) | never | a checkpoint folder
+    validate_every: int = 0  # 0 = no validation images
+    validation_images: int = 4
+    validation_steps: int = 20
+    threads: int | None = None  # torch CPU threads (None: torch's default); 1 helps small CPU runs on a busy box
 
     def __post_init__(self) -> None:
-        require_positive(self, "steps", "batch_size", "size", "bg_every")
+        require_positive(self, "steps", "batch_size", "size", "bg_every", "validation_images", "validation_steps")
+        require_positive(self, "threads")
+        if not 0.0 <= float(self.text_dropout) <= 1.0:
+            raise HoigenError(f"--text-dropout must lie in [0, 1], got {self.text_dropout}")
+        if self.bg_weight < 0:
+            raise HoigenError(f"--bg-weight must be >= 0, got {self.bg_weight}")
 
 
 @dataclass
@@ -164,7 +188,7 @@ SECTIONS = {
     "export": ExportOptions,
     "train": TrainOptions,
 }
-PATH_FIELDS = {"objects", "mano_dir", "prompts", "bg_dir", "mix"}
+PATH_FIELDS = {"objects", "mano_dir", "prompts", "bg_dir", "mix", "captions", "data"}
 
 
 def _check_keys(given: dict[str, Any], valid: list[str], where: str) -> None:

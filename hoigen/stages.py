@@ -201,11 +201,11 @@ def train(in_dir: Path, out: Path, opts: TrainOptions, common: Common) -> dict[s
     """Shards with images -> a fine-tuned diffusers pipeline folder."""
     from hoigen.diffusion.train_data import train_from_shards
 
-    tasks = input_tasks(in_dir, ("synthesize", "render"))
+    tasks = input_tasks(in_dir, ("synthesize", "render", "ingest"))
     stats = train_from_shards([t.source for t in tasks], Path(out), opts, common.seed, common.quiet)
     info(
         f"train: {stats['steps']} steps, loss {stats['first_loss']:.4f} -> {stats['last_loss']:.4f} -> {out}",
-        common.quiet,
+        common.quiet or stats.get("process_index", 0) != 0,
     )
     return stats
 
@@ -260,7 +260,10 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> None:
     if recipe.export is not None:
         info(export(last, out / "nocs", recipe.export, quiet).line(), quiet)
     if recipe.train is not None:
-        train(last, out / "model", recipe.train, common)
+        source = recipe.train.data or last
+        if source is None:
+            raise HoigenError("recipe: the train section needs data: SHARDS (or a grasp/render/synthesize section)")
+        train(source, out / "model", recipe.train, common)
     if last is not None and last != out / "grasp":
         from hoigen.preview import contact_sheet, spread_samples
 

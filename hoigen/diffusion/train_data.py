@@ -1,15 +1,23 @@
 """Training batches from shards and from a background buffer, and the ``hoigen train`` entry.
 
-A shard sample gives the target image (``image.jpg``; for render shards ``shade.png`` stands in,
-and ``hoigen_train.json`` records it), its 9-channel conditions and its caption (``prompt.txt``, or
-"a hand is grasping a {category}"). The background buffer is a folder of scenery images trained with
-blank conditions (the paper's background regularisation); a ``captions.txt`` beside them
-(``filename<TAB>caption``) gives their prompts, else "a photo of a scene".
+A shard sample gives the target image (``image.jpg``: synthesize or ``hoigen ingest dexycb``
+output; for render shards ``shade.png`` stands in, and ``hoigen_train.json`` records it), its
+9-channel conditions (``hoigen.diffusion.conditions.stack_conditions``, the same function synthesis
+uses) and its caption (``hoigen.diffusion.captions``: captions file, ``prompt.txt``, hook, fallback).
+
+The background buffer is a folder of scenery images trained with blank conditions (the paper's
+background regularisation); a ``captions.txt`` beside them (``filename<TAB>caption``) gives their
+prompts, else "a photo of a scene".
+
+Batches are a pure function of (seed, step): :class:`ExampleBatches` draws step ``s``'s batch from
+the permutation of epoch ``s // batches_per_epoch``, so the data position of a resumed run is just
+its step, and on ``world`` processes each rank takes its slice of the same global batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +26,21 @@ import numpy as np
 import torch
 
 from hoigen.config import TrainOptions
-from hoigen.data.progress import make_progress
-from hoigen.data.shards import read_shard
+from hoigen.data.schema import derive_seed
+from hoigen.diffusion.captions import FALLBACK_CAPTION, caption_for, load_caption_hook, load_captions
 from hoigen.errors import HoigenError
 
-FALLBACK_CAPTION = "a hand is grasping a {object}"
+__all__ = [
+    "BG_CAPTION",
+    "FALLBACK_CAPTION",
+    "ExampleBatches",
+    "ShardExamples",
+    "background_examples",
+    "image_tensor",
+    "shard_examples",
+    "train_from_shards",
+]
+
 BG_CAPTION = "a photo of a scene"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 TRAIN_FIELDS = ("image.jpg", "shade.png", "normal.png", "seg.png", "skeleton.png", "prompt.txt", "ann.json")
@@ -34,30 +52,97 @@ def image_tensor(image: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
-def shard_examples(shards: list[Path], size: int) -> list[dict[str, Any]]:
-    """Every sample of ``shards`` as a training example (image, conditions, prompt, target field)."""
-    from hoigen.diffusion.conditions import stack_conditions
+class ShardExamples(Sequence):
+    """The training examples of uncompressed tar shards, decoded on access (random access by offset).
 
-    examples = []
-    for shard in shards:
-        for s in read_shard(shard, fields=TRAIN_FIELDS):
-            image = s.get("image.jpg", s.get("shade.png"))
-            caption = s.get("prompt.txt") or FALLBACK_CAPTION.format(object=s["ann.json"]["object"]["category"])
-            examples.append(
-                {
-                    "image": image_tensor(image, size),
-                    "prompt": caption,
-                    "target": "image.jpg" if "image.jpg" in s else "shade.png",
-                    "conditions": stack_conditions(s["normal.png"], s["seg.png"], s["skeleton.png"], size),
-                }
-            )
-    if not examples:
-        raise HoigenError(f"{shards[0].parent}: the shards hold no samples to train on")
-    return examples
+    Opening lists every member's byte offset (one pass over the tar headers) and resolves each
+    sample's caption (reading only ``prompt.txt`` and ``ann.json``, and the image when a caption
+    hook needs it); ``examples[i]`` then reads and decodes sample i alone, so memory holds a batch,
+    not the data set. ``info[i]`` has its key, prompt, caption source and target field.
+    """
+
+    def __init__(self, shards: list[Path], size: int, captions: dict[str, str] | None = None, hook: Any = None):
+        from hoigen.data.codec import decode_field
+
+        self.size = int(size)
+        self._decode = decode_field
+        self.entries: list[tuple[Path, str, dict[str, tuple[int, int]]]] = []
+        self.info: list[dict[str, str]] = []
+        for shard in shards:
+            shard = Path(shard)
+            for key, members in _members(shard).items():
+                target = "image.jpg" if "image.jpg" in members else "shade.png" if "shade.png" in members else None
+                missing = [f for f in ("normal.png", "seg.png", "skeleton.png") if f not in members]
+                if target is None or missing:
+                    what = ", ".join(missing) if missing else "image.jpg or shade.png"
+                    raise HoigenError(
+                        f"{shard}: sample {key} has no {what} to train on; train on render/synthesize/ingest shards"
+                    )
+                self.entries.append((shard, key, members))
+                light = self._read(len(self.entries) - 1, [f for f in ("prompt.txt", "ann.json") if f in members])
+                image = self._read(len(self.entries) - 1, [target])[target] if hook is not None else None
+                caption, source = caption_for(key, light, image, captions, hook)
+                self.info.append({"key": key, "prompt": caption, "caption_source": source, "target": target})
+        if not self.entries:
+            raise HoigenError(f"{shards[0].parent}: the shards hold no samples to train on")
+
+    def _read(self, i: int, fields: list[str]) -> dict[str, Any]:
+        shard, key, members = self.entries[i]
+        out: dict[str, Any] = {}
+        with open(shard, "rb") as handle:
+            for field in fields:
+                offset, length = members[field]
+                handle.seek(offset)
+                out[field] = self._decode(field, handle.read(length), f"{shard}: {key}")
+        return out
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        from hoigen.diffusion.conditions import stack_conditions
+
+        meta = self.info[i]
+        maps = self._read(i, [meta["target"], "normal.png", "seg.png", "skeleton.png"])
+        return {
+            **meta,
+            "image": image_tensor(maps[meta["target"]], self.size),
+            "conditions": stack_conditions(maps["normal.png"], maps["seg.png"], maps["skeleton.png"], self.size),
+        }
+
+
+def _members(shard: Path) -> dict[str, dict[str, tuple[int, int]]]:
+    """{key: {field: (data offset, size)}} of a shard, in tar order."""
+    import tarfile
+
+    from hoigen.data.shards import read_shard
+
+    for _ in read_shard(shard, fields=()):  # checks the end-of-archive marker: a cut shard fails here
+        pass
+    out: dict[str, dict[str, tuple[int, int]]] = {}
+    with tarfile.open(shard, mode="r:") as tar:
+        for member in tar:
+            base = member.name.rsplit("/", 1)[-1]
+            if member.isfile() and "." in base:
+                key, field = base.split(".", 1)
+                out.setdefault(key, {})[field] = (member.offset_data, member.size)
+    return out
+
+
+def shard_examples(
+    shards: list[Path],
+    size: int,
+    captions: dict[str, str] | None = None,
+    hook: Any = None,
+) -> ShardExamples:
+    """Every sample of ``shards`` as a training example (decoded on access; see :class:`ShardExamples`)."""
+    return ShardExamples(shards, size, captions, hook)
 
 
 def background_examples(folder: Path, size: int) -> list[dict[str, Any]]:
-    """The background buffer: scenery images with blank conditions."""
+    """The background buffer: scenery images with blank conditions (held in memory: a buffer is small)."""
     from hoigen.diffusion.conditions import blank_conditions
 
     folder = Path(folder)
@@ -76,6 +161,7 @@ def background_examples(folder: Path, size: int) -> list[dict[str, Any]]:
             raise HoigenError(f"{path}: not a readable image; remove it from the background folder")
         out.append(
             {
+                "key": path.name,
                 "image": image_tensor(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), size),
                 "conditions": blank_conditions(size, size),
                 "prompt": captions.get(path.name, BG_CAPTION),
@@ -86,49 +172,82 @@ def background_examples(folder: Path, size: int) -> list[dict[str, Any]]:
     return out
 
 
-def batches(examples: list[dict[str, Any]], batch_size: int, seed: int) -> Iterator[dict[str, Any]]:
-    """Endless shuffled batches (deterministic for a seed)."""
-    rng = np.random.default_rng(seed)
-    while True:
-        order = rng.permutation(len(examples))
-        stop = max(len(order) - len(order) % batch_size, 1)  # drop a ragged last batch
-        for i in range(0, stop, batch_size):
-            chunk = [examples[j] for j in order[i : i + batch_size]]
-            yield {
-                "image": torch.stack([c["image"] for c in chunk]),
-                "conditions": torch.stack([c["conditions"] for c in chunk]),
-                "prompt": [c["prompt"] for c in chunk],
-            }
+class ExampleBatches:
+    """Shuffled batches as a pure function of (seed, step index): resumable and rank-splittable.
+
+    ``batch(i, rank, world)`` is this rank's part of global batch ``i`` (0-based): the global batch
+    holds ``batch_size * world`` examples (``batch_size`` per process) taken from the permutation of
+    its epoch; a ragged end of an epoch is dropped; a set smaller than a global batch gives all of it.
+    """
+
+    def __init__(self, examples: Sequence[dict[str, Any]], batch_size: int, seed: int, name: str = "data") -> None:
+        if not examples:
+            raise HoigenError(f"{name}: no examples to make batches from")
+        self.examples = examples
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.name = name
+
+    def indices(self, i: int, rank: int = 0, world: int = 1) -> list[int]:
+        count = len(self.examples)
+        global_size = self.batch_size * world
+        per_epoch = max(count // global_size, 1)
+        epoch, within = divmod(int(i), per_epoch)
+        order = np.random.default_rng(derive_seed(self.seed, self.name, "epoch", epoch)).permutation(count)
+        chunk = order[within * global_size : (within + 1) * global_size]
+        mine = chunk[rank * self.batch_size : (rank + 1) * self.batch_size]
+        return [int(j) for j in (mine if len(mine) else chunk)]
+
+    def batch(self, i: int, rank: int = 0, world: int = 1) -> dict[str, Any]:
+        chunk = [self.examples[j] for j in self.indices(i, rank, world)]
+        return {
+            "image": torch.stack([c["image"] for c in chunk]),
+            "conditions": torch.stack([c["conditions"] for c in chunk]),
+            "prompt": [c["prompt"] for c in chunk],
+            "key": [c.get("key", "") for c in chunk],
+        }
 
 
 def train_from_shards(shards: list[Path], out: Path, opts: TrainOptions, seed: int, quiet: bool) -> dict[str, Any]:
     """Fine-tune ``opts.model``'s ControlNet on ``shards`` and save the pipeline to ``out``."""
     from hoigen.diffusion.pipeline import load_pipeline
-    from hoigen.diffusion.train import train_controlnet
+    from hoigen.diffusion.train import TrainSettings, train_controlnet
 
-    examples = shard_examples(shards, opts.size)
-    bg = background_examples(opts.bg_dir, opts.size) if opts.bg_dir is not None else None
-    pipe, _ = load_pipeline(opts.model)
-    targets = sorted({e["target"] for e in examples})
-    data = {"shards": [str(p) for p in shards], "samples": len(examples), "targets": targets,
-            "background_images": len(bg) if bg else 0}
-    with make_progress(quiet) as progress:
-        bar = progress.add_task("train", total=opts.steps, status="")
-
-        def log(entry: dict[str, Any]) -> None:
-            progress.update(bar, advance=1, status=f"loss {entry['loss']:.4f}")
-
-        return train_controlnet(
-            pipe,
-            batches(examples, opts.batch_size, seed),
-            steps=opts.steps,
-            out_dir=Path(out),
-            lr=opts.lr,
-            seed=seed,
-            text_dropout=opts.text_dropout,
-            bg_batches=batches(bg, opts.batch_size, seed + 1) if bg else None,
-            bg_every=opts.bg_every if bg else 0,
-            bg_weight=opts.bg_weight,
-            log=log,
-            data=data,
-        )
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    captions = load_captions(opts.captions) if opts.captions is not None else None
+    hook = load_caption_hook(opts.caption_hook) if opts.caption_hook else None
+    examples = shard_examples(shards, opts.size, captions, hook)
+    use_bg = opts.bg_dir is not None and opts.bg_weight > 0
+    bg = background_examples(opts.bg_dir, opts.size) if use_bg else None
+    pipe, _ = load_pipeline(opts.model, opts.controlnet, dtype="float32")
+    described = getattr(examples, "info", examples)  # ShardExamples: without decoding images
+    sources: dict[str, int] = {}
+    for e in described:
+        sources[e["caption_source"]] = sources.get(e["caption_source"], 0) + 1
+    data = {
+        "shards": [str(p) for p in shards],
+        "samples": len(examples),
+        "targets": sorted({e["target"] for e in described}),
+        "captions": sources,
+        "background_images": len(bg) if bg else 0,
+        "background_dir": str(opts.bg_dir) if use_bg else None,
+    }
+    settings = TrainSettings.from_options(opts)
+    return train_controlnet(
+        pipe,
+        ExampleBatches(examples, opts.batch_size, seed, "data"),
+        steps=opts.steps,
+        out_dir=Path(out),
+        lr=opts.lr,
+        seed=seed,
+        text_dropout=opts.text_dropout,
+        bg_batches=ExampleBatches(bg, opts.batch_size, seed, "background") if bg else None,
+        bg_every=opts.bg_every if bg else 0,
+        bg_weight=opts.bg_weight,
+        data=data,
+        settings=settings,
+        validation=examples[: settings.validation_images] if settings.validate_every else None,
+        quiet=quiet,
+        options={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+    )
