@@ -20,7 +20,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-NORMAL_BACKGROUND = (0, 0, 0)
+from hoigen.render.renderer import NORMAL_BACKGROUND, normal_colour
 
 
 def depth_points(depth_m: np.ndarray, K: np.ndarray) -> np.ndarray:
@@ -99,5 +99,5 @@ def encode_normals(
     """Unit normals -> (H, W, 3) uint8 RGB as render's ``normal.png``: ``round(127.5 - 127.5 n)``."""
     image = np.empty(normals.shape, dtype=np.uint8)
     image[:] = np.asarray(background, dtype=np.uint8)
-    image[defined] = np.clip(np.round(127.5 - 127.5 * normals[defined]), 0, 255).astype(np.uint8)
+    image[defined] = np.clip(np.round(normal_colour(normals[defined])), 0, 255).astype(np.uint8)
     return image

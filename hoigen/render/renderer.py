@@ -97,6 +97,14 @@ SEG_BACKGROUND, SEG_HAND, SEG_OBJECT = 0, 1, 2
 HAND_COLOR = (0.80, 0.56, 0.44)  # linear RGB base colour of the shaded hand
 OBJECT_COLOR = (0.55, 0.55, 0.58)  # linear RGB base colour of the shaded object
 NORMAL_BACKGROUND = (0, 0, 0)
+
+
+def normal_colour(normals: np.ndarray) -> np.ndarray:
+    """Unit camera-frame (OpenCV) normals -> float RGB in the "normalbae" convention: 127.5 - 127.5 n.
+
+    The one definition of the normal colouring, shared by the renderer and by conditions made from
+    real depth (:mod:`hoigen.ingest.normals`)."""
+    return 127.5 - 127.5 * normals
 _FACING_EPS = 0.02  # minimum |cos| between a normal and the reversed view ray
 
 
@@ -457,7 +465,7 @@ class Renderer:
         image = np.empty((h * w, 3), dtype=dtype)
         for k in range(3):  # per channel: much faster than broadcasting a (3,) row
             image[:, k] = self.normal_background[k]
-        rgb = 127.5 - 127.5 * surf["normal"]
+        rgb = normal_colour(surf["normal"])
         image[surf["pix"]] = np.clip(np.round(rgb), 0, 255) if dtype == np.uint8 else rgb
         return image.reshape(h, w, 3)
 
