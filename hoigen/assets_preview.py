@@ -63,7 +63,8 @@ def hand_items(mano_dir: str | Path | None = None) -> list[Item]:
     items = []
     for label, hand, pose in poses:
         v = hand.forward(hand_pose=pose).vertices[0].astype(np.float64)
-        items.append(Item(f"{label}", v, hand.faces, HAND_RGB, view=(0.25, -1.0, 0.45)))
+        view = (0.25 if hand.side == "right" else -0.25, -1.0, 0.45)  # the palm's side, a little from the thumb
+        items.append(Item(label, v, hand.faces, HAND_RGB, view=view))
     items[0].label = f"{right.name}: flat"
     return items
 
