@@ -10,11 +10,13 @@ pose PCA (coefficients at +-1.5 sd), and the left hand half curled. Objects: eve
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+import trimesh
 
 from hoigen.errors import HoigenError
 
@@ -88,34 +90,36 @@ def render_tiles(items: list[Item], tile: int = 256) -> list[np.ndarray]:
     from hoigen.render.cameras import look_at, pyrender_pose
 
     pr = import_pyrender()
-    renderer = pr.OffscreenRenderer(tile, tile)
+    renderer = _offscreen(tile)
     tiles = []
-    try:
-        for item in items:
-            v = np.asarray(item.vertices, dtype=np.float64)
-            centre = (v.min(axis=0) + v.max(axis=0)) / 2
-            radius = float(np.linalg.norm(v - centre, axis=1).max())
-            fov = np.deg2rad(35.0)
-            view = np.asarray(item.view, dtype=np.float64)
-            eye = centre + view / np.linalg.norm(view) * radius / np.sin(fov / 2) * 1.05
-            up = (0.0, 1.0, 0.0) if abs(view[1]) < 0.9 * np.linalg.norm(view) else (-1.0, 0.0, 0.0)
-            scene = pr.Scene(bg_color=(1.0, 1.0, 1.0, 1.0), ambient_light=(0.3, 0.3, 0.3))
-            material = pr.MetallicRoughnessMaterial(baseColorFactor=(*item.rgb, 1.0), metallicFactor=0.0,
-                                                    roughnessFactor=0.7)  # fmt: skip
-            import trimesh
-
-            mesh = trimesh.Trimesh(v, np.asarray(item.faces), process=False)
-            scene.add(pr.Mesh.from_trimesh(mesh, material=material, smooth=True))
-            cam_pose = pyrender_pose(look_at(eye, centre, up))
-            cam = scene.add(pr.PerspectiveCamera(yfov=fov, znear=0.01, zfar=10.0), pose=cam_pose)
-            scene.add(pr.DirectionalLight(color=np.ones(3), intensity=3.0), parent_node=cam)
-            color, _ = renderer.render(scene)
-            img = np.ascontiguousarray(color[..., :3])
-            cv2.putText(img, item.label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-            tiles.append(img)
-    finally:
-        renderer.delete()
+    for item in items:
+        v = np.asarray(item.vertices, dtype=np.float64)
+        centre = (v.min(axis=0) + v.max(axis=0)) / 2
+        radius = float(np.linalg.norm(v - centre, axis=1).max())
+        fov = np.deg2rad(35.0)
+        view = np.asarray(item.view, dtype=np.float64)
+        eye = centre + view / np.linalg.norm(view) * radius / np.sin(fov / 2) * 1.05
+        up = (0.0, 1.0, 0.0) if abs(view[1]) < 0.9 * np.linalg.norm(view) else (-1.0, 0.0, 0.0)
+        scene = pr.Scene(bg_color=(1.0, 1.0, 1.0, 1.0), ambient_light=(0.3, 0.3, 0.3))
+        material = pr.MetallicRoughnessMaterial(baseColorFactor=(*item.rgb, 1.0), metallicFactor=0.0,
+                                                roughnessFactor=0.7)  # fmt: skip
+        mesh = trimesh.Trimesh(v, np.asarray(item.faces), process=False)
+        scene.add(pr.Mesh.from_trimesh(mesh, material=material, smooth=True))
+        cam_pose = pyrender_pose(look_at(eye, centre, up))
+        cam = scene.add(pr.PerspectiveCamera(yfov=fov, znear=0.01, zfar=10.0), pose=cam_pose)
+        scene.add(pr.DirectionalLight(color=np.ones(3), intensity=3.0), parent_node=cam)
+        color, _ = renderer.render(scene)
+        img = np.ascontiguousarray(color[..., :3])
+        cv2.putText(img, item.label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        tiles.append(img)
     return tiles
+
+
+@functools.cache  # never deleted: deleting a pyrender EGL renderer terminates the shared EGL display
+def _offscreen(size: int):
+    from hoigen.render.backend import import_pyrender
+
+    return import_pyrender().OffscreenRenderer(size, size)
 
 
 def assets_picture(tile: int = 256, mano_dir: str | Path | None = None, seed: int = 0) -> np.ndarray:
