@@ -595,6 +595,19 @@ def build_hand(out: Path = typer.Option(..., "--out", help="Folder for MANO_RIGH
         typer.echo(str(path))
 
 
+@assets_app.command("show")
+def show_assets(
+    out: Path = typer.Option(..., "--out", help="PNG to write: the hand in a few poses and each object category."),
+    tile: int = typer.Option(256, "--tile", help="Size in pixels of each square picture."),
+    mano_dir: Path | None = typer.Option(None, "--mano-dir", help="Show real MANO from this folder instead."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the procedural objects shown."),
+) -> None:
+    """Render a picture of the embedded hand (flat, curled, fist, PCA samples, left) and the objects."""
+    from hoigen.assets_preview import write_assets_picture
+
+    typer.echo(str(write_assets_picture(out, tile=tile, mano_dir=mano_dir, seed=seed)))
+
+
 def _finish(summary: Any, quiet: bool) -> None:
     if summary is not None and hasattr(summary, "line"):
         info(summary.line(), quiet)

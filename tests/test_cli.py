@@ -57,7 +57,7 @@ def test_every_stage_writes_shards_index_and_run_json(chain: Path) -> None:
         run = json.loads((folder / "run.json").read_text())
         assert run["seed"] == 0 and "versions" in run
     run = json.loads((chain / "grasp" / "run.json").read_text())
-    assert run["hand_model"]["name"] == "hoigen-embedded-hand-v0" and run["hand_model"]["embedded"] is True
+    assert run["hand_model"]["name"] == "hoigen-embedded-hand-v1" and run["hand_model"]["embedded"] is True
     synth_run = json.loads((chain / "synth" / "run.json").read_text())
     assert synth_run["diffusion_model"]["kind"] == "tiny-random"
     assert (chain / "grasp" / "objects.parquet").exists()

@@ -78,8 +78,11 @@ def test_embedded_forward_shapes_and_size(right):
     j = out.joints[0]
     length = np.linalg.norm(j[HAND_JOINT_NAMES.index("middle_tip")] - j[0])
     assert 0.15 <= length <= 0.22
-    # Regressed joints sit at the designed joint centres; tips are the tip vertices.
-    np.testing.assert_allclose(j, design_joints21("right"), atol=1e-5)
+    # Regressed joints sit at the designed joint centres; tips are the tip vertices, at the finger ends.
+    design = design_joints21("right")
+    inner = [i for i in range(21) if i % 4 != 0 or i == 0]
+    np.testing.assert_allclose(j[inner], design[inner], atol=1e-5)
+    assert np.all(np.linalg.norm(j[4::4] - design[4::4], axis=1) < 0.004)
     np.testing.assert_array_equal(j[4::4], out.vertices[0, list(right.tip_vertex_ids)])
     # MANO rest convention: fingers along -x, thumb on +z.
     assert (j[8::4, 0] < j[0, 0] - 0.12).all()
@@ -127,8 +130,8 @@ def test_palm_frame(right, left):
         centre, normal, forward = hand.palm_frame()
         np.testing.assert_allclose(normal, [0, -1, 0], atol=1e-6)  # MANO: the palm faces -y
         assert abs(forward[0] - (-1 if hand.side == "right" else 1)) < 0.01
-        # On the palm's surface: the palm slab is 2.5-2.8 cm thick about y = 0.
-        assert -0.0145 < centre[1] < -0.0115
+        # On the palm's surface: the palm slab is 2.7-3.3 cm thick about y = 0.
+        assert -0.0175 < centre[1] < -0.013
         assert abs(centre[0]) > 0.03  # between the wrist and the knuckles
         tris = hand.forward().vertices[0][hand.faces].astype(np.float64)
         below = _ray_hits(centre - 0.002 * normal, normal, tris)
@@ -174,7 +177,7 @@ def test_shipped_files_equal_a_rebuild(tmp_path):
         shipped = EMBEDDED_DIR / p.name
         assert shipped.stat().st_size < 400_000
         built, ship = load_mano_pickle(p), load_mano_pickle(shipped)
-        assert set(built) == set(ship) == set(MANO_KEYS) | {"hoigen_model", "tip_vertex_ids"}
+        assert set(built) == set(ship) == set(MANO_KEYS) | {"hoigen_model", "tip_vertex_ids", "hands_components_sd"}
         for key in MANO_KEYS:
             np.testing.assert_array_equal(np.asarray(built[key]), np.asarray(ship[key]), err_msg=key)
         assert built["tip_vertex_ids"] == ship["tip_vertex_ids"]

@@ -67,12 +67,13 @@ LIMITS_DEG: np.ndarray = _limits_table()
 # Convenience poses in degrees of (flexion) per joint 1..3: an open hand and a closed fist.
 _OPEN_FLEX_DEG = {"thumb": (0.0, 0.0, 0.0), "finger": (5.0, 8.0, 4.0)}
 _FIST_FLEX_DEG = {
-    "thumb": (35.0, 30.0, 35.0),
+    "thumb": (10.0, 32.0, 60.0),
     "index": (77.0, 95.0, 60.0),
     "middle": (80.0, 95.0, 60.0),
     "ring": (80.0, 95.0, 60.0),
     "pinky": (83.0, 92.0, 57.0),
 }
+_FIST_THUMB_CMC_DEG = (5.0, 5.0)  # abduction, twist of the thumb's base in the fist
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -184,8 +185,10 @@ class JointSpace:
         return self._flex_angles(lambda finger: _OPEN_FLEX_DEG["thumb" if finger == "thumb" else "finger"])
 
     def fist_angles(self) -> np.ndarray:
-        """(15, 3) radians: a closed fist within the limits."""
-        return self._flex_angles(lambda finger: _FIST_FLEX_DEG[finger])
+        """(15, 3) radians: a closed fist within the limits, the thumb across the index and middle."""
+        angles = self._flex_angles(lambda finger: _FIST_FLEX_DEG[finger])
+        angles[finger_joint_rows("thumb")[0], 1:] = np.deg2rad(_FIST_THUMB_CMC_DEG)
+        return angles
 
     def _flex_angles(self, flex_of) -> np.ndarray:
         angles = np.zeros((15, 3))
