@@ -53,10 +53,9 @@ class SDFGrid:
         self.origin = np.asarray(origin, dtype=np.float64).reshape(3)
         self.spacing = float(spacing)
         self.shape = tuple(int(s) for s in self.values.shape)
-        self._flat = torch.from_numpy(self.values.reshape(-1).copy())
+        self._volume = torch.from_numpy(self.values.copy())[None, None]  # (1, 1, nx, ny, nz)
         self._origin_t = torch.tensor(self.origin, dtype=torch.float32)
         self._upper = torch.tensor([s - 1 for s in self.shape], dtype=torch.float32)
-        self._strides = torch.tensor([self.shape[1] * self.shape[2], self.shape[2], 1], dtype=torch.long)
 
     @classmethod
     def from_mesh(
@@ -114,23 +113,14 @@ class SDFGrid:
         """Signed distance (...) at ``points`` (..., 3) by trilinear interpolation; differentiable."""
         p = points.to(torch.float32)
         shape = p.shape[:-1]
-        p = p.reshape(-1, 3)
-        u = (p - self._origin_t) / self.spacing
+        u = (p.reshape(-1, 3) - self._origin_t) / self.spacing
         uc = torch.minimum(torch.clamp(u, min=0.0), self._upper)
-        outside = torch.linalg.norm((u - uc), dim=-1) * self.spacing
-        base = torch.minimum(torch.floor(uc.detach()), self._upper - 1).clamp(min=0)
-        f = uc - base
-        b = base.long()
-        out = torch.zeros(len(p), dtype=torch.float32, device=p.device)
-        for dx in (0, 1):
-            wx = f[:, 0] if dx else 1 - f[:, 0]
-            for dy in (0, 1):
-                wy = f[:, 1] if dy else 1 - f[:, 1]
-                for dz in (0, 1):
-                    wz = f[:, 2] if dz else 1 - f[:, 2]
-                    flat = (b[:, 0] + dx) * self._strides[0] + (b[:, 1] + dy) * self._strides[1] + b[:, 2] + dz
-                    out = out + wx * wy * wz * self._flat[flat]
-        return (out - outside).reshape(shape)
+        outside = torch.linalg.norm(u - uc, dim=-1) * self.spacing
+        g = (2.0 * uc / self._upper - 1.0).flip(-1)  # grid_sample wants (x, y, z) = (W, H, D) order
+        v = torch.nn.functional.grid_sample(
+            self._volume, g.view(1, -1, 1, 1, 3), mode="bilinear", padding_mode="border", align_corners=True
+        )
+        return (v.view(-1) - outside).reshape(shape)
 
     def query_np(self, points: np.ndarray) -> np.ndarray:
         """Numpy convenience: signed distance (n,) of points (n, 3) (float64 out)."""
