@@ -30,6 +30,7 @@ start with the palm facing a sampled surface point (per-category preferences in
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -205,8 +206,23 @@ def optimise(
     angles: np.ndarray,
     settings: OptimiseSettings | None = None,
 ) -> Candidates:
-    """Run Adam from the initial placements (B, 3, 3), (B, 3) and angles (B, 15, 3)."""
-    s = settings or OptimiseSettings()
+    """Run Adam from the initial placements (B, 3, 3), (B, 3) and angles (B, 15, 3) (one torch thread)."""
+    with one_thread():
+        return _optimise(problem, rotation, translation, angles, settings or OptimiseSettings())
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One torch thread: on a shared 2-core machine, OpenMP threads spin-wait and slow down 10-100x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _optimise(problem, rotation, translation, angles, s: OptimiseSettings) -> Candidates:
     rot6 = torch.as_tensor(np.asarray(rotation)[:, :, :2].transpose(0, 2, 1).reshape(-1, 6), dtype=torch.float32)
     rot6.requires_grad_(True)
     t = torch.as_tensor(translation, dtype=torch.float32).clone().requires_grad_(True)

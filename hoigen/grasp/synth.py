@@ -23,7 +23,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 import trimesh
 
 from hoigen.grasp.metrics import GraspEvaluator, GraspFilter
@@ -152,8 +151,7 @@ def synthesize_grasps(
     problem = GraspProblem(hand, ev.sdf, (lo + hi) / 2, float(np.linalg.norm(hi - lo) / 2))
     report = SynthesisReport(candidates=batch)
     rot, trans, angles, approach = initial_candidates(mesh, category, hand, problem, batch, rng)
-    with _one_thread():
-        result = optimise(problem, rot, trans, angles, settings)
+    result = optimise(problem, rot, trans, angles, settings)
     order = np.argsort(result.energy, kind="stable")
     accepted: list[GraspResult] = []
     rejected: list[GraspResult] = []
@@ -185,14 +183,3 @@ def synthesize_grasp(mesh, hand, rng: np.random.Generator, category: str = "", *
     """One grasp (the best of a small batch): convenience for tests and callers that want one."""
     grasps, _ = synthesize_grasps(mesh, hand, rng, 1, category=category, **kwargs)
     return grasps[0]
-
-
-class _one_thread:
-    """One torch thread while optimising: on a shared 2-core machine OpenMP threads spin-wait."""
-
-    def __enter__(self) -> None:
-        self.threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc) -> None:
-        torch.set_num_threads(self.threads)
