@@ -157,8 +157,17 @@ def bench_workers(repeats: int = 2) -> tuple[str, float, float]:
     return "render stage, 4 shards x 16 samples: --workers 1 vs 2", base, cand
 
 
+def bench_grasp() -> list[tuple[str, float, float]]:
+    """Grasp synthesis: accepted grasps per second per core, and the metric table (printed)."""
+    from hoigen.grasp.bench import bench_grasps, print_grasp_table
+
+    rows, sets = bench_grasps()
+    print_grasp_table(sets)
+    return rows
+
+
 def main() -> None:
-    rows = [bench_renderer_reuse(), bench_full_vs_bare(), bench_renderer_memory(), bench_workers()]
+    rows = [bench_renderer_reuse(), bench_full_vs_bare(), bench_renderer_memory(), bench_workers(), *bench_grasp()]
     from rich.table import Table
 
     table = Table(title="hoigen bench (median seconds; ratio = baseline / candidate)")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -39,19 +40,27 @@ _TMP: Path | None = None
 
 @contextlib.contextmanager
 def _quiet_fd():
-    """Silence C-level stdout (V-HACD prints its progress there)."""
+    """Silence C-level stdout and stderr (pybullet's banner, V-HACD's progress)."""
+    import ctypes
+
     try:
-        fd = os.dup(1)
+        saved = [os.dup(1), os.dup(2)]
     except OSError:
         yield
         return
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    sys.stderr.flush()
     with open(os.devnull, "wb") as null:
         os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
         try:
             yield
         finally:
-            os.dup2(fd, 1)
-            os.close(fd)
+            libc.fflush(None)  # C stdio buffers what it printed; flush it into /dev/null
+            for fd, copy in zip((1, 2), saved, strict=True):
+                os.dup2(copy, fd)
+                os.close(copy)
 
 
 def _tmp() -> Path:
