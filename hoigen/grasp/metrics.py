@@ -4,7 +4,7 @@ Per grasp (hand and object in the object's mesh frame):
 
 - ``penetration_depth_cm``: deepest hand vertex inside the object (exact mesh query; 0 if none).
 - ``penetration_volume_cm3``: voxelised intersection volume. The flat hand's interior is voxelised
-  once (~2 mm voxels, :func:`hoigen.grasp.skin.interior_skin`), the voxel centres are carried into
+  once (~3 mm voxels, :func:`hoigen.grasp.skin.interior_skin`), the voxel centres are carried into
   the grasp pose by the hand's own skinning, and those inside the object (signed-distance grid > 0)
   are counted times the voxel volume. (GraspTTA's released code voxelises the object's surface at
   5 mm and tests the points inside the hand; ours is finer and counts interior voxels too.)

@@ -211,6 +211,28 @@ def optimise(
         return _optimise(problem, rotation, translation, angles, settings or OptimiseSettings())
 
 
+class _Adam:
+    """Plain Adam (Kingma & Ba 2015; betas 0.9/0.999, eps 1e-8) on (tensor, lr) pairs.
+
+    ``torch.optim.Adam`` would do the same, but constructing it imports ``torch._dynamo`` (several
+    seconds per process on these CPUs)."""
+
+    def __init__(self, params: list[tuple[torch.Tensor, float]], b1: float = 0.9, b2: float = 0.999) -> None:
+        self.params = params
+        self.b1, self.b2, self.t = b1, b2, 0
+        self.m = [torch.zeros_like(p) for p, _ in params]
+        self.v = [torch.zeros_like(p) for p, _ in params]
+
+    @torch.no_grad()
+    def step(self, grads) -> None:
+        self.t += 1
+        c1, c2 = 1 - self.b1**self.t, 1 - self.b2**self.t
+        for (p, lr), g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
+            m.mul_(self.b1).add_(g, alpha=1 - self.b1)
+            v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+            p.sub_(lr * (m / c1) / ((v / c2).sqrt() + 1e-8))
+
+
 @contextlib.contextmanager
 def one_thread():
     """One torch thread: on a shared 2-core machine, OpenMP threads spin-wait and slow down 10-100x."""
@@ -227,16 +249,12 @@ def _optimise(problem, rotation, translation, angles, s: OptimiseSettings) -> Ca
     rot6.requires_grad_(True)
     t = torch.as_tensor(translation, dtype=torch.float32).clone().requires_grad_(True)
     a = torch.as_tensor(angles, dtype=torch.float32).clone().requires_grad_(True)
-    opt = torch.optim.Adam(
-        [{"params": [rot6], "lr": s.lr_rotation}, {"params": [t], "lr": s.lr_translation},
-         {"params": [a], "lr": s.lr_angles}]
-    )  # fmt: skip
+    adam = _Adam([(rot6, s.lr_rotation), (t, s.lr_translation), (a, s.lr_angles)])
     history = []
     for _ in range(s.steps):
-        opt.zero_grad()
         total, _ = problem.energy(rot6, t, a, s.weights)
-        total.sum().backward()
-        opt.step()
+        grads = torch.autograd.grad(total.sum(), [rot6, t, a])
+        adam.step(grads)
         history.append(float(total.detach().mean()))
     with torch.no_grad():
         total, _ = problem.energy(rot6, t, a, s.weights)

@@ -21,7 +21,7 @@ from smplx.lbs import batch_rigid_transform, batch_rodrigues
 
 from hoigen.objects.sdf import SDFGrid
 
-INTERIOR_RESOLUTION = 96  # cells along the flat hand's longest side (~2 mm voxels)
+INTERIOR_RESOLUTION = 72  # cells along the flat hand's longest side (~3 mm voxels)
 
 
 class HandSkin:
@@ -51,7 +51,6 @@ class HandSkin:
             ew = torch.as_tensor(np.asarray(extra_weights), dtype=torch.float32)
             points = torch.cat([points, ep])
             weights = torch.cat([weights, ew])
-            posedirs = torch.cat([posedirs, torch.zeros(posedirs.shape[0], 3 * len(ep))], dim=1)
         self.points = points
         self.weights = weights
         self.posedirs = posedirs
@@ -63,7 +62,11 @@ class HandSkin:
         rot = batch_rodrigues(full.reshape(-1, 3)).view(b, -1, 3, 3)
         ident = torch.eye(3, dtype=rot.dtype)
         feature = (rot[:, 1:] - ident).reshape(b, -1)
-        posed = self.points + (feature @ self.posedirs).view(b, -1, 3)
+        offsets = (feature @ self.posedirs).view(b, -1, 3)  # pose blend shapes of the vertices only
+        extra = len(self.points) - self.num_vertices
+        if extra:
+            offsets = torch.cat([offsets, offsets.new_zeros(b, extra, 3)], dim=1)
+        posed = self.points + offsets
         joints, a = batch_rigid_transform(rot, self.joints_rest.expand(b, -1, -1), self.parents)
         t = torch.matmul(self.weights, a.reshape(b, -1, 16)).view(b, -1, 4, 4)
         out = (t[..., :3, :3] * posed.unsqueeze(-2)).sum(-1) + t[..., :3, 3]
