@@ -27,7 +27,7 @@ def test_vertex_fingers_hold_their_fingertips(hand) -> None:
 
 def test_grasp_touches_without_deep_penetration(hand) -> None:
     can = procedural_objects(["can"])[0]
-    result = synthesize_grasp(can.mesh, hand, np.random.default_rng(3), category="can", candidates=4)
+    result = synthesize_grasp(can.mesh, hand, np.random.default_rng(3), category="can", candidates=3)
     posed = hand.forward(*result.pose.mano_params(hand).values())
     sd = signed_distance(can.mesh, posed.vertices[0])
     assert sd.max() < 0.01  # under 1 cm inside
@@ -36,7 +36,7 @@ def test_grasp_touches_without_deep_penetration(hand) -> None:
     fingers = hand.vertex_fingers
     touching = sum(bool(np.any(sd[fingers == k] > -0.005)) for k in range(5))
     assert touching == result.metrics["contact_fingers"]
-    again = synthesize_grasp(can.mesh, hand, np.random.default_rng(3), category="can", candidates=4)
+    again = synthesize_grasp(can.mesh, hand, np.random.default_rng(3), category="can", candidates=3)
     assert np.array_equal(again.pose.hand_pose, result.pose.hand_pose)
 
 
