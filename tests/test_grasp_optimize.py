@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hoigen.grasp.metrics import GraspEvaluator, GraspFilter
-from hoigen.grasp.optimize import GraspProblem, OptimiseSettings, optimise, rotation_from_6d
+from hoigen.grasp.optimize import GraspProblem, OptimiseSettings, joint_space, optimise, rotation_from_6d
 from hoigen.grasp.synth import initial_candidates, synthesize_grasps
 from hoigen.grasp.trajectory import approach_penetration_cm, approach_trajectory
 from hoigen.hand import load_hand
@@ -74,6 +74,10 @@ def test_accepted_grasps_pass_the_filters_and_counts_add_up(grasps) -> None:
             assert m["sim_displacement_cm"] <= f.max_sim_displacement
             assert m["contact_fingers"] >= f.min_contacts
     assert report.accepted >= 1
+    space = joint_space(load_hand("right"))
+    for g in results:  # final poses lie within the joint limits
+        angles = space.from_pose(torch.as_tensor(g.pose.hand_pose, dtype=torch.float32)[None])
+        assert float(space.violation(angles)) < 1e-8
     # accepted ones come first
     flags = [g.metrics["accepted"] for g in results]
     assert flags == sorted(flags, reverse=True)

@@ -81,6 +81,11 @@ class _BoxSpace:
     def from_pose(self, pose):
         return pose.reshape(*pose.shape[:-1], 15, 3)
 
+    def clamp(self, angles):
+        lo = torch.as_tensor(self.lower, dtype=angles.dtype)
+        hi = torch.as_tensor(self.upper, dtype=angles.dtype)
+        return torch.maximum(torch.minimum(angles, hi), lo)
+
     def violation(self, angles):
         lo = torch.as_tensor(self.lower, dtype=angles.dtype)
         hi = torch.as_tensor(self.upper, dtype=angles.dtype)
@@ -206,7 +211,9 @@ def optimise(
     angles: np.ndarray,
     settings: OptimiseSettings | None = None,
 ) -> Candidates:
-    """Run Adam from the initial placements (B, 3, 3), (B, 3) and angles (B, 15, 3) (one torch thread)."""
+    """Run Adam from the initial placements (B, 3, 3), (B, 3) and angles (B, 15, 3) (one torch thread).
+
+    The final angles are clamped into the joint limits (the limit term keeps the excess small)."""
     with one_thread():
         return _optimise(problem, rotation, translation, angles, settings or OptimiseSettings())
 
@@ -257,6 +264,7 @@ def _optimise(problem, rotation, translation, angles, s: OptimiseSettings) -> Ca
         adam.step(grads)
         history.append(float(total.detach().mean()))
     with torch.no_grad():
+        a = problem.space.clamp(a)  # the result lies within the joint limits exactly
         total, _ = problem.energy(rot6, t, a, s.weights)
         rot = rotation_from_6d(rot6)
         pose = problem.space.to_pose(a)
