@@ -12,20 +12,24 @@ The energy of a candidate, minimised with Adam for a fixed number of steps::
 
     E = w_contact * sum_k |d(tip_k) - DEPTH|              five fingertips on the surface
       + w_palm    * |d(palm) - DEPTH|                      the palm centre on the surface
-      + w_pen     * sum_v relu(d(v) - DEPTH) / V_scale      hand vertices kept out of the object
+      + w_pen     * sum_v relu(d(v) - DEPTH) / 10           hand vertices (every 3rd) kept out
       + w_limit   * violation(a)                            joint limits (squared excess, rad^2)
-      + w_prior   * ||a - a_grasp||^2                       a mild pull toward a natural grasp pose
+      + w_prior   * ||a - a_grasp||^2                       a mild pull toward half-closed fingers
       + w_self    * sum_{i,j other fingers} relu(2r - |s_i - s_j|)   finger-segment spheres apart
       + w_fc      * ||G n||^2                               force closure (DexGraspNet, Wang et al.
                                                            ICRA 2023): unit inward normals n_k at
                                                            the tips and the palm centre (central SDF
                                                            differences), G = [I; [x_k - c]x / L],
-                                                           sum to zero force and torque
+                                                           sum to zero force and torque (c, L: the
+                                                           bounding box's centre and half diagonal)
 
 ``DEPTH`` (1 mm) asks for a slight press into the surface, which the rigid simulation needs to
-produce friction. The normals are the normalised SDF gradients at the tips, detached. Candidates
-start with the palm facing a sampled surface point (per-category preferences in
-:mod:`hoigen.grasp.synth`), a little away from it, fingers half open.
+produce friction. The normals come from central differences of the SDF grid, so the force-closure
+term is differentiable in the contact positions. Candidates start with the palm facing a sampled
+surface point (per-category preferences in :mod:`hoigen.grasp.synth`), a little away from it,
+fingers a third of the way closed. Adam runs a fixed number of steps with no random numbers (one
+torch thread), and the final angles are clamped into the joint limits. Default weights and step
+sizes are in :class:`EnergyWeights` and :class:`OptimiseSettings`.
 """
 
 from __future__ import annotations
