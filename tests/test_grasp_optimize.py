@@ -101,7 +101,7 @@ def test_trajectory_starts_open_away_and_ends_at_the_grasp(hand, grasps, evaluat
 def test_a_trajectory_through_the_object_is_caught(hand, grasps, evaluator) -> None:
     g = grasps[0][0]
     # approach from the far side: the hand sweeps through the can on its way in
-    frames = approach_trajectory(g.pose, -g.approach_dir, 6, 0.3)
+    frames = approach_trajectory(g.pose, -g.approach_dir, 31, 0.3)  # 1 cm apart: some frame is inside
     verts = np.stack([
         hand.forward(np.zeros(3), f.hand_pose).vertices[0] @ f.rotation.T + f.translation for f in frames
     ]).astype(np.float64)  # fmt: skip

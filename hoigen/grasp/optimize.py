@@ -12,7 +12,8 @@ The energy of a candidate, minimised with Adam for a fixed number of steps::
 
     E = w_contact * sum_k |d(tip_k) - DEPTH|              five fingertips on the surface
       + w_palm    * |d(palm) - DEPTH|                      the palm centre on the surface
-      + w_pen     * sum_v relu(d(v) - DEPTH) / 10           hand vertices (every 3rd) kept out
+      + w_pen     * sum_v relu(d(v) - slack_v) / 10         hand vertices (every 3rd) kept out;
+                                                           slack DEPTH on fingers, PEN_SLACK on the palm
       + w_limit   * violation(a)                            joint limits (squared excess, rad^2)
       + w_prior   * ||a - a_grasp||^2                       a mild pull toward half-closed fingers
       + w_self    * sum_{i,j other fingers} relu(2r - |s_i - s_j|)   finger-segment spheres apart
@@ -45,6 +46,7 @@ from hoigen.hand.keypoints import FINGERS, MANO_JOINT_NAMES
 from hoigen.objects.sdf import SDFGrid
 
 DEPTH = 0.001
+PEN_SLACK = 0.0002  # palm vertices may sink this far before the penetration term acts (fingers: DEPTH)
 SPHERE_R = 0.0075
 VERTEX_STRIDE = 3
 
@@ -139,6 +141,8 @@ class GraspProblem:
         self.skin = HandSkin(hand, self.ids)
         self.n_tips = len(tips)
         self.owner = torch.as_tensor(fingers[self.ids])
+        # finger vertices may press DEPTH into the surface like the tips; palm vertices only PEN_SLACK
+        self.slack = torch.where(self.owner[len(tips) + 1 :] >= 0, DEPTH, PEN_SLACK).to(torch.float32)
         # finger-segment spheres: 16 MANO joints + 5 tips, three samples per bone
         chains = []
         for k, finger in enumerate(FINGERS):
@@ -179,7 +183,7 @@ class GraspProblem:
         terms = {
             "contact": (d[:, : self.n_tips] - DEPTH).abs().sum(1),
             "palm": (d[:, self.n_tips] - DEPTH).abs(),
-            "penetration": torch.relu(d[:, self.n_tips + 1 :] - DEPTH).sum(1) / 10.0,
+            "penetration": torch.relu(d[:, self.n_tips + 1 :] - self.slack).sum(1) / 10.0,
             "limit": self.space.violation(angles),
             "prior": ((angles - self.prior) ** 2).sum(dim=(1, 2)),
         }

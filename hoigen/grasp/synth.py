@@ -4,8 +4,9 @@ For one object, ``candidates`` starting placements are drawn at once: a surface 
 outward normal ``n`` is sampled with per-category preferences (:func:`surface_preferences`: mug
 body or handle, bottle body below the neck, bowl rim and outer wall, laptop edges, camera body,
 can side; uniform for unknown categories), the palm is turned to face the surface (palm normal =
-``-n``) with the fingers along a tangent (around the object's long axis when there is one, turned
-by a random angle), ``PALM_GAP`` off the surface, fingers half open. The whole batch is then
+``-n``) with the fingers along a tangent across the object's long axis (y for the revolved
+categories, else the bounding box's longest side) so they wrap around it, turned by a random
+angle, ``PALM_GAP`` off the surface, fingers half open. The whole batch is then
 optimised together (:mod:`hoigen.grasp.optimize`, energy documented there). The candidates are
 ranked by energy and measured with :class:`hoigen.grasp.metrics.GraspEvaluator` (exact
 penetration, contacts, intersection volume, pybullet displacement) in that order until enough pass
@@ -101,7 +102,10 @@ def surface_preferences(category: str, points: np.ndarray, normals: np.ndarray, 
         return np.exp(-edge / 0.08)
     if category == "camera":
         return side + 0.1
-    return np.ones(len(points))
+    # anything else (boxes, scans): avoid the faces across the thinnest extent, so the hand wraps
+    # around the thin side (a book by its spine) rather than lying on a wide face
+    thin = np.eye(3)[int(np.argmin(size))]
+    return 1.0 - 0.9 * np.abs(normals @ thin) if size.min() < 0.6 * size.max() else np.ones(len(points))
 
 
 def initial_candidates(
@@ -116,9 +120,12 @@ def initial_candidates(
     open_a = np.asarray(problem.space.open_angles())
     fist_a = np.asarray(problem.space.fist_angles())
     rots, trans, angles = [], [], []
+    extents = np.asarray(mesh.extents)
+    revolved = category in ("bottle", "bowl", "can", "mug")
+    up = np.array([0.0, 1.0, 0.0]) if revolved else np.eye(3)[int(np.argmax(extents))]
     for i in picks:
         p, n = points[i], normals[i]
-        rot = align_frames(palm_normal, forward, -n, tangent_direction(n, rng))
+        rot = align_frames(palm_normal, forward, -n, tangent_direction(n, rng, up=up))
         rots.append(rot)
         trans.append(p + n * PALM_GAP - rot @ centre)
         angles.append(open_a + START_CURL * (fist_a - open_a))
