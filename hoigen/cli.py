@@ -86,6 +86,9 @@ def grasp(
     ),
     categories: str | None = typer.Option(None, "--categories", help="Procedural categories, e.g. mug,bowl."),
     category: str | None = typer.Option(None, "--category", help="Category for every mesh in --objects."),
+    up: str | None = typer.Option(
+        None, "--up", help="Up axis of the --objects meshes (+x/-x/+y/-y/+z/-z). Default: +z for YCB, else +y."
+    ),
     out: Path = typer.Option(Path("out/grasp"), "--out", help="Output folder."),
     grasps: int | None = typer.Option(None, "--grasps", help="Grasps per object." + _default(GraspOptions, "grasps")),
     frames: int | None = typer.Option(
@@ -139,6 +142,7 @@ def grasp(
         objects=objects,
         categories=categories,
         category=category,
+        up=up,
         grasps=grasps,
         frames=frames,
         side=side,
@@ -238,6 +242,53 @@ def synthesize(
         None, "--batch-size", help="Images per diffusion batch." + _default(SynthOptions, "batch_size")
     ),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda or auto." + _default(SynthOptions, "device")),
+    dtype: str | None = typer.Option(
+        None,
+        "--dtype",
+        help="Weights' precision: auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16."
+        + _default(SynthOptions, "dtype"),
+    ),
+    scheduler: str | None = typer.Option(
+        None, "--scheduler", help="Sampler: ddim, unipc or dpm++ (DPM-Solver++)." + _default(SynthOptions, "scheduler")
+    ),
+    images_per_condition: int | None = typer.Option(
+        None,
+        "--images-per-condition",
+        help="Images per rendered sample (image.jpg, image_1.jpg, ...), each with its own prompt and seed."
+        + _default(SynthOptions, "images_per_condition"),
+    ),
+    condition_scales: str | None = typer.Option(
+        None,
+        "--condition-scales",
+        help="Weights of the condition maps, e.g. normal=1,seg=0.5,skeleton=1 (0 blanks a map) [default: all 1].",
+    ),
+    control_scale: float | None = typer.Option(
+        None, "--control-scale", help="Weight of the ControlNet's output." + _default(SynthOptions, "control_scale")
+    ),
+    blank_uncond: bool | None = typer.Option(
+        None,
+        "--blank-uncond/--no-blank-uncond",
+        help="Classifier-free guidance's unconditional branch sees blank conditions (the paper's pairing), "
+        "so guidance also pushes toward the geometry [default: off: both branches see the conditions].",
+    ),
+    video: bool | None = typer.Option(
+        None,
+        "--video/--no-video",
+        help="Paint each trajectory (same object, grasp, view) as one clip with attention to an anchor "
+        "frame; also writes OUT/videos/<object>_<grasp>_<view>.mp4 and its frames.",
+    ),
+    anchor: str | None = typer.Option(
+        None,
+        "--anchor",
+        help="Video anchor frame: middle, first, last or a frame number." + _default(SynthOptions, "anchor"),
+    ),
+    fps: int | None = typer.Option(None, "--fps", help="Frame rate of the mp4s." + _default(SynthOptions, "fps")),
+    compile: bool | None = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile the UNet (CUDA; slow first batch)."
+    ),
+    tiled_vae: bool | None = typer.Option(
+        None, "--tiled-vae/--no-tiled-vae", help="Decode big images tile by tile (less GPU memory)."
+    ),
     seed: int = SEED,
     workers: int = WORKERS,
     shard_index: int | None = SHARD_INDEX,
@@ -247,8 +298,9 @@ def synthesize(
     """Paint images on the rendered conditions with the HOI diffusion model.
 
     Reads render shards; writes them again with image.jpg, prompt.txt and gen.json (model, seed,
-    steps, guidance). The conditions (normal + segmentation + skeleton) enter one ControlNet as a
-    9-channel map.
+    steps, guidance, scheduler, scales). The conditions (normal + segmentation + skeleton) enter one
+    ControlNet as a 9-channel map. --model and --controlnet take a local diffusers folder or a hub
+    id (looked up in the Hugging Face cache first; the hub is asked only when reachable).
 
     Example: hoigen synthesize --objects ycb/ --prompts prompts.txt --out out/synth
     """
@@ -266,6 +318,17 @@ def synthesize(
         negative_prompt=negative_prompt,
         batch_size=batch_size,
         device=device,
+        dtype=dtype,
+        scheduler=scheduler,
+        images_per_condition=images_per_condition,
+        condition_scales=condition_scales,
+        control_scale=control_scale,
+        blank_uncond=blank_uncond,
+        video=video,
+        anchor=anchor,
+        fps=fps,
+        compile=compile,
+        tiled_vae=tiled_vae,
     )
     if in_dir is None:
         in_dir = stages.prepare_conditions(_options(GraspOptions, objects=objects), opts, out / "work", common)

@@ -37,8 +37,9 @@ class Common:
 @dataclass
 class GraspOptions:
     objects: Path | None = None  # a folder of meshes; None -> the embedded procedural objects
-    categories: list[str] | None = None  # procedural categories (None -> all)
+    categories: list[str] | None = None  # procedural categories (None -> bottle, bowl, can, mug)
     category: str | None = None  # category for every mesh of --objects
+    up: str | None = None  # the meshes' up axis (+x/-x/+y/-y/+z/-z); None: +z for YCB layouts, else +y
     grasps: int = 2  # grasps per object
     frames: int = 8  # frames of the approach trajectory (the paper uses 8)
     side: str = "right"
@@ -87,9 +88,30 @@ class SynthOptions:
     negative_prompt: str | None = None
     batch_size: int = 4
     device: str = "auto"
+    dtype: str = "auto"  # auto: float16 on CUDA, float32 on CPU; or float32 | float16 | bfloat16
+    scheduler: str = "ddim"  # ddim | unipc | dpm++ (hoigen.diffusion.schedulers)
+    images_per_condition: int = 1
+    condition_scales: str | None = None  # "normal=1,seg=1,skeleton=1" (hoigen.diffusion.conditions)
+    control_scale: float = 1.0  # the ControlNet residuals' weight (controlnet_conditioning_scale)
+    blank_uncond: bool = False  # guidance's unconditional branch sees blank conditions (pipeline.generate)
+    video: bool = False  # cross-frame attention to an anchor frame per trajectory; mp4s in OUT/videos
+    anchor: str = "middle"  # the video anchor frame: middle | first | last | a frame number
+    fps: int = 8
+    compile: bool = False  # torch.compile the UNet (GPU; slow first batch)
+    tiled_vae: bool = False  # decode big images tile by tile (less memory)
 
     def __post_init__(self) -> None:
-        require_positive(self, "steps", "size", "batch_size")
+        require_positive(self, "steps", "size", "batch_size", "images_per_condition", "fps")
+        from hoigen.diffusion.schedulers import SCHEDULER_NAMES
+
+        if self.scheduler not in SCHEDULER_NAMES:
+            raise HoigenError(f"--scheduler must be one of {', '.join(SCHEDULER_NAMES)}, got {self.scheduler!r}")
+        if self.condition_scales is not None:
+            from hoigen.diffusion.conditions import parse_condition_scales
+
+            parse_condition_scales(self.condition_scales)
+        if self.anchor not in ("middle", "first", "last") and not str(self.anchor).isdigit():
+            raise HoigenError(f"--anchor must be middle, first, last or a frame number, got {self.anchor!r}")
 
 
 @dataclass

@@ -85,6 +85,7 @@ def grasp(opts: GraspOptions, out: Path, common: Common) -> RunSummary:
     extra = {
         "hand_model": {"name": hand.name, "source": str(hand.source), "embedded": hand.is_embedded},
         "objects": [{"id": a.id, "category": a.category, "source": a.source} for a in assets],
+        "objects_skipped": [s.to_dict() for s in getattr(assets, "skipped", [])],
     }
     summary = _run(grasp_stage, tasks, "grasp", out, common, config, None, extra)
     record_grasp_filter(Path(out), common.quiet)
@@ -134,15 +135,14 @@ def render(in_dir: Path, out: Path, opts: RenderOptions, common: Common) -> RunS
 def synthesize(in_dir: Path, out: Path, opts: SynthOptions, common: Common) -> RunSummary:
     """Render shards -> synthesize shards (image.jpg, prompt.txt, gen.json added)."""
     from hoigen.diffusion.prompts import DEFAULT_PROMPTS, load_prompts
-    from hoigen.diffusion.stage import _pipeline, resolve_device, synth_stage
+    from hoigen.diffusion.stage import pipeline_for, synth_stage
     from hoigen.render.stage import OBJECTS_KEY, objects_dir_of
 
     tasks = input_tasks(in_dir, ("render",))
     templates = load_prompts(opts.prompts) if opts.prompts is not None else list(DEFAULT_PROMPTS)
     size = synth_size(opts)
-    device = resolve_device(opts.device)
-    _, model_info = _pipeline(opts.model, opts.controlnet, device)  # fail early on missing weights
     config = {**to_config(opts), "size": size, "prompt_templates": templates}
+    _, model_info = pipeline_for(config)  # fail early on missing weights
     return _run(
         synth_stage,
         tasks,

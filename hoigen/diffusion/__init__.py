@@ -1,4 +1,4 @@
-"""The diffusion layer: condition tensor, pipeline loading and generation, prompts, ControlNet training.
+"""The diffusion layer: condition tensor, pipeline loading and generation, prompts, samplers, video, training.
 
 Names are imported lazily so that ``hoigen.diffusion.conditions`` does not pull in diffusers.
 """
@@ -15,6 +15,15 @@ _EXPORTS = {
     "seg_to_rgb": "conditions",
     "split_conditions": "conditions",
     "stack_conditions": "conditions",
+    "parse_condition_scales": "conditions",
+    "scale_conditions": "conditions",
+    "SCHEDULER_NAMES": "schedulers",
+    "set_scheduler": "schedulers",
+    "AnchorFrameAttnProcessor": "video",
+    "anchor_attention": "video",
+    "trajectory_groups": "video",
+    "write_mp4": "video",
+    "tune_pipeline": "pipeline",
     "DEFAULT_NEGATIVE_PROMPT": "prompts",
     "DEFAULT_PROMPTS": "prompts",
     "DEFAULT_BACKGROUNDS": "prompts",

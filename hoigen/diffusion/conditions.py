@@ -11,14 +11,27 @@ in [0, 1]:
 - channels 6-8: ``skeleton.png`` (the drawn skeleton, RGB).
 
 A blank condition (all zeros, ``blank_conditions``) stands for "no hand, no object": training pairs
-it with background-only images (the paper's background regularisation).
+it with background-only images (the paper's background regularisation), so a model trained that way
+paints free, text-driven background wherever the conditions are blank. At synthesis the background
+pixels (segmentation 0, no skeleton stroke) are therefore set to exactly the blank value in all nine
+channels (``stack_conditions(..., blank_background=True)``): resizing or a renderer's anti-aliasing
+can otherwise leave faint normals there, which the model would read as geometry.
+
+Per-condition scales (``parse_condition_scales``, ``scale_conditions``) weight each map's channels
+before the ControlNet: 0 blanks a map, 1 leaves it; values above 1 exaggerate it (the tensor may then
+leave [0, 1], which the ControlNet accepts). The whole ControlNet output has its own weight
+(``control_scale`` of ``hoigen.diffusion.pipeline.generate``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import cv2
 import numpy as np
 import torch
+
+from hoigen.errors import HoigenError
 
 CONDITION_MAPS = ("normal", "seg", "skeleton")
 CONDITIONING_CHANNELS = 9
@@ -93,11 +106,14 @@ def stack_conditions(
     seg: np.ndarray,
     skeleton: np.ndarray,
     size: int | tuple[int, int] | None = None,
+    blank_background: bool = False,
 ) -> torch.Tensor:
     """Stack normal RGB, coloured segmentation and skeleton RGB into a (9, H, W) float tensor in [0, 1].
 
     With ``size`` (a side, or (height, width)) the maps are resized: area averaging for normals and
-    skeleton, nearest neighbour for the segmentation (so no mixed colours appear).
+    skeleton, nearest neighbour for the segmentation (so no mixed colours appear). With
+    ``blank_background`` every channel is exactly 0 where the segmentation is background and no
+    skeleton stroke is drawn (the blank condition of background regularisation).
     """
     normal = _as_rgb("normal", normal)
     skeleton = _as_rgb("skeleton", skeleton)
@@ -115,6 +131,9 @@ def stack_conditions(
         skeleton = cv2.resize(skeleton, (width, height), interpolation=cv2.INTER_AREA)
         seg_rgb = cv2.resize(seg_rgb, (width, height), interpolation=cv2.INTER_NEAREST)
     stacked = np.concatenate([normal, seg_rgb, skeleton], axis=2)
+    if blank_background:
+        background = ~seg_rgb.any(axis=2) & ~skeleton.any(axis=2)
+        stacked[background] = 0
     return torch.from_numpy(np.ascontiguousarray(stacked.transpose(2, 0, 1))).float().div_(255.0)
 
 
@@ -129,3 +148,44 @@ def split_conditions(conditions: torch.Tensor) -> dict[str, np.ndarray]:
         raise ValueError(f"conditions must be ({CONDITIONING_CHANNELS}, H, W), got {tuple(conditions.shape)}")
     array = (conditions.detach().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
     return {name: array[3 * i : 3 * i + 3].transpose(1, 2, 0).copy() for i, name in enumerate(CONDITION_MAPS)}
+
+
+def parse_condition_scales(value: str | Mapping[str, float] | None) -> tuple[float, float, float]:
+    """``"normal=1,seg=0.5,skeleton=1"`` (or a mapping) -> scales in ``CONDITION_MAPS`` order; missing = 1."""
+    if value is None:
+        return (1.0, 1.0, 1.0)
+    if isinstance(value, Mapping):
+        items = [(str(k), v) for k, v in value.items()]
+    else:
+        items = []
+        for part in str(value).split(","):
+            if not part.strip():
+                continue
+            name, sep, number = part.partition("=")
+            if not sep:
+                raise HoigenError(f"--condition-scales: {part.strip()!r} is not name=value; e.g. normal=1,seg=0.5")
+            items.append((name.strip(), number.strip()))
+    scales = dict.fromkeys(CONDITION_MAPS, 1.0)
+    for name, number in items:
+        if name not in scales:
+            raise HoigenError(
+                f"--condition-scales: unknown map {name!r}; use {', '.join(CONDITION_MAPS)}"
+            )
+        try:
+            scale = float(number)
+        except (TypeError, ValueError):
+            raise HoigenError(f"--condition-scales: {name}={number!r} is not a number") from None
+        if not np.isfinite(scale) or scale < 0:
+            raise HoigenError(f"--condition-scales: {name}={number} must be a finite number >= 0")
+        scales[name] = scale
+    return tuple(scales[name] for name in CONDITION_MAPS)  # type: ignore[return-value]
+
+
+def scale_conditions(conditions: torch.Tensor, scales: tuple[float, ...] | None) -> torch.Tensor:
+    """Multiply each map's three channels of a (..., 9, H, W) tensor by its scale (no copy when all are 1)."""
+    if scales is None or all(float(s) == 1.0 for s in scales):
+        return conditions
+    if len(scales) != len(CONDITION_MAPS):
+        raise ValueError(f"need {len(CONDITION_MAPS)} scales ({', '.join(CONDITION_MAPS)}), got {len(scales)}")
+    weights = torch.tensor([float(s) for s in scales for _ in range(3)], dtype=conditions.dtype)
+    return conditions * weights.to(conditions.device).view(-1, 1, 1)

@@ -5,8 +5,15 @@
 - ``None`` / ``"tiny-random"``: the tiny offline stand-in (``hoigen.diffusion.tiny``), random weights;
 - a folder that ``hoigen train`` saved (``model_index.json`` naming a ``controlnet``): loaded whole;
 - a Stable Diffusion folder or hub id: its components, plus the ControlNet from ``controlnet``
-  (a folder or hub id) or, without one, a fresh ControlNet copied from the UNet (flagged
+  (a ControlNet folder or hub id, or the whole folder ``hoigen train`` wrote: its ``controlnet/``
+  is used) or, without one, a fresh ControlNet copied from the UNet (flagged
   ``untrained-controlnet``: its zero-initialised output convolutions leave the images unconditioned).
+
+Hub ids are looked up in the local Hugging Face cache first (``local_files_only``); the hub is only
+asked when the weights are not cached, the hub is not switched off (``HF_HUB_OFFLINE=1``) and its
+host answers a 2-second TCP connect. Missing weights raise a one-line ``HoigenError`` that names the
+model and says how to get it (``huggingface-cli download ...`` on a connected machine, or a local
+folder).
 
 The returned ``info`` dict says which model made the images; stand-ins are labelled as such and
 ``synthesize`` writes it into every sample's ``gen.json``.
@@ -23,8 +30,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -35,7 +47,7 @@ from hoigen.diffusion.backend import (
     StableDiffusionPipeline,
     quiet,
 )
-from hoigen.diffusion.conditions import CONDITIONING_CHANNELS
+from hoigen.diffusion.conditions import CONDITIONING_CHANNELS, scale_conditions
 from hoigen.diffusion.tiny import TINY_MODEL_NAME, build_tiny_pipeline
 from hoigen.diffusion.train import TRAIN_RECORD
 from hoigen.errors import HoigenError
@@ -60,16 +72,31 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -
     """``None`` -> float16 on CUDA, float32 elsewhere; strings such as "fp16" or "bfloat16" accepted."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype is None:
+    if dtype is None or str(dtype).lower() == "auto":
         return torch.float16 if torch.device(device).type == "cuda" else torch.float32
     try:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
-        raise HoigenError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))}") from None
+        raise HoigenError(f"unknown dtype {dtype!r}; use auto or one of {', '.join(sorted(_DTYPES))}") from None
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    """True when the hub is switched off (``HF_HUB_OFFLINE``) or its host does not answer."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    return not _hub_reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+
+
+@lru_cache(maxsize=4)
+def _hub_reachable(endpoint: str) -> bool:
+    """One TCP connect to the hub's host (2 s), remembered for the process."""
+    url = urlparse(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=2.0):
+            return True
+    except OSError:
+        return False
 
 
 def _is_local(name: str) -> bool:
@@ -82,10 +109,14 @@ def _from_pretrained(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
     if _is_local(name):
         path = Path(name).expanduser()
         if not path.is_dir():
-            raise HoigenError(
-                f"{name}: {what} folder not found; pass a diffusers model folder "
-                f"(e.g. from `huggingface-cli download {SD15_HINT}`) or leave it out for the tiny stand-in"
-            )
+            if what == "ControlNet":
+                hint = "pass the folder `hoigen train --out DIR` wrote, or a diffusers ControlNet folder"
+            else:
+                hint = (
+                    f"pass a diffusers model folder (e.g. from `huggingface-cli download {SD15_HINT}`) "
+                    "or leave --model out for the tiny stand-in"
+                )
+            raise HoigenError(f"{name}: {what} folder not found; {hint}")
         try:
             with quiet():
                 return loader(str(path), local_files_only=True, **kwargs)
@@ -94,9 +125,10 @@ def _from_pretrained(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
                 f"{name}: cannot load the {what} from this folder ({_first_line(error)}); "
                 "it must be a diffusers model folder (model_index.json or config.json with weights)"
             ) from None
-    attempts = [True] if _offline() else [True, False]
     last: Exception | None = None
-    for local_only in attempts:
+    for local_only in (True, False):
+        if not local_only and _offline():
+            break
         try:
             with quiet():
                 return loader(name, local_files_only=local_only, **kwargs)
@@ -112,6 +144,14 @@ def _from_pretrained(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
 def _first_line(error: BaseException | None) -> str:
     text = str(error).strip().splitlines() if error is not None else []
     return (text[0] if text else type(error).__name__)[:200]
+
+
+def _load_controlnet(name: str) -> ControlNetModel:
+    """A ControlNet folder or hub id, or a pipeline folder (``hoigen train`` output) holding ``controlnet/``."""
+    path = Path(name).expanduser()
+    if _is_local(name) and path.is_dir() and not (path / "config.json").is_file() and (path / "controlnet").is_dir():
+        return _from_pretrained(ControlNetModel.from_pretrained, str(path / "controlnet"), "ControlNet")
+    return _from_pretrained(ControlNetModel.from_pretrained, name, "ControlNet")
 
 
 def _check_controlnet(controlnet: ControlNetModel, name: str) -> None:
@@ -156,6 +196,9 @@ def load_pipeline(
         pipe = build_tiny_pipeline(seed=0)
         info["kind"] = TINY_MODEL_NAME
         info["note"] = "tiny stand-in with random weights built offline; not Stable Diffusion"
+        if controlnet is not None:
+            pipe.controlnet = _load_controlnet(controlnet)
+            info["note"] = "tiny stand-in base model with random weights, not Stable Diffusion; ControlNet loaded"
     elif _is_local(model) and _is_saved_controlnet_pipeline(Path(model).expanduser()):
         pipe = _from_pretrained(
             StableDiffusionControlNetPipeline.from_pretrained,
@@ -173,9 +216,9 @@ def load_pipeline(
         else:
             info["kind"] = "pretrained"
         if controlnet is not None:
-            pipe.controlnet = _from_pretrained(ControlNetModel.from_pretrained, controlnet, "ControlNet")
+            pipe.controlnet = _load_controlnet(controlnet)
     elif controlnet is not None:
-        net = _from_pretrained(ControlNetModel.from_pretrained, controlnet, "ControlNet")
+        net = _load_controlnet(controlnet)
         info["kind"] = "pretrained"
         pipe = _from_pretrained(
             StableDiffusionControlNetPipeline.from_pretrained,
@@ -221,6 +264,81 @@ def _load_sd_with_fresh_controlnet(name: str, **kwargs: Any) -> StableDiffusionC
     return StableDiffusionControlNetPipeline(**base.components, controlnet=net, requires_safety_checker=False)
 
 
+class _CachedConditionEmbedding(torch.nn.Module):
+    """The ControlNet's condition encoder, run once per condition tensor instead of once per step.
+
+    The encoder does not see the timestep, and the pipeline passes the same condition tensor at
+    every step, so its output is computed at the first step and reused (same values, fewer FLOPs).
+    With ``blank_first_half`` the first half of the batch -- the unconditional branch of
+    classifier-free guidance, as the pipeline stacks it -- is encoded from the blank condition.
+    """
+
+    def __init__(self, inner: torch.nn.Module, blank_first_half: bool = False) -> None:
+        super().__init__()
+        self.inner = inner
+        self.blank_first_half = blank_first_half
+        self._key: tuple | None = None
+        self._value: torch.Tensor | None = None
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        key = (cond.data_ptr(), tuple(cond.shape), cond.dtype)  # alive and unchanged through one call
+        if key != self._key or self._value is None:
+            if self.blank_first_half:
+                half = cond.shape[0] // 2
+                cond = torch.cat([torch.zeros_like(cond[:half]), cond[half:]])
+            self._key, self._value = key, self.inner(cond)
+        return self._value
+
+
+@contextmanager
+def cached_condition_encoding(controlnet: Any, blank_uncond: bool = False) -> Iterator[None]:
+    """Within the block, ``controlnet`` encodes each condition tensor once (see _CachedConditionEmbedding)."""
+    controlnet = getattr(controlnet, "_orig_mod", controlnet)  # under torch.compile: the module itself
+    inner = getattr(controlnet, "controlnet_cond_embedding", None)
+    if inner is None or isinstance(inner, _CachedConditionEmbedding) or torch.is_grad_enabled():
+        if blank_uncond:
+            raise RuntimeError("blank unconditional conditions need the condition encoder wrapper")
+        yield
+        return
+    controlnet.controlnet_cond_embedding = _CachedConditionEmbedding(inner, blank_uncond)
+    try:
+        yield
+    finally:
+        controlnet.controlnet_cond_embedding = inner
+
+
+def tune_pipeline(
+    pipe: StableDiffusionControlNetPipeline, compile: bool = False, tiled_vae: bool = False  # noqa: A002
+) -> list[str]:
+    """Speed settings for a GPU; returns what was applied (for ``gen.json``).
+
+    Always: PyTorch's scaled-dot-product attention (diffusers' ``AttnProcessor2_0``). On CUDA:
+    channels-last memory for the UNet, ControlNet and VAE (faster convolutions with tensor cores).
+    ``compile``: ``torch.compile`` of the UNet (slow first batch; CUDA only).
+    ``tiled_vae``: the VAE decodes in overlapping tiles (bounded memory for big images; changes a
+    few pixels where tiles blend). Nothing here changes CPU results unless ``tiled_vae`` is asked for.
+    """
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    applied = ["sdpa"]
+    for module in (pipe.unet, pipe.controlnet):
+        module.set_attn_processor(AttnProcessor2_0())
+    cuda = pipe.unet.device.type == "cuda"
+    if cuda:
+        for module in (pipe.unet, pipe.controlnet, pipe.vae):
+            module.to(memory_format=torch.channels_last)
+        applied.append("channels-last")
+    if compile and cuda:
+        # The UNet holds most of the FLOPs; the ControlNet stays eager because its condition encoder
+        # is swapped per call (cached_condition_encoding), which would make a compiled graph recompile.
+        pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs")
+        applied.append("compile-unet")
+    if tiled_vae:
+        pipe.vae.enable_tiling()
+        applied.append("tiled-vae")
+    return applied
+
+
 def generate(
     pipe: StableDiffusionControlNetPipeline,
     conditions: torch.Tensor,
@@ -231,6 +349,9 @@ def generate(
     negative_prompt: str | None = None,
     control_scale: float = 1.0,
     per_sample: bool = False,
+    condition_scales: tuple[float, float, float] | None = None,
+    video_anchor: int | None = None,
+    blank_uncond: bool = False,
 ) -> list[np.ndarray]:
     """Paint one (H, W, 3) uint8 image per condition tensor, prompt and seed.
 
@@ -239,6 +360,15 @@ def generate(
     -- up to float rounding: batched convolutions round differently from single ones, so on CPU about
     0.03 % of pixels differ by one level between batch sizes. ``per_sample=True`` runs the samples
     one at a time, making every image bit-identical whatever the batch (slower on a GPU).
+
+    ``condition_scales`` weights the normal, seg and skeleton maps (``conditions.scale_conditions``);
+    ``control_scale`` weights the ControlNet's output. ``video_anchor``: the batch is the frames of
+    one trajectory, in order, and every frame's self-attention also attends to frame
+    ``video_anchor`` (``hoigen.diffusion.video``); give all frames the same seed for one shared noise.
+    ``blank_uncond``: the unconditional branch of classifier-free guidance sees the blank condition
+    instead of the sample's (the paper's pairing of blank conditions with classifier-free guidance),
+    so guidance also pushes toward the geometry; no effect when ``guidance`` <= 1.
+    The whole batch is denoised and VAE-decoded together.
     """
     if conditions.ndim != 4 or conditions.shape[1] != CONDITIONING_CHANNELS:
         shape = tuple(conditions.shape)
@@ -258,27 +388,35 @@ def generate(
     low, high = float(conditions.min()), float(conditions.max())
     if low < 0.0 or high > 1.0:
         raise ValueError(f"conditions must lie in [0, 1], got [{low:.3g}, {high:.3g}]")
-    if per_sample and batch > 1:
+    if video_anchor is not None and not 0 <= video_anchor < batch:
+        raise ValueError(f"video anchor {video_anchor} is not one of the {batch} frames")
+    if per_sample and batch > 1 and video_anchor is None:
         return [
             image
             for i in range(batch)
             for image in generate(
                 pipe, conditions[i : i + 1], [prompts[i]], [seeds[i]], steps, guidance, negative_prompt,
-                control_scale,
+                control_scale, condition_scales=condition_scales, blank_uncond=blank_uncond,
             )
         ]
+    conditions = scale_conditions(conditions.float(), condition_scales)
     generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-    result = pipe(
-        prompt=list(prompts),
-        image=conditions.float(),
-        height=height,
-        width=width,
-        num_inference_steps=int(steps),
-        guidance_scale=float(guidance),
-        negative_prompt=[negative_prompt] * batch if negative_prompt else None,
-        controlnet_conditioning_scale=float(control_scale),
-        generator=generators,
-        output_type="np",
-    )
+    from hoigen.diffusion.video import anchor_attention
+
+    video = anchor_attention(pipe, batch, video_anchor) if video_anchor is not None else nullcontext()
+    blank = bool(blank_uncond) and float(guidance) > 1.0
+    with torch.inference_mode(), cached_condition_encoding(pipe.controlnet, blank), video:
+        result = pipe(
+            prompt=list(prompts),
+            image=conditions,
+            height=height,
+            width=width,
+            num_inference_steps=int(steps),
+            guidance_scale=float(guidance),
+            negative_prompt=[negative_prompt] * batch if negative_prompt else None,
+            controlnet_conditioning_scale=float(control_scale),
+            generator=generators,
+            output_type="np",
+        )
     images = np.clip(np.asarray(result.images, dtype=np.float32), 0.0, 1.0)
     return [img for img in (images * 255.0).round().astype(np.uint8)]

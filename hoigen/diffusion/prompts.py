@@ -1,8 +1,12 @@
 """Text prompts: files of prompt templates and the ``{object}`` / ``{background}`` placeholders.
 
-A prompt file holds one template per line; blank lines and lines starting with ``#`` are ignored.
-Templates use ``str.format`` syntax with exactly two names, ``{object}`` (e.g. "red mug") and
-``{background}`` (e.g. "on a wooden kitchen table"); ``{{`` and ``}}`` give literal braces.
+A prompt file holds one template per line; blank lines and lines starting with ``#`` are ignored,
+and surrounding white space is stripped. Templates use ``str.format`` syntax with exactly two
+names, ``{object}`` (filled with the sample's object category, e.g. "mug") and ``{background}``
+(a scene description drawn per sample, e.g. "on a wooden kitchen table"); ``{{`` and ``}}`` give
+literal braces. Any other placeholder (``{colour}``, ``{}``, ``{object.name}``) has no value and is
+an error naming the file and line, as are an unreadable or non-UTF-8 file and a file with no
+prompts.
 """
 
 from __future__ import annotations
@@ -44,8 +48,10 @@ def load_prompts(path: str | Path) -> list[str]:
     except IsADirectoryError:
         raise HoigenError(f"{path}: is a folder; pass a prompt text file, one prompt per line") from None
     except UnicodeDecodeError as error:
+        data = path.read_bytes()
+        line = data[: error.start].count(b"\n") + 1
         raise HoigenError(
-            f"{path}: not UTF-8 text (byte {error.start}); save the prompt file as UTF-8"
+            f"{path}:{line}: not UTF-8 text (byte {error.start}); save the prompt file as UTF-8"
         ) from None
     prompts = []
     for number, raw in enumerate(text.splitlines(), start=1):

@@ -1,16 +1,34 @@
-"""The synthesize stage: render samples in, the same samples plus a painted image out.
+"""The synthesize stage: render samples in, the same samples plus painted images out.
 
-Samples are batched ``batch_size`` at a time; each gets its own prompt (a template chosen and
-filled from the sample key's seed) and its own diffusion seed derived from the run seed and its
-key, so an image does not depend on batching, workers or ranks.
+Still images: samples are painted ``batch_size`` images at a time. Each image gets its own prompt
+(a template chosen and filled from the sample key's seed) and its own diffusion seed derived from
+the run seed and its key (and its number, for ``images_per_condition`` > 1), so an image does not
+depend on batching, workers or ranks. Image 0 is ``image.jpg`` / ``prompt.txt``; image j > 0 is
+``image_{j}.jpg`` / ``prompt_{j}.txt`` in the same sample; ``gen.json`` lists them all.
+
+Videos (``video``): the samples of a shard are grouped into trajectories seen by a fixed camera
+(same object, grasp and view; ``hoigen.diffusion.video``). All frames of a trajectory are painted
+in one batch with cross-frame attention to the anchor frame, one shared prompt and one shared seed
+(derived from the run seed and the trajectory), and are written to the shard as usual plus, beside
+the shards, ``videos/<object>_<grasp>_<view>.mp4`` and ``videos/<object>_<grasp>_<view>/<frame>.jpg``
+(``_<j>`` appended for image j > 0).
+
+While the diffusion model paints batch k + 1 (in a helper thread: torch releases the GIL), the
+stage hands batch k to the shard writer, which encodes the images and writes the tar.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import torch
 
 from hoigen.data.runner import StageContext
@@ -24,6 +42,7 @@ BACKGROUNDS = (
     "outdoors in a garden",
     "on a marble countertop",
 )
+VIDEO_DIR = "videos"
 
 
 def resolve_device(device: str) -> str:
@@ -33,10 +52,36 @@ def resolve_device(device: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def _pipeline(model: str, controlnet: str | None, device: str) -> tuple[Any, dict]:
-    from hoigen.diffusion.pipeline import load_pipeline
+def _pipeline(
+    model: str,
+    controlnet: str | None,
+    device: str,
+    dtype: str | None = None,
+    compile: bool = False,  # noqa: A002
+    tiled_vae: bool = False,
+) -> tuple[Any, dict]:
+    """The loaded, tuned pipeline (cached per process: a stage's shards share it)."""
+    from hoigen.diffusion.pipeline import load_pipeline, tune_pipeline
 
-    return load_pipeline(model, controlnet, device=device)
+    pipe, info = load_pipeline(model, controlnet, device=device, dtype=dtype)
+    info = {**info, "speed": tune_pipeline(pipe, compile=compile, tiled_vae=tiled_vae)}
+    return pipe, info
+
+
+def pipeline_for(cfg: dict[str, Any]) -> tuple[Any, dict]:
+    """The pipeline a synthesize config asks for, with its scheduler set."""
+    from hoigen.diffusion.schedulers import set_scheduler
+
+    pipe, info = _pipeline(
+        cfg["model"],
+        cfg.get("controlnet"),
+        resolve_device(cfg.get("device", "auto")),
+        cfg.get("dtype"),
+        bool(cfg.get("compile", False)),
+        bool(cfg.get("tiled_vae", False)),
+    )
+    set_scheduler(pipe, cfg.get("scheduler") or "ddim")
+    return pipe, info
 
 
 def sample_prompt(templates: list[str], category: str, rng) -> str:
@@ -46,57 +91,216 @@ def sample_prompt(templates: list[str], category: str, rng) -> str:
     return fill_prompt(template, object=category, background=BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))])
 
 
+def image_fields(j: int) -> tuple[str, str]:
+    """Member names of image j of a sample: image.jpg / prompt.txt, then image_1.jpg / prompt_1.txt, ..."""
+    return ("image.jpg", "prompt.txt") if j == 0 else (f"image_{j}.jpg", f"prompt_{j}.txt")
+
+
+@dataclass
+class _Job:
+    """One diffusion call: ``items`` are (sample index, image number); ``anchor`` set for a video."""
+
+    items: list[tuple[int, int]]
+    prompts: list[str]
+    seeds: list[int]
+    anchor: int | None = None
+    video: str | None = None
+
+
 def synth_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample]:
-    """Add ``image.jpg``, ``prompt.txt`` and ``gen.json`` to every render sample."""
-    batch: list[Sample] = []
-    for sample in samples:
-        batch.append(sample)
-        if len(batch) == ctx.config["batch_size"]:
-            yield from _paint(batch, ctx)
-            batch = []
-    if batch:
-        yield from _paint(batch, ctx)
+    """Add ``image.jpg``, ``prompt.txt`` and ``gen.json`` (and ``image_{j}.jpg`` ...) to every render sample."""
+    cfg = ctx.config
+    if cfg.get("video"):
+        yield from _video_stage(list(samples), ctx)
+        return
+    per = int(cfg.get("images_per_condition", 1))
+    batch_size = int(cfg["batch_size"])
+    pending: list[Sample] = []  # samples whose images are not all painted yet, in input order
+    results: dict[int, dict[int, tuple[np.ndarray, str, int]]] = {}
+    base = 0  # global index of pending[0]
+
+    def jobs() -> Iterator[tuple[_Job, torch.Tensor]]:
+        items: list[tuple[int, int]] = []
+        for index, sample in enumerate(samples):
+            pending.append(sample)
+            for j in range(per):
+                items.append((index, j))
+                if len(items) == batch_size:
+                    yield _still_job(items, pending, base, ctx)
+                    items = []
+        if items:
+            yield _still_job(items, pending, base, ctx)
+
+    for job, images in _overlapped(jobs(), ctx):
+        for (index, j), image, prompt, seed in zip(job.items, images, job.prompts, job.seeds, strict=True):
+            results.setdefault(index, {})[j] = (image, prompt, seed)
+        while pending and len(results.get(base, {})) == per:
+            yield _finish(pending.pop(0), results.pop(base), ctx)
+            base += 1
 
 
-def _paint(batch: list[Sample], ctx: StageContext) -> list[Sample]:
+def _still_job(items: list[tuple[int, int]], pending: list[Sample], base: int, ctx: StageContext) -> tuple:
     from hoigen.diffusion.conditions import stack_conditions
-    from hoigen.diffusion.pipeline import generate
+
+    size = int(ctx.config["size"])
+    samples = [pending[index - base] for index, _ in items]
+    conds = torch.stack(
+        [
+            stack_conditions(s["normal.png"], s["seg.png"], s["skeleton.png"], size, blank_background=True)
+            for s in samples
+        ]
+    )
+    prompts, seeds = [], []
+    for s, (_, j) in zip(samples, items, strict=True):
+        key = s["__key__"]
+        names = (key,) if j == 0 else (key, j)  # image 0 keeps the seeds of single-image runs
+        prompts.append(sample_prompt(ctx.config["prompt_templates"], _category(s), ctx.rng(*names)))
+        seeds.append(derive_seed(ctx.seed, "synthesize", *names))
+    return _Job(list(items), prompts, seeds), conds
+
+
+def _category(sample: Sample) -> str:
+    return sample["ann.json"]["object"]["category"]
+
+
+def _overlapped(jobs: Iterator[tuple[_Job, torch.Tensor]], ctx: StageContext) -> Iterator[tuple[_Job, list]]:
+    """Run each job's diffusion in a helper thread, one job ahead of the consumer."""
+    pipe, _ = pipeline_for(ctx.config)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoigen-diffusion")
+    threads = torch.get_num_threads()
+
+    def paint(job: _Job, conds: torch.Tensor) -> list[np.ndarray]:
+        from hoigen.diffusion.conditions import parse_condition_scales
+        from hoigen.diffusion.pipeline import generate
+
+        torch.set_num_threads(threads)  # a new thread starts with the default count
+        cfg = ctx.config
+        return generate(
+            pipe,
+            conds,
+            job.prompts,
+            job.seeds,
+            steps=cfg["steps"],
+            guidance=cfg["guidance"],
+            negative_prompt=cfg.get("negative_prompt"),
+            control_scale=float(cfg.get("control_scale", 1.0)),
+            condition_scales=parse_condition_scales(cfg.get("condition_scales")),
+            video_anchor=job.anchor,
+            blank_uncond=bool(cfg.get("blank_uncond", False)),
+        )
+
+    try:
+        ahead: tuple[_Job, Future] | None = None
+        for job, conds in jobs:
+            future = pool.submit(paint, job, conds)
+            if ahead is not None:
+                yield ahead[0], ahead[1].result()
+            ahead = (job, future)
+        if ahead is not None:
+            yield ahead[0], ahead[1].result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _gen_record(ctx: StageContext) -> dict[str, Any]:
+    from hoigen.diffusion.conditions import CONDITION_MAPS, parse_condition_scales
 
     cfg = ctx.config
-    pipe, info = _pipeline(cfg["model"], cfg.get("controlnet"), resolve_device(cfg["device"]))
-    size = int(cfg["size"])
-    conds = torch.stack([stack_conditions(s["normal.png"], s["seg.png"], s["skeleton.png"], size) for s in batch])
-    prompts = [
-        sample_prompt(cfg["prompt_templates"], s["ann.json"]["object"]["category"], ctx.rng(s["__key__"]))
-        for s in batch
-    ]
-    seeds = [derive_seed(ctx.seed, "synthesize", s["__key__"]) for s in batch]
-    images = generate(
-        pipe,
-        conds,
-        prompts,
-        seeds,
-        steps=cfg["steps"],
-        guidance=cfg["guidance"],
-        negative_prompt=cfg.get("negative_prompt"),
-    )
-    out = []
-    for sample, prompt, seed, image in zip(batch, prompts, seeds, images, strict=True):
-        gen = {
-            **info,
-            "seed": seed,
-            "steps": cfg["steps"],
-            "guidance": cfg["guidance"],
-            "size": size,
-            "negative_prompt": cfg.get("negative_prompt"),
-            "conditions": ["normal", "seg", "skeleton"],
-        }
-        out.append(
-            {
-                **{k: v for k, v in sample.items() if k != "__shard__"},
-                "image.jpg": image,
-                "prompt.txt": prompt,
-                "gen.json": gen,
-            }
-        )
+    _, info = pipeline_for(cfg)
+    return {
+        **info,
+        "steps": cfg["steps"],
+        "guidance": cfg["guidance"],
+        "scheduler": cfg.get("scheduler") or "ddim",
+        "size": int(cfg["size"]),
+        "negative_prompt": cfg.get("negative_prompt"),
+        "conditions": list(CONDITION_MAPS),
+        "condition_scales": dict(zip(CONDITION_MAPS, parse_condition_scales(cfg.get("condition_scales")), strict=True)),
+        "control_scale": float(cfg.get("control_scale", 1.0)),
+        "blank_uncond": bool(cfg.get("blank_uncond", False)),
+    }
+
+
+def _finish(sample: Sample, images: dict[int, tuple[np.ndarray, str, int]], ctx: StageContext, **extra: Any) -> Sample:
+    """The output sample: the render sample plus its images, prompts and ``gen.json``."""
+    out = {k: v for k, v in sample.items() if k != "__shard__"}
+    listing = []
+    for j in sorted(images):
+        image, prompt, seed = images[j]
+        image_name, prompt_name = image_fields(j)
+        out[image_name] = image
+        out[prompt_name] = prompt
+        listing.append({"image": image_name, "prompt": prompt_name, "seed": seed})
+    gen = {**_gen_record(ctx), "seed": listing[0]["seed"], **extra}
+    if len(listing) > 1:
+        gen["images"] = listing
+    out["gen.json"] = gen
     return out
+
+
+# --- videos -------------------------------------------------------------------------------------
+
+
+def _video_stage(samples: list[Sample], ctx: StageContext) -> Iterator[Sample]:
+    from hoigen.diffusion.conditions import stack_conditions
+    from hoigen.diffusion.video import anchor_index, trajectory_groups, trajectory_id, write_mp4
+
+    cfg = ctx.config
+    size = int(cfg["size"])
+    per = int(cfg.get("images_per_condition", 1))
+    groups = trajectory_groups([s["__key__"] for s in samples])
+
+    def jobs() -> Iterator[tuple[_Job, torch.Tensor]]:
+        for group in groups:
+            first = samples[group[0]]
+            trajectory = trajectory_id(first["__key__"])
+            conds = torch.stack(
+                [
+                    stack_conditions(
+                        samples[i]["normal.png"], samples[i]["seg.png"], samples[i]["skeleton.png"], size,
+                        blank_background=True,
+                    )
+                    for i in group
+                ]
+            )
+            for j in range(per):
+                names = (trajectory,) if j == 0 else (trajectory, j)
+                prompt = sample_prompt(cfg["prompt_templates"], _category(first), ctx.rng("video", *names))
+                seed = derive_seed(ctx.seed, "synthesize-video", *names)
+                anchor = anchor_index(len(group), cfg.get("anchor", "middle"))
+                video = trajectory if j == 0 else f"{trajectory}_{j}"
+                job = _Job([(i, j) for i in group], [prompt] * len(group), [seed] * len(group), anchor, video)
+                yield job, conds
+
+    results: dict[int, dict[int, tuple[np.ndarray, str, int]]] = {}
+    videos: dict[int, dict[str, Any]] = {}
+    video_root = Path(ctx.out_dir) / VIDEO_DIR
+    for job, images in _overlapped(jobs(), ctx):
+        frames = [samples[i]["ann.json"].get("trajectory", {}).get("frame", n) for n, (i, _) in enumerate(job.items)]
+        _write_frames(video_root / str(job.video), frames, images)
+        write_mp4(video_root / f"{job.video}.mp4", images, fps=int(cfg.get("fps", 8)))
+        anchor_key = samples[job.items[job.anchor or 0][0]]["__key__"]
+        for (i, j), image, prompt, seed in zip(job.items, images, job.prompts, job.seeds, strict=True):
+            results.setdefault(i, {})[j] = (image, prompt, seed)
+            if j == 0:
+                videos[i] = {
+                    "mp4": f"{VIDEO_DIR}/{job.video}.mp4",
+                    "frames": len(job.items),
+                    "anchor": anchor_key,
+                    "attention": "self-attention over the anchor frame and the current frame",
+                }
+    for i, sample in enumerate(samples):
+        yield _finish(sample, results[i], ctx, video=videos[i])
+
+
+def _write_frames(folder: Path, frames: list[int], images: list[np.ndarray]) -> None:
+    """The frames of one clip as JPEGs named by frame number (each written under a temporary name)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for frame, image in zip(frames, images, strict=True):
+        path = folder / f"{int(frame):03d}.jpg"
+        ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        if not ok:
+            raise ValueError(f"{path}: JPEG encoding failed")
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(data.tobytes())
+        os.replace(tmp, path)

@@ -31,7 +31,7 @@ START_TILT_DEG = 20.0
 def plan_grasp(opts: GraspOptions, out_dir: Path, seed: int) -> tuple[list[Task], list[ObjectAsset]]:
     """Load or make the objects, save them beside the shards, and group them into tasks."""
     if opts.objects is not None:
-        assets = load_objects(Path(opts.objects), category=opts.category)
+        assets = load_objects(Path(opts.objects), category=opts.category, up=opts.up)
     else:
         assets = procedural_objects(opts.categories, seed=seed)
     if not assets:
@@ -84,9 +84,10 @@ def grasp_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample
     objects = _objects(str(ctx.out_dir))
     for item in samples:
         asset = objects[item["__key__"]]
-        evaluator = GraspEvaluator(asset.mesh, hand, asset.sha256)
+        mesh = asset.sdf_mesh  # watertight (a remesh when the source is not): signed distance needs it
+        evaluator = GraspEvaluator(mesh, hand, asset.sha256)
         grasps, _ = synthesize_grasps(
-            asset.mesh, hand, ctx.rng(asset.id), cfg["grasps"], category=asset.category, key=asset.sha256,
+            mesh, hand, ctx.rng(asset.id), cfg["grasps"], category=asset.category, key=asset.sha256,
             candidates=cfg.get("candidates"), grasp_filter=grasp_filter(cfg), evaluator=evaluator,
         )  # fmt: skip
         for g, result in enumerate(grasps):

@@ -1,0 +1,218 @@
+"""Synthesis benchmarks: one fused 9-channel ControlNet against diffusers' MultiControlNet of three.
+
+HOIDiffusion's original code runs three condition networks (skeleton, normal, segmentation) and
+sums their features; hoigen stacks the three maps into one 9-channel ControlNet input. Per step the
+fused model costs one UNet + one ControlNet forward, the MultiControlNet baseline one UNet + three
+ControlNet forwards. ``fused_vs_multi`` measures images per second of both in one run (interleaved)
+at the same steps and size, and ``step_bound`` compares the fused pipeline's time per step with the
+bound of one bare UNet + ControlNet forward at the same batch (with classifier-free guidance the
+networks see twice the batch).
+
+The scale comes from ``HOIGEN_BENCH_SYNTH``: ``tiny`` (default: the tiny stand-in, 64 px, 10 steps,
+float32 on CPU) or ``sd15`` (Stable Diffusion 1.5-sized UNet / VAE / text encoder and SD-sized
+ControlNets, random weights built from configs, 512 px, 20 steps, float16 on CUDA).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hoigen.diffusion.backend import (
+    AutoencoderKL,
+    CLIPTextConfig,
+    CLIPTextModel,
+    ControlNetModel,
+    StableDiffusionControlNetPipeline,
+    UNet2DConditionModel,
+    quiet,
+)
+from hoigen.diffusion.conditions import CONDITIONING_CHANNELS
+
+
+@dataclass(frozen=True)
+class BenchScale:
+    name: str
+    size: int
+    steps: int
+    batch: int
+    device: str
+    dtype: torch.dtype
+    repeats: int
+
+
+def bench_scale() -> BenchScale:
+    """The benchmark's scale from ``HOIGEN_BENCH_SYNTH`` (tiny | sd15)."""
+    kind = os.environ.get("HOIGEN_BENCH_SYNTH", "tiny").strip().lower()
+    if kind == "sd15":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.float16 if device == "cuda" else torch.float32
+        return BenchScale("sd15", 512, 20, 4, device, dtype, 3)
+    return BenchScale("tiny", 64, 10, 4, "cpu", torch.float32, 3)
+
+
+def _sd15_pipeline(seed: int = 0) -> StableDiffusionControlNetPipeline:
+    """Random-weight Stable Diffusion 1.5-sized pipeline with a 9-channel ControlNet (architecture only)."""
+    from hoigen.diffusion.tiny import build_tiny_pipeline, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=64,
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=4,
+            layers_per_block=2,
+            sample_size=512,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                max_position_embeddings=77,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+        controlnet = ControlNetModel.from_unet(unet, conditioning_channels=CONDITIONING_CHANNELS)
+    tiny = build_tiny_pipeline(seed)
+    pipe = StableDiffusionControlNetPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        controlnet=controlnet,
+        scheduler=tiny.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_pair(scale: BenchScale) -> tuple[StableDiffusionControlNetPipeline, StableDiffusionControlNetPipeline]:
+    """(fused pipeline with one 9-channel ControlNet, the same pipeline with a MultiControlNet of three 3-channel)."""
+    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+    from hoigen.diffusion.pipeline import tune_pipeline
+    from hoigen.diffusion.tiny import CONDITION_EMBEDDING_CHANNELS, build_tiny_pipeline
+
+    with quiet():
+        fused = _sd15_pipeline() if scale.name == "sd15" else build_tiny_pipeline(0)
+        embedding = CONDITION_EMBEDDING_CHANNELS if scale.name == "tiny" else (16, 32, 96, 256)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            nets = [
+                ControlNetModel.from_unet(
+                    fused.unet, conditioning_channels=3, conditioning_embedding_out_channels=embedding
+                )
+                for _ in range(3)
+            ]
+        multi = StableDiffusionControlNetPipeline(
+            **{k: v for k, v in fused.components.items() if k != "controlnet"},
+            controlnet=MultiControlNetModel(nets),
+        )
+        multi.set_progress_bar_config(disable=True)
+        for pipe in (fused, multi):
+            pipe.to(device=scale.device, dtype=scale.dtype)
+            for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.controlnet):
+                module.eval()
+        tune_pipeline(fused)
+        if scale.device == "cuda":
+            for module in (multi.unet, multi.vae, *nets):
+                module.to(memory_format=torch.channels_last)
+    return fused, multi
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _inputs(scale: BenchScale) -> tuple[torch.Tensor, list[str], list[int]]:
+    g = torch.Generator().manual_seed(0)
+    conds = torch.rand(scale.batch, CONDITIONING_CHANNELS, scale.size, scale.size, generator=g)
+    return conds, ["a photo of a hand grasping a mug, on a wooden table"] * scale.batch, list(range(scale.batch))
+
+
+def runners(scale: BenchScale, fused: Any, multi: Any) -> tuple[Any, Any]:
+    """Callables painting one batch with each pipeline (same prompts, seeds, steps, guidance, size)."""
+    from hoigen.diffusion.pipeline import generate
+
+    conds, prompts, seeds = _inputs(scale)
+
+    def run_fused() -> None:
+        generate(fused, conds, prompts, seeds, steps=scale.steps, guidance=7.5)
+        _sync(scale.device)
+
+    maps = [conds[:, 3 * i : 3 * i + 3].to(scale.device, scale.dtype) for i in range(3)]
+
+    def run_multi() -> None:
+        with torch.inference_mode():
+            multi(
+                prompt=prompts,
+                image=maps,
+                height=scale.size,
+                width=scale.size,
+                num_inference_steps=scale.steps,
+                guidance_scale=7.5,
+                controlnet_conditioning_scale=[1.0, 1.0, 1.0],
+                generator=[torch.Generator().manual_seed(s) for s in seeds],
+                output_type="np",
+            )
+        _sync(scale.device)
+
+    return run_fused, run_multi
+
+
+def step_bound_runner(scale: BenchScale, fused: Any) -> Any:
+    """One denoising step's networks alone: one ControlNet + one UNet forward at the CFG batch (2 x batch)."""
+    batch = 2 * scale.batch
+    latent = scale.size // fused.vae_scale_factor
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(batch, 4, latent, latent, generator=g).to(scale.device, scale.dtype)
+    text = torch.randn(batch, 77, fused.unet.config.cross_attention_dim, generator=g).to(scale.device, scale.dtype)
+    conds = torch.rand(batch, CONDITIONING_CHANNELS, scale.size, scale.size, generator=g).to(scale.device, scale.dtype)
+    timestep = torch.tensor(500, device=scale.device)
+
+    def run_steps() -> None:
+        with torch.inference_mode():
+            for _ in range(scale.steps):
+                down, mid = fused.controlnet(latents, timestep, text, controlnet_cond=conds, return_dict=False)
+                fused.unet(
+                    latents, timestep, text, down_block_additional_residuals=down,
+                    mid_block_additional_residual=mid, return_dict=False,
+                )
+        _sync(scale.device)
+
+    return run_steps
+
+
+def warm(*fns: Any) -> None:
+    for fn in fns:
+        fn()
+
+
+def timed(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
