@@ -157,6 +157,15 @@ def bench_workers(repeats: int = 2) -> tuple[str, float, float]:
     return "render stage, 4 shards x 16 samples: --workers 1 vs 2", base, cand
 
 
+def bench_grasp() -> list[tuple[str, float, float]]:
+    """Grasp synthesis: accepted grasps per second per core, and the metric table (printed)."""
+    from hoigen.grasp.bench import bench_grasps, print_grasp_table
+
+    rows, sets = bench_grasps()
+    print_grasp_table(sets)
+    return rows
+
+
 def bench_huge_mesh(repeats: int = 1) -> tuple[str, float, float]:
     """Simplify a 5.2-million-face sphere to the face budget: quadric decimation alone vs the
     loader's path (vertex clustering to 2x the budget first, then quadric decimation)."""
@@ -220,10 +229,13 @@ def main() -> None:
 
     if "--synth" in sys.argv[1:] or os.environ.get("HOIGEN_BENCH_ONLY") == "synth":
         rows = bench_synthesis()
+    elif "--grasp" in sys.argv[1:] or os.environ.get("HOIGEN_BENCH_ONLY") == "grasp":
+        rows = bench_grasp()
     else:
         rows = [bench_renderer_reuse(), bench_full_vs_bare(), bench_renderer_memory(), bench_workers()]
         rows.append(bench_huge_mesh())
         rows += bench_synthesis()
+        rows += bench_grasp()
     from rich.table import Table
 
     table = Table(title="hoigen bench (median seconds; ratio = baseline / candidate)")

@@ -103,6 +103,22 @@ def grasp(
         envvar="HOIGEN_MANO_DIR",
         help="Folder with MANO_RIGHT.pkl/MANO_LEFT.pkl (default: embedded hand).",
     ),
+    max_penetration: float | None = typer.Option(
+        None, "--max-penetration", help="Accept grasps whose deepest hand vertex is at most this deep (cm)."
+        + _default(GraspOptions, "max_penetration"),
+    ),
+    max_sim_displacement: float | None = typer.Option(
+        None, "--max-sim-displacement", help="Accept grasps whose object moves at most this far in the "
+        "pybullet hold test (cm)." + _default(GraspOptions, "max_sim_displacement"),
+    ),
+    min_contacts: int | None = typer.Option(
+        None, "--min-contacts", help="Accept grasps with at least this many fingers touching."
+        + _default(GraspOptions, "min_contacts"),
+    ),
+    candidates: int | None = typer.Option(
+        None, "--candidates", help="Optimised grasp candidates per object [default: max(8, 3 x grasps)]."
+    ),
+    report: bool = typer.Option(False, "--report", help="Print metric tables per object and category (stderr)."),
     seed: int = SEED,
     workers: int = WORKERS,
     shard_index: int | None = SHARD_INDEX,
@@ -115,7 +131,11 @@ def grasp(
     (key object_grasp_frame) with MANO parameters, 3D joints, object pose and grasp metrics in
     ann.json, plus objects/<id>.ply and objects.parquet.
 
-    Example: hoigen grasp --objects ycb/ --grasps 4 --frames 8 --out out/grasp
+    Grasps are optimised in batches per object and kept when they pass the filters
+    (--max-penetration, --max-sim-displacement, --min-contacts); the counts of rejected candidates
+    go to run.json and the index, and --report prints the metric tables.
+
+    Example: hoigen grasp --objects ycb/ --grasps 4 --frames 8 --out out/grasp --report
     """
     from hoigen import stages
 
@@ -129,8 +149,16 @@ def grasp(
         frames=frames,
         side=side,
         mano_dir=mano_dir,
+        max_penetration=max_penetration,
+        max_sim_displacement=max_sim_displacement,
+        min_contacts=min_contacts,
+        candidates=candidates,
     )
     _finish(stages.grasp(opts, out, _common(seed, workers, shard_index, num_shards, quiet)), quiet)
+    if report:
+        from hoigen.grasp.report import print_report
+
+        print_report(out)
 
 
 @app.command()

@@ -46,9 +46,17 @@ class GraspOptions:
     mano_dir: Path | None = None
     objects_per_shard: int = 1
     approach_distance: float = 0.3  # metres from the grasp to the start pose (as the original code)
+    max_penetration: float = 0.5  # cm: deepest hand vertex inside the object for an accepted grasp
+    max_sim_displacement: float = 2.0  # cm: object displacement in the pybullet hold test
+    min_contacts: int = 3  # fingers touching the object
+    candidates: int | None = None  # optimised candidates per object (None: max(8, 3 x grasps))
 
     def __post_init__(self) -> None:
-        require_positive(self, "grasps", "frames", "objects_per_shard")
+        require_positive(self, "grasps", "frames", "objects_per_shard", "candidates")
+        if self.max_penetration < 0 or self.max_sim_displacement < 0 or not 0 <= self.min_contacts <= 5:
+            raise HoigenError(
+                "--max-penetration and --max-sim-displacement must be >= 0 and --min-contacts in 0..5"
+            )
         if self.side not in ("right", "left"):
             raise HoigenError(f"--side must be right or left, got {self.side!r}")
 

@@ -87,7 +87,29 @@ def grasp(opts: GraspOptions, out: Path, common: Common) -> RunSummary:
         "objects": [{"id": a.id, "category": a.category, "source": a.source} for a in assets],
         "objects_skipped": [s.to_dict() for s in getattr(assets, "skipped", [])],
     }
-    return _run(grasp_stage, tasks, "grasp", out, common, config, None, extra)
+    summary = _run(grasp_stage, tasks, "grasp", out, common, config, None, extra)
+    record_grasp_filter(Path(out), common.quiet)
+    return summary
+
+
+def record_grasp_filter(out: Path, quiet: bool = False) -> dict[str, int]:
+    """Add the grasp filter's counts (candidates, evaluated, accepted, rejected) to ``run.json``."""
+    import json
+
+    from hoigen.data.atomic import atomic_write_bytes
+    from hoigen.grasp.report import filter_stats, grasp_rows
+
+    stats = filter_stats(grasp_rows(out))
+    run = read_run_json(out)
+    run["grasp_filter"] = stats
+    atomic_write_bytes(out / "run.json", json.dumps(run, indent=2, sort_keys=True, default=str).encode() + b"\n")
+    info(
+        f"grasp filter: {stats['evaluated']} candidates measured, {stats['accepted']} accepted, "
+        f"{stats['rejected']} rejected; {stats['grasps_written_rejected']} of {stats['grasps_written']} grasps "
+        "written are rejected ones (grasp.accepted = false)",
+        quiet,
+    )
+    return stats
 
 
 def render(in_dir: Path, out: Path, opts: RenderOptions, common: Common) -> RunSummary:

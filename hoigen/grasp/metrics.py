@@ -1,28 +1,55 @@
 """Grasp quality metrics stored in ``ann.json["grasp"]`` and ``index.parquet`` (``grasp_<name>``).
 
-- ``penetration_depth_cm``: deepest hand vertex inside the object (0 when none is inside).
-- ``contact_fingers``: fingertips within ``CONTACT_M`` of the surface (or inside it), out of 5.
-- ``contact_ratio``: ``contact_fingers / 5``.
+Per grasp (hand and object in the object's mesh frame):
+
+- ``penetration_depth_cm``: deepest hand vertex inside the object (exact mesh query; 0 if none).
+- ``penetration_volume_cm3``: voxelised intersection volume. The flat hand's interior is voxelised
+  once (~3 mm voxels, :func:`hoigen.grasp.skin.interior_skin`), the voxel centres are carried into
+  the grasp pose by the hand's own skinning, and those inside the object (signed-distance grid > 0)
+  are counted times the voxel volume. (GraspTTA's released code voxelises the object's surface at
+  5 mm and tests the points inside the hand; ours is finer and counts interior voxels too.)
+- ``contact_fingers``: fingers with any vertex within ``CONTACT_M`` of the surface (or inside);
+  ``contact_thumb``..``contact_pinky`` which ones; ``contact_ratio`` = ``contact_fingers / 5``;
+  ``palm_contact``: a palm vertex within ``CONTACT_M``.
 - ``tip_distance_cm``: mean distance of the five fingertips to the surface.
+- ``sim_displacement_cm``: see :mod:`hoigen.grasp.simulate` (pybullet, the fixed hand holds the
+  object under gravity; GraspTTA's protocol).
 - ``approach_penetration_cm``: deepest penetration along the approach trajectory before its last
   ``APPROACH_FREE_FRAMES`` frames (the hand must not pass through the object on its way in).
+- ``accepted`` (bool): the grasp passed the filters of :class:`GraspFilter`; ``energy``: the final
+  optimisation energy; ``candidates``/``rejected``: how many candidates the object's batch had and
+  how many failed the filters (the same on every grasp of that object).
+
+Over a set of grasps: :func:`cluster_entropy` (diversity: k-means over the 21 joints in the object
+frame, entropy of the cluster assignments and mean cluster size, as GrabNet and GraspTTA report).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import torch
 import trimesh
 
-from hoigen.objects.geometry import signed_distance
+from hoigen.grasp.trajectory import APPROACH_FREE_FRAMES  # noqa: F401  (named in the docstring)
+from hoigen.hand.keypoints import FINGERS
+from hoigen.objects.geometry import MeshQuery, signed_distance
+from hoigen.objects.sdf import SDFGrid, sdf_grid
 
 CONTACT_M = 0.005
-APPROACH_FREE_FRAMES = 2
+PREFILTER_M = 0.008  # vertices farther out than this (grid estimate) skip the exact query
 METRIC_NAMES = (
     "penetration_depth_cm",
+    "penetration_volume_cm3",
     "contact_fingers",
     "contact_ratio",
+    "palm_contact",
     "tip_distance_cm",
+    "sim_displacement_cm",
     "approach_penetration_cm",
+    "accepted",
+    "energy",
 )
 
 
@@ -31,13 +58,132 @@ def penetration_cm(mesh: trimesh.Trimesh, points: np.ndarray) -> float:
     return float(max(signed_distance(mesh, points).max(), 0.0) * 100.0)
 
 
-def grasp_metrics(mesh: trimesh.Trimesh, hand_vertices: np.ndarray, tips: np.ndarray) -> dict[str, float | int]:
-    """Metrics of a final grasp: ``hand_vertices`` (V,3) and fingertips (5,3) in the mesh frame."""
-    tip_sd = signed_distance(mesh, tips)
-    touching = int(np.sum(tip_sd > -CONTACT_M))
-    return {
-        "penetration_depth_cm": round(penetration_cm(mesh, hand_vertices), 4),
-        "contact_fingers": touching,
-        "contact_ratio": round(touching / len(tips), 4),
-        "tip_distance_cm": round(float(np.abs(tip_sd).mean() * 100.0), 4),
-    }
+@dataclass
+class GraspFilter:
+    """Acceptance thresholds (see ``GraspOptions``)."""
+
+    max_penetration: float = 0.5  # cm
+    max_sim_displacement: float = 2.0  # cm
+    min_contacts: int = 3  # fingers
+
+    def accepts(self, metrics: dict) -> bool:
+        return (
+            metrics["penetration_depth_cm"] <= self.max_penetration
+            and metrics["sim_displacement_cm"] <= self.max_sim_displacement
+            and metrics["contact_fingers"] >= self.min_contacts
+        )
+
+    def reasons(self, metrics: dict) -> list[str]:
+        """Why a grasp is rejected (empty when accepted)."""
+        out = []
+        if metrics["penetration_depth_cm"] > self.max_penetration:
+            out.append("penetration")
+        if metrics["sim_displacement_cm"] > self.max_sim_displacement:
+            out.append("sim_displacement")
+        if metrics["contact_fingers"] < self.min_contacts:
+            out.append("contacts")
+        return out
+
+
+class GraspEvaluator:
+    """Metrics of grasps of one object by one hand; caches the object's exact query and SDF grid."""
+
+    def __init__(self, mesh: trimesh.Trimesh, hand, key: str, sdf: SDFGrid | None = None) -> None:
+        from hoigen.grasp.skin import interior_skin
+
+        self.mesh = mesh
+        self.hand = hand
+        self.key = key
+        self.query = MeshQuery(mesh)
+        self.sdf = sdf if sdf is not None else sdf_grid(mesh, sha256=key)
+        self.interior, self.pitch = interior_skin(hand)
+        self.fingers = hand.vertex_fingers
+        self.tips = np.asarray(hand.tip_vertex_ids)
+
+    def exact_signed(self, vertices: np.ndarray) -> np.ndarray:
+        """Signed distance of hand vertices (V,): exact near the surface, the grid estimate elsewhere."""
+        approx = self.sdf.query_np(vertices)
+        near = approx > -PREFILTER_M
+        out = approx.copy()
+        if near.any():
+            out[near] = self.query.signed_distance(vertices[near])
+        return out
+
+    def penetration_volume_cm3(self, hand_pose: np.ndarray, rotation: np.ndarray, translation: np.ndarray) -> float:
+        """Voxelised hand-object intersection volume (cm^3) of a hand pose placed by ``R, T``."""
+        with torch.no_grad():
+            pts, _ = self.interior(torch.as_tensor(np.asarray(hand_pose, np.float32).reshape(1, 45)))
+        world = pts[0].numpy().astype(np.float64) @ np.asarray(rotation).T + np.asarray(translation)
+        inside = self.sdf.query_np(world) > 0
+        return float(inside.sum() * self.pitch**3 * 1e6)
+
+    def evaluate(
+        self,
+        vertices: np.ndarray,
+        hand_pose: np.ndarray,
+        rotation: np.ndarray,
+        translation: np.ndarray,
+        simulate: bool = True,
+    ) -> dict[str, float | int | bool]:
+        """Per-grasp metrics of the posed hand ``vertices`` (V, 3) in the mesh frame."""
+        from hoigen.grasp.simulate import simulation_displacement_cm
+
+        sd = self.exact_signed(vertices)
+        touching = sd > -CONTACT_M
+        per_finger = [bool(touching[self.fingers == k].any()) for k in range(5)]
+        count = int(sum(per_finger))
+        metrics: dict[str, float | int | bool] = {
+            "penetration_depth_cm": round(float(max(sd.max(), 0.0) * 100.0), 4),
+            "penetration_volume_cm3": round(self.penetration_volume_cm3(hand_pose, rotation, translation), 4),
+            "contact_fingers": count,
+            "contact_ratio": round(count / 5.0, 4),
+            "palm_contact": bool(touching[self.fingers < 0].any()),
+            "tip_distance_cm": round(float(np.abs(sd[self.tips]).mean() * 100.0), 4),
+        }
+        metrics.update({f"contact_{name}": flag for name, flag in zip(FINGERS, per_finger, strict=True)})
+        if simulate:
+            metrics["sim_displacement_cm"] = round(
+                simulation_displacement_cm(vertices, self.hand.faces, self.mesh, self.key), 4
+            )
+        return metrics
+
+
+def kmeans(x: np.ndarray, k: int, iterations: int = 50, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic k-means (k-means++ seeding from ``seed``): (labels (n,), centres (k, d))."""
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    centres = [x[rng.integers(n)]]
+    for _ in range(1, k):
+        d2 = np.min(((x[:, None] - np.asarray(centres)[None]) ** 2).sum(-1), axis=1)
+        if d2.sum() <= 0:
+            break
+        centres.append(x[rng.choice(n, p=d2 / d2.sum())])
+    c = np.asarray(centres)
+    labels = np.zeros(n, dtype=np.int64)
+    for _ in range(iterations):
+        labels = ((x[:, None] - c[None]) ** 2).sum(-1).argmin(axis=1)
+        new = np.stack([x[labels == j].mean(axis=0) if np.any(labels == j) else c[j] for j in range(len(c))])
+        if np.allclose(new, c):
+            break
+        c = new
+    return labels, c
+
+
+def cluster_entropy(features: np.ndarray, k: int = 20, seed: int = 0) -> tuple[float, float]:
+    """(entropy of k-means cluster assignments (nats), mean cluster size) of grasp ``features`` (n, d).
+
+    GrabNet and GraspTTA cluster generated grasps with k-means (k = 20) and report the entropy of the
+    assignments (higher = more diverse) and the cluster size (mean distance of a grasp to its centre,
+    here in the units of ``features``). k is capped at the number of distinct grasps; identical
+    grasps give 0, k equally populated, well separated groups give log k.
+    """
+    x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    if len(x) == 0:
+        return 0.0, 0.0
+    distinct = len(np.unique(np.round(x, 9), axis=0))
+    labels, centres = kmeans(x, max(1, min(k, distinct)), seed=seed)
+    p = np.bincount(labels) / len(labels)
+    p = p[p > 0]
+    entropy = float(-(p * np.log(p)).sum())
+    size = float(np.linalg.norm(x - centres[labels], axis=1).mean())
+    return entropy, size

@@ -20,9 +20,9 @@ from hoigen.config import GraspOptions
 from hoigen.data.runner import StageContext, Task
 from hoigen.data.schema import Sample, sample_key
 from hoigen.errors import HoigenError
-from hoigen.grasp.metrics import APPROACH_FREE_FRAMES, penetration_cm
-from hoigen.grasp.synth import synthesize_grasp
-from hoigen.grasp.trajectory import approach_trajectory
+from hoigen.grasp.metrics import GraspEvaluator, GraspFilter
+from hoigen.grasp.synth import synthesize_grasps
+from hoigen.grasp.trajectory import approach_penetration_cm, approach_trajectory
 from hoigen.objects import ObjectAsset, load_objects, procedural_objects, read_objects, save_objects
 
 START_TILT_DEG = 20.0
@@ -60,8 +60,23 @@ def object_pose(asset: ObjectAsset, rng: np.random.Generator) -> np.ndarray:
     return pose
 
 
+def grasp_filter(cfg: dict[str, Any]) -> GraspFilter:
+    """The acceptance thresholds of a grasp run's config (defaults: :class:`GraspFilter`)."""
+    d = GraspFilter()
+    return GraspFilter(
+        max_penetration=float(cfg.get("max_penetration", d.max_penetration)),
+        max_sim_displacement=float(cfg.get("max_sim_displacement", d.max_sim_displacement)),
+        min_contacts=int(cfg.get("min_contacts", d.min_contacts)),
+    )
+
+
 def grasp_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample]:
-    """For each object id in ``samples``: ``grasps`` grasps x ``frames`` trajectory frames."""
+    """For each object id in ``samples``: ``grasps`` grasps x ``frames`` trajectory frames.
+
+    One batch of candidates is optimised per object (seeded by the object id); the grasps written
+    are the accepted ones, best first, then (only when too few passed) the best rejected ones with
+    ``grasp.accepted = false``. Every sample's ``grasp`` metrics carry the object's candidate counts.
+    """
     from hoigen.hand import load_hand
 
     cfg = ctx.config
@@ -69,10 +84,15 @@ def grasp_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample
     objects = _objects(str(ctx.out_dir))
     for item in samples:
         asset = objects[item["__key__"]]
-        for g in range(cfg["grasps"]):
+        mesh = asset.sdf_mesh  # watertight (a remesh when the source is not): signed distance needs it
+        evaluator = GraspEvaluator(mesh, hand, asset.sha256)
+        grasps, _ = synthesize_grasps(
+            mesh, hand, ctx.rng(asset.id), cfg["grasps"], category=asset.category, key=asset.sha256,
+            candidates=cfg.get("candidates"), grasp_filter=grasp_filter(cfg), evaluator=evaluator,
+        )  # fmt: skip
+        for g, result in enumerate(grasps):
             rng = ctx.rng(asset.id, g)
             pose = object_pose(asset, rng)
-            result = synthesize_grasp(asset.sdf_mesh, hand, rng)
             final = result.pose.transformed(pose)
             approach = pose[:3, :3] @ result.approach_dir
             tilt = Rotation.from_rotvec(rng.normal(size=3) / np.sqrt(3) * np.deg2rad(START_TILT_DEG)).as_matrix()
@@ -83,14 +103,9 @@ def grasp_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample
             out = hand.forward(
                 *(np.stack([p[k] for p in params]) for k in ("global_orient", "hand_pose", "betas", "transl"))
             )
-            world_mesh = asset.sdf_mesh.copy().apply_transform(pose)
-            early = out.vertices[: max(0, len(frames) - APPROACH_FREE_FRAMES)]
-            metrics = {
-                **result.metrics,
-                "approach_penetration_cm": round(penetration_cm(world_mesh, early.reshape(-1, 3)), 4)
-                if len(early)
-                else 0.0,
-            }
+            inverse = np.linalg.inv(pose)
+            in_mesh = out.vertices.astype(np.float64) @ inverse[:3, :3].T + inverse[:3, 3]
+            metrics = {**result.metrics, "approach_penetration_cm": approach_penetration_cm(in_mesh, evaluator)}
             focus = (2 * pose[:3, 3] + out.joints[:, 0].mean(axis=0)) / 3
             for f, p in enumerate(params):
                 key = sample_key(asset.id, g, f)

@@ -1,31 +1,39 @@
-"""Grasp synthesis without learned weights: place the palm on the surface, close the fingers.
+"""Grasp synthesis without learned weights: sample, optimise, measure, filter.
 
-For each grasp, candidates are drawn from surface points (side surfaces preferred, so bodies are
-grasped rather than rims). For a candidate point ``p`` with outward normal ``n`` the palm is turned
-to face the surface (palm normal = ``-n``) with the fingers along the horizontal tangent (turned
-by a random angle about ``n``) and placed ``PALM_GAP`` off the surface. The fingers then close:
-a batch of curl amounts from open to fist is posed once, and each finger stops at the first amount
-where any of its vertices (a subsample) reaches the surface. The candidate with the most
-fingertip contacts and the least penetration wins. This is the walking-skeleton heuristic; an
-optimisation-based synthesiser (contact, penetration, joint-limit and force-closure energies)
-replaces it later.
+For one object, ``candidates`` starting placements are drawn at once: a surface point ``p`` with
+outward normal ``n`` is sampled with per-category preferences (:func:`surface_preferences`: mug
+body or handle, bottle body below the neck, bowl rim and outer wall, laptop edges, camera body,
+can side; uniform for unknown categories), the palm is turned to face the surface (palm normal =
+``-n``) with the fingers along a tangent across the object's long axis (y for the revolved
+categories, else the bounding box's longest side) so they wrap around it, turned by a random
+angle, ``PALM_GAP`` off the surface, fingers half open. The whole batch is then
+optimised together (:mod:`hoigen.grasp.optimize`, energy documented there). The candidates are
+ranked by energy and measured with :class:`hoigen.grasp.metrics.GraspEvaluator` (exact
+penetration, contacts, intersection volume, pybullet displacement) in that order until enough pass
+the :class:`~hoigen.grasp.metrics.GraspFilter`. Every measured candidate is counted: the result
+carries ``candidates``, ``evaluated``, ``accepted`` and the rejection reasons. When too few pass,
+the best-ranked rejected candidates fill the quota, marked ``accepted = False``.
+
+Randomness: a ``numpy.random.Generator`` drives the sampling; the optimisation itself is
+deterministic (no random numbers), so the same generator state gives the same grasps.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
+import trimesh
 
-from hoigen.grasp.metrics import grasp_metrics
+from hoigen.grasp.metrics import GraspEvaluator, GraspFilter
+from hoigen.grasp.optimize import GraspProblem, OptimiseSettings, optimise
 from hoigen.grasp.trajectory import HandPose
-from hoigen.objects.geometry import sample_surface, signed_distance
+from hoigen.objects.geometry import sample_surface
 
 TIPS_21 = (4, 8, 12, 16, 20)  # thumb, index, middle, ring, pinky tips in the common 21 order
-PALM_GAP = 0.006
-CURL_STEPS = 16
-PROBE_STRIDE = 3  # every third finger vertex is tested for contact while closing
-TOUCH_M = 0.004
+PALM_GAP = 0.012
+START_CURL = 0.35  # initial finger angles: this share of the way from open to fist
 
 
 @dataclass
@@ -33,6 +41,21 @@ class GraspResult:
     pose: HandPose  # in the object's mesh frame
     approach_dir: np.ndarray  # outward surface normal at the contact: the start pose lies along it
     metrics: dict
+
+
+@dataclass
+class SynthesisReport:
+    """What happened to one object's candidates (kept in the metrics and the run's statistics)."""
+
+    candidates: int = 0
+    evaluated: int = 0
+    accepted: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def rejected(self) -> int:
+        return self.evaluated - self.accepted
 
 
 def align_frames(src_a: np.ndarray, src_b: np.ndarray, dst_a: np.ndarray, dst_b: np.ndarray) -> np.ndarray:
@@ -48,7 +71,8 @@ def align_frames(src_a: np.ndarray, src_b: np.ndarray, dst_a: np.ndarray, dst_b:
 
 
 def tangent_direction(normal: np.ndarray, rng: np.random.Generator, up=(0.0, 1.0, 0.0)) -> np.ndarray:
-    """A horizontal tangent at a surface point, turned by a random angle about the normal."""
+    """A tangent at a surface point across ``up`` (fingers wrap around an upright body), turned by a
+    random angle (+-0.5 rad, either way round) about the normal."""
     t = np.cross(normal, up)
     if np.linalg.norm(t) < 1e-3:
         t = np.cross(normal, (1.0, 0.0, 0.0))
@@ -58,39 +82,111 @@ def tangent_direction(normal: np.ndarray, rng: np.random.Generator, up=(0.0, 1.0
     return np.cos(angle) * t + np.sin(angle) * b
 
 
-def synthesize_grasp(mesh, hand, rng: np.random.Generator, candidates: int = 6) -> GraspResult:
-    """One grasp of ``mesh`` (a trimesh in its mesh frame) by ``hand`` (a HandModel)."""
-    betas = np.zeros(10)
-    centre, palm_normal, forward = hand.palm_frame(betas)
-    points, normals = sample_surface(mesh, 512, rng)
-    weight = 1.0 - 0.8 * np.abs(normals[:, 1])
-    picks = rng.choice(len(points), size=candidates, replace=False, p=weight / weight.sum())
+def surface_preferences(category: str, points: np.ndarray, normals: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Sampling weights (n,) of surface points for a category (mesh frame: y up, NOCS-like)."""
+    lo, hi = np.asarray(bounds)
+    size = np.maximum(hi - lo, 1e-9)
+    rel = (points - lo) / size  # 0..1 inside the bounding box
+    side = 1.0 - 0.9 * np.abs(normals[:, 1])
+    if category == "mug":
+        handle = rel[:, 0] > 0.8  # procedural mugs carry the handle on +x
+        return side + 2.0 * handle
+    if category == "bottle":
+        return side * (rel[:, 1] < 0.6) + 0.05
+    if category == "can":
+        return side + 0.05
+    if category == "bowl":
+        return (rel[:, 1] > 0.5) * (1.0 + (normals[:, 1] < 0.5)) + 0.05
+    if category == "laptop":
+        edge = np.minimum(np.minimum(rel[:, 0], 1 - rel[:, 0]), np.minimum(rel[:, 2], 1 - rel[:, 2]))
+        return np.exp(-edge / 0.08)
+    if category == "camera":
+        return side + 0.1
+    # anything else (boxes, scans): avoid the faces across the thinnest extent, so the hand wraps
+    # around the thin side (a book by its spine) rather than lying on a wide face
+    thin = np.eye(3)[int(np.argmin(size))]
+    return 1.0 - 0.9 * np.abs(normals @ thin) if size.min() < 0.6 * size.max() else np.ones(len(points))
 
-    amounts = np.linspace(0.0, 1.0, CURL_STEPS)
-    curls = np.stack([hand.curl_pose(float(a)) for a in amounts])
-    zeros = np.zeros((CURL_STEPS, 3))
-    canon = hand.forward(zeros, curls, np.tile(betas, (CURL_STEPS, 1)), zeros)
-    fingers = hand.vertex_fingers
-    probe = np.flatnonzero(fingers >= 0)[::PROBE_STRIDE]
-    owner = fingers[probe]
 
-    best: GraspResult | None = None
-    best_score = -np.inf
+def initial_candidates(
+    mesh: trimesh.Trimesh, category: str, hand, problem: GraspProblem, count: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Starting rotations (B, 3, 3), translations (B, 3), angles (B, 15, 3) and approach normals (B, 3)."""
+    centre, palm_normal, forward = hand.palm_frame()
+    points, normals = sample_surface(mesh, max(256, 8 * count), rng)
+    normals = normals / np.linalg.norm(normals, axis=1, keepdims=True)
+    weight = np.clip(surface_preferences(category, points, normals, mesh.bounds), 1e-6, None)
+    picks = rng.choice(len(points), size=count, replace=len(points) < count, p=weight / weight.sum())
+    open_a = np.asarray(problem.space.open_angles())
+    fist_a = np.asarray(problem.space.fist_angles())
+    rots, trans, angles = [], [], []
+    extents = np.asarray(mesh.extents)
+    revolved = category in ("bottle", "bowl", "can", "mug")
+    up = np.array([0.0, 1.0, 0.0]) if revolved else np.eye(3)[int(np.argmax(extents))]
     for i in picks:
-        p, n = points[i], normals[i] / np.linalg.norm(normals[i])
-        rot = align_frames(palm_normal, forward, -n, tangent_direction(n, rng))
-        trans = p + n * PALM_GAP - rot @ centre
-        probes = canon.vertices[:, probe] @ rot.T + trans
-        near = signed_distance(mesh, probes.reshape(-1, 3)).reshape(CURL_STEPS, len(probe)) > -TOUCH_M
-        touch = np.stack([near[:, owner == k].any(axis=1) for k in range(5)], axis=1)
-        stop = np.where(touch.any(axis=0), touch.argmax(axis=0), CURL_STEPS - 1)
-        pose45 = hand.curl_pose(amounts[stop])
-        out = hand.forward(np.zeros(3), pose45, betas, np.zeros(3))
-        verts = out.vertices[0] @ rot.T + trans
-        metrics = grasp_metrics(mesh, verts, out.joints[0, list(TIPS_21)] @ rot.T + trans)
-        score = metrics["contact_fingers"] - 2.0 * metrics["penetration_depth_cm"]
-        if score > best_score:
-            best_score = score
-            best = GraspResult(HandPose(rot, trans, pose45, betas), n, metrics)
-    assert best is not None
-    return best
+        p, n = points[i], normals[i]
+        rot = align_frames(palm_normal, forward, -n, tangent_direction(n, rng, up=up))
+        rots.append(rot)
+        trans.append(p + n * PALM_GAP - rot @ centre)
+        angles.append(open_a + START_CURL * (fist_a - open_a))
+    return np.asarray(rots), np.asarray(trans), np.asarray(angles), normals[picks]
+
+
+def synthesize_grasps(
+    mesh: trimesh.Trimesh,
+    hand,
+    rng: np.random.Generator,
+    count: int,
+    category: str = "",
+    key: str | None = None,
+    candidates: int | None = None,
+    grasp_filter: GraspFilter | None = None,
+    settings: OptimiseSettings | None = None,
+    evaluator: GraspEvaluator | None = None,
+) -> tuple[list[GraspResult], SynthesisReport]:
+    """``count`` grasps of ``mesh`` (mesh frame) by ``hand``, best first, and what happened to the batch."""
+    import time
+
+    from hoigen.objects.sdf import mesh_key
+
+    t0 = time.perf_counter()
+    grasp_filter = grasp_filter or GraspFilter()
+    key = key or mesh_key(mesh)
+    ev = evaluator or GraspEvaluator(mesh, hand, key)
+    batch = candidates or max(8, 3 * count)
+    lo, hi = mesh.bounds
+    problem = GraspProblem(hand, ev.sdf, (lo + hi) / 2, float(np.linalg.norm(hi - lo) / 2))
+    report = SynthesisReport(candidates=batch)
+    rot, trans, angles, approach = initial_candidates(mesh, category, hand, problem, batch, rng)
+    result = optimise(problem, rot, trans, angles, settings)
+    order = np.argsort(result.energy, kind="stable")
+    accepted: list[GraspResult] = []
+    rejected: list[GraspResult] = []
+    betas = np.zeros(10)
+    for i in order:
+        if len(accepted) >= count:
+            break
+        pose = HandPose(result.rotation[i], result.translation[i], result.hand_pose[i], betas)
+        verts = hand.forward(np.zeros(3), pose.hand_pose, betas, np.zeros(3)).vertices[0].astype(np.float64)
+        verts = verts @ pose.rotation.T + pose.translation
+        metrics = ev.evaluate(verts, pose.hand_pose, pose.rotation, pose.translation)
+        ok = grasp_filter.accepts(metrics)
+        metrics["accepted"] = bool(ok)
+        metrics["energy"] = round(float(result.energy[i]), 5)
+        report.evaluated += 1
+        report.reasons.update(grasp_filter.reasons(metrics))
+        (accepted if ok else rejected).append(GraspResult(pose, approach[i], metrics))
+    report.accepted = len(accepted)
+    out = (accepted + rejected)[:count]
+    report.seconds = time.perf_counter() - t0
+    for g in out:
+        g.metrics.update(
+            candidates=report.candidates, evaluated=report.evaluated, rejected=report.rejected,
+        )  # fmt: skip
+    return out, report
+
+
+def synthesize_grasp(mesh, hand, rng: np.random.Generator, category: str = "", **kwargs) -> GraspResult:
+    """One grasp (the best of a small batch): convenience for tests and callers that want one."""
+    grasps, _ = synthesize_grasps(mesh, hand, rng, 1, category=category, **kwargs)
+    return grasps[0]

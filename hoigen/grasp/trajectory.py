@@ -4,6 +4,9 @@ As in the paper (section 3.2) the trajectory starts from an open, flat hand plac
 contact surface (``distance`` metres along the approach direction) and reaches the grasp by
 spherical linear interpolation: of the global rotation and of each of the 15 joint rotations
 (as quaternions), with the translation interpolated linearly.
+
+:func:`approach_penetration_cm` checks that the hand does not pass through the object on its way
+in: the deepest penetration of any vertex in the frames before the last ``APPROACH_FREE_FRAMES``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
+
+APPROACH_FREE_FRAMES = 2  # the last frames may touch the object (the grasp closes there)
 
 
 @dataclass
@@ -85,3 +90,16 @@ def approach_trajectory(
         )
         for i, t in enumerate(ts)
     ]
+
+
+def approach_penetration_cm(frame_vertices: np.ndarray, evaluator, free_frames: int = APPROACH_FREE_FRAMES) -> float:
+    """Deepest penetration (cm) of the hand into the object in the frames before the last ``free_frames``.
+
+    ``frame_vertices`` (F, V, 3) are in the object's mesh frame; ``evaluator`` is a
+    :class:`hoigen.grasp.metrics.GraspEvaluator` of that object (its ``exact_signed``).
+    """
+    early = np.asarray(frame_vertices)[: max(0, len(frame_vertices) - free_frames)]
+    if not len(early):
+        return 0.0
+    sd = evaluator.exact_signed(early.reshape(-1, 3))
+    return round(float(max(sd.max(), 0.0) * 100.0), 4)

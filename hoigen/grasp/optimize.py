@@ -1,0 +1,285 @@
+"""Batched grasp optimisation in torch: many candidates per object at once, no learned weights.
+
+Each candidate is a rigid placement (rotation as a 6-D two-column representation, Zhou et al. CVPR
+2019; translation in metres) and finger angles ``a`` (15, 3) in the hand's joint space
+(flexion, abduction, twist per joint; :class:`hoigen.hand.limits.JointSpace`, or a box around
+MANO's axis-angles when that module is absent). The hand points are skinned with
+:class:`hoigen.grasp.skin.HandSkin` (a subsample of the vertices plus the fingertips), placed by
+``R p + T`` in the object's mesh frame, and their signed distances ``d`` (positive inside) come
+from the object's :class:`hoigen.objects.sdf.SDFGrid`.
+
+The energy of a candidate, minimised with Adam for a fixed number of steps::
+
+    E = w_contact * sum_k |d(tip_k) - DEPTH|              five fingertips on the surface
+      + w_palm    * |d(palm) - DEPTH|                      the palm centre on the surface
+      + w_pen     * sum_v relu(d(v) - slack_v) / 10         hand vertices (every 3rd) kept out;
+                                                           slack DEPTH on fingers, PEN_SLACK on the palm
+      + w_limit   * violation(a)                            joint limits (squared excess, rad^2)
+      + w_prior   * ||a - a_grasp||^2                       a mild pull toward half-closed fingers
+      + w_self    * sum_{i,j other fingers} relu(2r - |s_i - s_j|)   finger-segment spheres apart
+      + w_fc      * ||G n||^2                               force closure (DexGraspNet, Wang et al.
+                                                           ICRA 2023): unit inward normals n_k at
+                                                           the tips and the palm centre (central SDF
+                                                           differences), G = [I; [x_k - c]x / L],
+                                                           sum to zero force and torque (c, L: the
+                                                           bounding box's centre and half diagonal)
+
+``DEPTH`` (1 mm) asks for a slight press into the surface, which the rigid simulation needs to
+produce friction. The normals come from central differences of the SDF grid, so the force-closure
+term is differentiable in the contact positions. Candidates start with the palm facing a sampled
+surface point (per-category preferences in :mod:`hoigen.grasp.synth`), a little away from it,
+fingers a third of the way closed. Adam runs a fixed number of steps with no random numbers (one
+torch thread), and the final angles are clamped into the joint limits. Default weights and step
+sizes are in :class:`EnergyWeights` and :class:`OptimiseSettings`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from hoigen.grasp.skin import HandSkin
+from hoigen.hand.keypoints import FINGERS, MANO_JOINT_NAMES
+from hoigen.objects.sdf import SDFGrid
+
+DEPTH = 0.001
+PEN_SLACK = 0.0002  # palm vertices may sink this far before the penetration term acts (fingers: DEPTH)
+SPHERE_R = 0.0075
+VERTEX_STRIDE = 3
+
+
+@dataclass
+class EnergyWeights:
+    contact: float = 20.0
+    palm: float = 5.0
+    penetration: float = 300.0
+    limit: float = 10.0
+    prior: float = 0.05
+    self_collision: float = 20.0
+    force_closure: float = 0.5
+
+
+@dataclass
+class OptimiseSettings:
+    steps: int = 80
+    lr_rotation: float = 0.03
+    lr_translation: float = 0.003
+    lr_angles: float = 0.05
+    weights: EnergyWeights = field(default_factory=EnergyWeights)
+
+
+class _BoxSpace:
+    """Stand-in for JointSpace: the angles *are* MANO's axis-angles, bounded by a box that holds the
+    flat hand and the curled fist with 0.2 rad of play."""
+
+    def __init__(self, hand) -> None:
+        fist = np.asarray(hand.curl_pose(1.0)).reshape(15, 3)
+        self.lower = np.minimum(fist, 0.0) - 0.2
+        self.upper = np.maximum(fist, 0.0) + 0.2
+        self._fist = fist
+
+    def to_pose(self, angles):
+        return angles.reshape(*angles.shape[:-2], 45)
+
+    def from_pose(self, pose):
+        return pose.reshape(*pose.shape[:-1], 15, 3)
+
+    def clamp(self, angles):
+        lo = torch.as_tensor(self.lower, dtype=angles.dtype)
+        hi = torch.as_tensor(self.upper, dtype=angles.dtype)
+        return torch.maximum(torch.minimum(angles, hi), lo)
+
+    def violation(self, angles):
+        lo = torch.as_tensor(self.lower, dtype=angles.dtype)
+        hi = torch.as_tensor(self.upper, dtype=angles.dtype)
+        return ((torch.relu(lo - angles) + torch.relu(angles - hi)) ** 2).sum(dim=(-2, -1))
+
+    def open_angles(self) -> np.ndarray:
+        return np.zeros((15, 3))
+
+    def fist_angles(self) -> np.ndarray:
+        return self._fist.copy()
+
+
+def joint_space(hand):
+    """The hand's joint space: :class:`hoigen.hand.limits.JointSpace` when present, else a box."""
+    try:
+        from hoigen.hand.limits import JointSpace
+    except ImportError:
+        return _BoxSpace(hand)
+    return JointSpace.from_hand(hand)
+
+
+def rotation_from_6d(x: torch.Tensor) -> torch.Tensor:
+    """(B, 6) -> (B, 3, 3) rotation matrices; the columns come from Gram-Schmidt on two 3-vectors."""
+    a, b = x[:, :3], x[:, 3:]
+    e1 = a / a.norm(dim=1, keepdim=True).clamp(min=1e-8)
+    b = b - (e1 * b).sum(1, keepdim=True) * e1
+    e2 = b / b.norm(dim=1, keepdim=True).clamp(min=1e-8)
+    return torch.stack([e1, e2, torch.cross(e1, e2, dim=1)], dim=2)
+
+
+class GraspProblem:
+    """The energy of grasps of one object (its SDF grid) by one hand; see the module docstring."""
+
+    def __init__(self, hand, sdf: SDFGrid, centre: np.ndarray, radius: float) -> None:
+        self.hand = hand
+        self.space = joint_space(hand)
+        self.sdf = sdf
+        self.centre = torch.as_tensor(np.asarray(centre), dtype=torch.float32)
+        self.radius = float(radius)
+        fingers = hand.vertex_fingers
+        tips = np.asarray(hand.tip_vertex_ids)
+        sub = np.setdiff1d(np.arange(0, hand.num_vertices, VERTEX_STRIDE), tips)
+        palm_centre, _, _ = hand.palm_frame()
+        rest = hand.forward().vertices[0]
+        palm_id = int(np.argmin(np.linalg.norm(rest - palm_centre, axis=1)))
+        self.ids = np.concatenate([tips, [palm_id], sub])
+        self.skin = HandSkin(hand, self.ids)
+        self.n_tips = len(tips)
+        self.owner = torch.as_tensor(fingers[self.ids])
+        # finger vertices may press DEPTH into the surface like the tips; palm vertices only PEN_SLACK
+        self.slack = torch.where(self.owner[len(tips) + 1 :] >= 0, DEPTH, PEN_SLACK).to(torch.float32)
+        # finger-segment spheres: 16 MANO joints + 5 tips, three samples per bone
+        chains = []
+        for k, finger in enumerate(FINGERS):
+            js = [MANO_JOINT_NAMES.index(f"{finger}{i}") for i in (1, 2, 3)]
+            chains.append((k, js))
+        self.chains = chains
+        self.prior = torch.as_tensor(
+            0.5 * (np.asarray(self.space.open_angles()) + np.asarray(self.space.fist_angles())), dtype=torch.float32
+        )
+
+    def spheres(self, joints16: torch.Tensor, tips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sphere centres (B, S, 3) along each finger's bones and the finger (S,) of each."""
+        centres, owners = [], []
+        for k, js in self.chains:
+            pts = [joints16[:, j] for j in js] + [tips[:, k]]
+            for a, b in zip(pts[:-1], pts[1:], strict=False):
+                for t in (0.25, 0.6, 0.95):
+                    centres.append(a + t * (b - a))
+                    owners.append(k)
+        return torch.stack(centres, dim=1), torch.as_tensor(owners)
+
+    def normals(self, points: torch.Tensor) -> torch.Tensor:
+        """Unit inward normals (B, K, 3) at ``points`` by central differences of the SDF (differentiable)."""
+        h = 0.5 * self.sdf.spacing
+        step = torch.cat([torch.eye(3), -torch.eye(3)]).to(points.dtype) * h  # (6, 3)
+        d = self.sdf.query(points[..., None, :] + step)  # (B, K, 6)
+        grad = d[..., :3] - d[..., 3:]
+        return grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+
+    def energy(self, rot6: torch.Tensor, transl: torch.Tensor, angles: torch.Tensor, w: EnergyWeights):
+        """(total (B,), terms dict of (B,) tensors)."""
+        pose = self.space.to_pose(angles)
+        local, joints16 = self.skin(pose)
+        rot = rotation_from_6d(rot6)
+        pts = torch.einsum("bij,bpj->bpi", rot, local) + transl[:, None]
+        d = self.sdf.query(pts)
+        tips = pts[:, : self.n_tips]
+        terms = {
+            "contact": (d[:, : self.n_tips] - DEPTH).abs().sum(1),
+            "palm": (d[:, self.n_tips] - DEPTH).abs(),
+            "penetration": torch.relu(d[:, self.n_tips + 1 :] - self.slack).sum(1) / 10.0,
+            "limit": self.space.violation(angles),
+            "prior": ((angles - self.prior) ** 2).sum(dim=(1, 2)),
+        }
+        sph, owner = self.spheres(torch.einsum("bij,bpj->bpi", rot, joints16) + transl[:, None], tips)
+        dist = torch.cdist(sph, sph)
+        other = (owner[:, None] != owner[None, :]).to(dist.dtype)
+        terms["self_collision"] = (torch.relu(2 * SPHERE_R - dist) * other).sum(dim=(1, 2)) / 2
+        contacts = pts[:, : self.n_tips + 1]  # fingertips and the palm centre
+        inward = self.normals(contacts)
+        arm = (contacts - self.centre) / self.radius
+        force = inward.sum(1)
+        torque = torch.cross(arm, inward, dim=-1).sum(1)
+        terms["force_closure"] = (force**2).sum(1) + (torque**2).sum(1)
+        total = sum(getattr(w, k) * v for k, v in terms.items())
+        return total, terms
+
+
+@dataclass
+class Candidates:
+    """Optimised candidates: rotations (B, 3, 3), translations (B, 3), hand_pose (B, 45), energy (B,)."""
+
+    rotation: np.ndarray
+    translation: np.ndarray
+    hand_pose: np.ndarray
+    energy: np.ndarray
+    history: list[float]
+
+
+def optimise(
+    problem: GraspProblem,
+    rotation: np.ndarray,
+    translation: np.ndarray,
+    angles: np.ndarray,
+    settings: OptimiseSettings | None = None,
+) -> Candidates:
+    """Run Adam from the initial placements (B, 3, 3), (B, 3) and angles (B, 15, 3) (one torch thread).
+
+    The final angles are clamped into the joint limits (the limit term keeps the excess small)."""
+    with one_thread():
+        return _optimise(problem, rotation, translation, angles, settings or OptimiseSettings())
+
+
+class _Adam:
+    """Plain Adam (Kingma & Ba 2015; betas 0.9/0.999, eps 1e-8) on (tensor, lr) pairs.
+
+    ``torch.optim.Adam`` would do the same, but constructing it imports ``torch._dynamo`` (several
+    seconds per process on these CPUs)."""
+
+    def __init__(self, params: list[tuple[torch.Tensor, float]], b1: float = 0.9, b2: float = 0.999) -> None:
+        self.params = params
+        self.b1, self.b2, self.t = b1, b2, 0
+        self.m = [torch.zeros_like(p) for p, _ in params]
+        self.v = [torch.zeros_like(p) for p, _ in params]
+
+    @torch.no_grad()
+    def step(self, grads) -> None:
+        self.t += 1
+        c1, c2 = 1 - self.b1**self.t, 1 - self.b2**self.t
+        for (p, lr), g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
+            m.mul_(self.b1).add_(g, alpha=1 - self.b1)
+            v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+            p.sub_(lr * (m / c1) / ((v / c2).sqrt() + 1e-8))
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One torch thread: on a shared 2-core machine, OpenMP threads spin-wait and slow down 10-100x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _optimise(problem, rotation, translation, angles, s: OptimiseSettings) -> Candidates:
+    rot6 = torch.as_tensor(np.asarray(rotation)[:, :, :2].transpose(0, 2, 1).reshape(-1, 6), dtype=torch.float32)
+    rot6.requires_grad_(True)
+    t = torch.as_tensor(translation, dtype=torch.float32).clone().requires_grad_(True)
+    a = torch.as_tensor(angles, dtype=torch.float32).clone().requires_grad_(True)
+    adam = _Adam([(rot6, s.lr_rotation), (t, s.lr_translation), (a, s.lr_angles)])
+    history = []
+    for _ in range(s.steps):
+        total, _ = problem.energy(rot6, t, a, s.weights)
+        grads = torch.autograd.grad(total.sum(), [rot6, t, a])
+        adam.step(grads)
+        history.append(float(total.detach().mean()))
+    with torch.no_grad():
+        a = problem.space.clamp(a)  # the result lies within the joint limits exactly
+        total, _ = problem.energy(rot6, t, a, s.weights)
+        rot = rotation_from_6d(rot6)
+        pose = problem.space.to_pose(a)
+    return Candidates(
+        rotation=rot.numpy().astype(np.float64),
+        translation=t.detach().numpy().astype(np.float64),
+        hand_pose=pose.detach().numpy().astype(np.float64),
+        energy=total.numpy().astype(np.float64),
+        history=history,
+    )

@@ -1,0 +1,171 @@
+"""A precomputed signed-distance grid per object: fast, differentiable distance queries in torch.
+
+Grasp optimisation asks for the signed distance of thousands of hand points per step; exact mesh
+queries are far too slow for that. ``SDFGrid`` samples the signed distance (**positive inside**,
+like :mod:`hoigen.objects.geometry`) once on a regular grid of cubic cells over the padded bounding
+box and answers queries by trilinear interpolation, differentiable in the query points.
+
+Building the grid (about a second for ~250k cells):
+
+1. Dense surface samples (area-weighted, with face normals) go into a KD-tree.
+2. Cells within ``BAND_CELLS`` cells of the surface (the *band*) get an exact unsigned distance:
+   the point-triangle distance to the faces of their ``K_NEAREST`` nearest samples (one of them lies
+   on the closest face). Their sign is that of the mean of ``(p - s) . n_s`` over those samples.
+3. The rest is signed by a flood fill: cells reachable from the grid's border without crossing the
+   band are outside, the others inside. Their distance is the Euclidean distance to the nearest
+   band cell plus that cell's own distance (``scipy.ndimage.distance_transform_edt``), an upper
+   bound within one cell of the truth.
+4. Band cells farther than the band from any outside cell are inside whatever their sample normals
+   say: this fixes surfaces buried inside the object (the procedural mug's handle ends).
+
+Outside the grid a query returns the value at the nearest grid point minus the distance to the
+grid, so the value keeps falling (and the gradient keeps pointing back) away from the object.
+Grids are cached per (mesh sha256, resolution) in the process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+import numpy as np
+import torch
+import trimesh
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from hoigen.objects.geometry import _closest_on_triangles
+
+RESOLUTION = 64  # cells along the longest padded side
+PAD_M = 0.03  # padding of the bounding box (metres): fingertips optimise within it
+BAND_CELLS = 3.0
+K_NEAREST = 4
+SAMPLES_PER_CELL_AREA = 6.0  # surface samples per cell-face area of surface
+_CACHE: OrderedDict[tuple[str, int], SDFGrid] = OrderedDict()
+_CACHE_SIZE = 16
+
+
+class SDFGrid:
+    """Signed distance sampled on a grid: ``values`` (nx, ny, nz) at ``origin + spacing * (i, j, k)``."""
+
+    def __init__(self, values: np.ndarray, origin: np.ndarray, spacing: float) -> None:
+        self.values = np.asarray(values, dtype=np.float32)
+        self.origin = np.asarray(origin, dtype=np.float64).reshape(3)
+        self.spacing = float(spacing)
+        self.shape = tuple(int(s) for s in self.values.shape)
+        self._volume = torch.from_numpy(self.values.copy())[None, None]  # (1, 1, nx, ny, nz)
+        self._origin_t = torch.tensor(self.origin, dtype=torch.float32)
+        self._upper = torch.tensor([s - 1 for s in self.shape], dtype=torch.float32)
+
+    @classmethod
+    def from_mesh(
+        cls, mesh: trimesh.Trimesh, resolution: int = RESOLUTION, pad: float = PAD_M, seed: int = 0
+    ) -> SDFGrid:
+        """Build the grid of a closed mesh (see the module docstring for how)."""
+        lo, hi = np.asarray(mesh.bounds, dtype=np.float64)
+        lo, hi = lo - pad, hi + pad
+        spacing = float((hi - lo).max() / (resolution - 1))
+        shape = np.ceil((hi - lo) / spacing - 1e-6).astype(int) + 1
+        axes = [lo[i] + spacing * np.arange(shape[i]) for i in range(3)]
+        grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+
+        rng = np.random.default_rng(seed)
+        count = int(np.clip(SAMPLES_PER_CELL_AREA * mesh.area / spacing**2, 20_000, 400_000))
+        samples, face = _sample(mesh, count, rng)
+        normals = np.asarray(mesh.face_normals, dtype=np.float64)[face]
+        tree = cKDTree(samples)
+        band = BAND_CELLS * spacing
+        d_near, _ = tree.query(grid, k=1, distance_upper_bound=band)
+        in_band = np.isfinite(d_near)
+        values = np.zeros(len(grid))
+        pts = grid[in_band]
+        _, idx = tree.query(pts, k=K_NEAREST)
+        tri = np.asarray(mesh.triangles, dtype=np.float64)[face[idx]]  # (m, k, 3, 3)
+        rep = np.repeat(pts, K_NEAREST, axis=0)
+        q, _ = _closest_on_triangles(rep, *(tri.reshape(-1, 3, 3)[:, c] for c in range(3)))
+        dist = np.linalg.norm(q - rep, axis=1).reshape(-1, K_NEAREST).min(axis=1)
+        side = np.einsum("mkj,mkj->mk", pts[:, None] - samples[idx], normals[idx]).mean(axis=1)
+        inside_band = side < 0
+
+        band3 = in_band.reshape(shape)
+        labels, _ = ndimage.label(~band3)
+        border = np.unique(
+            np.concatenate([labels[[0, -1]].ravel(), labels[:, [0, -1]].ravel(), labels[:, :, [0, -1]].ravel()])
+        )
+        outside = np.isin(labels, border[border > 0])
+        # band cells far from every outside cell are inside (buried surfaces)
+        to_outside = ndimage.distance_transform_edt(~outside) * spacing
+        deep = to_outside.reshape(-1)[in_band] > band + spacing
+        inside_band |= deep
+        values[in_band] = np.where(inside_band, dist, -dist)
+        # off the band: distance to the nearest band cell plus its distance
+        band_abs = np.zeros(shape)
+        band_abs[band3] = dist
+        gap, (ii, jj, kk) = ndimage.distance_transform_edt(~band3, return_indices=True)
+        far = (gap * spacing + band_abs[ii, jj, kk]).reshape(-1)
+        off = ~in_band
+        values[off] = np.where(outside.reshape(-1)[off], -far[off], far[off])
+        return cls(values.reshape(shape), lo, spacing)
+
+    # -- queries -----------------------------------------------------------------------------------
+
+    def query(self, points: torch.Tensor) -> torch.Tensor:
+        """Signed distance (...) at ``points`` (..., 3) by trilinear interpolation; differentiable."""
+        p = points.to(torch.float32)
+        shape = p.shape[:-1]
+        u = (p.reshape(-1, 3) - self._origin_t) / self.spacing
+        uc = torch.minimum(torch.clamp(u, min=0.0), self._upper)
+        outside = torch.linalg.norm(u - uc, dim=-1) * self.spacing
+        g = (2.0 * uc / self._upper - 1.0).flip(-1)  # grid_sample wants (x, y, z) = (W, H, D) order
+        v = torch.nn.functional.grid_sample(
+            self._volume, g.view(1, -1, 1, 1, 3), mode="bilinear", padding_mode="border", align_corners=True
+        )
+        return (v.view(-1) - outside).reshape(shape)
+
+    def query_np(self, points: np.ndarray) -> np.ndarray:
+        """Numpy convenience: signed distance (n,) of points (n, 3) (float64 out)."""
+        with torch.no_grad():
+            t = torch.as_tensor(np.asarray(points, dtype=np.float32).reshape(-1, 3))
+            return self.query(t).numpy().astype(np.float64)
+
+    def gradient(self, points: torch.Tensor) -> torch.Tensor:
+        """d(signed distance)/d(point) (..., 3): points **into** the object (positive inside)."""
+        with torch.enable_grad():
+            p = points.detach().to(torch.float32).requires_grad_(True)
+            (g,) = torch.autograd.grad(self.query(p).sum(), p)
+        return g
+
+
+def _sample(mesh: trimesh.Trimesh, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Area-weighted surface samples (n, 3) and their face ids, from ``rng`` (stratified per face)."""
+    area = np.asarray(mesh.area_faces, dtype=np.float64)
+    face = rng.choice(len(area), size=n, p=area / area.sum())
+    # every face gets at least its three corners' worth of coverage: add each face's centroid
+    face = np.concatenate([face, np.arange(len(area))])
+    tri = np.asarray(mesh.triangles, dtype=np.float64)[face]
+    u, v = rng.random(len(face)), rng.random(len(face))
+    flip = u + v > 1.0
+    u[flip], v[flip] = 1.0 - u[flip], 1.0 - v[flip]
+    u[n:], v[n:] = 1 / 3, 1 / 3
+    points = tri[:, 0] + u[:, None] * (tri[:, 1] - tri[:, 0]) + v[:, None] * (tri[:, 2] - tri[:, 0])
+    return points, face
+
+
+def mesh_key(mesh: trimesh.Trimesh) -> str:
+    """A content hash of the mesh geometry (vertices and faces)."""
+    h = hashlib.sha256(np.ascontiguousarray(mesh.vertices, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(mesh.faces, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def sdf_grid(mesh: trimesh.Trimesh, resolution: int = RESOLUTION, sha256: str | None = None) -> SDFGrid:
+    """The cached :class:`SDFGrid` of ``mesh`` (keyed by ``sha256``, default: a hash of the geometry)."""
+    key = (sha256 or mesh_key(mesh), int(resolution))
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    grid = SDFGrid.from_mesh(mesh, resolution)
+    _CACHE[key] = grid
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return grid

@@ -1,0 +1,77 @@
+"""Grasp metrics on constructed cases whose answers are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trimesh
+
+from hoigen.grasp.metrics import GraspEvaluator, GraspFilter, cluster_entropy
+from hoigen.grasp.synth import align_frames
+from hoigen.hand import load_hand
+
+
+@pytest.fixture(scope="module")
+def hand():
+    return load_hand("right")
+
+
+@pytest.fixture(scope="module")
+def flat(hand):
+    return hand.forward().vertices[0].astype(np.float64)
+
+
+def _evaluate(hand, flat, mesh, rotation=np.eye(3), translation=np.zeros(3), key="m"):
+    """Metrics of the flat hand placed by ``rotation @ v + translation``."""
+    ev = GraspEvaluator(mesh, hand, key)
+    return ev.evaluate(flat @ rotation.T + translation, np.zeros(45), rotation, translation)
+
+
+def test_hand_inside_an_object_penetrates(hand, flat) -> None:
+    box = trimesh.creation.box((0.4, 0.4, 0.4))
+    box.apply_translation(flat.mean(axis=0))
+    m = _evaluate(hand, flat, box, key="big-box")
+    assert m["penetration_depth_cm"] > 5.0
+    # the whole hand is inside: the intersection is the hand's own volume (~mesh volume)
+    volume = trimesh.Trimesh(flat, hand.faces).volume * 1e6
+    assert 0.8 * volume < m["penetration_volume_cm3"] < 1.1 * volume
+    assert m["contact_fingers"] == 5 and m["contact_ratio"] == 1.0
+
+
+def test_hand_far_away_has_no_contact_and_the_object_falls(hand, flat) -> None:
+    box = trimesh.creation.box((0.05, 0.05, 0.05))
+    m = _evaluate(hand, flat, box, translation=np.array([0.0, 0.0, 0.5]), key="small-box")
+    assert m["penetration_depth_cm"] == 0 and m["penetration_volume_cm3"] == 0
+    assert m["contact_fingers"] == 0 and not m["palm_contact"]
+    assert m["sim_displacement_cm"] > 9.0  # free fall over 35 steps of 1/240 s is 10.4 cm
+    assert not GraspFilter().accepts(m)
+    assert set(GraspFilter().reasons(m)) == {"sim_displacement", "contacts"}
+
+
+def test_object_resting_in_an_upturned_palm_stays(hand, flat) -> None:
+    centre, normal, forward = hand.palm_frame()
+    rot = align_frames(normal, forward, np.array([0.0, 1.0, 0.0]), np.array([1.0, 0.0, 0.0]))
+    box = trimesh.creation.box((0.04, 0.03, 0.04))
+    box.apply_translation([0.0, 0.0152, 0.0])
+    m = _evaluate(hand, flat, box, rot, -rot @ centre, key="rest-box")  # palm centre at 0, facing +y
+    assert m["palm_contact"]
+    assert m["sim_displacement_cm"] < 1.0
+
+
+def test_cluster_entropy_of_identical_and_separated_grasps() -> None:
+    same = np.tile(np.arange(63.0), (12, 1))
+    assert cluster_entropy(same) == (0.0, 0.0)
+    groups = np.repeat(np.eye(4) * 10.0, 5, axis=0)  # 4 distinct grasps, 5 copies each
+    entropy, size = cluster_entropy(groups)
+    assert np.isclose(entropy, np.log(4)) and np.isclose(size, 0.0)
+    noisy = groups + np.random.default_rng(0).normal(scale=0.01, size=groups.shape)
+    entropy, size = cluster_entropy(noisy, k=4)
+    assert np.isclose(entropy, np.log(4)) and 0 < size < 0.05
+    assert cluster_entropy(noisy, k=4) == cluster_entropy(noisy, k=4)  # deterministic
+
+
+def test_filter_thresholds() -> None:
+    f = GraspFilter(max_penetration=0.5, max_sim_displacement=2.0, min_contacts=3)
+    good = {"penetration_depth_cm": 0.4, "sim_displacement_cm": 1.0, "contact_fingers": 3}
+    assert f.accepts(good) and f.reasons(good) == []
+    assert f.reasons({**good, "penetration_depth_cm": 0.6}) == ["penetration"]
