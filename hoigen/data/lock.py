@@ -44,7 +44,8 @@ from hoigen.data.faults import write_error
 from hoigen.errors import HoigenError
 
 LOCK_GLOB = ".lock-rank-*-of-*"
-RETRY_S = 0.5  # how long a lock held by a mere probe is retried before it counts as held
+RETRY_S = 0.5  # how long taking one's own lock is retried (another run's probe may hold it a moment)
+PROBE_RETRY_S = 0.1  # probes are shared locks, blocked only by holders (or a momentary stale-lock sweep)
 
 
 def lock_name(rank: int, world: int) -> str:
@@ -97,7 +98,7 @@ def held_by_live_process(path: Path) -> bool:
     except FileNotFoundError:
         return False
     try:
-        deadline = time.monotonic() + RETRY_S
+        deadline = time.monotonic() + PROBE_RETRY_S
         while True:
             try:
                 if _try_flock(fd, shared=True):

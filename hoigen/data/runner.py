@@ -173,12 +173,18 @@ def _worker(fn: StageFn, task: Task, ctx: StageContext) -> int:
     return run_task(fn, task, ctx)
 
 
+START_METHOD_ENV = "HOIGEN_WORKER_START"  # forkserver (default) or spawn; for benchmarks
+
+
 def worker_context(fn: StageFn) -> multiprocessing.context.BaseContext:
     """A forkserver context that imports ``fn``'s module once in the server (spawn where there is none)."""
+    method = os.environ.get(START_METHOD_ENV, "forkserver")
     try:
-        mp = multiprocessing.get_context("forkserver")
+        mp = multiprocessing.get_context(method)
     except ValueError:
         return multiprocessing.get_context("spawn")
+    if method != "forkserver":
+        return mp
     mp.set_forkserver_preload(["hoigen.data.runner", fn.__module__])
     return mp
 
