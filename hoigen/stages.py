@@ -178,6 +178,13 @@ def export(in_dir: Path, out: Path, opts: ExportOptions, quiet: bool = False) ->
 
     writers = {"nocs": export_nocs, "bop": export_bop}  # ExportOptions has checked the format
     tasks = input_tasks(in_dir, ("synthesize", "render"))
+    expected = read_run_json(in_dir).get("shards")
+    if isinstance(expected, int) and len(tasks) < expected:
+        # the image plan (scenes, splits) depends on every key: a partial export would not match the full one
+        raise HoigenError(
+            f"{in_dir}: {expected - len(tasks)} of {expected} shards are missing; finish that stage first "
+            "(rerun its command, or the missing ranks) and then export"
+        )
     keys = read_index(in_dir).column("key").to_pylist()
     objects = read_objects(objects_dir_of(in_dir))
     out = Path(out)

@@ -523,6 +523,17 @@ def test_fault_permission_denied_on_shard(tmp_path: Path, monkeypatch: pytest.Mo
     assert list_shards(out) == []
 
 
+def test_fault_export_of_an_unfinished_stage_is_refused(good: Path, tmp_path: Path) -> None:
+    (good / "shard-000001.tar").unlink()
+    assert _cli("export", "--in", good, "--out", tmp_path / "nocs", "--quiet") == 1
+    with pytest.raises(HoigenError, match="1 of 2 shards are missing; finish that stage first"):
+        from hoigen import stages
+        from hoigen.config import ExportOptions
+
+        stages.export(good, tmp_path / "nocs", ExportOptions(), quiet=True)
+    assert not (tmp_path / "nocs").exists()
+
+
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert _cli("validate", tmp_path / "nope") == 1
     err = capsys.readouterr().err.strip().splitlines()
