@@ -255,6 +255,48 @@ def test_two_workers_one_killed_resume_to_identical_bytes(tmp_path: Path, refere
     assert folder_bytes(out) == reference
 
 
+SLOW_SCRIPT = textwrap.dedent("""
+    import sys
+    from test_reliability_toy import run_slow
+
+    if __name__ == "__main__":
+        from hoigen.cli import main_guard
+        main_guard(lambda: run_slow(sys.argv[1]))
+""")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_never_outlive_a_killed_or_stopped_run(tmp_path: Path, sig: int) -> None:
+    import time
+
+    script = tmp_path / "slow_run.py"
+    script.write_text(SLOW_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{Path(__file__).parent}"}
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "out")], env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("pid-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pids = [int(p.name.split("-")[1]) for p in tmp_path.glob("pid-*")]
+    assert len(pids) >= 2
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    if sig == signal.SIGTERM:  # workers finish the shards in hand, nothing new starts, the run says how to resume
+        assert proc.returncode == 130 and b"rerun the same command" in err
+        assert 2 <= len(list_shards(tmp_path / "out")) < 6
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in pids), "a worker outlived its run"
+
+
 # --- validate -----------------------------------------------------------------------------------
 
 

@@ -37,3 +37,23 @@ def run_toy(out: Path, seed: int = 7, tasks: list[Task] | None = None, **kw):
         return run_stage(toy_stage, toy_tasks() if tasks is None else tasks, ctx, quiet=True, **kw)
     finally:
         sys.argv = argv
+
+
+def slow_stage(samples, ctx: StageContext):
+    """Records its worker's pid beside the output, then takes its time (for kill tests)."""
+    import os
+    import time
+
+    (Path(ctx.out_dir).parent / f"pid-{os.getpid()}").touch()
+    for sample in samples:
+        time.sleep(0.5)
+        yield {"__key__": sample["__key__"], "ann.json": {"shard": ctx.shard}}
+
+
+def run_slow(out: Path, workers: int = 2):
+    argv, sys.argv = sys.argv, ARGV
+    try:
+        ctx = StageContext(stage="slow", seed=0, config={}, out_dir=Path(out))
+        return run_stage(slow_stage, toy_tasks(6, 2), ctx, quiet=True, workers=workers)
+    finally:
+        sys.argv = argv

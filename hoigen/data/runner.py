@@ -17,15 +17,17 @@ whichever rank finishes last (the same bytes whoever writes it), or by ``hoigen 
 SIGTERM drops the shard in hand (workers finish theirs) and the CLI says to rerun the same command.
 
 Workers are forked from a forkserver that has imported the stage's module once (spawned workers
-paid the imports, seconds, each); a worker dies with the process that started it.
+paid the imports, seconds, each); a worker exits when the process that started it dies.
 """
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
+import select
 import signal
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -159,14 +161,31 @@ def run_task(fn: StageFn, task: Task, ctx: StageContext, on_sample: Callable[[],
     return writer.count
 
 
-def _die_with_parent() -> None:
-    """Worker initializer: ignore Ctrl-C/SIGTERM (the parent decides) and die when the parent dies."""
+def _die_with_parent(main_pid: int) -> None:
+    """Worker initializer: ignore Ctrl-C/SIGTERM (the main process decides) and exit when it dies.
+
+    Workers are children of the forkserver, not of the main process, and pool workers hold both ends
+    of their task queue, so nothing else would tell them: a SIGKILLed run would leave them idle forever.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_gone, args=(main_pid,), daemon=True).start()
+
+
+def _exit_when_gone(pid: int) -> None:
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+        fd = os.pidfd_open(pid)  # readable once the process has exited
+        select.select([fd], [], [])
+    except (AttributeError, OSError):  # no pidfd here, or the process is already gone
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:
+                pass
+            time.sleep(1.0)
+    os._exit(1)
 
 
 def _worker(fn: StageFn, task: Task, ctx: StageContext) -> int:
@@ -194,7 +213,9 @@ def shards_complete(out_dir: Path, tasks: Sequence[Task]) -> bool:
 
 
 def _run_pool(fn: StageFn, todo: list[Task], ctx: StageContext, workers: int, done: Callable[[int], None]) -> None:
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(fn), initializer=_die_with_parent)
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=worker_context(fn), initializer=_die_with_parent, initargs=(os.getpid(),)
+    )
     try:
         futures = [pool.submit(_worker, fn, task, ctx) for task in todo]
         for future in as_completed(futures):
