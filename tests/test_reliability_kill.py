@@ -49,6 +49,9 @@ def run_inprocess(root: Path, argv: list[str]) -> int:
 
 @pytest.fixture(scope="module")
 def forkserver() -> multiprocessing.context.BaseContext:
+    import multiprocessing.forkserver
+
+    multiprocessing.forkserver._forkserver._stop()  # a server started by earlier tests lacks the preload
     mp = multiprocessing.get_context("forkserver")
     mp.set_forkserver_preload(PRELOAD)
     return mp
