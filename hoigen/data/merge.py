@@ -23,7 +23,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from hoigen.data.atomic import atomic_write_bytes, remove_stale_tmp, tmp_name
+from hoigen.data.atomic import atomic_write_bytes, is_tmp, remove_stale_tmp, tmp_name
 from hoigen.data.faults import write_error
 from hoigen.data.index import PARTS_DIR, RUN_FILE, build_index, part_path, read_run_json
 from hoigen.data.lock import folder_lock, remove_dead_locks
@@ -99,7 +99,7 @@ def merge(out_dir: Path, sources: list[Path], partial: bool = False) -> MergeSum
             objects = src / "objects"
             if objects.is_dir():
                 for f in sorted(objects.iterdir()):
-                    if f.is_file() and "tmp" not in f.name:
+                    if f.is_file() and not is_tmp(f):
                         _copy(f, out_dir / "objects" / f.name)
             if (src / "objects.parquet").exists():
                 _copy(src / "objects.parquet", out_dir / "objects.parquet")
