@@ -37,6 +37,19 @@ def hoigen(*args: object, capsys: pytest.CaptureFixture | None = None) -> tuple[
     return code, capsys.readouterr().err if capsys is not None else ""
 
 
+def _ann(key: str, frame: int) -> dict:
+    """A contract-complete ann.json (the fields every stage checks on input) with neutral values."""
+    eye = np.eye(4).tolist()
+    return {
+        "key": key,
+        "hand": {"side": "right", "model": "test-hand", "global_orient": [0.0] * 3, "hand_pose": [0.0] * 45,
+                 "betas": [0.0] * 10, "transl": [0.0] * 3, "joints3d": [[0.0] * 3] * 21},
+        "object": {"id": "mug-1", "category": "mug", "mesh_sha256": "0" * 64, "pose": eye, "nocs_from_mesh": eye},
+        "trajectory": {"frame": frame, "frames": 3},
+        "grasp": {},
+    }
+
+
 @pytest.fixture(scope="module")
 def render_dir(tmp_path_factory) -> Path:
     """A render folder: one shard, two views of a three-frame trajectory (synthetic maps)."""
@@ -54,10 +67,7 @@ def render_dir(tmp_path_factory) -> Path:
                         "normal.png": rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) * (seg > 0)[..., None],
                         "seg.png": seg,
                         "skeleton.png": np.zeros((SIZE, SIZE, 3), np.uint8),
-                        "ann.json": {
-                            "object": {"id": "mug-1", "category": "mug"},
-                            "trajectory": {"frame": frame, "frames": 3},
-                        },
+                        "ann.json": _ann(f"mug-1_0000_{frame:03d}_{view:02d}", frame),
                     }
                 )
     (folder / "run.json").write_text(json.dumps({"stage": "render"}))
