@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from clirun import exit_code
 
-from hoigen.cli import main
 from hoigen.config import load_recipe
 from hoigen.data import shards as shards_module
 from hoigen.data.faults import KILL_ENV
@@ -196,7 +196,7 @@ def test_merge_rank_folders_equals_one_run(tmp_path: Path, reference) -> None:
     assert merge(tmp_path / "m", ranks).copied == 0  # idempotent
     # in place: ranks that shared one folder; the index is rebuilt identically
     (tmp_path / "m" / INDEX_FILE).unlink()
-    code = _cli("merge", tmp_path / "m", "--quiet")
+    code = exit_code("merge", tmp_path / "m", "--quiet")
     assert code == 0 and (tmp_path / "m" / INDEX_FILE).read_bytes() == reference[INDEX_FILE]
 
 
@@ -345,22 +345,10 @@ def good(tmp_path: Path) -> Path:
     return out
 
 
-def _cli(*args: object) -> int:
-    argv = sys.argv
-    sys.argv = ["hoigen", *map(str, args)]
-    try:
-        main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    finally:
-        sys.argv = argv
-    return 0
-
-
 def test_validate_good_folder(good: Path, capsys: pytest.CaptureFixture) -> None:
     report = validate(good)
     assert report.ok and (report.shards, report.samples) == (2, 4)
-    assert _cli("validate", good) == 0
+    assert exit_code("validate", good) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("ok:") and "2 shards, 4 samples" in out[0]
 
@@ -414,7 +402,7 @@ def test_validate_reports_damage(good: Path, damage, expected: str) -> None:
     report = validate(good)
     assert not report.ok and any(expected in p for p in report.problems), report.problems
     assert all("\n" not in p for p in report.problems)
-    assert _cli("validate", good) == 1
+    assert exit_code("validate", good) == 1
 
 
 def _truncate(path: Path) -> None:
@@ -567,7 +555,7 @@ def test_fault_permission_denied_on_shard(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_fault_export_of_an_unfinished_stage_is_refused(good: Path, tmp_path: Path) -> None:
     (good / "shard-000001.tar").unlink()
-    assert _cli("export", "--in", good, "--out", tmp_path / "nocs", "--quiet") == 1
+    assert exit_code("export", "--in", good, "--out", tmp_path / "nocs", "--quiet") == 1
     with pytest.raises(HoigenError, match="1 of 2 shards are missing; finish that stage first"):
         from hoigen import stages
         from hoigen.config import ExportOptions
@@ -577,7 +565,7 @@ def test_fault_export_of_an_unfinished_stage_is_refused(good: Path, tmp_path: Pa
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert _cli("validate", tmp_path / "nope") == 1
+    assert exit_code("validate", tmp_path / "nope") == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "nope" in err[0]
 

@@ -3,38 +3,18 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from clirun import run_hoigen as hoigen
 
-from hoigen.cli import main
 from hoigen.data.shards import ShardWriter, list_shards, read_shard
 
 SIZE = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def hoigen(*args: object, capsys: pytest.CaptureFixture | None = None) -> tuple[int, str]:
-    argv = sys.argv
-    sys.argv = ["hoigen", *map(str, args)]
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = argv
-    return code, capsys.readouterr().err if capsys is not None else ""
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _ann(key: str, frame: int) -> dict:
