@@ -10,22 +10,27 @@ angle, ``PALM_GAP`` off the surface, fingers half open. The whole batch is then
 optimised together (:mod:`hoigen.grasp.optimize`, energy documented there). The candidates are
 ranked by energy and measured with :class:`hoigen.grasp.metrics.GraspEvaluator` (exact
 penetration, contacts, intersection volume, pybullet displacement) in that order until enough pass
-the :class:`~hoigen.grasp.metrics.GraspFilter`. Every measured candidate is counted: the result
-carries ``candidates``, ``evaluated``, ``accepted`` and the rejection reasons. When too few pass,
-the best-ranked rejected candidates fill the quota, marked ``accepted = False``.
+the :class:`~hoigen.grasp.metrics.GraspFilter`. Only accepted grasps are returned. When a batch
+yields too few, another round of candidates is drawn (up to ``max_rounds`` rounds); if the quota is
+still not met, fewer grasps come back and the report says so. Every measured candidate is counted:
+the report carries ``candidates``, ``evaluated``, ``accepted``, ``rounds`` and the rejection reasons.
 
-Randomness: a ``numpy.random.Generator`` drives the sampling; the optimisation itself is
-deterministic (no random numbers), so the same generator state gives the same grasps.
+Randomness: a ``numpy.random.Generator`` drives the sampling (round ``r >= 1`` draws from
+``round_rng(r)`` when given, so a caller can seed each round by the object and the round number);
+the optimisation itself is deterministic (no random numbers), so the same generators give the
+same grasps.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import trimesh
 
+from hoigen.errors import HoigenError
 from hoigen.grasp.metrics import GraspEvaluator, GraspFilter
 from hoigen.grasp.optimize import GraspProblem, OptimiseSettings, optimise
 from hoigen.grasp.trajectory import HandPose
@@ -52,6 +57,12 @@ class SynthesisReport:
     accepted: int = 0
     reasons: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    rounds: int = 0
+    wanted: int = 0
+
+    @property
+    def shortfall(self) -> int:
+        return max(0, self.wanted - self.accepted)
 
     @property
     def rejected(self) -> int:
@@ -143,8 +154,11 @@ def synthesize_grasps(
     grasp_filter: GraspFilter | None = None,
     settings: OptimiseSettings | None = None,
     evaluator: GraspEvaluator | None = None,
+    max_rounds: int = 1,
+    round_rng: Callable[[int], np.random.Generator] | None = None,
 ) -> tuple[list[GraspResult], SynthesisReport]:
-    """``count`` grasps of ``mesh`` (mesh frame) by ``hand``, best first, and what happened to the batch."""
+    """Up to ``count`` accepted grasps of ``mesh`` (mesh frame) by ``hand``, best first, and what
+    happened to the candidates (``candidates`` per round, at most ``max_rounds`` rounds)."""
     import time
 
     from hoigen.objects.sdf import mesh_key
@@ -156,37 +170,44 @@ def synthesize_grasps(
     batch = candidates or max(8, 3 * count)
     lo, hi = mesh.bounds
     problem = GraspProblem(hand, ev.sdf, (lo + hi) / 2, float(np.linalg.norm(hi - lo) / 2))
-    report = SynthesisReport(candidates=batch)
-    rot, trans, angles, approach = initial_candidates(mesh, category, hand, problem, batch, rng)
-    result = optimise(problem, rot, trans, angles, settings)
-    order = np.argsort(result.energy, kind="stable")
+    report = SynthesisReport(wanted=count)
     accepted: list[GraspResult] = []
-    rejected: list[GraspResult] = []
-    betas = np.zeros(10)
-    for i in order:
+    for r in range(max(1, max_rounds)):
         if len(accepted) >= count:
             break
-        pose = HandPose(result.rotation[i], result.translation[i], result.hand_pose[i], betas)
-        verts = hand.forward(np.zeros(3), pose.hand_pose, betas, np.zeros(3)).vertices[0].astype(np.float64)
-        verts = verts @ pose.rotation.T + pose.translation
-        metrics = ev.evaluate(verts, pose.hand_pose, pose.rotation, pose.translation)
-        ok = grasp_filter.accepts(metrics)
-        metrics["accepted"] = bool(ok)
-        metrics["energy"] = round(float(result.energy[i]), 5)
-        report.evaluated += 1
-        report.reasons.update(grasp_filter.reasons(metrics))
-        (accepted if ok else rejected).append(GraspResult(pose, approach[i], metrics))
+        gen = rng if r == 0 or round_rng is None else round_rng(r)
+        report.rounds += 1
+        report.candidates += batch
+        rot, trans, angles, approach = initial_candidates(mesh, category, hand, problem, batch, gen)
+        result = optimise(problem, rot, trans, angles, settings)
+        order = np.argsort(result.energy, kind="stable")
+        betas = np.zeros(10)
+        for i in order:
+            if len(accepted) >= count:
+                break
+            pose = HandPose(result.rotation[i], result.translation[i], result.hand_pose[i], betas)
+            verts = hand.forward(np.zeros(3), pose.hand_pose, betas, np.zeros(3)).vertices[0].astype(np.float64)
+            verts = verts @ pose.rotation.T + pose.translation
+            metrics = ev.evaluate(verts, pose.hand_pose, pose.rotation, pose.translation, grasp_filter=grasp_filter)
+            ok = grasp_filter.accepts(metrics)
+            metrics["accepted"] = bool(ok)
+            metrics["energy"] = round(float(result.energy[i]), 5)
+            report.evaluated += 1
+            report.reasons.update(grasp_filter.reasons(metrics))
+            if ok:
+                accepted.append(GraspResult(pose, approach[i], metrics))
     report.accepted = len(accepted)
-    out = (accepted + rejected)[:count]
     report.seconds = time.perf_counter() - t0
-    for g in out:
+    for g in accepted:
         g.metrics.update(
             candidates=report.candidates, evaluated=report.evaluated, rejected=report.rejected,
         )  # fmt: skip
-    return out, report
+    return accepted, report
 
 
 def synthesize_grasp(mesh, hand, rng: np.random.Generator, category: str = "", **kwargs) -> GraspResult:
-    """One grasp (the best of a small batch): convenience for tests and callers that want one."""
-    grasps, _ = synthesize_grasps(mesh, hand, rng, 1, category=category, **kwargs)
+    """One accepted grasp (the best of a small batch): convenience for tests and callers that want one."""
+    grasps, report = synthesize_grasps(mesh, hand, rng, 1, category=category, **kwargs)
+    if not grasps:
+        raise HoigenError(f"grasp: none of {report.evaluated} candidates passed the filters; loosen them")
     return grasps[0]
