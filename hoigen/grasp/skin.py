@@ -99,3 +99,9 @@ def interior_skin(hand) -> tuple[HandSkin, float]:
     """A :class:`HandSkin` of the hand's interior voxels (no vertices) and the voxel edge length (m)."""
     centres, weights, pitch = _interior(hand)
     return HandSkin(hand, vertex_ids=np.zeros(0, np.int64), extra_points=centres, extra_weights=weights), pitch
+
+
+@functools.lru_cache(maxsize=4)
+def vertex_skin(hand) -> HandSkin:
+    """A :class:`HandSkin` of all the hand's vertices (as ``hand.forward`` with zero betas), cached."""
+    return HandSkin(hand)

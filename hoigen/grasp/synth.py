@@ -32,7 +32,7 @@ import trimesh
 
 from hoigen.errors import HoigenError
 from hoigen.grasp.metrics import GraspEvaluator, GraspFilter
-from hoigen.grasp.optimize import GraspProblem, OptimiseSettings, optimise
+from hoigen.grasp.optimize import GraspProblem, OptimiseSettings, one_thread, optimise
 from hoigen.grasp.trajectory import HandPose
 from hoigen.objects.geometry import sample_surface
 
@@ -158,9 +158,23 @@ def synthesize_grasps(
     round_rng: Callable[[int], np.random.Generator] | None = None,
 ) -> tuple[list[GraspResult], SynthesisReport]:
     """Up to ``count`` accepted grasps of ``mesh`` (mesh frame) by ``hand``, best first, and what
-    happened to the candidates (``candidates`` per round, at most ``max_rounds`` rounds)."""
+    happened to the candidates (``candidates`` per round, at most ``max_rounds`` rounds).
+
+    Runs with one torch thread (see :func:`hoigen.grasp.optimize.one_thread`)."""
+    with one_thread():
+        return _synthesize(
+            mesh, hand, rng, count, category, key, candidates, grasp_filter, settings, evaluator, max_rounds, round_rng
+        )
+
+
+def _synthesize(
+    mesh, hand, rng, count, category, key, candidates, grasp_filter, settings, evaluator, max_rounds, round_rng
+) -> tuple[list[GraspResult], SynthesisReport]:
     import time
 
+    import torch
+
+    from hoigen.grasp.skin import vertex_skin
     from hoigen.objects.sdf import mesh_key
 
     t0 = time.perf_counter()
@@ -182,12 +196,13 @@ def synthesize_grasps(
         result = optimise(problem, rot, trans, angles, settings)
         order = np.argsort(result.energy, kind="stable")
         betas = np.zeros(10)
+        with torch.no_grad():  # all candidates' vertices at once (canonical frame, betas 0)
+            local = vertex_skin(hand)(torch.as_tensor(result.hand_pose, dtype=torch.float32))[0].numpy()
         for i in order:
             if len(accepted) >= count:
                 break
             pose = HandPose(result.rotation[i], result.translation[i], result.hand_pose[i], betas)
-            verts = hand.forward(np.zeros(3), pose.hand_pose, betas, np.zeros(3)).vertices[0].astype(np.float64)
-            verts = verts @ pose.rotation.T + pose.translation
+            verts = local[i].astype(np.float64) @ pose.rotation.T + pose.translation
             metrics = ev.evaluate(verts, pose.hand_pose, pose.rotation, pose.translation, grasp_filter=grasp_filter)
             ok = grasp_filter.accepts(metrics)
             metrics["accepted"] = bool(ok)
