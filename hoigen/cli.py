@@ -116,7 +116,7 @@ def grasp(
         + _default(GraspOptions, "min_contacts"),
     ),
     candidates: int | None = typer.Option(
-        None, "--candidates", help="Optimised grasp candidates per object and round [default: max(8, 3 x grasps)]."
+        None, "--candidates", help="Optimised grasp candidates per object and round [default: max(16, 3 x grasps)]."
     ),
     max_rounds: int | None = typer.Option(
         None, "--max-rounds", help="Rounds of candidates per object while fewer than --grasps pass the filters."

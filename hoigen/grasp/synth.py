@@ -85,8 +85,8 @@ def tangent_direction(normal: np.ndarray, rng: np.random.Generator, up=(0.0, 1.0
     """A tangent at a surface point across ``up`` (fingers wrap around an upright body), turned by a
     random angle (+-0.5 rad, either way round) about the normal."""
     t = np.cross(normal, up)
-    if np.linalg.norm(t) < 1e-3:
-        t = np.cross(normal, (1.0, 0.0, 0.0))
+    if np.linalg.norm(t) < 1e-3:  # the normal runs along ``up``: any axis across it will do
+        t = np.cross(normal, np.eye(3)[int(np.argmin(np.abs(normal)))])
     t /= np.linalg.norm(t)
     b = np.cross(normal, t)
     angle = rng.uniform(-0.5, 0.5) + (np.pi if rng.random() < 0.5 else 0.0)
@@ -181,7 +181,7 @@ def _synthesize(
     grasp_filter = grasp_filter or GraspFilter()
     key = key or mesh_key(mesh)
     ev = evaluator or GraspEvaluator(mesh, hand, key)
-    batch = candidates or max(8, 3 * count)
+    batch = candidates or max(16, 3 * count)  # a step costs about the same for 8 or 48
     lo, hi = mesh.bounds
     problem = GraspProblem(hand, ev.sdf, (lo + hi) / 2, float(np.linalg.norm(hi - lo) / 2))
     report = SynthesisReport(wanted=count)
