@@ -70,3 +70,16 @@ def test_approach_trajectory_slerps_from_a_flat_hand(hand) -> None:
     posed = hand.forward(*params.values()).vertices[0]
     canon = hand.forward(np.zeros(3), grasp.hand_pose, np.zeros(10), np.zeros(3)).vertices[0]
     assert np.allclose(posed, canon @ grasp.rotation.T + grasp.translation, atol=1e-5)
+
+
+def test_vertex_skin_matches_the_hand_model(hand) -> None:
+    import torch
+
+    from hoigen.grasp.skin import vertex_skin
+
+    poses = np.stack([hand.curl_pose(0.3), hand.curl_pose(0.8)]).reshape(2, 45)
+    with torch.no_grad():
+        verts = vertex_skin(hand)(torch.as_tensor(poses, dtype=torch.float32))[0].numpy()
+    for pose, v in zip(poses, verts, strict=True):
+        ref = hand.forward(np.zeros(3), pose, np.zeros(10), np.zeros(3)).vertices[0]
+        assert np.abs(v - ref).max() < 1e-6
