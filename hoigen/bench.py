@@ -226,6 +226,37 @@ def bench_synthesis() -> list[tuple[str, float, float]]:
     ]
 
 
+def bench_worker_start(repeats: int = 2) -> tuple[str, float, float]:
+    """The render stage with --workers 2: spawned workers vs workers forked from a preloaded forkserver.
+
+    Each forkserver run starts a fresh server (as each CLI run does), so its one-off imports count.
+    """
+    import multiprocessing.forkserver as forkserver
+    import os
+
+    from hoigen import stages
+    from hoigen.data.runner import START_METHOD_ENV
+
+    tmp = Path(tempfile.mkdtemp(prefix="hoigen-bench-"))
+    stages.grasp(GraspOptions(categories=["mug", "can"], grasps=1, frames=2), tmp / "grasp", Common(quiet=True))
+    runs = iter(range(10_000))
+
+    def with_start(method: str) -> Callable[[], object]:
+        def run() -> None:
+            forkserver._forkserver._stop()
+            os.environ[START_METHOD_ENV] = method
+            try:
+                opts = RenderOptions(views=1, size=64)
+                stages.render(tmp / "grasp", tmp / f"render-{next(runs)}", opts, Common(quiet=True, workers=2))
+            finally:
+                del os.environ[START_METHOD_ENV]
+
+        return run
+
+    base, cand = side_by_side(with_start("spawn"), with_start("forkserver"), repeats)
+    return "render stage --workers 2, 2 small shards: spawn vs forkserver workers", base, cand
+
+
 def main() -> None:
     import os
     import sys
@@ -236,7 +267,7 @@ def main() -> None:
         rows = bench_grasp()
     else:
         rows = [bench_renderer_reuse(), bench_full_vs_bare(), bench_renderer_memory(), bench_workers()]
-        rows.append(bench_huge_mesh())
+        rows += [bench_worker_start(), bench_huge_mesh()]
         rows += bench_synthesis()
         rows += bench_grasp()
     from rich.table import Table

@@ -620,6 +620,43 @@ def inspect(
     stages.inspect(shards, sheet, rows)
 
 
+@app.command()
+def validate(
+    folder: Path = typer.Argument(..., help="A stage's output folder (grasp, render or synthesize)."),
+) -> None:
+    """Check every shard of a stage folder against the shard contract; list every problem.
+
+    Checks members per stage, ann.json fields and shapes, PNG sizes and modes, index rows against the
+    shards, missing shards and leftover temporary files. Exit 0 with one OK line, else 1.
+
+    Example: hoigen validate out/render
+    """
+    from hoigen.data.validate import format_report
+    from hoigen.data.validate import validate as check
+
+    report = check(folder)
+    for line in format_report(report):
+        typer.echo(line, err=not report.ok)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def merge(
+    out: Path = typer.Argument(..., help="The merged folder (may be the folder the ranks shared)."),
+    rank_dirs: list[Path] = typer.Argument(None, help="Ranks' own output folders to copy in (none: merge in place)."),
+    partial: bool = typer.Option(False, "--partial", help="Write the index even while shards are missing."),
+    quiet: bool = QUIET,
+) -> None:
+    """Join ranks' outputs: copy their shards into OUT and write one index.parquet and run.json.
+
+    Example: hoigen merge out/render out/render-rank0 out/render-rank1
+    """
+    from hoigen.data.merge import merge as join
+
+    _finish(join(out, list(rank_dirs or []), partial), quiet)
+
+
 @assets_app.command("build-hand")
 def build_hand(out: Path = typer.Option(..., "--out", help="Folder for MANO_RIGHT.pkl and MANO_LEFT.pkl.")) -> None:
     """Rebuild the embedded hand model in MANO's pickle format (the shipped copy is built this way)."""
@@ -655,15 +692,23 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise Interrupted
 
 
-def main() -> None:
-    """Console entry point: one-line errors, exit 1 on failure, 2 on usage errors, 130 when interrupted."""
+def main_guard(fn: Any) -> None:
+    """Run ``fn`` as the CLI runs a command: one-line errors (exit 1), 130 on SIGINT/SIGTERM."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, _raise_interrupt)
     try:
-        app()
+        fn()
     except HoigenError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except Interrupted:
-        typer.echo("interrupted: finished shards are kept; rerun the same command to resume", err=True)
+        import shlex
+
+        command = shlex.join(["hoigen", *sys.argv[1:]])
+        typer.echo(f"interrupted: finished shards are kept; to resume, rerun the same command: {command}", err=True)
         sys.exit(130)
+
+
+def main() -> None:
+    """Console entry point: one-line errors, exit 1 on failure, 2 on usage errors, 130 when interrupted."""
+    main_guard(app)

@@ -76,20 +76,27 @@ def _run(
 
 def grasp(opts: GraspOptions, out: Path, common: Common) -> RunSummary:
     """Objects -> grasp shards (+ ``objects/`` and ``objects.parquet``)."""
+    from hoigen.data.lock import fingerprint, folder_lock
+    from hoigen.data.runner import clean_folder, resolve_split
     from hoigen.grasp.stage import grasp_stage, plan_grasp
     from hoigen.hand import load_hand
 
     hand = load_hand(opts.side, opts.mano_dir)  # fail early on a bad --mano-dir
-    tasks, assets = plan_grasp(opts, Path(out), common.seed)
     config = to_config(opts)
-    extra = {
-        "hand_model": {"name": hand.name, "source": str(hand.source), "embedded": hand.is_embedded},
-        "objects": [{"id": a.id, "category": a.category, "source": a.source} for a in assets],
-        "objects_skipped": [s.to_dict() for s in getattr(assets, "skipped", [])],
-    }
-    summary = _run(grasp_stage, tasks, "grasp", out, common, config, None, extra)
-    record_grasp_filter(Path(out), common.quiet)
-    return summary
+    rank, world = resolve_split(common.shard_index, common.num_shards)
+    # locked before the objects are saved; the runner's lock inside reuses this one
+    with folder_lock(Path(out), rank, world, fingerprint("grasp", common.seed, config)) as lock:
+        clean_folder(Path(out), lock)
+        tasks, assets = plan_grasp(opts, Path(out), common.seed)
+        extra = {
+            "hand_model": {"name": hand.name, "source": str(hand.source), "embedded": hand.is_embedded},
+            "objects": [{"id": a.id, "category": a.category, "source": a.source} for a in assets],
+            "objects_skipped": [s.to_dict() for s in getattr(assets, "skipped", [])],
+        }
+        summary = _run(grasp_stage, tasks, "grasp", out, common, config, None, extra)
+        if summary.complete:  # the filter counts come from the whole index, written once every shard exists
+            record_grasp_filter(Path(out), common.quiet)
+        return summary
 
 
 def record_grasp_filter(out: Path, quiet: bool = False) -> dict[str, Any]:
@@ -181,8 +188,16 @@ class ExportSummary:
 
 
 def export(in_dir: Path, out: Path, opts: ExportOptions, quiet: bool = False) -> ExportSummary:
-    """Synthesize (or render) shards -> a NOCS CAMERA-style or BOP dataset folder."""
-    from hoigen.data.index import write_run_json
+    """Synthesize (or render) shards -> a NOCS CAMERA-style or BOP dataset folder.
+
+    Every file is written atomically and deterministically, and ``run.json`` is written last as the
+    mark of a complete export: a killed export leaves no ``run.json``, and rerunning the same
+    command completes it with the same bytes (temporary copies left by the kill are deleted).
+    """
+    from hoigen.data.atomic import remove_stale_tmp
+    from hoigen.data.faults import kill_point
+    from hoigen.data.index import RUN_FILE, write_run_json
+    from hoigen.data.lock import fingerprint, folder_lock, remove_dead_locks
     from hoigen.export.bop import export_bop
     from hoigen.export.nocs import export_nocs
     from hoigen.objects import read_objects
@@ -190,28 +205,40 @@ def export(in_dir: Path, out: Path, opts: ExportOptions, quiet: bool = False) ->
 
     writers = {"nocs": export_nocs, "bop": export_bop}  # ExportOptions has checked the format
     tasks = input_tasks(in_dir, ("synthesize", "render"))
+    expected = read_run_json(in_dir).get("shards")
+    if isinstance(expected, int) and len(tasks) < expected:
+        # the image plan (scenes, splits) depends on every key: a partial export would not match the full one
+        raise HoigenError(
+            f"{in_dir}: {expected - len(tasks)} of {expected} shards are missing; finish that stage first "
+            "(rerun its command, or the missing ranks) and then export"
+        )
     keys = read_index(in_dir).column("key").to_pylist()
     objects = read_objects(objects_dir_of(in_dir))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_run_json(out, "export", {**to_config(opts)}, 0, {"input": str(in_dir)})
-    summary = ExportSummary(out, len(tasks))
-    with make_progress(quiet) as progress:
-        bar = progress.add_task("export", total=len(keys), status="")
+    config = {**to_config(opts)}
+    with folder_lock(out, 0, 1, fingerprint("export", 0, config)):
+        remove_dead_locks(out)
+        remove_stale_tmp(out, recursive=True)
+        (out / RUN_FILE).unlink(missing_ok=True)  # back only when the export is complete
+        summary = ExportSummary(out, len(tasks))
+        with make_progress(quiet) as progress:
+            bar = progress.add_task("export", total=len(keys), status="")
 
-        def tick() -> None:
-            summary.samples_written += 1
-            progress.advance(bar)
+            def tick() -> None:
+                summary.samples_written += 1
+                progress.advance(bar)
 
-        samples = (s for t in tasks for s in t.samples())
-        writers[opts.format](
-            samples, keys, out, objects, split=opts.split, val_fraction=opts.val_fraction, on_sample=tick
-        )
-    if opts.mix is not None:
-        from hoigen.export.mix import mix_lists
+            samples = (s for t in tasks for s in t.samples())
+            writers[opts.format](
+                samples, keys, out, objects, split=opts.split, val_fraction=opts.val_fraction, on_sample=tick
+            )
+        if opts.mix is not None:
+            from hoigen.export.mix import mix_lists
 
-        mixed = mix_lists(out, opts.mix, opts.ratio, opts.mix_mode, opts.split)
-        info(f"mixed list: {mixed}", quiet)
+            mixed = mix_lists(out, opts.mix, opts.ratio, opts.mix_mode, opts.split)
+            info(f"mixed list: {mixed}", quiet)
+        kill_point("export-done")
+        write_run_json(out, "export", config, 0, {"input": str(in_dir)})
     return summary
 
 

@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from clirun import run_hoigen as hoigen
 
-from hoigen.cli import main
 from hoigen.data.shards import list_shards, read_shard
-
-
-def hoigen(*args: str, capsys: pytest.CaptureFixture | None = None) -> tuple[int, str]:
-    """Run the real console entry point in-process; returns (exit code, stderr)."""
-    argv = sys.argv
-    sys.argv = ["hoigen", *map(str, args)]
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = argv
-    err = capsys.readouterr().err if capsys is not None else ""
-    return code, err
 
 
 def shard_bytes(folder: Path) -> dict[str, bytes]:

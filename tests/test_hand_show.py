@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from clirun import exit_code
 
 from hoigen.assets_preview import COLUMNS, hand_items, picture_size
-from hoigen.cli import main
-
-
-def _run(*args: str) -> int:
-    argv = sys.argv
-    sys.argv = ["hoigen", *map(str, args)]
-    try:
-        main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    finally:
-        sys.argv = argv
-    return 0
 
 
 def test_assets_show_writes_a_picture_of_the_expected_size(tmp_path: Path) -> None:
     out = tmp_path / "assets.png"
-    assert _run("assets", "show", "--out", out, "--tile", "64") == 0
+    assert exit_code("assets", "show", "--out", out, "--tile", "64") == 0
     image = cv2.imread(str(out), cv2.IMREAD_COLOR)
     assert image is not None and (image.shape[1], image.shape[0]) == picture_size(64)
     assert image.shape[1] == COLUMNS * 64
@@ -40,7 +27,7 @@ def test_assets_show_writes_a_picture_of_the_expected_size(tmp_path: Path) -> No
 
 
 def test_assets_show_refuses_other_formats(tmp_path: Path) -> None:
-    assert _run("assets", "show", "--out", tmp_path / "assets.jpg") != 0
+    assert exit_code("assets", "show", "--out", tmp_path / "assets.jpg") != 0
 
 
 def test_hand_items_cover_the_poses() -> None:

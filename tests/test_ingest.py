@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import torch
 import yaml
+from clirun import exit_code
 
-from hoigen.cli import main
 from hoigen.data.shards import list_shards, read_shard
 from hoigen.ingest.normals import encode_normals, normals_from_depth
 from hoigen.render.cameras import CAMERA_PRESETS, preset_intrinsics
@@ -27,24 +25,7 @@ MUG_BOX = (250, 400, 250, 450)
 BOX_BOX = (50, 150, 450, 600)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def hoigen(*args) -> int:
-    argv = sys.argv
-    sys.argv = ["hoigen", *map(str, args)]
-    try:
-        main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    finally:
-        sys.argv = argv
-    return 0
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def plane_depth(K: np.ndarray, width: int = 640, height: int = 480) -> np.ndarray:
@@ -135,7 +116,7 @@ def test_normals_from_depth_of_a_plane_are_exact():
 
 def test_ingest_writes_the_contract_with_render_conditions(dexycb, tmp_path):
     out = tmp_path / "native"
-    assert hoigen("ingest", "dexycb", dexycb, "--out", out, "-q") == 0
+    assert exit_code("ingest", "dexycb", dexycb, "--out", out, "-q") == 0
     shards = list_shards(out)
     assert len(shards) == 1 and (out / "index.parquet").exists()
     run = json.loads((out / "run.json").read_text())
@@ -176,7 +157,7 @@ def test_ingest_crops_like_render_and_converts_mano(dexycb, tmp_path):
 
     mano_dir = Path(__file__).resolve().parents[1] / "hoigen" / "hand" / "assets" / "embedded"
     out = tmp_path / "square"
-    assert hoigen("ingest", "dexycb", dexycb, "--out", out, "--size", "64", "--mano-dir", mano_dir, "-q") == 0
+    assert exit_code("ingest", "dexycb", dexycb, "--out", out, "--size", "64", "--mano-dir", mano_dir, "-q") == 0
     sample = next(read_shard(list_shards(out)[0]))
     ann = sample["ann.json"]
     assert np.allclose(ann["camera"]["K"], preset_intrinsics("dexycb", 64)[0])  # render's --camera dexycb --size 64
@@ -200,15 +181,15 @@ def test_ingest_crops_like_render_and_converts_mano(dexycb, tmp_path):
         cv2.imwrite(str(scenery / f"bg{i}.jpg"), np.full((40, 40, 3), 60 * i, np.uint8))
     model = tmp_path / "model"
     args = ("train", "--in", out, "--steps", "2", "--size", "32", "--batch-size", "2", "--out", model, "-q")
-    assert hoigen(*args, "--bg-dir", scenery, "--bg-every", "2", "--threads", "1") == 0
+    assert exit_code(*args, "--bg-dir", scenery, "--bg-every", "2", "--threads", "1") == 0
     record = json.loads((model / "hoigen_train.json").read_text())
     assert record["data"]["samples"] == 2 and record["data"]["captions"] == {"fallback": 2}
     assert record["data"]["background_images"] == 2 and len(record["bg_losses"]) == 1
 
 
 def test_ingest_errors_name_the_file(tmp_path, capsys):
-    assert hoigen("ingest", "dexycb", tmp_path / "nowhere", "--out", tmp_path / "o") == 1
+    assert exit_code("ingest", "dexycb", tmp_path / "nowhere", "--out", tmp_path / "o") == 1
     assert "nowhere" in capsys.readouterr().err
     (tmp_path / "calibration").mkdir()
-    assert hoigen("ingest", "dexycb", tmp_path, "--out", tmp_path / "o") == 1
+    assert exit_code("ingest", "dexycb", tmp_path, "--out", tmp_path / "o") == 1
     assert "meta.yml" in capsys.readouterr().err

@@ -3,38 +3,31 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from clirun import run_hoigen as hoigen
 
-from hoigen.cli import main
 from hoigen.data.shards import ShardWriter, list_shards, read_shard
 
 SIZE = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def hoigen(*args: object, capsys: pytest.CaptureFixture | None = None) -> tuple[int, str]:
-    argv = sys.argv
-    sys.argv = ["hoigen", *map(str, args)]
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = argv
-    return code, capsys.readouterr().err if capsys is not None else ""
+def _ann(key: str, frame: int) -> dict:
+    """A contract-complete ann.json (the fields every stage checks on input) with neutral values."""
+    eye = np.eye(4).tolist()
+    return {
+        "key": key,
+        "hand": {"side": "right", "model": "test-hand", "global_orient": [0.0] * 3, "hand_pose": [0.0] * 45,
+                 "betas": [0.0] * 10, "transl": [0.0] * 3, "joints3d": [[0.0] * 3] * 21},
+        "object": {"id": "mug-1", "category": "mug", "mesh_sha256": "0" * 64, "pose": eye, "nocs_from_mesh": eye},
+        "trajectory": {"frame": frame, "frames": 3},
+        "grasp": {},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +47,7 @@ def render_dir(tmp_path_factory) -> Path:
                         "normal.png": rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) * (seg > 0)[..., None],
                         "seg.png": seg,
                         "skeleton.png": np.zeros((SIZE, SIZE, 3), np.uint8),
-                        "ann.json": {
-                            "object": {"id": "mug-1", "category": "mug"},
-                            "trajectory": {"frame": frame, "frames": 3},
-                        },
+                        "ann.json": _ann(f"mug-1_0000_{frame:03d}_{view:02d}", frame),
                     }
                 )
     (folder / "run.json").write_text(json.dumps({"stage": "render"}))

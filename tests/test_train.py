@@ -23,13 +23,7 @@ SIZE = 32  # the tiny VAE halves 3 times: 4x4 latents, the smallest the tiny UNe
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, OpenMP threads spin-wait and slow down 10-100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _examples(count: int, seed: int = 0) -> list[dict]:

@@ -83,11 +83,31 @@ def versions() -> dict[str, str]:
     return out
 
 
+#: Options that split or pace the work but never change the output; left out of run.json's command
+#: so that every rank, worker count and resumed run records the same bytes.
+NEUTRAL_OPTIONS = {"--shard-index": 1, "--num-shards": 1, "--workers": 1, "--quiet": 0, "-q": 0}
+
+
+def run_command(argv: list[str] | None = None) -> str:
+    """The command that remakes this folder: ``hoigen ARGS`` without split, worker and quiet options."""
+    argv = list(sys.argv if argv is None else argv)
+    args, i = [], 1
+    while i < len(argv):
+        name = argv[i].split("=", 1)[0]
+        if name in NEUTRAL_OPTIONS:
+            i += 1 + (NEUTRAL_OPTIONS[name] if "=" not in argv[i] else 0)
+            continue
+        args.append(argv[i])
+        i += 1
+    prog = Path(argv[0]).name if argv else "hoigen"
+    return " ".join(["hoigen" if prog in ("__main__.py", "-c", "-m", "") else prog, *args])
+
+
 def write_run_json(out_dir: Path, stage: str, config: dict[str, Any], seed: int, extra: dict[str, Any]) -> None:
-    """Record how this output folder was made (deterministic: no timestamps)."""
+    """Record how this output folder was made (deterministic: no timestamps, no rank or worker options)."""
     record = {
         "stage": stage,
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": run_command(),
         "seed": seed,
         "config": config,
         "versions": versions(),

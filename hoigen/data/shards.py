@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from hoigen.data.codec import decode_field, encode_field
+from hoigen.data.faults import kill_point, write_error
 from hoigen.data.schema import Sample
 from hoigen.errors import HoigenError
 
@@ -39,8 +40,10 @@ def list_shards(folder: Path) -> list[Path]:
 
 
 def remove_partial(folder: Path, index: int) -> None:
-    """Delete temporary files left by an interrupted write of shard ``index``."""
-    for tmp in Path(folder).glob(shard_name(index) + TMP_MARK + "*"):
+    """Delete temporary files left by an interrupted write of shard ``index`` (and of its index part)."""
+    folder = Path(folder)
+    part = shard_name(index).replace(".tar", ".parquet")
+    for tmp in [*folder.glob(shard_name(index) + TMP_MARK + "*"), *folder.glob(f"_index/.{part}{TMP_MARK}*")]:
         tmp.unlink(missing_ok=True)
 
 
@@ -50,35 +53,67 @@ class ShardWriter:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.tmp = self.path.with_name(f"{self.path.name}{TMP_MARK}{os.getpid()}")
-        self._file = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
+        try:
+            self._file = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
         self.count = 0
+        self._open = True
 
     def write(self, sample: Sample) -> None:
         key = sample["__key__"]
         if "." in key or "/" in key:
             raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
-        for field in sorted(k for k in sample if not k.startswith("__")):
-            data = encode_field(field, sample[field])
-            info = tarfile.TarInfo(f"{key}.{field}")
-            info.size, info.mtime, info.mode = len(data), MTIME, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+        try:
+            for field in sorted(k for k in sample if not k.startswith("__")):
+                data = encode_field(field, sample[field])
+                info = tarfile.TarInfo(f"{key}.{field}")
+                info.size, info.mtime, info.mode = len(data), MTIME, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                self._tar.addfile(info, io.BytesIO(data))
+        except OSError as exc:
+            self.abort()
+            raise write_error(self.path, exc) from None
         self.count += 1
+        kill_point("shard-sample")
 
-    def close(self) -> Path:
-        self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self.tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
+    def finish(self) -> None:
+        """Complete and sync the temporary file (the shard is not yet visible)."""
         try:
             self._tar.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
             self._file.close()
+        except OSError as exc:
+            self.abort()
+            raise write_error(self.path, exc) from None
+        kill_point("shard-closed")
+
+    def publish(self) -> Path:
+        """Rename the finished temporary file to the shard's name."""
+        os.replace(self.tmp, self.path)
+        self._open = False
+        kill_point("shard-published")
+        return self.path
+
+    def close(self) -> Path:
+        self.finish()
+        return self.publish()
+
+    def abort(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        try:
+            try:
+                self._tar.close()
+            except OSError:
+                pass
+            self._file.close()
+        except OSError:
+            pass
         finally:
             self.tmp.unlink(missing_ok=True)
 

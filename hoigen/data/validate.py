@@ -1,0 +1,268 @@
+"""``hoigen validate DIR``: check a stage's output folder against the shard contract (DESIGN.md).
+
+Checks, and reports every problem as one line (``<file>: <key>: <what>``):
+
+- the folder has ``run.json`` naming its stage, and every shard ``0..shards-1`` it promises;
+- no temporary files (``*.tmp-<pid>``) are left, and no shard is truncated or corrupt;
+- every sample has every member its stage writes (grasp: ``ann.json``; render: + the seven maps;
+  synthesize: + ``image.jpg``, ``prompt.txt``, ``gen.json``), keys are well formed and unique, and
+  ``ann.json.key`` equals the sample key;
+- ``ann.json`` has the contract's fields with their shapes (MANO parameters, 21 joints, 4x4 poses,
+  3x3 K, ...), all numbers finite;
+- every PNG decodes with the mode and size the contract gives (seg/amodal uint8 2-D, depth uint16
+  2-D, the colour maps uint8 RGB, all ``camera.height x camera.width``); ``image.jpg`` is RGB;
+- ``index.parquet`` holds exactly one row per sample, with the right shard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hoigen.data.atomic import is_tmp
+from hoigen.data.codec import decode_field
+from hoigen.data.index import INDEX_FILE, PARTS_DIR, read_run_json
+from hoigen.data.lock import LOCK_GLOB, held_by_live_process
+from hoigen.data.schema import GRASP_FIELDS, OBJECT_ID_RE, RENDER_FIELDS, SYNTH_FIELDS, Sample
+from hoigen.data.shards import list_shards, read_shard, shard_index, shard_name
+from hoigen.errors import HoigenError
+
+STAGE_FIELDS = {
+    "grasp": GRASP_FIELDS,
+    "render": GRASP_FIELDS + RENDER_FIELDS,
+    "synthesize": GRASP_FIELDS + RENDER_FIELDS + SYNTH_FIELDS,
+}
+
+#: ann.json fields every stage writes: dotted path -> shape (() = a scalar, "str", "bool").
+GRASP_ANN: dict[str, Any] = {
+    "key": "str",
+    "hand.side": "str",
+    "hand.model": "str",
+    "hand.global_orient": (3,),
+    "hand.hand_pose": (45,),
+    "hand.betas": (10,),
+    "hand.transl": (3,),
+    "hand.joints3d": (21, 3),
+    "object.id": "str",
+    "object.category": "str",
+    "object.mesh_sha256": "str",
+    "object.pose": (4, 4),
+    "object.nocs_from_mesh": (4, 4),
+    "trajectory.frame": (),
+    "trajectory.frames": (),
+    "grasp": "dict",
+}
+RENDER_ANN: dict[str, Any] = {
+    "camera.K": (3, 3),
+    "camera.world_to_cam": (4, 4),
+    "camera.width": (),
+    "camera.height": (),
+    "hand.joints2d": (21, 2),
+    "hand.joints_visible": (21,),
+}
+GEN_FIELDS = ("model", "seed", "steps", "guidance")
+#: PNG member -> (dtype, channels: 0 = 2-D)
+PNG_MODES = {
+    "seg.png": ("uint8", 0),
+    "amodal.png": ("uint8", 0),
+    "depth.png": ("uint16", 0),
+    "normal.png": ("uint8", 3),
+    "nocs.png": ("uint8", 3),
+    "skeleton.png": ("uint8", 3),
+    "shade.png": ("uint8", 3),
+}
+MAX_LISTED = 50
+
+
+@dataclass
+class Report:
+    folder: Path
+    stage: str = "?"
+    shards: int = 0
+    samples: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        if self.ok:
+            return (
+                f"ok: {self.folder}: {self.stage} folder, {self.shards} shards, {self.samples} samples, index matches"
+            )
+        return f"{self.folder}: {len(self.problems)} problems in {self.shards} shards ({self.samples} samples read)"
+
+
+def _get(ann: dict[str, Any], dotted: str) -> tuple[bool, Any]:
+    value: Any = ann
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False, None
+        value = value[part]
+    return True, value
+
+
+def check_ann(ann: Any, key: str, stage: str) -> Iterator[str]:
+    """Problems of one ``ann.json`` (missing fields, wrong shapes, non-finite numbers)."""
+    if not isinstance(ann, dict):
+        yield "ann.json is not a JSON object"
+        return
+    spec = dict(GRASP_ANN)
+    if stage in ("render", "synthesize"):
+        spec.update(RENDER_ANN)
+    for dotted, shape in spec.items():
+        found, value = _get(ann, dotted)
+        if not found:
+            yield f"ann.json has no field {dotted}"
+        elif shape == "str":
+            if not isinstance(value, str):
+                yield f"ann.json {dotted} is not a string"
+        elif shape == "dict":
+            if not isinstance(value, dict):
+                yield f"ann.json {dotted} is not an object"
+        else:
+            try:
+                arr = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError):
+                yield f"ann.json {dotted} is not numeric"
+                continue
+            if arr.shape != shape:
+                yield f"ann.json {dotted} has shape {list(arr.shape)}, expected {list(shape)}"
+            elif not np.isfinite(arr).all():
+                yield f"ann.json {dotted} holds NaN or infinity"
+    if ann.get("key") not in (None, key):
+        yield f"ann.json key {ann.get('key')!r} differs from the sample key"
+    found, obj_id = _get(ann, "object.id")
+    if found and isinstance(obj_id, str) and not key.startswith(obj_id + "_"):
+        yield f"ann.json object.id {obj_id!r} does not match the key"
+
+
+def _check_key(key: str, stage: str) -> Iterator[str]:
+    parts = key.split("_")
+    want = 3 if stage == "grasp" else 4
+    if len(parts) != want or not OBJECT_ID_RE.match(parts[0]) or not all(p.isdigit() for p in parts[1:]):
+        yield f"key is not object_grasp_frame{'' if stage == 'grasp' else '_view'}"
+
+
+def check_sample(raw: Sample, stage: str) -> Iterator[str]:
+    """Problems of one undecoded sample of ``stage``."""
+    key = raw["__key__"]
+    yield from _check_key(key, stage)
+    members = {k for k in raw if not k.startswith("__")}
+    for missing in sorted(set(STAGE_FIELDS[stage]) - members):
+        yield f"member {missing} is missing"
+    decoded: dict[str, Any] = {}
+    for name in sorted(members):
+        try:
+            decoded[name] = decode_field(name, raw[name], "shard")
+        except HoigenError as exc:
+            yield str(exc).split(": ", 1)[-1].split(";")[0]
+    ann = decoded.get("ann.json")
+    if ann is not None:
+        yield from check_ann(ann, key, stage)
+    cam = ann.get("camera", {}) if isinstance(ann, dict) else {}
+    size = (cam.get("height"), cam.get("width"))
+    for name, (dtype, channels) in PNG_MODES.items():
+        img = decoded.get(name)
+        if img is None or not isinstance(img, np.ndarray):
+            continue
+        mode = f"{img.dtype} {'x'.join(map(str, img.shape[2:])) or '2-D'}"
+        if str(img.dtype) != dtype or (img.ndim != 2 if channels == 0 else img.shape[2:] != (channels,)):
+            yield f"{name} is {mode}, expected {dtype} {'2-D' if channels == 0 else f'{channels} channels'}"
+        if None not in size and img.shape[:2] != size:
+            yield f"{name} is {img.shape[1]}x{img.shape[0]}, camera says {size[1]}x{size[0]}"
+    image = decoded.get("image.jpg")
+    if isinstance(image, np.ndarray) and (image.ndim != 3 or image.shape[2] != 3):
+        yield f"image.jpg has shape {list(image.shape)}, expected RGB"
+    gen = decoded.get("gen.json")
+    if "gen.json" in decoded and not (isinstance(gen, dict) and all(f in gen for f in GEN_FIELDS)):
+        yield f"gen.json lacks one of {', '.join(GEN_FIELDS)}"
+    prompt = decoded.get("prompt.txt")
+    if "prompt.txt" in decoded and not (isinstance(prompt, str) and prompt.strip()):
+        yield "prompt.txt is empty"
+
+
+def _index_rows(folder: Path) -> tuple[list[tuple[str, str]] | None, str | None]:
+    import pyarrow.parquet as pq
+
+    path = folder / INDEX_FILE
+    if not path.exists():
+        return None, f"{path}: missing; rerun the stage or run hoigen merge {folder}"
+    try:
+        table = pq.read_table(path, columns=["key", "shard"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable parquet is one problem line
+        return None, f"{path}: unreadable ({' '.join(str(exc).split())})"
+    return list(zip(table.column("key").to_pylist(), table.column("shard").to_pylist(), strict=True)), None
+
+
+def validate(folder: Path) -> Report:
+    """Check every shard of a stage folder; the report lists every problem found."""
+    folder = Path(folder)
+    report = Report(folder)
+    if not folder.is_dir():
+        raise HoigenError(f"{folder}: not a folder; point hoigen validate at a stage's output folder")
+    problems = report.problems
+    run = read_run_json(folder)
+    stage = run.get("stage")
+    if stage not in STAGE_FIELDS:
+        problems.append(f"{folder / 'run.json'}: missing or names no shard stage ({stage!r}); is this a stage folder?")
+        stage = "grasp"
+    report.stage = stage
+    for p in sorted([*folder.iterdir(), *(folder / PARTS_DIR).glob("*")]):
+        if is_tmp(p):
+            problems.append(f"{p}: temporary file left by an interrupted write; rerun the same command to clean it")
+    for p in sorted(folder.glob(LOCK_GLOB)):
+        if held_by_live_process(p):
+            problems.append(f"{p}: a run is still writing this folder")
+    shards = list_shards(folder)
+    report.shards = len(shards)
+    expected = run.get("shards")
+    if isinstance(expected, int):
+        have = {shard_index(p) for p in shards}
+        missing = [shard_name(i) for i in range(expected) if i not in have]
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            problems.append(f"{folder}: {len(missing)} of {expected} shards missing ({', '.join(missing[:5])}{more})")
+    seen: dict[str, str] = {}
+    for path in shards:
+        try:
+            for raw in read_shard(path, decode=False):
+                report.samples += 1
+                key = raw["__key__"]
+                if key in seen:
+                    problems.append(f"{path}: {key}: duplicate key (also in {seen[key]})")
+                seen[key] = path.name
+                problems.extend(f"{path}: {key}: {p}" for p in check_sample(raw, stage))
+        except HoigenError as exc:
+            problems.append(str(exc))
+    rows, err = _index_rows(folder)
+    if err:
+        problems.append(err)
+    elif rows is not None:
+        indexed = dict(rows)
+        if len(indexed) != len(rows):
+            problems.append(f"{folder / INDEX_FILE}: duplicate keys")
+        for key in sorted(set(seen) - set(indexed)):
+            problems.append(f"{folder / INDEX_FILE}: no row for {key} ({seen[key]})")
+        for key in sorted(set(indexed) - set(seen)):
+            problems.append(f"{folder / INDEX_FILE}: row {key} ({indexed[key]}) is in no shard")
+        for key in sorted(set(indexed) & set(seen)):
+            if indexed[key] != seen[key]:
+                problems.append(f"{folder / INDEX_FILE}: row {key} says {indexed[key]}, the sample is in {seen[key]}")
+    return report
+
+
+def format_report(report: Report) -> list[str]:
+    """The lines ``hoigen validate`` prints: problems (at most 50, then a count), then the summary."""
+    lines = report.problems[:MAX_LISTED]
+    if len(report.problems) > MAX_LISTED:
+        lines.append(f"... and {len(report.problems) - MAX_LISTED} more")
+    return [*lines, report.summary()]
+
+
+__all__ = ["Report", "check_ann", "check_sample", "format_report", "validate"]
