@@ -6,6 +6,7 @@ seconds of each and their ratio (baseline / candidate; > 1 means the candidate i
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -161,7 +162,9 @@ def bench_grasp() -> list[tuple[str, float, float]]:
     """Grasp synthesis: accepted grasps per second per core, and the metric table (printed)."""
     from hoigen.grasp.bench import bench_grasps, print_grasp_table
 
-    rows, sets = bench_grasps()
+    size = os.environ.get("HOIGEN_BENCH_GRASP", "16x48")  # grasps x candidates per object
+    grasps, candidates = (int(x) for x in size.split("x"))
+    rows, sets = bench_grasps(grasps, candidates)
     print_grasp_table(sets)
     return rows
 

@@ -116,7 +116,11 @@ def grasp(
         + _default(GraspOptions, "min_contacts"),
     ),
     candidates: int | None = typer.Option(
-        None, "--candidates", help="Optimised grasp candidates per object [default: max(8, 3 x grasps)]."
+        None, "--candidates", help="Optimised grasp candidates per object and round [default: max(16, 3 x grasps)]."
+    ),
+    max_rounds: int | None = typer.Option(
+        None, "--max-rounds", help="Rounds of candidates per object while fewer than --grasps pass the filters."
+        + _default(GraspOptions, "max_rounds"),
     ),
     report: bool = typer.Option(False, "--report", help="Print metric tables per object and category (stderr)."),
     seed: int = SEED,
@@ -131,9 +135,10 @@ def grasp(
     (key object_grasp_frame) with MANO parameters, 3D joints, object pose and grasp metrics in
     ann.json, plus objects/<id>.ply and objects.parquet.
 
-    Grasps are optimised in batches per object and kept when they pass the filters
-    (--max-penetration, --max-sim-displacement, --min-contacts); the counts of rejected candidates
-    go to run.json and the index, and --report prints the metric tables.
+    Grasps are optimised in batches per object and only those that pass the filters
+    (--max-penetration, --max-sim-displacement, --min-contacts) are written; while an object has
+    fewer than --grasps, another batch is drawn (up to --max-rounds). The counts of rejected
+    candidates and any shortfall go to run.json, and --report prints the metric tables.
 
     Example: hoigen grasp --objects ycb/ --grasps 4 --frames 8 --out out/grasp --report
     """
@@ -153,6 +158,7 @@ def grasp(
         max_sim_displacement=max_sim_displacement,
         min_contacts=min_contacts,
         candidates=candidates,
+        max_rounds=max_rounds,
     )
     _finish(stages.grasp(opts, out, _common(seed, workers, shard_index, num_shards, quiet)), quiet)
     if report:

@@ -49,10 +49,11 @@ class GraspOptions:
     max_penetration: float = 0.5  # cm: deepest hand vertex inside the object for an accepted grasp
     max_sim_displacement: float = 2.0  # cm: object displacement in the pybullet hold test
     min_contacts: int = 3  # fingers touching the object
-    candidates: int | None = None  # optimised candidates per object (None: max(8, 3 x grasps))
+    candidates: int | None = None  # optimised candidates per object and round (None: max(16, 3 x grasps))
+    max_rounds: int = 3  # rounds of candidates per object while fewer than `grasps` are accepted
 
     def __post_init__(self) -> None:
-        require_positive(self, "grasps", "frames", "objects_per_shard", "candidates")
+        require_positive(self, "grasps", "frames", "objects_per_shard", "candidates", "max_rounds")
         if self.max_penetration < 0 or self.max_sim_displacement < 0 or not 0 <= self.min_contacts <= 5:
             raise HoigenError(
                 "--max-penetration and --max-sim-displacement must be >= 0 and --min-contacts in 0..5"

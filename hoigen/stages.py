@@ -99,23 +99,27 @@ def grasp(opts: GraspOptions, out: Path, common: Common) -> RunSummary:
         return summary
 
 
-def record_grasp_filter(out: Path, quiet: bool = False) -> dict[str, int]:
-    """Add the grasp filter's counts (candidates, evaluated, accepted, rejected) to ``run.json``."""
+def record_grasp_filter(out: Path, quiet: bool = False) -> dict[str, Any]:
+    """Add the grasp filter's counts and shortfall to ``run.json``; warn once per short object.
+
+    Raises :class:`HoigenError` when no object yielded an accepted grasp."""
     import json
 
     from hoigen.data.atomic import atomic_write_bytes
-    from hoigen.grasp.report import filter_stats, grasp_rows
+    from hoigen.grasp.report import filter_line, filter_stats, no_grasp_error
 
-    stats = filter_stats(grasp_rows(out))
+    stats = filter_stats(out)
     run = read_run_json(out)
     run["grasp_filter"] = stats
     atomic_write_bytes(out / "run.json", json.dumps(run, indent=2, sort_keys=True, default=str).encode() + b"\n")
-    info(
-        f"grasp filter: {stats['evaluated']} candidates measured, {stats['accepted']} accepted, "
-        f"{stats['rejected']} rejected; {stats['grasps_written_rejected']} of {stats['grasps_written']} grasps "
-        "written are rejected ones (grasp.accepted = false)",
-        quiet,
-    )
+    for o in stats["short"]:
+        console.print(
+            f"warning: grasp: {o['object']}: {o['written']} of {o['wanted']} grasps passed the filters "
+            "(written as they are; see run.json grasp_filter)"
+        )
+    if stats["objects"] and not stats["accepted"]:
+        raise HoigenError(no_grasp_error(stats))
+    info(filter_line(stats), quiet)
     return stats
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from hoigen.grasp.metrics import GraspFilter
 from hoigen.grasp.synth import synthesize_grasp
 from hoigen.grasp.trajectory import HandPose, approach_trajectory
 from hoigen.hand import load_hand
@@ -27,7 +28,9 @@ def test_vertex_fingers_hold_their_fingertips(hand) -> None:
 
 def test_grasp_touches_without_deep_penetration(hand) -> None:
     can = procedural_objects(["can"])[0]
-    result = synthesize_grasp(can.mesh, hand, np.random.default_rng(3), category="can", candidates=3)
+    loose = GraspFilter(max_penetration=1.0, max_sim_displacement=1e3, min_contacts=2)
+    kwargs = {"category": "can", "candidates": 3, "grasp_filter": loose}
+    result = synthesize_grasp(can.mesh, hand, np.random.default_rng(3), **kwargs)
     posed = hand.forward(*result.pose.mano_params(hand).values())
     sd = signed_distance(can.mesh, posed.vertices[0])
     assert sd.max() < 0.01  # under 1 cm inside
@@ -36,7 +39,7 @@ def test_grasp_touches_without_deep_penetration(hand) -> None:
     fingers = hand.vertex_fingers
     touching = sum(bool(np.any(sd[fingers == k] > -0.005)) for k in range(5))
     assert touching == result.metrics["contact_fingers"]
-    again = synthesize_grasp(can.mesh, hand, np.random.default_rng(3), category="can", candidates=3)
+    again = synthesize_grasp(can.mesh, hand, np.random.default_rng(3), **kwargs)
     assert np.array_equal(again.pose.hand_pose, result.pose.hand_pose)
 
 
@@ -67,3 +70,16 @@ def test_approach_trajectory_slerps_from_a_flat_hand(hand) -> None:
     posed = hand.forward(*params.values()).vertices[0]
     canon = hand.forward(np.zeros(3), grasp.hand_pose, np.zeros(10), np.zeros(3)).vertices[0]
     assert np.allclose(posed, canon @ grasp.rotation.T + grasp.translation, atol=1e-5)
+
+
+def test_vertex_skin_matches_the_hand_model(hand) -> None:
+    import torch
+
+    from hoigen.grasp.skin import vertex_skin
+
+    poses = np.stack([hand.curl_pose(0.3), hand.curl_pose(0.8)]).reshape(2, 45)
+    with torch.no_grad():
+        verts = vertex_skin(hand)(torch.as_tensor(poses, dtype=torch.float32))[0].numpy()
+    for pose, v in zip(poses, verts, strict=True):
+        ref = hand.forward(np.zeros(3), pose, np.zeros(10), np.zeros(3)).vertices[0]
+        assert np.abs(v - ref).max() < 1e-6

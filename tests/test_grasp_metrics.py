@@ -46,6 +46,13 @@ def test_hand_far_away_has_no_contact_and_the_object_falls(hand, flat) -> None:
     assert m["sim_displacement_cm"] > 9.0  # free fall over 35 steps of 1/240 s is 10.4 cm
     assert not GraspFilter().accepts(m)
     assert set(GraspFilter().reasons(m)) == {"sim_displacement", "contacts"}
+    # with the filter given, the cheap checks fail first: no volume, no pybullet test, still rejected
+    ev = GraspEvaluator(box, hand, "small-box")
+    quick = ev.evaluate(flat + [0.0, 0.0, 0.5], np.zeros(45), np.eye(3), np.array([0.0, 0.0, 0.5]),
+                        grasp_filter=GraspFilter())  # fmt: skip
+    assert np.isnan(quick["sim_displacement_cm"]) and np.isnan(quick["penetration_volume_cm3"])
+    assert quick["contact_fingers"] == 0 and GraspFilter().reasons(quick) == ["contacts"]
+    assert not GraspFilter().accepts(quick)
 
 
 def test_object_resting_in_an_upturned_palm_stays(hand, flat) -> None:

@@ -7,7 +7,7 @@ into folders of their own (node-local disks) are joined by copying their shards 
 - every rank folder must come from the same run (stage, seed and configuration in ``run.json``);
 - a shard present in two folders must be byte-identical (it is, for one run), else merge refuses;
 - each shard's index part is copied before the shard, through temporary names, so a merge killed
-  midway is finished by running it again; the objects folder of grasp output is copied too;
+  midway is finished by running it again; the objects and grasp_stats folders of grasp output are copied too;
 - ``index.parquet`` is then joined from the parts in shard order (the bytes a single run writes),
   and ``run.json`` is the first rank's record plus ``merged_from``.
 
@@ -96,11 +96,11 @@ def merge(out_dir: Path, sources: list[Path], partial: bool = False) -> MergeSum
         remove_stale_tmp(out_dir)
         remove_stale_tmp(out_dir / PARTS_DIR)
         for src in sources:
-            objects = src / "objects"
-            if objects.is_dir():
-                for f in sorted(objects.iterdir()):
-                    if f.is_file() and not is_tmp(f):
-                        _copy(f, out_dir / "objects" / f.name)
+            for sub in ("objects", "grasp_stats"):  # grasp output: object meshes, per-object filter counts
+                if (src / sub).is_dir():
+                    for f in sorted((src / sub).iterdir()):
+                        if f.is_file() and not is_tmp(f):
+                            _copy(f, out_dir / sub / f.name)
             if (src / "objects.parquet").exists():
                 _copy(src / "objects.parquet", out_dir / "objects.parquet")
             for shard in list_shards(src):

@@ -124,23 +124,34 @@ class GraspEvaluator:
         rotation: np.ndarray,
         translation: np.ndarray,
         simulate: bool = True,
+        grasp_filter: GraspFilter | None = None,
     ) -> dict[str, float | int | bool]:
-        """Per-grasp metrics of the posed hand ``vertices`` (V, 3) in the mesh frame."""
+        """Per-grasp metrics of the posed hand ``vertices`` (V, 3) in the mesh frame.
+
+        With ``grasp_filter``, the cheap checks (penetration depth, contacts) run first and a grasp
+        that already fails them skips the volume and the pybullet test (both NaN): it is rejected
+        either way."""
         from hoigen.grasp.simulate import simulation_displacement_cm
 
         sd = self.exact_signed(vertices)
         touching = sd > -CONTACT_M
         per_finger = [bool(touching[self.fingers == k].any()) for k in range(5)]
         count = int(sum(per_finger))
+        depth = round(float(max(sd.max(), 0.0) * 100.0), 4)
         metrics: dict[str, float | int | bool] = {
-            "penetration_depth_cm": round(float(max(sd.max(), 0.0) * 100.0), 4),
-            "penetration_volume_cm3": round(self.penetration_volume_cm3(hand_pose, rotation, translation), 4),
+            "penetration_depth_cm": depth,
+            "penetration_volume_cm3": float("nan"),
             "contact_fingers": count,
             "contact_ratio": round(count / 5.0, 4),
             "palm_contact": bool(touching[self.fingers < 0].any()),
             "tip_distance_cm": round(float(np.abs(sd[self.tips]).mean() * 100.0), 4),
         }
         metrics.update({f"contact_{name}": flag for name, flag in zip(FINGERS, per_finger, strict=True)})
+        if grasp_filter is not None and (depth > grasp_filter.max_penetration or count < grasp_filter.min_contacts):
+            if simulate:
+                metrics["sim_displacement_cm"] = float("nan")
+            return metrics
+        metrics["penetration_volume_cm3"] = round(self.penetration_volume_cm3(hand_pose, rotation, translation), 4)
         if simulate:
             metrics["sim_displacement_cm"] = round(
                 simulation_displacement_cm(vertices, self.hand.faces, self.mesh, self.key), 4

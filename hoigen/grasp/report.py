@@ -1,8 +1,8 @@
 """Grasp statistics from a grasp output folder's ``index.parquet``: filter counts and metric tables.
 
-One index row is one trajectory frame; the statistics use one row per grasp (frame 0). Candidate
-counts (``candidates``, ``evaluated``, ``rejected``) are per object and repeated on each of its
-grasps, so they are taken once per object. ``hoigen grasp --report`` prints the tables to stderr
+One index row is one trajectory frame; the metric tables use one row per grasp (frame 0). Candidate
+counts come from ``grasp_stats/<object>.json`` (one per object, written by the stage), so objects
+with no accepted grasp (and no index rows) still count. ``hoigen grasp --report`` prints the tables to stderr
 (the rich console every progress message uses), keeping stdout free for pipes.
 """
 
@@ -37,26 +37,72 @@ def grasp_rows(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def filter_stats(rows: list[dict[str, Any]]) -> dict[str, int]:
-    """Candidates, evaluated, accepted and rejected counts over the objects, and grasps written."""
-    per_object: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        per_object.setdefault(r["object"], r)
+FILTER_FLAGS = {
+    "penetration": "--max-penetration",
+    "sim_displacement": "--max-sim-displacement",
+    "contacts": "--min-contacts",
+}
+
+
+def filter_stats(folder: Path) -> dict[str, Any]:
+    """Candidate counts over the objects (from ``grasp_stats/``), grasps written, and the shortfall.
+
+    ``short`` lists the objects with fewer accepted grasps than asked for (object, wanted,
+    written); ``reasons`` counts why candidates were rejected (a candidate can fail several)."""
+    from hoigen.grasp.stage import read_object_stats
+
+    per_object = read_object_stats(Path(folder))
+    reasons: dict[str, int] = {}
+    for o in per_object:
+        for k, v in o.get("reasons", {}).items():
+            reasons[k] = reasons.get(k, 0) + int(v)
 
     def total(name: str) -> int:
-        return int(sum(int(r.get(name, 0) or 0) for r in per_object.values()))
+        return int(sum(int(o.get(name, 0)) for o in per_object))
 
-    evaluated = total("evaluated")
-    rejected = total("rejected")
+    short = [
+        {"object": o["object"], "wanted": o["wanted"], "written": o["written"]}
+        for o in per_object
+        if o["written"] < o["wanted"]
+    ]
     return {
         "objects": len(per_object),
         "candidates": total("candidates"),
-        "evaluated": evaluated,
-        "accepted": evaluated - rejected,
-        "rejected": rejected,
-        "grasps_written": len(rows),
-        "grasps_written_rejected": sum(1 for r in rows if r.get("accepted") is False),
+        "rounds": total("rounds"),
+        "evaluated": total("evaluated"),
+        "accepted": total("accepted"),
+        "rejected": total("rejected"),
+        "grasps_wanted": total("wanted"),
+        "grasps_written": total("written"),
+        "objects_short": len(short),
+        "short": short,
+        "reasons": dict(sorted(reasons.items())),
     }
+
+
+def filter_line(stats: dict[str, Any]) -> str:
+    """One line of the filter counts."""
+    why = ", ".join(f"{k} {v}" for k, v in stats["reasons"].items()) or "none"
+    return (
+        f"grasp filter: {stats['candidates']} candidates in {stats['rounds']} rounds, {stats['evaluated']} measured, "
+        f"{stats['accepted']} accepted, {stats['rejected']} rejected (why: {why}); {stats['grasps_written']} of "
+        f"{stats['grasps_wanted']} grasps written, {stats['objects_short']} objects short"
+    )
+
+
+def no_grasp_error(stats: dict[str, Any]) -> str:
+    """The one-line error when no object yielded an accepted grasp: which filters, which flag."""
+    reasons = stats["reasons"]
+    if reasons:
+        worst = max(reasons, key=lambda k: reasons[k])
+        why = ", ".join(f"{FILTER_FLAGS.get(k, k)} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        hint = f"loosen {FILTER_FLAGS.get(worst, worst)} (rejected most) or raise --candidates / --max-rounds"
+    else:
+        why, hint = "no candidate measured", "raise --candidates / --max-rounds"
+    return (
+        f"grasp: no accepted grasp for any of {stats['objects']} objects ({stats['evaluated']} candidates measured, "
+        f"rejected by {why}); {hint}"
+    )
 
 
 def summarise(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, float]]:
@@ -82,12 +128,10 @@ def print_report(folder: Path) -> dict[str, Any]:
     from hoigen.data.progress import console
 
     rows = grasp_rows(folder)
-    stats = filter_stats(rows)
-    console.print(
-        f"grasp filter: {stats['candidates']} candidates, {stats['evaluated']} evaluated, "
-        f"{stats['accepted']} accepted, {stats['rejected']} rejected; {stats['grasps_written']} grasps written "
-        f"({stats['grasps_written_rejected']} of them rejected ones, marked accepted=false)"
-    )
+    stats = filter_stats(folder)
+    console.print(filter_line(stats))
+    for o in stats["short"]:
+        console.print(f"  short: {o['object']}: {o['written']} of {o['wanted']} grasps accepted")
     result: dict[str, Any] = {"filter": stats}
     for key in ("object", "category"):
         summary = summarise(rows, key)

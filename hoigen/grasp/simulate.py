@@ -138,33 +138,43 @@ def simulation_displacement_cm(
     path, _ = collision_file(mesh, key)
     com = np.asarray(mesh.center_mass if mesh.is_watertight else mesh.centroid, dtype=np.float64)
     worst = 0.0
-    cid = _client()
-    try:
-        for direction in directions:
-            p.resetSimulation(physicsClientId=cid)
-            p.setPhysicsEngineParameter(
-                fixedTimeStep=STEP_S, numSolverIterations=150, enableFileCaching=0, physicsClientId=cid
-            )
-            g = 9.8 * np.asarray(direction, dtype=np.float64) / np.linalg.norm(direction)
-            p.setGravity(*g.tolist(), physicsClientId=cid)
-            hand_shape = p.createCollisionShape(
-                p.GEOM_MESH,
-                vertices=np.asarray(hand_vertices, dtype=np.float64).tolist(),
-                indices=np.asarray(hand_faces, dtype=np.int64).reshape(-1).tolist(),
-                flags=p.GEOM_FORCE_CONCAVE_TRIMESH,
-                physicsClientId=cid,
-            )
-            hand_body = p.createMultiBody(baseMass=0, baseCollisionShapeIndex=hand_shape, physicsClientId=cid)
-            p.changeDynamics(hand_body, -1, lateralFriction=FRICTION, restitution=0.0, physicsClientId=cid)
-            obj_shape = p.createCollisionShape(p.GEOM_MESH, fileName=path, physicsClientId=cid)
-            obj = p.createMultiBody(
-                baseMass=OBJECT_MASS, baseCollisionShapeIndex=obj_shape, basePosition=com.tolist(), physicsClientId=cid
-            )
-            p.changeDynamics(obj, -1, lateralFriction=FRICTION, restitution=0.5, physicsClientId=cid)
-            for _ in range(steps):
-                p.stepSimulation(physicsClientId=cid)
-            end = np.asarray(p.getBasePositionAndOrientation(obj, physicsClientId=cid)[0])
-            worst = max(worst, float(np.linalg.norm(end - com)) * 100.0)
-    finally:
-        p.disconnect(cid)
+    cid = _sim_client()
+    # resetSimulation clears the world before each test: a result never depends on earlier ones
+    for direction in directions:
+        p.resetSimulation(physicsClientId=cid)
+        p.setPhysicsEngineParameter(
+            fixedTimeStep=STEP_S, numSolverIterations=150, enableFileCaching=0, physicsClientId=cid
+        )
+        g = 9.8 * np.asarray(direction, dtype=np.float64) / np.linalg.norm(direction)
+        p.setGravity(*g.tolist(), physicsClientId=cid)
+        hand_shape = p.createCollisionShape(
+            p.GEOM_MESH,
+            vertices=np.asarray(hand_vertices, dtype=np.float64).tolist(),
+            indices=np.asarray(hand_faces, dtype=np.int64).reshape(-1).tolist(),
+            flags=p.GEOM_FORCE_CONCAVE_TRIMESH,
+            physicsClientId=cid,
+        )
+        hand_body = p.createMultiBody(baseMass=0, baseCollisionShapeIndex=hand_shape, physicsClientId=cid)
+        p.changeDynamics(hand_body, -1, lateralFriction=FRICTION, restitution=0.0, physicsClientId=cid)
+        obj_shape = p.createCollisionShape(p.GEOM_MESH, fileName=path, physicsClientId=cid)
+        obj = p.createMultiBody(
+            baseMass=OBJECT_MASS, baseCollisionShapeIndex=obj_shape, basePosition=com.tolist(), physicsClientId=cid
+        )
+        p.changeDynamics(obj, -1, lateralFriction=FRICTION, restitution=0.5, physicsClientId=cid)
+        for _ in range(steps):
+            p.stepSimulation(physicsClientId=cid)
+        end = np.asarray(p.getBasePositionAndOrientation(obj, physicsClientId=cid)[0])
+        worst = max(worst, float(np.linalg.norm(end - com)) * 100.0)
     return worst
+
+
+_SIM: tuple[int, int] | None = None  # (process id, client id) of this process's hold-test client
+
+
+def _sim_client() -> int:
+    """One pybullet DIRECT client per process for the hold tests (connecting costs a few ms a test)."""
+    global _SIM
+    p = _pybullet()
+    if _SIM is None or _SIM[0] != os.getpid() or not p.isConnected(physicsClientId=_SIM[1]):
+        _SIM = (os.getpid(), _client())
+    return _SIM[1]

@@ -19,8 +19,6 @@ import numpy as np
 import torch
 from smplx.lbs import batch_rigid_transform, batch_rodrigues
 
-from hoigen.objects.sdf import SDFGrid
-
 INTERIOR_RESOLUTION = 72  # cells along the flat hand's longest side (~3 mm voxels)
 
 
@@ -75,23 +73,35 @@ class HandSkin:
 
 @functools.lru_cache(maxsize=4)
 def _interior(hand) -> tuple[np.ndarray, np.ndarray, float]:
-    """Interior voxel centres (P, 3) of the flat hand, their skinning weights (P, 16) and the voxel size."""
-    import trimesh
+    """Interior voxel centres (P, 3) of the flat hand, their skinning weights (P, 16) and the voxel size.
 
-    out = hand.forward()
-    mesh = trimesh.Trimesh(out.vertices[0].astype(np.float64), hand.faces, process=False)
-    grid = SDFGrid.from_mesh(mesh, resolution=INTERIOR_RESOLUTION, pad=0.004)
-    inside = np.argwhere(grid.values > 0)
-    centres = grid.origin + grid.spacing * inside
-    # weights of the nearest vertex
+    The voxel centres lie on a regular grid (``INTERIOR_RESOLUTION`` cells along the flat hand's
+    longest side) and are kept when the exact signed distance to the hand mesh is positive."""
+    import trimesh
     from scipy.spatial import cKDTree
 
-    _, nearest = cKDTree(out.vertices[0]).query(centres)
+    from hoigen.objects.geometry import MeshQuery
+
+    out = hand.forward()
+    verts = out.vertices[0].astype(np.float64)
+    mesh = trimesh.Trimesh(verts, hand.faces, process=False)
+    lo, hi = mesh.bounds
+    pitch = float((hi - lo).max() / INTERIOR_RESOLUTION)
+    axes = [np.arange(a + pitch / 2, b, pitch) for a, b in zip(lo, hi, strict=True)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    centres = grid[MeshQuery(mesh).signed_distance(grid) > 0]
+    _, nearest = cKDTree(verts).query(centres)  # skinning weights of the nearest vertex
     weights = hand._mano.lbs_weights.detach().cpu().numpy()[nearest]
-    return centres, weights, float(grid.spacing)
+    return centres, weights, pitch
 
 
 def interior_skin(hand) -> tuple[HandSkin, float]:
     """A :class:`HandSkin` of the hand's interior voxels (no vertices) and the voxel edge length (m)."""
     centres, weights, pitch = _interior(hand)
     return HandSkin(hand, vertex_ids=np.zeros(0, np.int64), extra_points=centres, extra_weights=weights), pitch
+
+
+@functools.lru_cache(maxsize=4)
+def vertex_skin(hand) -> HandSkin:
+    """A :class:`HandSkin` of all the hand's vertices (as ``hand.forward`` with zero betas), cached."""
+    return HandSkin(hand)

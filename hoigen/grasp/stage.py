@@ -71,11 +71,13 @@ def grasp_filter(cfg: dict[str, Any]) -> GraspFilter:
 
 
 def grasp_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample]:
-    """For each object id in ``samples``: ``grasps`` grasps x ``frames`` trajectory frames.
+    """For each object id in ``samples``: up to ``grasps`` accepted grasps x ``frames`` trajectory frames.
 
-    One batch of candidates is optimised per object (seeded by the object id); the grasps written
-    are the accepted ones, best first, then (only when too few passed) the best rejected ones with
-    ``grasp.accepted = false``. Every sample's ``grasp`` metrics carry the object's candidate counts.
+    Candidates are optimised per object in rounds (round 0 seeded by the object id, round r by the
+    object id and r) until ``grasps`` pass the filters or ``max_rounds`` rounds are spent; only
+    accepted grasps are written (keys 0..n-1). Every sample's ``grasp`` metrics carry the object's
+    candidate counts, and each object's counts also go to ``grasp_stats/<object>.json`` (so an
+    object with no accepted grasp still counts; :func:`hoigen.stages.record_grasp_filter` sums them).
     """
     from hoigen.hand import load_hand
 
@@ -86,10 +88,12 @@ def grasp_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample
         asset = objects[item["__key__"]]
         mesh = asset.sdf_mesh  # watertight (a remesh when the source is not): signed distance needs it
         evaluator = GraspEvaluator(mesh, hand, asset.sha256)
-        grasps, _ = synthesize_grasps(
+        grasps, report = synthesize_grasps(
             mesh, hand, ctx.rng(asset.id), cfg["grasps"], category=asset.category, key=asset.sha256,
             candidates=cfg.get("candidates"), grasp_filter=grasp_filter(cfg), evaluator=evaluator,
+            max_rounds=int(cfg.get("max_rounds", 3)), round_rng=lambda r, k=asset.id: ctx.rng(k, "round", r),
         )  # fmt: skip
+        write_object_stats(ctx.out_dir, asset.id, report)
         for g, result in enumerate(grasps):
             rng = ctx.rng(asset.id, g)
             pose = object_pose(asset, rng)
@@ -115,6 +119,39 @@ def grasp_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample
                         key, hand, p, out.joints[f], asset, pose, f, len(frames), focus, approach, metrics
                     ),
                 }
+
+
+STATS_DIR = "grasp_stats"
+
+
+def write_object_stats(out_dir: Path, object_id: str, report: Any) -> None:
+    """One object's candidate counts as ``<out>/grasp_stats/<object>.json`` (atomic)."""
+    import json
+
+    from hoigen.data.atomic import atomic_write_bytes
+
+    stats = {
+        "object": object_id,
+        "wanted": report.wanted,
+        "rounds": report.rounds,
+        "candidates": report.candidates,
+        "evaluated": report.evaluated,
+        "accepted": report.accepted,
+        "rejected": report.rejected,
+        "written": min(report.accepted, report.wanted),
+        "reasons": dict(sorted(report.reasons.items())),
+    }
+    folder = Path(out_dir) / STATS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / f"{object_id}.json", json.dumps(stats, sort_keys=True).encode() + b"\n")
+
+
+def read_object_stats(out_dir: Path) -> list[dict[str, Any]]:
+    """The per-object counts written by :func:`write_object_stats`, by object id."""
+    import json
+
+    folder = Path(out_dir) / STATS_DIR
+    return [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
 def frame_annotation(

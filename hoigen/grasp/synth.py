@@ -10,24 +10,29 @@ angle, ``PALM_GAP`` off the surface, fingers half open. The whole batch is then
 optimised together (:mod:`hoigen.grasp.optimize`, energy documented there). The candidates are
 ranked by energy and measured with :class:`hoigen.grasp.metrics.GraspEvaluator` (exact
 penetration, contacts, intersection volume, pybullet displacement) in that order until enough pass
-the :class:`~hoigen.grasp.metrics.GraspFilter`. Every measured candidate is counted: the result
-carries ``candidates``, ``evaluated``, ``accepted`` and the rejection reasons. When too few pass,
-the best-ranked rejected candidates fill the quota, marked ``accepted = False``.
+the :class:`~hoigen.grasp.metrics.GraspFilter`. Only accepted grasps are returned. When a batch
+yields too few, another round of candidates is drawn (up to ``max_rounds`` rounds); if the quota is
+still not met, fewer grasps come back and the report says so. Every measured candidate is counted:
+the report carries ``candidates``, ``evaluated``, ``accepted``, ``rounds`` and the rejection reasons.
 
-Randomness: a ``numpy.random.Generator`` drives the sampling; the optimisation itself is
-deterministic (no random numbers), so the same generator state gives the same grasps.
+Randomness: a ``numpy.random.Generator`` drives the sampling (round ``r >= 1`` draws from
+``round_rng(r)`` when given, so a caller can seed each round by the object and the round number);
+the optimisation itself is deterministic (no random numbers), so the same generators give the
+same grasps.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import trimesh
 
+from hoigen.errors import HoigenError
 from hoigen.grasp.metrics import GraspEvaluator, GraspFilter
-from hoigen.grasp.optimize import GraspProblem, OptimiseSettings, optimise
+from hoigen.grasp.optimize import GraspProblem, OptimiseSettings, one_thread, optimise
 from hoigen.grasp.trajectory import HandPose
 from hoigen.objects.geometry import sample_surface
 
@@ -52,6 +57,12 @@ class SynthesisReport:
     accepted: int = 0
     reasons: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    rounds: int = 0
+    wanted: int = 0
+
+    @property
+    def shortfall(self) -> int:
+        return max(0, self.wanted - self.accepted)
 
     @property
     def rejected(self) -> int:
@@ -74,8 +85,8 @@ def tangent_direction(normal: np.ndarray, rng: np.random.Generator, up=(0.0, 1.0
     """A tangent at a surface point across ``up`` (fingers wrap around an upright body), turned by a
     random angle (+-0.5 rad, either way round) about the normal."""
     t = np.cross(normal, up)
-    if np.linalg.norm(t) < 1e-3:
-        t = np.cross(normal, (1.0, 0.0, 0.0))
+    if np.linalg.norm(t) < 1e-3:  # the normal runs along ``up``: any axis across it will do
+        t = np.cross(normal, np.eye(3)[int(np.argmin(np.abs(normal)))])
     t /= np.linalg.norm(t)
     b = np.cross(normal, t)
     angle = rng.uniform(-0.5, 0.5) + (np.pi if rng.random() < 0.5 else 0.0)
@@ -143,50 +154,75 @@ def synthesize_grasps(
     grasp_filter: GraspFilter | None = None,
     settings: OptimiseSettings | None = None,
     evaluator: GraspEvaluator | None = None,
+    max_rounds: int = 1,
+    round_rng: Callable[[int], np.random.Generator] | None = None,
 ) -> tuple[list[GraspResult], SynthesisReport]:
-    """``count`` grasps of ``mesh`` (mesh frame) by ``hand``, best first, and what happened to the batch."""
+    """Up to ``count`` accepted grasps of ``mesh`` (mesh frame) by ``hand``, best first, and what
+    happened to the candidates (``candidates`` per round, at most ``max_rounds`` rounds).
+
+    Runs with one torch thread (see :func:`hoigen.grasp.optimize.one_thread`)."""
+    with one_thread():
+        return _synthesize(
+            mesh, hand, rng, count, category, key, candidates, grasp_filter, settings, evaluator, max_rounds, round_rng
+        )
+
+
+def _synthesize(
+    mesh, hand, rng, count, category, key, candidates, grasp_filter, settings, evaluator, max_rounds, round_rng
+) -> tuple[list[GraspResult], SynthesisReport]:
     import time
 
+    import torch
+
+    from hoigen.grasp.skin import vertex_skin
     from hoigen.objects.sdf import mesh_key
 
     t0 = time.perf_counter()
     grasp_filter = grasp_filter or GraspFilter()
     key = key or mesh_key(mesh)
     ev = evaluator or GraspEvaluator(mesh, hand, key)
-    batch = candidates or max(8, 3 * count)
+    batch = candidates or max(16, 3 * count)  # a step costs about the same for 8 or 48
     lo, hi = mesh.bounds
     problem = GraspProblem(hand, ev.sdf, (lo + hi) / 2, float(np.linalg.norm(hi - lo) / 2))
-    report = SynthesisReport(candidates=batch)
-    rot, trans, angles, approach = initial_candidates(mesh, category, hand, problem, batch, rng)
-    result = optimise(problem, rot, trans, angles, settings)
-    order = np.argsort(result.energy, kind="stable")
+    report = SynthesisReport(wanted=count)
     accepted: list[GraspResult] = []
-    rejected: list[GraspResult] = []
-    betas = np.zeros(10)
-    for i in order:
+    for r in range(max(1, max_rounds)):
         if len(accepted) >= count:
             break
-        pose = HandPose(result.rotation[i], result.translation[i], result.hand_pose[i], betas)
-        verts = hand.forward(np.zeros(3), pose.hand_pose, betas, np.zeros(3)).vertices[0].astype(np.float64)
-        verts = verts @ pose.rotation.T + pose.translation
-        metrics = ev.evaluate(verts, pose.hand_pose, pose.rotation, pose.translation)
-        ok = grasp_filter.accepts(metrics)
-        metrics["accepted"] = bool(ok)
-        metrics["energy"] = round(float(result.energy[i]), 5)
-        report.evaluated += 1
-        report.reasons.update(grasp_filter.reasons(metrics))
-        (accepted if ok else rejected).append(GraspResult(pose, approach[i], metrics))
+        gen = rng if r == 0 or round_rng is None else round_rng(r)
+        report.rounds += 1
+        report.candidates += batch
+        rot, trans, angles, approach = initial_candidates(mesh, category, hand, problem, batch, gen)
+        result = optimise(problem, rot, trans, angles, settings)
+        order = np.argsort(result.energy, kind="stable")
+        betas = np.zeros(10)
+        with torch.no_grad():  # all candidates' vertices at once (canonical frame, betas 0)
+            local = vertex_skin(hand)(torch.as_tensor(result.hand_pose, dtype=torch.float32))[0].numpy()
+        for i in order:
+            if len(accepted) >= count:
+                break
+            pose = HandPose(result.rotation[i], result.translation[i], result.hand_pose[i], betas)
+            verts = local[i].astype(np.float64) @ pose.rotation.T + pose.translation
+            metrics = ev.evaluate(verts, pose.hand_pose, pose.rotation, pose.translation, grasp_filter=grasp_filter)
+            ok = grasp_filter.accepts(metrics)
+            metrics["accepted"] = bool(ok)
+            metrics["energy"] = round(float(result.energy[i]), 5)
+            report.evaluated += 1
+            report.reasons.update(grasp_filter.reasons(metrics))
+            if ok:
+                accepted.append(GraspResult(pose, approach[i], metrics))
     report.accepted = len(accepted)
-    out = (accepted + rejected)[:count]
     report.seconds = time.perf_counter() - t0
-    for g in out:
+    for g in accepted:
         g.metrics.update(
             candidates=report.candidates, evaluated=report.evaluated, rejected=report.rejected,
         )  # fmt: skip
-    return out, report
+    return accepted, report
 
 
 def synthesize_grasp(mesh, hand, rng: np.random.Generator, category: str = "", **kwargs) -> GraspResult:
-    """One grasp (the best of a small batch): convenience for tests and callers that want one."""
-    grasps, _ = synthesize_grasps(mesh, hand, rng, 1, category=category, **kwargs)
+    """One accepted grasp (the best of a small batch): convenience for tests and callers that want one."""
+    grasps, report = synthesize_grasps(mesh, hand, rng, 1, category=category, **kwargs)
+    if not grasps:
+        raise HoigenError(f"grasp: none of {report.evaluated} candidates passed the filters; loosen them")
     return grasps[0]
