@@ -35,7 +35,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-assets_app = typer.Typer(help="Build the embedded assets shipped with hoigen.", no_args_is_help=True)
+assets_app = typer.Typer(
+    help="Build (build-hand) or picture (show) the embedded hand and objects shipped with hoigen.", no_args_is_help=True
+)
 app.add_typer(assets_app, name="assets")
 ingest_app = typer.Typer(help="Read real datasets into hoigen shards (for hoigen train).", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
