@@ -56,7 +56,7 @@ VERTEX_STRIDE = 3
 class EnergyWeights:
     contact: float = 20.0
     palm: float = 5.0
-    penetration: float = 300.0
+    penetration: float = 1000.0  # 300 let a third of the candidates end > 5 mm deep (exact check)
     limit: float = 10.0
     prior: float = 0.05
     self_collision: float = 20.0
@@ -160,6 +160,7 @@ class GraspProblem:
         self._sphere_t = torch.as_tensor(SPHERE_T * (len(starts) // len(SPHERE_T)), dtype=torch.float32)[:, None]
         self._sphere_owner = torch.as_tensor(owners)
         self._sphere_other = (self._sphere_owner[:, None] != self._sphere_owner[None, :]).to(torch.float32)
+        self._normal_step = torch.cat([torch.eye(3), -torch.eye(3)]) * (0.5 * sdf.spacing)  # (6, 3)
         self.prior = torch.as_tensor(
             0.5 * (np.asarray(self.space.open_angles()) + np.asarray(self.space.fist_angles())), dtype=torch.float32
         )
@@ -172,9 +173,7 @@ class GraspProblem:
 
     def normals(self, points: torch.Tensor) -> torch.Tensor:
         """Unit inward normals (B, K, 3) at ``points`` by central differences of the SDF (differentiable)."""
-        h = 0.5 * self.sdf.spacing
-        step = torch.cat([torch.eye(3), -torch.eye(3)]).to(points.dtype) * h  # (6, 3)
-        d = self.sdf.query(points[..., None, :] + step)  # (B, K, 6)
+        d = self.sdf.query(points[..., None, :] + self._normal_step.to(points.dtype))  # (B, K, 6)
         grad = d[..., :3] - d[..., 3:]
         return grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-8)
 
@@ -184,7 +183,14 @@ class GraspProblem:
         local, joints16 = self.skin(pose)
         rot = rotation_from_6d(rot6)
         pts = torch.einsum("bij,bpj->bpi", rot, local) + transl[:, None]
-        d = self.sdf.query(pts)
+        contacts = pts[:, : self.n_tips + 1]  # fingertips and the palm centre
+        # one grid lookup for the hand points and the central-difference probes of the contact normals
+        probes = (contacts[..., None, :] + self._normal_step).reshape(pts.shape[0], -1, 3)
+        both = self.sdf.query(torch.cat([pts, probes], dim=1))
+        d = both[:, : pts.shape[1]]
+        grad = both[:, pts.shape[1] :].reshape(*contacts.shape[:2], 6)
+        grad = grad[..., :3] - grad[..., 3:]
+        inward = grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-8)
         tips = pts[:, : self.n_tips]
         terms = {
             "contact": (d[:, : self.n_tips] - DEPTH).abs().sum(1),
@@ -196,8 +202,6 @@ class GraspProblem:
         sph, _ = self.spheres(torch.einsum("bij,bpj->bpi", rot, joints16) + transl[:, None], tips)
         dist = torch.cdist(sph, sph)
         terms["self_collision"] = (torch.relu(2 * SPHERE_R - dist) * self._sphere_other).sum(dim=(1, 2)) / 2
-        contacts = pts[:, : self.n_tips + 1]  # fingertips and the palm centre
-        inward = self.normals(contacts)
         arm = (contacts - self.centre) / self.radius
         force = inward.sum(1)
         torque = torch.cross(arm, inward, dim=-1).sum(1)
