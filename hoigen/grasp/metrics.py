@@ -89,6 +89,7 @@ class GraspEvaluator:
     """Metrics of grasps of one object by one hand; caches the object's exact query and SDF grid."""
 
     def __init__(self, mesh: trimesh.Trimesh, hand, key: str, sdf: SDFGrid | None = None) -> None:
+        from hoigen.grasp.simulate import hand_pieces
         from hoigen.grasp.skin import interior_skin
 
         self.mesh = mesh
@@ -98,6 +99,7 @@ class GraspEvaluator:
         self.sdf = sdf if sdf is not None else sdf_grid(mesh, sha256=key)
         self.interior, self.pitch = interior_skin(hand)
         self.fingers = hand.vertex_fingers
+        self.pieces = hand_pieces(hand.faces, hand.vertex_bones)
         self.tips = np.asarray(hand.tip_vertex_ids)
 
     def exact_signed(self, vertices: np.ndarray) -> np.ndarray:
@@ -154,7 +156,7 @@ class GraspEvaluator:
         metrics["penetration_volume_cm3"] = round(self.penetration_volume_cm3(hand_pose, rotation, translation), 4)
         if simulate:
             metrics["sim_displacement_cm"] = round(
-                simulation_displacement_cm(vertices, self.hand.faces, self.mesh, self.key), 4
+                simulation_displacement_cm(vertices, self.pieces, self.mesh, self.key), 4
             )
         return metrics
 

@@ -208,14 +208,18 @@ class HandModel:
             raise HoigenError(f"{path}: fingertip vertex ids exceed the mesh's {self.num_vertices} vertices")
 
     @functools.cached_property
+    def vertex_bones(self) -> np.ndarray:
+        """(V,) the joint (0..15, MANO order) that carries most of each vertex's skinning weight."""
+        return np.asarray(self._mano.lbs_weights.detach().cpu().numpy()).argmax(axis=1)
+
+    @functools.cached_property
     def vertex_fingers(self) -> np.ndarray:
         """(V,) finger of each vertex (0 thumb .. 4 pinky, the FINGERS order), -1 for the palm.
 
         A vertex belongs to the finger whose joints carry most of its skinning weight.
         """
-        bone = np.asarray(self._mano.lbs_weights.detach().cpu().numpy()).argmax(axis=1)
         finger_of_joint = np.array([-1] + [FINGERS.index(name.rstrip("123")) for name in MANO_JOINT_NAMES[1:]])
-        return finger_of_joint[bone]
+        return finger_of_joint[self.vertex_bones]
 
     def __repr__(self) -> str:
         return f"HandModel(name={self.name!r}, side={self.side!r}, source='{self.source}')"
