@@ -236,4 +236,7 @@ def test_assets_build_hand_rebuilds_the_shipped_files(tmp_path: Path) -> None:
     for name in ("MANO_RIGHT.pkl", "MANO_LEFT.pkl"):
         built, ref = load_mano_pickle(tmp_path / name), load_mano_pickle(shipped / name)
         assert set(built) == set(ref)
-        assert all(np.array_equal(np.asarray(built[k]), np.asarray(ref[k])) for k in ref if k != "hoigen_model")
+        # the same arrays up to floating-point rounding (other CPUs round the last bits differently)
+        for k in ref:
+            if k != "hoigen_model":
+                np.testing.assert_allclose(np.asarray(built[k]), np.asarray(ref[k]), rtol=0, atol=1e-12, err_msg=k)

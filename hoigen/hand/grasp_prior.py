@@ -61,6 +61,25 @@ def pose_pca(space: JointSpace, rng: np.random.Generator, n: int = 4000):
     _, s, vt = np.linalg.svd(poses - mean, full_matrices=True)
     sd = np.zeros(45)
     sd[: len(s)] = s / np.sqrt(n - 1)
+    # Directions the samples never vary along (sd ~ 0) come out of the SVD in an arbitrary basis
+    # that differs between CPUs; replace it by a canonical one (Gram-Schmidt of the projector's columns).
+    rank = int((sd > 1e-9 * sd[0]).sum())
+    vt[rank:] = _canonical_basis(vt[rank:])
     # A deterministic sign: the largest entry of each component is positive.
     signs = np.sign(vt[np.arange(45), np.abs(vt).argmax(axis=1)])
     return vt * signs[:, None], mean, sd
+
+
+def _canonical_basis(rows: np.ndarray) -> np.ndarray:
+    """An orthonormal basis (k, d) of the span of ``rows`` (k, d) that does not depend on which basis
+    came in: Gram-Schmidt over the span's projector columns, taken in index order."""
+    projector = rows.T @ rows
+    basis: list[np.ndarray] = []
+    for column in projector.T:
+        v = column - sum((b @ column) * b for b in basis) if basis else column.copy()
+        norm = np.linalg.norm(v)
+        if norm > 1e-6:
+            basis.append(v / norm)
+        if len(basis) == len(rows):
+            break
+    return np.asarray(basis).reshape(rows.shape)
