@@ -83,3 +83,27 @@ def test_vertex_skin_matches_the_hand_model(hand) -> None:
     for pose, v in zip(poses, verts, strict=True):
         ref = hand.forward(np.zeros(3), pose, np.zeros(10), np.zeros(3)).vertices[0]
         assert np.abs(v - ref).max() < 1e-6
+
+
+def test_hand_skin_applies_pose_blend_shapes_like_smplx(hand) -> None:
+    """Real MANO has pose blend shapes (the embedded hand has none): the skin's general path matches smplx."""
+    import torch
+
+    from hoigen.grasp.skin import HandSkin
+
+    mano = hand._mano
+    saved = mano.posedirs.detach().clone()
+    try:
+        mano.posedirs.data = torch.as_tensor(np.random.default_rng(0).normal(0, 2e-3, saved.shape), dtype=saved.dtype)
+        ids = np.arange(0, hand.num_vertices, 7)
+        skin = HandSkin(hand, ids)
+        assert skin.has_blend
+        pose = hand.curl_pose(0.6).reshape(1, 45)
+        with torch.no_grad():
+            pts, joints = skin(torch.as_tensor(pose, dtype=torch.float32))
+        ref = hand.forward(np.zeros(3), pose[0], np.zeros(10), np.zeros(3))
+        flat = hand.forward(np.zeros(3), np.zeros(45), np.zeros(10), np.zeros(3)).vertices[0][ids]
+        assert np.abs(pts[0].numpy() - ref.vertices[0][ids]).max() < 1e-6
+        assert np.abs(ref.vertices[0][ids] - flat).max() > 0.01  # the pose moved them (not a trivial match)
+    finally:
+        mano.posedirs.data = saved

@@ -9,6 +9,12 @@ included for vertices, none for interior points).
 
 The hand is articulated at zero global orientation and translation (the canonical frame used by
 :class:`~hoigen.grasp.trajectory.HandPose`); the caller places it rigidly with ``R p + T``.
+
+It is written for the optimiser's many small steps, where the number of torch operations matters
+more than their size: the kinematic chain is walked one tree level at a time (MANO: three levels of
+five joints) instead of joint by joint, and when the model has no pose blend shapes (the embedded
+hand) every skinned point is one fixed linear function of the joints' transforms, so skinning is a
+single matrix product ``W (P, 16*4) @ A (16*4, B*3)`` with ``W[p, 4j + k] = w[p, j] * (x_p, 1)[k]``.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ import functools
 
 import numpy as np
 import torch
-from smplx.lbs import batch_rigid_transform, batch_rodrigues
 
 INTERIOR_RESOLUTION = 72  # cells along the flat hand's longest side (~3 mm voxels)
 
@@ -52,23 +57,63 @@ class HandSkin:
         self.points = points
         self.weights = weights
         self.posedirs = posedirs
+        self.has_blend = bool(self.num_vertices) and bool(posedirs.abs().max() > 0)
+        # the chain one tree level at a time: levels[d] = joints at depth d + 1 (the root is depth 0)
+        parents = self.parents.tolist()
+        depth = [0] * len(parents)
+        for j in range(1, len(parents)):
+            depth[j] = depth[parents[j]] + 1
+        self.levels = [
+            torch.as_tensor([j for j in range(len(parents)) if depth[j] == d]) for d in range(1, max(depth) + 1)
+        ]
+        order = torch.cat([torch.zeros(1, dtype=torch.long), *self.levels])
+        self.unorder = torch.argsort(order)  # the levels' concatenation -> MANO joint order
+        self.level_parent = [torch.as_tensor([int((order == parents[j]).nonzero()) for j in lv]) for lv in self.levels]
+        self.bone = self.joints_rest - self.joints_rest[self.parents.clamp(min=0)]  # rest offset from the parent
+        if not self.has_blend:
+            xh = torch.cat([self.points, torch.ones(len(self.points), 1)], dim=1)  # (P, 4)
+            self.lbs_matrix = (self.weights[:, :, None] * xh[:, None, :]).reshape(len(self.points), -1)  # (P, 64)
 
     def __call__(self, hand_pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Points (B, P, 3) and MANO's 16 joints (B, 16, 3) for ``hand_pose`` (B, 45), zero orient/transl."""
         b = hand_pose.shape[0]
-        full = torch.cat([torch.zeros(b, 3, dtype=hand_pose.dtype), hand_pose], dim=1)
-        rot = batch_rodrigues(full.reshape(-1, 3)).view(b, -1, 3, 3)
-        ident = torch.eye(3, dtype=rot.dtype)
-        feature = (rot[:, 1:] - ident).reshape(b, -1)
+        rot = _rodrigues(hand_pose.reshape(b, 15, 3))  # (B, 15, 3, 3) of joints 1..15
+        rot = torch.cat([torch.eye(3, dtype=rot.dtype).expand(b, 1, 3, 3), rot], dim=1)
+        # global rotations and joint positions, one tree level at a time (the root stays at rest)
+        g_rot = [rot[:, :1]]
+        g_pos = [self.joints_rest[:1].expand(b, 1, 3)]
+        for level, parent in zip(self.levels, self.level_parent, strict=True):
+            all_rot, all_pos = torch.cat(g_rot, dim=1), torch.cat(g_pos, dim=1)
+            p_rot, p_pos = all_rot[:, parent], all_pos[:, parent]
+            g_rot.append(p_rot @ rot[:, level])
+            g_pos.append(p_pos + (p_rot @ self.bone[level][..., None]).squeeze(-1))
+        g_rot = torch.cat(g_rot, dim=1)[:, self.unorder]  # (B, 16, 3, 3)
+        joints = torch.cat(g_pos, dim=1)[:, self.unorder]  # (B, 16, 3)
+        # the transform taking a rest-pose point to its posed place along joint j: x -> R_j x + t_j
+        shift = joints - (g_rot @ self.joints_rest[..., None]).squeeze(-1)
+        a = torch.cat([g_rot, shift[..., None]], dim=-1)  # (B, 16, 3, 4)
+        if not self.has_blend:
+            out = self.lbs_matrix @ a.permute(1, 3, 0, 2).reshape(-1, b * 3)  # (P, B*3)
+            return out.view(-1, b, 3).transpose(0, 1), joints
+        feature = (rot[:, 1:] - torch.eye(3, dtype=rot.dtype)).reshape(b, -1)
         offsets = (feature @ self.posedirs).view(b, -1, 3)  # pose blend shapes of the vertices only
         extra = len(self.points) - self.num_vertices
         if extra:
             offsets = torch.cat([offsets, offsets.new_zeros(b, extra, 3)], dim=1)
         posed = self.points + offsets
-        joints, a = batch_rigid_transform(rot, self.joints_rest.expand(b, -1, -1), self.parents)
-        t = torch.matmul(self.weights, a.reshape(b, -1, 16)).view(b, -1, 4, 4)
-        out = (t[..., :3, :3] * posed.unsqueeze(-2)).sum(-1) + t[..., :3, 3]
-        return out, joints
+        t = (self.weights @ a.reshape(b, 16, 12)).view(b, -1, 3, 4)
+        return (t[..., :3] @ posed[..., None]).squeeze(-1) + t[..., 3], joints
+
+
+def _rodrigues(v: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices (..., 3, 3) of axis-angle vectors (..., 3): cos I + sin [k]x + (1 - cos) k k^T."""
+    angle = (v + 1e-8).norm(dim=-1, keepdim=True)
+    k = v / angle
+    cos, sin = torch.cos(angle)[..., None], torch.sin(angle)[..., None]
+    x, y, z = k.unbind(-1)
+    zero = torch.zeros_like(x)
+    cross = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).view(*v.shape[:-1], 3, 3)
+    return cos * torch.eye(3, dtype=v.dtype) + sin * cross + (1 - cos) * (k[..., :, None] * k[..., None, :])
 
 
 @functools.lru_cache(maxsize=4)
