@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hoigen.data.atomic import atomic_write_bytes
-from hoigen.data.schema import Sample, index_row
+from hoigen.data.schema import index_row
 from hoigen.data.shards import list_shards, read_shard
 
 INDEX_FILE = "index.parquet"
@@ -122,5 +122,3 @@ def read_run_json(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def shard_rows(samples: list[Sample], shard: str) -> list[dict[str, Any]]:
-    return [index_row(s, shard) for s in samples]

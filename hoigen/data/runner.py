@@ -39,10 +39,10 @@ import numpy as np
 
 from hoigen.data.atomic import remove_stale_tmp
 from hoigen.data.faults import kill_point
-from hoigen.data.index import INDEX_FILE, PARTS_DIR, build_index, shard_rows, write_part, write_run_json
+from hoigen.data.index import INDEX_FILE, PARTS_DIR, build_index, write_part, write_run_json
 from hoigen.data.lock import FolderLock, fingerprint, folder_lock, remove_dead_locks
 from hoigen.data.progress import info, make_progress
-from hoigen.data.schema import Sample, derive_seed
+from hoigen.data.schema import Sample, derive_seed, index_row
 from hoigen.data.shards import ShardWriter, read_shard, remove_partial, shard_name
 from hoigen.errors import HoigenError
 
@@ -141,18 +141,16 @@ def run_task(fn: StageFn, task: Task, ctx: StageContext, on_sample: Callable[[],
     ctx = replace(ctx, shard=task.index)
     name = shard_name(task.index)
     remove_partial(ctx.out_dir, task.index)
-    written: list[Sample] = []
+    rows: list[dict[str, Any]] = []  # the shard's index rows (a few scalars each, not the samples)
     writer = ShardWriter(ctx.out_dir / name)
     try:
         for sample in fn(task.samples(), ctx):
             writer.write(sample)
-            written.append(
-                {"__key__": sample["__key__"], **{k: sample[k] for k in ("ann.json", "prompt.txt") if k in sample}}
-            )
+            rows.append(index_row(sample, name))
             if on_sample is not None:
                 on_sample()
         writer.finish()
-        write_part(ctx.out_dir, name, shard_rows(written, name))
+        write_part(ctx.out_dir, name, rows)
         kill_point("shard-part")
         writer.publish()
     except BaseException:
