@@ -3,9 +3,12 @@
 trimesh's own proximity and ``contains`` need ``rtree`` (not a dependency here), so this module
 does the work itself:
 
-- ``closest_point``: exact point-triangle distance (Ericson, *Real-Time Collision Detection* 5.1.5)
-  over candidate faces pruned with a KD-tree on face centroids. The nearest vertex gives an upper
-  bound ``u`` on the distance; a face can only be closer if its centroid lies within ``u + radius``.
+- ``closest_point``: exact point-triangle distance (Ericson, *Real-Time Collision Detection* 5.1.5,
+  with per-face edge dot products precomputed) over candidate faces pruned with KD-trees on face
+  centroids. The nearest vertex (and, on meshes with faces of several sizes, the faces with the
+  nearest centroids) gives an upper bound ``u`` on the distance; a face can only be closer if its
+  centroid lies within ``u + radius`` (one tree per group of similar radii, so a few large faces do
+  not widen every search) and its longest edge within ``u + height`` (tight for slivers).
 - ``winding_number``: the generalised winding number (sum of signed solid angles / 4 pi), ~1 inside a
   closed surface and ~0 outside; robust for meshes with small holes and for closed parts that
   overlap each other (the procedural mug), where it is >= 1 in the overlap.
@@ -16,12 +19,15 @@ does the work itself:
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import trimesh
 from scipy.spatial import cKDTree
 
 _PAIR_CHUNK = 1_000_000  # point-face pairs evaluated at once (memory ~ 100 B per pair)
 _WINDING_CHUNK = 500_000
+_SEED_FACES = 4  # faces with the nearest centroids, evaluated first to tighten the search bound
 
 
 def sample_surface(mesh: trimesh.Trimesh, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -45,47 +51,49 @@ def _closest_on_triangles(
     Feature codes: 0 face interior, 1 edge ab, 2 edge bc, 3 edge ca, 4 vertex a, 5 vertex b, 6 vertex c
     (edges 1-3 are trimesh's face-edge order: ``mesh.edges`` rows 3*f + code - 1).
     """
-    ab, ac, ap = b - a, c - a, p - a
+    ab, ac = b - a, c - a
+    return _closest_on_edges(p, a, ab, ac, *_edge_dots(ab, ac))
+
+
+def _edge_dots(ab: np.ndarray, ac: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row ``ab.ab``, ``ab.ac`` and ``ac.ac`` of edge vectors (k, 3)."""
+    return (np.einsum("ij,ij->i", ab, ab), np.einsum("ij,ij->i", ab, ac), np.einsum("ij,ij->i", ac, ac))
+
+
+def _closest_on_edges(
+    p: np.ndarray, a: np.ndarray, ab: np.ndarray, ac: np.ndarray, abab: np.ndarray, abac: np.ndarray, acac: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``_closest_on_triangles`` of triangles given as corner ``a``, edges ``ab``, ``ac`` and their dots.
+
+    Ericson's six dot products reduce to two per row: ``ab.bp = ab.ap - ab.ab`` and so on. The
+    Voronoi region picks the barycentric weights (v, w) of b and c; the point is ``a + v ab + w ac``.
+    """
+    ap = p - a
     d1 = np.einsum("ij,ij->i", ab, ap)
     d2 = np.einsum("ij,ij->i", ac, ap)
-    bp = p - b
-    d3 = np.einsum("ij,ij->i", ab, bp)
-    d4 = np.einsum("ij,ij->i", ac, bp)
-    cp = p - c
-    d5 = np.einsum("ij,ij->i", ab, cp)
-    d6 = np.einsum("ij,ij->i", ac, cp)
+    d3, d4 = d1 - abab, d2 - abac  # ab.bp, ac.bp
+    d5, d6 = d1 - abac, d2 - acac  # ab.cp, ac.cp
     va = d3 * d6 - d5 * d4
     vb = d5 * d2 - d1 * d6
     vc = d1 * d4 - d3 * d2
+    e_bc, f_bc = d4 - d3, d5 - d6
+    # the Voronoi region is the feature; later ones take precedence (vertices over edges over the face)
+    feat = np.zeros(len(p), dtype=np.int8)
+    feat[(vc <= 0) & (d1 >= 0) & (d3 <= 0)] = 1
+    feat[(vb <= 0) & (d2 >= 0) & (d6 <= 0)] = 3
+    feat[(va <= 0) & (e_bc >= 0) & (f_bc >= 0)] = 2
+    feat[(d1 <= 0) & (d2 <= 0)] = 4
+    feat[(d3 >= 0) & (d4 <= d3)] = 5
+    feat[(d6 >= 0) & (d5 <= d6)] = 6
     with np.errstate(divide="ignore", invalid="ignore"):
         denom = 1.0 / (va + vb + vc)
-        v = vb * denom
-        w = vc * denom
-        out = a + ab * v[:, None] + ac * w[:, None]  # interior
-        feat = np.zeros(len(p), dtype=np.int8)
-        # edges
-        t_ab = d1 / (d1 - d3)
-        m = (vc <= 0) & (d1 >= 0) & (d3 <= 0)
-        out[m] = a[m] + t_ab[m, None] * ab[m]
-        feat[m] = 1
-        t_ac = d2 / (d2 - d6)
-        m = (vb <= 0) & (d2 >= 0) & (d6 <= 0)
-        out[m] = a[m] + t_ac[m, None] * ac[m]
-        feat[m] = 3
-        t_bc = (d4 - d3) / ((d4 - d3) + (d5 - d6))
-        m = (va <= 0) & ((d4 - d3) >= 0) & ((d5 - d6) >= 0)
-        out[m] = b[m] + t_bc[m, None] * (c[m] - b[m])
-        feat[m] = 2
-    # vertices last: they take precedence
-    m = (d1 <= 0) & (d2 <= 0)
-    out[m], feat[m] = a[m], 4
-    m = (d3 >= 0) & (d4 <= d3)
-    out[m], feat[m] = b[m], 5
-    m = (d6 >= 0) & (d5 <= d6)
-    out[m], feat[m] = c[m], 6
+        t_bc = e_bc / (e_bc + f_bc)
+        v = np.choose(feat, (vb * denom, d1 / (d1 - d3), 1.0 - t_bc, 0.0, 0.0, 1.0, 0.0))
+        w = np.choose(feat, (vc * denom, 0.0, t_bc, d2 / (d2 - d6), 0.0, 0.0, 1.0))
+        out = a + ab * v[:, None] + ac * w[:, None]
     bad = ~np.isfinite(out).all(axis=1)  # degenerate triangles: fall back to the nearest corner
     if bad.any():
-        corners = np.stack([a[bad], b[bad], c[bad]], axis=1)
+        corners = np.stack([a[bad], a[bad] + ab[bad], a[bad] + ac[bad]], axis=1)
         k = np.argmin(((corners - p[bad, None]) ** 2).sum(-1), axis=1)
         out[bad] = corners[np.arange(len(k)), k]
         feat[bad] = 4 + k
@@ -99,8 +107,10 @@ class MeshQuery:
     feature (face, edge or vertex): exact for closed, consistently oriented meshes and linear in
     the number of candidate faces. A mesh made of several closed parts (the procedural mug) is
     queried part by part and combined as a union (``max`` of the signed distances), so points in
-    the overlap of two parts are inside. Open meshes use the whole surface at once; for them
-    ``winding_number`` is the more robust (and slower) inside test.
+    the overlap of two parts are inside; a part is skipped for points outside its bounding box by
+    more than the distance to the nearest vertex of any part (it cannot give the maximum there).
+    Open meshes use the whole surface at once; for them ``winding_number`` is the more robust (and
+    slower) inside test.
     """
 
     def __init__(self, mesh: trimesh.Trimesh) -> None:
@@ -109,8 +119,20 @@ class MeshQuery:
         self.triangles = self.vertices[self.faces]
         self.centroid = self.triangles.mean(axis=1)
         self.radius = np.sqrt(((self.triangles - self.centroid[:, None]) ** 2).sum(-1).max(axis=1))
-        self._vertex_tree = cKDTree(self.vertices)
-        self._centroid_tree = cKDTree(self.centroid)
+        self._a = np.ascontiguousarray(self.triangles[:, 0])
+        self._ab = self.triangles[:, 1] - self._a
+        self._ac = self.triangles[:, 2] - self._a
+        self._dots = np.stack(_edge_dots(self._ab, self._ac), axis=1)
+        edges = np.stack([self._ab, self.triangles[:, 2] - self.triangles[:, 1], -self._ac], axis=1)  # ab, bc, ca
+        length2 = (edges**2).sum(-1)
+        longest = np.argmax(length2, axis=1)
+        rows = np.arange(len(self.faces))
+        self._long_start = self.triangles[rows, longest]
+        self._long_edge = edges[rows, longest]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self._long_inv = np.nan_to_num(1.0 / length2[rows, longest], posinf=0.0)
+            area2 = np.linalg.norm(np.cross(self._ab, self._ac), axis=1)
+            self._height = np.nan_to_num(area2 / np.sqrt(length2[rows, longest]), nan=0.0) + 1e-12
         fn = np.asarray(mesh.face_normals, dtype=np.float64)
         angles = np.nan_to_num(np.asarray(mesh.face_angles, dtype=np.float64))
         vn = np.zeros_like(self.vertices)
@@ -126,72 +148,150 @@ class MeshQuery:
         self.face_normal = fn
         self.parts: list[np.ndarray] = []
         labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(self.faces))
-        self._part_trees: list[tuple[cKDTree, cKDTree]] = []
         if labels.max(initial=0) > 0 and mesh.is_watertight:
             self.parts = [np.flatnonzero(labels == i) for i in range(labels.max() + 1)]
-            self._part_trees = [
-                (cKDTree(self.vertices[np.unique(self.faces[p])]), cKDTree(self.centroid[p]))
-                for p in self.parts
-            ]
+        self._search = _FaceSearch(self, np.arange(len(self.faces)))
+        self._part_search = [_FaceSearch(self, p) for p in self.parts]
 
     def closest_point(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Closest surface points (n, 3), their distances (n,) and face indices (n,)."""
-        q, d, f, _ = self._closest(np.asarray(points, dtype=np.float64).reshape(-1, 3), None)
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        q, d, f, _ = self._closest(pts, [self._search], [np.arange(len(pts))])
         return q, d, f
 
     def signed_distance(self, points: np.ndarray) -> np.ndarray:
         """Signed distance (n,): **positive inside** (penetration depth), negative outside."""
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-        if not self.parts:
-            return self._signed(pts, None)
-        return np.max([self._signed(pts, i) for i in range(len(self.parts))], axis=0)
-
-    def _signed(self, pts: np.ndarray, part: int | None) -> np.ndarray:
-        q, d, f, feat = self._closest(pts, part)
-        normal = self.face_normal[f].copy()
+        everyone = np.arange(len(pts))
+        if not self._part_search:
+            subsets, uppers = [everyone], None
+        else:
+            # part j cannot give the maximum where p lies outside its bounding box by more than
+            # the distance U to the nearest vertex of any part: there sd_j < -U <= max_k sd_k
+            uppers = [s.vertex_tree.query(pts)[0] for s in self._part_search]
+            nearest = np.min(uppers, axis=0)
+            subsets = []
+            for s in self._part_search:
+                gap = np.linalg.norm(np.maximum(s.lo - pts, 0.0) + np.maximum(pts - s.hi, 0.0), axis=1)
+                subsets.append(np.flatnonzero(gap <= nearest + 1e-12))
+            uppers = [u[sub] for u, sub in zip(uppers, subsets, strict=True)]
+        # all parts in one pass: the rows are the points of each subset in turn
+        owner = np.concatenate(subsets)
+        q, d, f, feat = self._closest(pts, self._part_search or [self._search], subsets, uppers)
+        normal = self.face_normal[f]
         on_edge = (feat >= 1) & (feat <= 3)
         normal[on_edge] = self.edge_pseudonormal[f[on_edge], feat[on_edge] - 1]
         on_vertex = feat >= 4
         normal[on_vertex] = self.vertex_pseudonormal[self.faces[f[on_vertex], feat[on_vertex] - 4]]
-        outside = np.einsum("ij,ij->i", pts - q, normal) > 0
-        return np.where(outside, -d, d)
+        outside = np.einsum("ij,ij->i", pts[owner] - q, normal) > 0
+        out = np.full(len(pts), -np.inf)
+        np.maximum.at(out, owner, np.where(outside, -d, d))  # the union of the parts
+        return out
 
-    def _closest(self, pts: np.ndarray, part: int | None):
-        if part is None:
-            upper, _ = self._vertex_tree.query(pts)
-            tree, centroid, radius, index = self._centroid_tree, self.centroid, self.radius, None
-        else:
-            vertex_tree, tree = self._part_trees[part]
-            upper, _ = vertex_tree.query(pts)
-            index = self.parts[part]
-            centroid, radius = self.centroid[index], self.radius[index]
-        cand = tree.query_ball_point(pts, upper + radius.max() + 1e-12)
-        lens = np.fromiter((len(c) for c in cand), dtype=np.int64, count=len(cand))
-        pi = np.repeat(np.arange(len(pts)), lens)
-        fi = np.concatenate([np.asarray(c, dtype=np.int64) for c in cand]) if len(cand) else lens
-        keep = np.linalg.norm(pts[pi] - centroid[fi], axis=1) - radius[fi] <= upper[pi] + 1e-12
-        pi, fi = pi[keep], fi[keep]
-        if index is not None:
-            fi = index[fi]
-        best_d = np.full(len(pts), np.inf)
-        best_q = np.zeros((len(pts), 3))
-        best_f = np.zeros(len(pts), dtype=np.int64)
-        best_feat = np.zeros(len(pts), dtype=np.int8)
+    def _closest(
+        self,
+        pts: np.ndarray,
+        searches: list[_FaceSearch],
+        subsets: list[np.ndarray],
+        uppers: list[np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Closest points, distances, faces and features (see ``_closest_on_triangles``) of the
+        points ``pts[subsets[j]]`` on the faces of ``searches[j]``, all j in turn (one row each).
+
+        ``uppers[j]``, if given, are the distances of those points to the nearest vertex of ``searches[j]``.
+        """
+        owner = np.concatenate(subsets)
+        m = len(owner)
+        tiled = pts[owner]
+        best = (np.zeros((m, 3)), np.full(m, np.inf), np.zeros(m, dtype=np.int64), np.zeros(m, dtype=np.int8))
+        if m == 0 or len(self.faces) == 0:
+            return best
+        ends = np.cumsum([len(sub) for sub in subsets])
+        blocks = [
+            (s, pts[sub], np.arange(end - len(sub), end))
+            for s, sub, end in zip(searches, subsets, ends, strict=True)
+        ]
+        # upper bound: the nearest vertex, or (large faces) the nearest of the faces with the nearest centroids
+        if uppers is None:
+            uppers = [s.vertex_tree.query(p)[0] for s, p, _ in blocks]
+        upper = np.concatenate(uppers)
+        seeds = [(s, p, rows) for s, p, rows in blocks if s.seed and len(rows)]
+        if seeds:
+            pi, fi = [], []
+            for s, p, rows in seeds:
+                k = min(_SEED_FACES, len(s.faces))
+                pi.append(np.repeat(rows, k))
+                fi.append(s.faces[s.centroid_tree.query(p, k=k)[1].reshape(-1)])
+            self._take(tiled, np.concatenate(pi), np.concatenate(fi), best)
+            upper = np.minimum(upper, best[1])
+        upper = upper + 1e-12
+        # candidates: faces whose bounding sphere reaches within the bound, searched per radius group
+        pis, fis = [], []
+        for s, p, rows in blocks:
+            if len(rows) == 0:
+                continue
+            for tree, faces, r_max in s.groups:
+                cand = tree.query_ball_point(p, upper[rows] + r_max, return_sorted=False)
+                lens = np.fromiter(map(len, cand), dtype=np.int64, count=len(rows))
+                fi = np.fromiter(itertools.chain.from_iterable(cand), dtype=np.int64, count=int(lens.sum()))
+                pis.append(np.repeat(rows, lens))
+                fis.append(faces[fi])
+        pi, fi = np.concatenate(pis), np.concatenate(fis)
+        p = tiled[pi]
+        keep = np.linalg.norm(p - self.centroid[fi], axis=1) - self.radius[fi] <= upper[pi]
+        pi, fi, p = pi[keep], fi[keep], p[keep]
+        # a face lies within its height of its longest edge: a tighter bound for slivers
+        start, edge = self._long_start[fi], self._long_edge[fi]
+        t = np.clip(np.einsum("ij,ij->i", p - start, edge) * self._long_inv[fi], 0.0, 1.0)
+        keep = np.linalg.norm(p - start - edge * t[:, None], axis=1) - self._height[fi] <= upper[pi]
+        self._take(tiled, pi[keep], fi[keep], best)
+        return best
+
+    def _take(self, pts: np.ndarray, pi: np.ndarray, fi: np.ndarray, best: tuple[np.ndarray, ...]) -> None:
+        """Evaluate point-face pairs ``(pi, fi)``; per point, keep a nearest face if nearer than ``best``."""
+        best_q, best_d, best_f, best_feat = best
         for s in range(0, len(pi), _PAIR_CHUNK):
             p_i, f_i = pi[s : s + _PAIR_CHUNK], fi[s : s + _PAIR_CHUNK]
-            t = self.triangles[f_i]
-            q, feat = _closest_on_triangles(pts[p_i], t[:, 0], t[:, 1], t[:, 2])
-            d = np.linalg.norm(q - pts[p_i], axis=1)
-            order = np.lexsort((d, p_i))  # per point, the nearest candidate comes first
-            first = np.ones(len(order), bool)
-            first[1:] = p_i[order][1:] != p_i[order][:-1]
-            sel = order[first]
-            sel = sel[d[sel] < best_d[p_i[sel]]]
+            p = pts[p_i]
+            dots = self._dots[f_i]
+            q, feat = _closest_on_edges(p, self._a[f_i], self._ab[f_i], self._ac[f_i], *dots.T)
+            d = np.linalg.norm(q - p, axis=1)
+            low = np.full(len(pts), np.inf)
+            np.minimum.at(low, p_i, d)
+            sel = np.flatnonzero((d == low[p_i]) & (d < best_d[p_i]))
+            # a point with tied candidates: the last of them wins (all are equally near)
             best_d[p_i[sel]] = d[sel]
             best_q[p_i[sel]] = q[sel]
             best_f[p_i[sel]] = f_i[sel]
             best_feat[p_i[sel]] = feat[sel]
-        return best_q, best_d, best_f, best_feat
+
+
+class _FaceSearch:
+    """KD-trees over a set of faces of a ``MeshQuery``: their vertices, their centroids, and their
+    centroids again in groups of similar bounding radius (so one huge face does not widen every
+    candidate search)."""
+
+    def __init__(self, query: MeshQuery, faces: np.ndarray) -> None:
+        self.faces = np.asarray(faces, dtype=np.int64)
+        self.vertex_tree = cKDTree(query.vertices[np.unique(query.faces[self.faces])].reshape(-1, 3))
+        self.centroid_tree = cKDTree(query.centroid[self.faces].reshape(-1, 3))
+        corners = query.vertices[query.faces[self.faces]].reshape(-1, 3)
+        self.lo = corners.min(axis=0) if len(corners) else np.zeros(3)
+        self.hi = corners.max(axis=0) if len(corners) else np.zeros(3)
+        radius = query.radius[self.faces]
+        self.groups: list[tuple[cKDTree, np.ndarray, float]] = []
+        self.seed = False
+        if len(self.faces) == 0:
+            return
+        # group g > 0 holds radii in [2^g, 2^(g+1)) x the median; group 0 all below twice the median
+        ref = max(float(np.median(radius)), 1e-12)
+        group = np.floor(np.log2(np.maximum(radius, ref) / ref)).astype(np.int64)
+        for g in np.unique(group):
+            members = self.faces[group == g]
+            self.groups.append((cKDTree(query.centroid[members]), members, float(query.radius[members].max())))
+        # faces of several sizes: the nearest vertex can be far from the nearest (large) face, so
+        # evaluate the faces with the nearest centroids first to tighten the bound
+        self.seed = len(self.groups) > 1
 
 
 def closest_point(mesh: trimesh.Trimesh, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
