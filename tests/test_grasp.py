@@ -83,6 +83,16 @@ def test_vertex_skin_matches_the_hand_model(hand) -> None:
     for pose, v in zip(poses, verts, strict=True):
         ref = hand.forward(np.zeros(3), pose, np.zeros(10), np.zeros(3)).vertices[0]
         assert np.abs(v - ref).max() < 1e-6
+    # a rigid placement folded into the skinning equals moving the skinned points and joints
+    from scipy.spatial.transform import Rotation
+
+    rot = torch.as_tensor(Rotation.from_rotvec([[0.3, -1.2, 0.5], [2.0, 0.1, -0.4]]).as_matrix(), dtype=torch.float32)
+    shift = torch.tensor([[0.1, -0.2, 0.05], [0.0, 0.3, -0.1]])
+    with torch.no_grad():
+        pts, joints = vertex_skin(hand)(torch.as_tensor(poses, dtype=torch.float32))
+        placed, placed_joints = vertex_skin(hand)(torch.as_tensor(poses, dtype=torch.float32), rot, shift)
+    assert torch.allclose(placed, pts @ rot.transpose(1, 2) + shift[:, None], atol=1e-6)
+    assert torch.allclose(placed_joints, joints @ rot.transpose(1, 2) + shift[:, None], atol=1e-6)
 
 
 def test_hand_skin_applies_pose_blend_shapes_like_smplx(hand) -> None:

@@ -179,10 +179,7 @@ class GraspProblem:
 
     def energy(self, rot6: torch.Tensor, transl: torch.Tensor, angles: torch.Tensor, w: EnergyWeights):
         """(total (B,), terms dict of (B,) tensors)."""
-        pose = self.space.to_pose(angles)
-        local, joints16 = self.skin(pose)
-        rot = rotation_from_6d(rot6)
-        pts = torch.einsum("bij,bpj->bpi", rot, local) + transl[:, None]
+        pts, joints16 = self.skin(self.space.to_pose(angles), rotation_from_6d(rot6), transl)
         contacts = pts[:, : self.n_tips + 1]  # fingertips and the palm centre
         # one grid lookup for the hand points and the central-difference probes of the contact normals
         probes = (contacts[..., None, :] + self._normal_step).reshape(pts.shape[0], -1, 3)
@@ -199,7 +196,7 @@ class GraspProblem:
             "limit": self.space.violation(angles),
             "prior": ((angles - self.prior) ** 2).sum(dim=(1, 2)),
         }
-        sph, _ = self.spheres(torch.einsum("bij,bpj->bpi", rot, joints16) + transl[:, None], tips)
+        sph, _ = self.spheres(joints16, tips)
         dist = torch.cdist(sph, sph)
         terms["self_collision"] = (torch.relu(2 * SPHERE_R - dist) * self._sphere_other).sum(dim=(1, 2)) / 2
         arm = (contacts - self.centre) / self.radius

@@ -74,8 +74,12 @@ class HandSkin:
             xh = torch.cat([self.points, torch.ones(len(self.points), 1)], dim=1)  # (P, 4)
             self.lbs_matrix = (self.weights[:, :, None] * xh[:, None, :]).reshape(len(self.points), -1)  # (P, 64)
 
-    def __call__(self, hand_pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Points (B, P, 3) and MANO's 16 joints (B, 16, 3) for ``hand_pose`` (B, 45), zero orient/transl."""
+    def __call__(
+        self, hand_pose: torch.Tensor, rotation: torch.Tensor | None = None, translation: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Points (B, P, 3) and MANO's 16 joints (B, 16, 3) for ``hand_pose`` (B, 45) at zero orient and
+        transl, then placed rigidly by ``rotation`` (B, 3, 3) and ``translation`` (B, 3) when given
+        (folded into the joints' transforms, which is cheaper than moving the points)."""
         b = hand_pose.shape[0]
         rot = _rodrigues(hand_pose.reshape(b, 15, 3))  # (B, 15, 3, 3) of joints 1..15
         rot = torch.cat([torch.eye(3, dtype=rot.dtype).expand(b, 1, 3, 3), rot], dim=1)
@@ -91,6 +95,11 @@ class HandSkin:
         joints = torch.cat(g_pos, dim=1)[:, self.unorder]  # (B, 16, 3)
         # the transform taking a rest-pose point to its posed place along joint j: x -> R_j x + t_j
         shift = joints - (g_rot @ self.joints_rest[..., None]).squeeze(-1)
+        if rotation is not None:
+            r = rotation[:, None]
+            g_rot = r @ g_rot
+            moved = (r @ torch.stack([joints, shift], dim=-1)) + translation[:, None, :, None]
+            joints, shift = moved[..., 0], moved[..., 1]
         a = torch.cat([g_rot, shift[..., None]], dim=-1)  # (B, 16, 3, 4)
         if not self.has_blend:
             out = self.lbs_matrix @ a.permute(1, 3, 0, 2).reshape(-1, b * 3)  # (P, B*3)
