@@ -208,6 +208,11 @@ def mesh_key(mesh: trimesh.Trimesh) -> str:
     return h.hexdigest()
 
 
+def clear_cache() -> None:
+    """Forget the cached grids (benchmarks that time the grid build from cold)."""
+    _CACHE.clear()
+
+
 def sdf_grid(mesh: trimesh.Trimesh, resolution: int = RESOLUTION, sha256: str | None = None) -> SDFGrid:
     """The cached :class:`SDFGrid` of ``mesh`` (keyed by ``sha256``, default: a hash of the geometry)."""
     key = (sha256 or mesh_key(mesh), int(resolution))
