@@ -117,3 +117,28 @@ def test_hand_skin_applies_pose_blend_shapes_like_smplx(hand) -> None:
         assert np.abs(ref.vertices[0][ids] - flat).max() > 0.01  # the pose moved them (not a trivial match)
     finally:
         mano.posedirs.data = saved
+
+
+def test_tangent_direction_points_the_fingers_the_way_a_category_asks() -> None:
+    from hoigen.grasp.synth import tangent_direction
+
+    rng = np.random.default_rng(0)
+    normal = np.array([0.0, 0.0, 1.0])  # the front side of a laptop's base
+    free = np.array([tangent_direction(normal, rng, up=(1.0, 0.0, 0.0)) for _ in range(200)])
+    down = np.array([tangent_direction(normal, rng, up=(1.0, 0.0, 0.0), toward=(0, -1, 0)) for _ in range(200)])
+    assert (free[:, 1] > 0.5).any() and (free[:, 1] < -0.5).any()  # either way round without a preference
+    assert (down[:, 1] < 0).all()  # always under the base with one
+    assert np.allclose(np.abs(down @ normal), 0.0, atol=1e-12)  # still tangent to the surface
+
+
+def test_laptop_grasps_start_on_the_sides_of_the_base() -> None:
+    from hoigen.grasp.synth import surface_preferences
+    from hoigen.objects import procedural_objects
+    from hoigen.objects.geometry import sample_surface
+
+    mesh = procedural_objects(["laptop"])[0].mesh
+    points, normals = sample_surface(mesh, 4000, np.random.default_rng(0))
+    weight = surface_preferences("laptop", points, normals, mesh.bounds)
+    lo, hi = mesh.bounds
+    base_side = (np.abs(normals[:, 1]) < 0.3) & ((points[:, 1] - lo[1]) / (hi[1] - lo[1]) < 0.2)
+    assert base_side.any() and weight[base_side].sum() / weight.sum() > 0.9

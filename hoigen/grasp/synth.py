@@ -2,11 +2,12 @@
 
 For one object, ``candidates`` starting placements are drawn at once: a surface point ``p`` with
 outward normal ``n`` is sampled with per-category preferences (:func:`surface_preferences`: mug
-body or handle, bottle body below the neck, bowl rim and outer wall, laptop edges, camera body,
-can side; uniform for unknown categories), the palm is turned to face the surface (palm normal =
-``-n``) with the fingers along a tangent across the object's long axis (y for the revolved
-categories, else the bounding box's longest side) so they wrap around it, turned by a random
-angle, ``PALM_GAP`` off the surface, fingers half open. The whole batch is then
+body or handle, bottle body below the neck, bowl rim and outer wall, the sides of a laptop's base,
+camera body, can side; uniform for unknown categories), the palm is turned to face the surface
+(palm normal = ``-n``) with the fingers along a tangent across the object's long axis (y for the
+revolved categories, else the bounding box's longest side) so they wrap around it, turned by a
+random angle, pointing either way along it unless the category names a way (``FINGERS_TOWARD``:
+under a laptop's base), ``PALM_GAP`` off the surface, fingers half open. The whole batch is then
 optimised together (:mod:`hoigen.grasp.optimize`, energy documented there). The candidates are
 ranked by energy and measured with :class:`hoigen.grasp.metrics.GraspEvaluator` (exact
 penetration, contacts, intersection volume, pybullet displacement) in that order until enough pass
@@ -39,6 +40,10 @@ from hoigen.objects.geometry import sample_surface
 TIPS_21 = (4, 8, 12, 16, 20)  # thumb, index, middle, ring, pinky tips in the common 21 order
 PALM_GAP = 0.012
 START_CURL = 0.35  # initial finger angles: this share of the way from open to fist
+# categories whose fingers should point one way along the tangent (mesh frame, y up): a laptop is
+# lifted by the side of its base with the fingers underneath (over three procedural laptops, 8 of 144
+# candidates were accepted when the palm sat anywhere near the edges, fingers up or down; 25 now)
+FINGERS_TOWARD = {"laptop": (0.0, -1.0, 0.0)}
 
 
 @dataclass
@@ -81,16 +86,19 @@ def align_frames(src_a: np.ndarray, src_b: np.ndarray, dst_a: np.ndarray, dst_b:
     return basis(dst_a, dst_b) @ basis(src_a, src_b).T
 
 
-def tangent_direction(normal: np.ndarray, rng: np.random.Generator, up=(0.0, 1.0, 0.0)) -> np.ndarray:
+def tangent_direction(
+    normal: np.ndarray, rng: np.random.Generator, up=(0.0, 1.0, 0.0), toward: np.ndarray | None = None
+) -> np.ndarray:
     """A tangent at a surface point across ``up`` (fingers wrap around an upright body), turned by a
-    random angle (+-0.5 rad, either way round) about the normal."""
+    random angle (+-0.5 rad, either way round, or the way that points along ``toward``) about the normal."""
     t = np.cross(normal, up)
     if np.linalg.norm(t) < 1e-3:  # the normal runs along ``up``: any axis across it will do
         t = np.cross(normal, np.eye(3)[int(np.argmin(np.abs(normal)))])
     t /= np.linalg.norm(t)
     b = np.cross(normal, t)
     angle = rng.uniform(-0.5, 0.5) + (np.pi if rng.random() < 0.5 else 0.0)
-    return np.cos(angle) * t + np.sin(angle) * b
+    out = np.cos(angle) * t + np.sin(angle) * b
+    return -out if toward is not None and out @ np.asarray(toward) < 0 else out
 
 
 def surface_preferences(category: str, points: np.ndarray, normals: np.ndarray, bounds: np.ndarray) -> np.ndarray:
@@ -108,9 +116,8 @@ def surface_preferences(category: str, points: np.ndarray, normals: np.ndarray, 
         return side + 0.05
     if category == "bowl":
         return (rel[:, 1] > 0.5) * (1.0 + (normals[:, 1] < 0.5)) + 0.05
-    if category == "laptop":
-        edge = np.minimum(np.minimum(rel[:, 0], 1 - rel[:, 0]), np.minimum(rel[:, 2], 1 - rel[:, 2]))
-        return np.exp(-edge / 0.08)
+    if category == "laptop":  # the sides of the base (the lid is too thin to hold a 1 kg slab by)
+        return ((np.abs(normals[:, 1]) < 0.3) & (rel[:, 1] < 0.2)) + 1e-3
     if category == "camera":
         return side + 0.1
     # anything else (boxes, scans): avoid the faces across the thinnest extent, so the hand wraps
@@ -134,9 +141,10 @@ def initial_candidates(
     extents = np.asarray(mesh.extents)
     revolved = category in ("bottle", "bowl", "can", "mug")
     up = np.array([0.0, 1.0, 0.0]) if revolved else np.eye(3)[int(np.argmax(extents))]
+    toward = FINGERS_TOWARD.get(category)
     for i in picks:
         p, n = points[i], normals[i]
-        rot = align_frames(palm_normal, forward, -n, tangent_direction(n, rng, up=up))
+        rot = align_frames(palm_normal, forward, -n, tangent_direction(n, rng, up=up, toward=toward))
         rots.append(rot)
         trans.append(p + n * PALM_GAP - rot @ centre)
         angles.append(open_a + START_CURL * (fist_a - open_a))
