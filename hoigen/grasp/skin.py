@@ -23,6 +23,7 @@ import functools
 
 import numpy as np
 import torch
+from smplx.lbs import batch_rodrigues
 
 INTERIOR_RESOLUTION = 72  # cells along the flat hand's longest side (~3 mm voxels)
 
@@ -81,7 +82,7 @@ class HandSkin:
         transl, then placed rigidly by ``rotation`` (B, 3, 3) and ``translation`` (B, 3) when given
         (folded into the joints' transforms, which is cheaper than moving the points)."""
         b = hand_pose.shape[0]
-        rot = _rodrigues(hand_pose.reshape(b, 15, 3))  # (B, 15, 3, 3) of joints 1..15
+        rot = batch_rodrigues(hand_pose.reshape(-1, 3)).view(b, 15, 3, 3)  # joints 1..15
         rot = torch.cat([torch.eye(3, dtype=rot.dtype).expand(b, 1, 3, 3), rot], dim=1)
         # global rotations and joint positions, one tree level at a time (the root stays at rest)
         g_rot = [rot[:, :1]]
@@ -112,17 +113,6 @@ class HandSkin:
         posed = self.points + offsets
         t = (self.weights @ a.reshape(b, 16, 12)).view(b, -1, 3, 4)
         return (t[..., :3] @ posed[..., None]).squeeze(-1) + t[..., 3], joints
-
-
-def _rodrigues(v: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices (..., 3, 3) of axis-angle vectors (..., 3): cos I + sin [k]x + (1 - cos) k k^T."""
-    angle = (v + 1e-8).norm(dim=-1, keepdim=True)
-    k = v / angle
-    cos, sin = torch.cos(angle)[..., None], torch.sin(angle)[..., None]
-    x, y, z = k.unbind(-1)
-    zero = torch.zeros_like(x)
-    cross = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).view(*v.shape[:-1], 3, 3)
-    return cos * torch.eye(3, dtype=v.dtype) + sin * cross + (1 - cos) * (k[..., :, None] * k[..., None, :])
 
 
 @functools.lru_cache(maxsize=4)
