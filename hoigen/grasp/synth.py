@@ -42,7 +42,7 @@ PALM_GAP = 0.012
 START_CURL = 0.35  # initial finger angles: this share of the way from open to fist
 # categories whose fingers should point one way along the tangent (mesh frame, y up): a laptop is
 # lifted by the side of its base with the fingers underneath (over three procedural laptops, 8 of 144
-# candidates were accepted when the palm sat anywhere near the edges, fingers up or down; 25 now)
+# candidates were accepted when the palm sat anywhere near the edges, fingers up or down; 25-29 now)
 FINGERS_TOWARD = {"laptop": (0.0, -1.0, 0.0)}
 
 
