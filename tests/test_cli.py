@@ -228,15 +228,10 @@ def test_synthesize_from_a_mesh_folder_and_prompts(tmp_path: Path) -> None:
     assert (out / "work" / "render" / "index.parquet").exists()
 
 
-def test_assets_build_hand_rebuilds_the_shipped_files(tmp_path: Path) -> None:
-    from hoigen.hand.model import load_mano_pickle
+def test_assets_build_hand_writes_both_hands(tmp_path: Path) -> None:
+    """The CLI writes what build_hand_files writes (their equality to the shipped files: test_hand.py)."""
+    from hoigen.hand.model import MANO_KEYS, load_mano_pickle
 
     assert hoigen("assets", "build-hand", "--out", tmp_path)[0] == 0
-    shipped = Path(__file__).resolve().parents[1] / "hoigen" / "hand" / "assets" / "embedded"
     for name in ("MANO_RIGHT.pkl", "MANO_LEFT.pkl"):
-        built, ref = load_mano_pickle(tmp_path / name), load_mano_pickle(shipped / name)
-        assert set(built) == set(ref)
-        # the same arrays up to floating-point rounding (other CPUs round the last bits differently)
-        for k in ref:
-            if k != "hoigen_model":
-                np.testing.assert_allclose(np.asarray(built[k]), np.asarray(ref[k]), rtol=0, atol=1e-12, err_msg=k)
+        assert set(MANO_KEYS) <= set(load_mano_pickle(tmp_path / name))

@@ -178,8 +178,15 @@ def test_shipped_files_equal_a_rebuild(tmp_path):
         assert shipped.stat().st_size < 400_000
         built, ship = load_mano_pickle(p), load_mano_pickle(shipped)
         assert set(built) == set(ship) == set(MANO_KEYS) | {"hoigen_model", "tip_vertex_ids", "hands_components_sd"}
+        # The rebuild (marching cubes, np.add.at smoothing, an SVD) rounds the last bits differently
+        # on other CPUs: geometry and blend arrays agree to 1e-12 (a picometre on a metre-scale hand,
+        # far below float32 MANO outputs' resolution); integer topology (faces, kinematic tree) exactly.
         for key in MANO_KEYS:
-            np.testing.assert_array_equal(np.asarray(built[key]), np.asarray(ship[key]), err_msg=key)
+            a, b = np.asarray(built[key]), np.asarray(ship[key])
+            if np.issubdtype(b.dtype, np.integer):
+                np.testing.assert_array_equal(a, b, err_msg=key)
+            else:
+                np.testing.assert_allclose(a, b, rtol=0, atol=1e-12, err_msg=key)
         assert built["tip_vertex_ids"] == ship["tip_vertex_ids"]
         # Plain pickle (what smplx itself does) reads the file too, into real arrays.
         with open(shipped, "rb") as fh:
