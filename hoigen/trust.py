@@ -249,7 +249,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         if obj is None:
             obj = self.resolve(*key)
         if obj is None:
-            raise RefusedGlobal(module, name)
+            raise RefusedGlobal(*key)
         return obj
 
 
@@ -333,7 +333,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def _refused_name(error: BaseException) -> str:
-    match = re.search(r"(?:Unsupported global: GLOBAL|global)\s+([\w.]+)", str(error))
+    match = re.search(r"GLOBAL\s+([\w.]+)", str(error))
     return f"it asks for {match.group(1)}" if match else _first_line(error)
 
 
