@@ -145,6 +145,16 @@ def test_allowlisted_functions_refuse_hostile_arguments(tmp_path):
     assert load(b"c__builtin__\nset\n((lp0\nI1\naI2\natR.") == {1, 2}  # Python 2 names map to Python 3
 
 
+def test_python2_protocol0_chumpy_object_loads_through_copy_reg():
+    """Protocol 0/1 pickles build objects with ``copy_reg._reconstructor``: allowed for the chumpy stand-ins only."""
+    from hoigen.hand.model import _MANOUnpickler, _to_array
+
+    data = b"(dp0\nS'v'\nccopy_reg\n_reconstructor\n(cchumpy.ch\nCh\nc__builtin__\nobject\nNtR"
+    data += b"(dS'x'\n(lp1\nF1.5\naF-2.0\nasbs."
+    obj = _MANOUnpickler(io.BytesIO(data), encoding="latin1").load()
+    np.testing.assert_array_equal(_to_array(obj, "t")["v"], [1.5, -2.0])
+
+
 # ----------------------------------------------------------------------------------------------------
 # Real MANO v1.2 layout, written byte by byte as Python 2's pickle (protocol 2) wrote it
 
