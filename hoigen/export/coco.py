@@ -22,9 +22,10 @@ The json:
   ``joints2d``), ``v`` = 2 where ``joints_visible`` (in the image, not hidden by the object, not
   self-occluded), 1 where the joint projects into the image but is hidden (by the object or the
   hand itself), 0 (and x = y = 0) outside the image; ``num_keypoints`` = the count of v > 0; and the
-  object (its category) when any object pixel is visible. Both carry ``segmentation`` (RLE of the
-  visible mask, ``seg.png``), ``area`` (its pixel count), ``bbox`` ``[x, y, w, h]`` of it, and
-  ``iscrowd`` 0; hoigen adds ``object_id`` or ``hand_side``.
+  object (its category) when any object pixel is visible (with 21 zero keypoints and
+  ``num_keypoints`` 0, so COCOeval's keypoint pass over all categories ignores it). Both carry
+  ``segmentation`` (RLE of the visible mask, ``seg.png``), ``area`` (its pixel count), ``bbox``
+  ``[x, y, w, h]`` of it, and ``iscrowd`` 0; hoigen adds ``object_id`` or ``hand_side``.
 
 COCO's keypoint evaluation needs one OKS sigma per keypoint (its defaults are for 17 body joints):
 ``COCOeval.params.kpt_oks_sigmas`` must be set to 21 values, e.g. :data:`HAND_OKS_SIGMAS`.
@@ -120,6 +121,8 @@ def annotations(sample: Sample, image_id: int, cat_ids: dict[str, int], asset: O
                 "area": int(obj_mask.sum()),
                 "bbox": box_xywh(obj_mask),
                 "segmentation": rle(obj_mask),
+                "keypoints": [0] * (3 * len(HAND_JOINT_NAMES)),  # none: COCOeval's keypoint pass skips it
+                "num_keypoints": 0,
                 "object_id": asset.id,
             }
         )
