@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from hoigen.data.index import INDEX_FILE, RUN_FILE, read_run_json
+from hoigen.data.contract import INDEX_FILE, RUN_FILE, read_run_json
 from hoigen.data.runner import StageContext, Task, resolve_split, run_stage
 from hoigen.data.schema import derive_seed, parse_key, sample_key
 from hoigen.data.shards import ShardWriter, list_shards, read_shard, write_shard
