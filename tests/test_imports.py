@@ -199,3 +199,22 @@ def _options_import_internals() -> list[str]:
 def test_options_import_no_stage_internals() -> None:
     assert _options_modules()
     assert _options_import_internals() == []
+
+
+def test_benchmarks_live_outside_the_package() -> None:
+    """``make bench`` / ``make soak`` code is in benchmarks/, imported by nothing in hoigen/."""
+    import importlib
+
+    root = PACKAGE.parent
+    assert not [p for p in PACKAGE.rglob("*.py") if p.stem in ("bench", "soak", "benchmark")]
+    users = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            )
+            users += [f"{path.relative_to(root)}: {n}" for n in names if n.split(".")[0] == "benchmarks"]
+    assert users == []
+    for name in ("bench", "soak", "grasp", "diffusion"):
+        assert (root / "benchmarks" / f"{name}.py").exists()
+    assert callable(importlib.import_module("benchmarks.soak").main)
