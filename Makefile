@@ -25,14 +25,14 @@ test: install lint
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check hoigen tests
+	$(BIN)/ruff check hoigen tests benchmarks
 
 bench: install
-	$(BIN)/python -m hoigen.bench
+	$(BIN)/python -m benchmarks.bench
 
 # long memory soak (minutes; not part of CI)
 soak: install
-	$(BIN)/python -m hoigen.soak
+	$(BIN)/python -m benchmarks.soak
 
 clean:
 	rm -rf out demo .pytest_cache .ruff_cache

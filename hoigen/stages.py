@@ -20,7 +20,8 @@ from hoigen.config import (
     TrainOptions,
     to_config,
 )
-from hoigen.data.index import read_index, read_run_json
+from hoigen.data.contract import read_run_json
+from hoigen.data.index import read_index
 from hoigen.data.progress import console, info, make_progress
 from hoigen.data.runner import RunSummary, StageContext, Task, run_stage
 from hoigen.data.shards import list_shards, read_shard, shard_index
@@ -125,7 +126,8 @@ def record_grasp_filter(out: Path, quiet: bool = False) -> dict[str, Any]:
 
 def render(in_dir: Path, out: Path, opts: RenderOptions, common: Common) -> RunSummary:
     """Grasp shards -> render shards."""
-    from hoigen.render.stage import OBJECTS_KEY, objects_dir_of, render_stage
+    from hoigen.data.contract import OBJECTS_KEY, objects_dir_of
+    from hoigen.render.stage import render_stage
 
     tasks = input_tasks(in_dir, ("grasp",))
     objects = objects_dir_of(in_dir)
@@ -145,9 +147,9 @@ def render(in_dir: Path, out: Path, opts: RenderOptions, common: Common) -> RunS
 
 def synthesize(in_dir: Path, out: Path, opts: SynthOptions, common: Common) -> RunSummary:
     """Render shards -> synthesize shards (image.jpg, prompt.txt, gen.json added)."""
+    from hoigen.data.contract import OBJECTS_KEY, objects_dir_of
     from hoigen.diffusion.prompts import DEFAULT_PROMPTS, load_prompts
     from hoigen.diffusion.stage import pipeline_for, synth_stage
-    from hoigen.render.stage import OBJECTS_KEY, objects_dir_of
 
     tasks = input_tasks(in_dir, ("render",))
     templates = load_prompts(opts.prompts) if opts.prompts is not None else list(DEFAULT_PROMPTS)
@@ -195,6 +197,7 @@ def export(in_dir: Path, out: Path, opts: ExportOptions, quiet: bool = False) ->
     command completes it with the same bytes (temporary copies left by the kill are deleted).
     """
     from hoigen.data.atomic import remove_stale_tmp
+    from hoigen.data.contract import objects_dir_of
     from hoigen.data.faults import kill_point
     from hoigen.data.index import RUN_FILE, write_run_json
     from hoigen.data.lock import fingerprint, folder_lock, remove_dead_locks
@@ -202,7 +205,6 @@ def export(in_dir: Path, out: Path, opts: ExportOptions, quiet: bool = False) ->
     from hoigen.export.coco import export_coco
     from hoigen.export.nocs import export_nocs
     from hoigen.objects import read_objects
-    from hoigen.render.stage import objects_dir_of
 
     writers = {"nocs": export_nocs, "bop": export_bop, "coco": export_coco}  # ExportOptions has checked the format
     tasks = input_tasks(in_dir, ("synthesize", "render"))

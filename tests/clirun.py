@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
 
 from hoigen.cli import main
+from hoigen.data.faults import reset_passes
 
 
 def run_hoigen(*args: object, capsys: pytest.CaptureFixture | None = None) -> tuple[int, str]:
@@ -26,3 +28,21 @@ def run_hoigen(*args: object, capsys: pytest.CaptureFixture | None = None) -> tu
 def exit_code(*args: object) -> int:
     """The exit code of ``hoigen ARGS...``."""
     return run_hoigen(*args)[0]
+
+
+def cli_child(argv: list[str], env: dict[str, str], cwd: str | None = None, stderr: str | None = None) -> None:
+    """Run ``hoigen ARGV`` in this (child) process with extra ``env``: the crash tests' entry point.
+
+    Meant as a ``multiprocessing`` target in a forkserver that has imported the stages once, so each
+    killed run costs no imports. ``stderr`` redirects file descriptor 2 to a file.
+    """
+    if stderr is not None:
+        fd = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 2)
+        os.close(fd)
+    if cwd is not None:
+        os.chdir(cwd)
+    os.environ.update(env)
+    reset_passes()
+    sys.argv = ["hoigen", *argv]
+    main()

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from hoigen.data.index import INDEX_FILE, RUN_FILE, read_run_json
+from hoigen.data.contract import INDEX_FILE, RUN_FILE, read_run_json
 from hoigen.data.runner import StageContext, Task, resolve_split, run_stage
 from hoigen.data.schema import derive_seed, parse_key, sample_key
 from hoigen.data.shards import ShardWriter, list_shards, read_shard, write_shard
@@ -219,3 +219,54 @@ def test_killed_run_leaves_no_complete_looking_shard(tmp_path: Path) -> None:
     assert [p.name for p in list_shards(out)] == ["shard-000000.tar"]
     with tarfile.open(out / "shard-000000.tar") as tar:
         assert len(tar.getnames()) == 2
+
+
+# ---------------------------------------------------------------------------- the contract module
+def test_contract_encodings_round_trip() -> None:
+    from hoigen.data import contract
+
+    depth_m = np.array([[0.0, 0.4567, 1.0], [65.6, -0.1, 0.0004]])
+    depth = contract.encode_depth(depth_m)
+    assert depth.dtype == np.uint16 and depth.tolist() == [[0, 457, 1000], [65535, 0, 0]]
+    assert np.allclose(contract.decode_depth(depth[0]), [0.0, 0.457, 1.0])
+    xyz = np.random.default_rng(0).uniform(-0.5, 0.5, (50, 3))
+    nocs = contract.encode_nocs(xyz)
+    assert nocs.dtype == np.uint8 and np.abs(contract.decode_nocs(nocs) - xyz).max() <= 0.5 / 255 + 1e-12
+    facing = contract.normal_colour(np.array([0.0, 0.0, -1.0]))  # toward the camera
+    assert np.round(facing).tolist() == [128, 128, 255]
+    hand, obj = np.array([True, True, False, False]), np.array([True, False, True, False])
+    assert contract.amodal_bits(hand, obj).tolist() == [3, 1, 2, 0]
+    assert set(contract.STAGE_FIELDS["synthesize"]) == set(contract.PNG_MODES) | {"ann.json", "image.jpg",
+                                                                                   "prompt.txt", "gen.json"}
+
+
+def test_objects_pointer_is_followed_through_run_json(tmp_path) -> None:
+    from hoigen.data.contract import OBJECTS_FILE, OBJECTS_KEY, RUN_FILE, objects_dir_of
+
+    (tmp_path / "grasp").mkdir()
+    (tmp_path / "grasp" / OBJECTS_FILE).write_bytes(b"")
+    for name, up in (("render", "grasp"), ("synth", "render")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / RUN_FILE).write_text(f'{{"{OBJECTS_KEY}": "{tmp_path / up}"}}')
+    assert objects_dir_of(tmp_path / "synth") == (tmp_path / "grasp").resolve()
+    (tmp_path / "alone").mkdir()
+    with pytest.raises(HoigenError, match="no objects.parquet"):
+        objects_dir_of(tmp_path / "alone")
+
+
+def test_input_check_takes_the_stage_it_expects(tmp_path) -> None:
+    """A grasp-stage sample passes as render's input but not where render's fields are expected."""
+    from hoigen.data.runner import check_input
+
+    ann = {
+        "key": "mug_0000_000", "hand": {"side": "right", "model": "m", "global_orient": [0] * 3,
+                                        "hand_pose": [0] * 45, "betas": [0] * 10, "transl": [0] * 3,
+                                        "joints3d": [[0] * 3] * 21},
+        "object": {"id": "mug", "category": "mug", "mesh_sha256": "x", "pose": np.eye(4).tolist(),
+                   "nocs_from_mesh": np.eye(4).tolist()},
+        "trajectory": {"frame": 0, "frames": 1}, "grasp": {},
+    }
+    sample = {"__key__": "mug_0000_000", "ann.json": ann}
+    check_input(sample, tmp_path / "shard-000000.tar", "grasp")
+    with pytest.raises(HoigenError, match="no field camera.K"):
+        check_input(sample, tmp_path / "shard-000000.tar", "render")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from hoigen.config import TrainOptions
 from hoigen.diffusion.conditions import (
     CONDITIONING_CHANNELS,
     SEG_HAND_RGB,
@@ -20,7 +21,7 @@ from hoigen.diffusion.conditions import (
 from hoigen.diffusion.pipeline import generate, load_pipeline
 from hoigen.diffusion.prompts import DEFAULT_PROMPTS, fill_prompt, load_prompts
 from hoigen.diffusion.tiny import TINY_MODEL_NAME, build_tiny_pipeline
-from hoigen.diffusion.train import train_controlnet
+from hoigen.diffusion.train import ControlNetTrainer
 from hoigen.errors import HoigenError
 
 SIZE = 64
@@ -203,9 +204,9 @@ def test_train_saves_and_reloads(tmp_path):
     unet_before = _state(pipe.unet)
     logged = []
     out = tmp_path / "trained"
-    stats = train_controlnet(
-        pipe, _batches(2, 0), steps=3, out_dir=out, lr=1e-3, seed=3,
-        bg_batches=_batches(1, 9), bg_every=2, log=logged.append,
+    options = TrainOptions(steps=3, lr=1e-3, bg_every=2)
+    stats = ControlNetTrainer(pipe, options, out, seed=3).train(
+        _batches(2, 0), bg_batches=_batches(1, 9), log=logged.append
     )
     assert stats["steps"] == 3 and len(stats["losses"]) == 3 and len(stats["bg_losses"]) == 1
     assert [entry["step"] for entry in logged] == [1, 2, 3] and "bg_loss" in logged[1]
@@ -228,10 +229,7 @@ def test_train_saves_and_reloads(tmp_path):
 
     # Same seed and data -> the same weights.
     twin = build_tiny_pipeline(0)
-    train_controlnet(
-        twin, _batches(2, 0), steps=3, out_dir=tmp_path / "twin", lr=1e-3, seed=3,
-        bg_batches=_batches(1, 9), bg_every=2,
-    )
+    ControlNetTrainer(twin, options, tmp_path / "twin", seed=3).train(_batches(2, 0), bg_batches=_batches(1, 9))
     assert _equal_states(trained, _state(twin.controlnet))
 
 

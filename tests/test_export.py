@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from hoigen.data.schema import SEG_HAND, SEG_OBJECT, sample_key
+from hoigen.data.contract import SEG_HAND, SEG_OBJECT
+from hoigen.data.schema import sample_key
 from hoigen.export.bop import export_bop
 from hoigen.export.common import mesh_to_cam, nocs_to_cam, plan_images
 from hoigen.export.nocs import decode_coord_png, export_nocs, load_model_obj

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 import trimesh
 
+from hoigen.data.contract import SEG_HAND, SEG_OBJECT
 from hoigen.data.index import write_run_json
-from hoigen.data.schema import SEG_HAND, SEG_OBJECT, sample_key
+from hoigen.data.schema import sample_key
 from hoigen.data.shards import write_shard
 from hoigen.export.bop import export_bop
 from hoigen.export.coco import HAND_OKS_SIGMAS, export_coco

@@ -23,12 +23,13 @@ from clirun import exit_code
 
 from hoigen.config import load_recipe
 from hoigen.data import shards as shards_module
+from hoigen.data.contract import RENDER_FIELDS
 from hoigen.data.faults import KILL_ENV
 from hoigen.data.index import INDEX_FILE, RUN_FILE, run_command
 from hoigen.data.lock import FolderLock, fingerprint, lock_name
 from hoigen.data.merge import merge
 from hoigen.data.runner import StageContext, Task, run_stage
-from hoigen.data.schema import RENDER_FIELDS, sample_key
+from hoigen.data.schema import sample_key
 from hoigen.data.shards import list_shards, read_shard, write_shard
 from hoigen.data.validate import validate
 from hoigen.errors import HoigenError

@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from clirun import cli_child
 
 from hoigen.cli import main
-from hoigen.data.faults import KILL_ENV, cli_child
+from hoigen.data.faults import KILL_ENV
 from hoigen.data.validate import validate
 
 PRELOAD = ["hoigen.cli", "hoigen.stages", "hoigen.grasp.stage", "hoigen.render.stage", "hoigen.diffusion.stage"]

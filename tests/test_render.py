@@ -7,9 +7,9 @@ import pytest
 import trimesh
 
 from hoigen.errors import HoigenError
+from hoigen.hand.skeleton import HAND_BONES, SKELETON_PALETTE, draw_skeleton, joint_color
 from hoigen.render.cameras import Camera, intrinsics, look_at, pixel_rays, project, sample_camera
 from hoigen.render.renderer import Renderer, SceneSpec
-from hoigen.render.skeleton import HAND_BONES, SKELETON_PALETTE, draw_skeleton, joint_color
 
 SIZE = 96
 
@@ -292,7 +292,7 @@ def test_renderer_rejects_bad_input(renderer):
 
 # ---------------------------------------------------------------------------- amodal masks, boxes
 def test_amodal_masks_and_boxes(renderer):
-    from hoigen.render.renderer import mask_bbox
+    from hoigen.render.annotate import mask_bbox
 
     both = renderer.render(_scene(4))
     alone = renderer.render(_scene(4, hand_shift=3.0))  # the same object without the hand

@@ -27,7 +27,8 @@ def grasp_samples(tmp_path_factory):
 
 
 def _render(grasp_samples, tmp_path, **config):
-    from hoigen.render.stage import OBJECTS_KEY, objects_dir_of, render_stage
+    from hoigen.data.contract import OBJECTS_KEY, objects_dir_of
+    from hoigen.render.stage import render_stage
 
     folder, samples = grasp_samples
     cfg = {"views": 2, "size": 64, "camera": "random", OBJECTS_KEY: str(objects_dir_of(folder)), **config}

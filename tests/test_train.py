@@ -15,7 +15,7 @@ from hoigen.diffusion.captions import FALLBACK_CAPTION, caption_for, load_captio
 from hoigen.diffusion.checkpoint import list_checkpoints
 from hoigen.diffusion.pipeline import generate, load_pipeline
 from hoigen.diffusion.tiny import build_tiny_pipeline
-from hoigen.diffusion.train import TrainSettings, train_controlnet, unet_attention_parameters
+from hoigen.diffusion.train import ControlNetTrainer, unet_attention_parameters
 from hoigen.diffusion.train_data import ExampleBatches
 from hoigen.errors import HoigenError
 
@@ -51,15 +51,8 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 def test_loss_falls_on_a_tiny_fixed_dataset(tmp_path):
     pipe = build_tiny_pipeline(0)
-    stats = train_controlnet(
-        pipe,
-        ExampleBatches(_examples(4), 2, seed=0),
-        steps=80,
-        out_dir=tmp_path / "m",
-        lr=1e-3,
-        text_dropout=0.0,
-        settings=TrainSettings(checkpoint_every=0),
-    )
+    options = TrainOptions(steps=80, lr=1e-3, text_dropout=0.0, checkpoint_every=0)
+    stats = ControlNetTrainer(pipe, options, tmp_path / "m").train(ExampleBatches(_examples(4), 2, seed=0))
     losses = np.array(stats["losses"])
     assert len(losses) == 80 and np.all(np.isfinite(losses))
     first, last = losses[:15].mean(), losses[-15:].mean()
@@ -79,33 +72,14 @@ class _Recorder:
 
 
 def test_bg_weight_zero_never_draws_background(tmp_path, monkeypatch):
-    settings = TrainSettings(checkpoint_every=0)
     data = ExampleBatches(_examples(2), 2, seed=0)
     off = _Recorder()
-    stats = train_controlnet(
-        build_tiny_pipeline(0),
-        data,
-        steps=3,
-        out_dir=tmp_path / "off",
-        lr=1e-3,
-        bg_batches=off,
-        bg_every=1,
-        bg_weight=0.0,
-        settings=settings,
-    )
+    options = TrainOptions(steps=3, lr=1e-3, bg_every=1, bg_weight=0.0, checkpoint_every=0)
+    stats = ControlNetTrainer(build_tiny_pipeline(0), options, tmp_path / "off").train(data, bg_batches=off)
     assert off.drawn == [] and stats["bg_losses"] == [] and stats["bg_weight"] == 0.0
     on = _Recorder()
-    stats = train_controlnet(
-        build_tiny_pipeline(0),
-        data,
-        steps=4,
-        out_dir=tmp_path / "on",
-        lr=1e-3,
-        bg_batches=on,
-        bg_every=2,
-        bg_weight=1.0,
-        settings=settings,
-    )
+    options = TrainOptions(steps=4, lr=1e-3, bg_every=2, bg_weight=1.0, checkpoint_every=0)
+    stats = ControlNetTrainer(build_tiny_pipeline(0), options, tmp_path / "on").train(data, bg_batches=on)
     assert on.drawn == [0, 1] and len(stats["bg_losses"]) == 2
 
     # Through the shard entry: with --bg-weight 0 the buffer folder is never even read.
@@ -129,18 +103,15 @@ class _Stop(Exception):
 
 def test_resume_reproduces_the_uninterrupted_loss_curve_exactly(tmp_path):
     """Bit-identical on CPU: same losses, same weights, same CSV as a run that never stopped."""
-    settings = dict(checkpoint_every=3, keep_checkpoints=2, ema_decay=0.9, lr_scheduler="cosine")
+    options = TrainOptions(
+        steps=7, lr=1e-3, bg_every=2, text_dropout=0.5,
+        checkpoint_every=3, keep_checkpoints=2, ema_decay=0.9, lr_scheduler="cosine",
+    )
     examples = _examples(6)
-    common = dict(steps=7, lr=1e-3, seed=4, bg_every=2, text_dropout=0.5)
 
     whole = build_tiny_pipeline(0)
-    full = train_controlnet(
-        whole,
-        ExampleBatches(examples, 2, 4),
-        out_dir=tmp_path / "whole",
-        bg_batches=ExampleBatches(_examples(2, 9), 2, 4, "background"),
-        settings=TrainSettings(**settings),
-        **common,
+    full = ControlNetTrainer(whole, options, tmp_path / "whole", seed=4).train(
+        ExampleBatches(examples, 2, 4), bg_batches=ExampleBatches(_examples(2, 9), 2, 4, "background")
     )
 
     def crash(entry):
@@ -149,25 +120,14 @@ def test_resume_reproduces_the_uninterrupted_loss_curve_exactly(tmp_path):
 
     out = tmp_path / "stopped"
     with pytest.raises(_Stop):
-        train_controlnet(
-            build_tiny_pipeline(0),
-            ExampleBatches(examples, 2, 4),
-            out_dir=out,
-            log=crash,
-            bg_batches=ExampleBatches(_examples(2, 9), 2, 4, "background"),
-            settings=TrainSettings(**settings),
-            **common,
+        ControlNetTrainer(build_tiny_pipeline(0), options, out, seed=4).train(
+            ExampleBatches(examples, 2, 4), bg_batches=ExampleBatches(_examples(2, 9), 2, 4, "background"), log=crash
         )
     assert [step for step, _ in list_checkpoints(out)] == [3]
     assert not (out / "hoigen_train.json").exists()
     resumed_pipe = build_tiny_pipeline(0)
-    resumed = train_controlnet(
-        resumed_pipe,
-        ExampleBatches(examples, 2, 4),
-        out_dir=out,
-        bg_batches=ExampleBatches(_examples(2, 9), 2, 4, "background"),
-        settings=TrainSettings(**settings),
-        **common,
+    resumed = ControlNetTrainer(resumed_pipe, options, out, seed=4).train(
+        ExampleBatches(examples, 2, 4), bg_batches=ExampleBatches(_examples(2, 9), 2, 4, "background")
     )
     assert resumed["resumed_at_step"] == 3 and resumed["resumed_from"].endswith("step-00000003")
     assert resumed["losses"] == full["losses"] and resumed["bg_losses"] == full["bg_losses"]
@@ -188,7 +148,9 @@ def test_saved_folder_loads_in_synthesis_and_paints_the_same_images(tmp_path):
     # 1. The whole folder (--model OUT), with the UNet's attention layers trained and EMA weights.
     pipe = build_tiny_pipeline(0)
     unet_before = _state(pipe.unet)
-    settings = TrainSettings(
+    options = TrainOptions(
+        steps=2,
+        lr=1e-3,
         train_unet_attention=True,
         ema_decay=0.5,
         checkpoint_every=0,
@@ -197,15 +159,7 @@ def test_saved_folder_loads_in_synthesis_and_paints_the_same_images(tmp_path):
         validation_steps=2,
     )
     out = tmp_path / "model"
-    train_controlnet(
-        pipe,
-        ExampleBatches(_examples(2), 2, 0),
-        steps=2,
-        out_dir=out,
-        lr=1e-3,
-        settings=settings,
-        validation=_examples(2),
-    )
+    ControlNetTrainer(pipe, options, out).train(ExampleBatches(_examples(2), 2, 0), validation=_examples(2))
     changed = [
         n for n, _ in unet_attention_parameters(pipe.unet) if not torch.equal(pipe.unet.state_dict()[n], unet_before[n])
     ]
@@ -234,14 +188,8 @@ def test_saved_folder_loads_in_synthesis_and_paints_the_same_images(tmp_path):
         requires_safety_checker=False,
     ).save_pretrained(tmp_path / "sd")
     base, _ = load_pipeline(str(tmp_path / "sd"))
-    train_controlnet(
-        base,
-        ExampleBatches(_examples(2), 2, 0),
-        steps=2,
-        out_dir=tmp_path / "cn-run",
-        lr=1e-3,
-        settings=TrainSettings(checkpoint_every=0),
-    )
+    options = TrainOptions(steps=2, lr=1e-3, checkpoint_every=0)
+    ControlNetTrainer(base, options, tmp_path / "cn-run").train(ExampleBatches(_examples(2), 2, 0))
     paired, info = load_pipeline(str(tmp_path / "sd"), controlnet=str(tmp_path / "cn-run" / "controlnet"))
     assert info["kind"] == "pretrained"
     a = generate(base, conditions, prompts, seeds, steps=2)
@@ -251,27 +199,17 @@ def test_saved_folder_loads_in_synthesis_and_paints_the_same_images(tmp_path):
 
 def test_csv_log_and_8bit_adam_error(tmp_path):
     out = tmp_path / "m"
-    train_controlnet(
-        build_tiny_pipeline(0),
-        ExampleBatches(_examples(2), 2, 0),
-        steps=2,
-        out_dir=out,
-        lr=1e-3,
-        settings=TrainSettings(checkpoint_every=0),
-    )
+    options = TrainOptions(steps=2, lr=1e-3, checkpoint_every=0)
+    ControlNetTrainer(build_tiny_pipeline(0), options, out).train(ExampleBatches(_examples(2), 2, 0))
     with (out / "train_log.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [r["step"] for r in rows] == ["1", "2"] and all(float(r["lr"]) == 1e-3 for r in rows)
     with pytest.raises(HoigenError, match="bitsandbytes"):
-        train_controlnet(
-            build_tiny_pipeline(0),
-            _examples(1),
-            steps=1,
-            out_dir=tmp_path / "x",
-            settings=TrainSettings(use_8bit_adam=True),
+        ControlNetTrainer(build_tiny_pipeline(0), TrainOptions(steps=1, use_8bit_adam=True), tmp_path / "x").train(
+            _examples(1)
         )
     with pytest.raises(HoigenError, match="mixed-precision"):
-        TrainSettings(mixed_precision="fp8")
+        ControlNetTrainer(build_tiny_pipeline(0), TrainOptions(mixed_precision="fp8"), tmp_path / "y")
 
 
 def test_example_batches_are_a_function_of_step_and_split_by_rank():

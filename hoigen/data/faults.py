@@ -64,23 +64,6 @@ def write_error(path: Path | str, exc: OSError) -> Exception:
     )
 
 
-def cli_child(argv: list[str], env: dict[str, str], cwd: str | None = None, stderr: str | None = None) -> None:
-    """Run ``hoigen ARGV`` in this (child) process with extra ``env``: the crash tests' entry point.
-
-    Meant as a ``multiprocessing`` target in a forkserver that has imported the stages once, so each
-    killed run costs no imports. ``stderr`` redirects file descriptor 2 to a file.
-    """
-    import sys
-
-    if stderr is not None:
-        fd = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(fd, 2)
-        os.close(fd)
-    if cwd is not None:
-        os.chdir(cwd)
-    os.environ.update(env)
+def reset_passes() -> None:
+    """Forget how often each point was passed (a forked child starts counting afresh)."""
     _passed.clear()
-    sys.argv = ["hoigen", *argv]
-    from hoigen.cli import main
-
-    main()

@@ -25,8 +25,9 @@ from pathlib import Path
 
 from hoigen.data.atomic import atomic_write_bytes, is_tmp, remove_stale_tmp, tmp_name
 from hoigen.data.card import write_card
+from hoigen.data.contract import RUN_FILE, read_run_json
 from hoigen.data.faults import write_error
-from hoigen.data.index import PARTS_DIR, RUN_FILE, build_index, part_path, read_run_json
+from hoigen.data.index import PARTS_DIR, build_index, part_path
 from hoigen.data.lock import folder_lock, remove_dead_locks
 from hoigen.data.shards import list_shards, shard_index, shard_name
 from hoigen.errors import HoigenError

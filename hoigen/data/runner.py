@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from hoigen.data.atomic import remove_stale_tmp
+from hoigen.data.contract import ANN
 from hoigen.data.faults import kill_point
 from hoigen.data.index import INDEX_FILE, PARTS_DIR, build_index, write_part, write_run_json
 from hoigen.data.lock import FolderLock, fingerprint, folder_lock, remove_dead_locks
@@ -53,24 +54,26 @@ class Task:
 
     index: int
     source: Path | tuple[Sample, ...]
+    expects: str = "grasp"  # the stage whose ann.json fields input samples must have (contract.ann_fields)
 
     def samples(self) -> Iterator[Sample]:
         """The input samples; a shard's samples are checked against the contract's base fields first."""
         if isinstance(self.source, Path):
             for sample in read_shard(self.source):
-                check_input(sample, self.source)
+                check_input(sample, self.source, self.expects)
                 yield sample
         else:
             yield from (dict(s) for s in self.source)
 
 
-def check_input(sample: Sample, shard: Path) -> None:
-    """A one-line error for an input sample whose ``ann.json`` lacks a field or has a wrong shape."""
-    if "ann.json" not in sample:
+def check_input(sample: Sample, shard: Path, expects: str) -> None:
+    """A one-line error for an input sample whose ``ann.json`` lacks a field ``expects``'s samples hold
+    (``"grasp"``, ``"render"``, ...: the stage whose output the consuming stage reads) or has a wrong shape."""
+    if ANN not in sample:
         return
     from hoigen.data.validate import check_ann
 
-    for problem in check_ann(sample["ann.json"], sample["__key__"], "grasp"):
+    for problem in check_ann(sample[ANN], sample["__key__"], expects):
         raise HoigenError(
             f"{shard}: {sample['__key__']}: {problem}; the input shard is damaged: delete it and rerun the stage "
             f"that wrote it (hoigen validate {shard.parent} lists every problem)"

@@ -11,17 +11,21 @@ import hashlib
 import re
 from typing import Any
 
+from hoigen.data.contract import ANN, PROMPT
+
 Sample = dict[str, Any]
 
 OBJECT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
-#: Fields each stage adds to a sample (tar member suffixes).
-GRASP_FIELDS = ("ann.json",)
-RENDER_FIELDS = ("normal.png", "seg.png", "skeleton.png", "depth.png", "nocs.png", "shade.png", "amodal.png")
-SYNTH_FIELDS = ("image.jpg", "prompt.txt", "gen.json")
-
-#: Segmentation label values in ``seg.png``.
-SEG_BACKGROUND, SEG_HAND, SEG_OBJECT = 0, 1, 2
+# The member names, label values and encodings are in hoigen.data.contract.
+__all__ = [
+    "OBJECT_ID_RE",
+    "Sample",
+    "derive_seed",
+    "index_row",
+    "parse_key",
+    "sample_key",
+]
 
 
 def sample_key(object_id: str, grasp: int, frame: int, view: int | None = None) -> str:
@@ -53,7 +57,7 @@ def derive_seed(seed: int, *parts: Any) -> int:
 
 def index_row(sample: Sample, shard: str) -> dict[str, Any]:
     """The ``index.parquet`` row of a sample: key, shard, object, category, ids and grasp metrics."""
-    ann = sample.get("ann.json", {})
+    ann = sample.get(ANN, {})
     obj = ann.get("object", {})
     row: dict[str, Any] = {"key": sample["__key__"], "shard": shard}
     row.update(parse_key(sample["__key__"]))
@@ -63,6 +67,6 @@ def index_row(sample: Sample, shard: str) -> dict[str, Any]:
     for name, value in sorted(ann.get("grasp", {}).items()):
         if isinstance(value, (bool, int, float, str)):
             row[f"grasp_{name}"] = value
-    if "prompt.txt" in sample:
-        row["prompt"] = sample["prompt.txt"]
+    if PROMPT in sample:
+        row["prompt"] = sample[PROMPT]
     return row

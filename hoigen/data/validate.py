@@ -25,56 +25,20 @@ import numpy as np
 
 from hoigen.data.atomic import is_tmp
 from hoigen.data.codec import decode_field
-from hoigen.data.index import INDEX_FILE, PARTS_DIR, read_run_json
+from hoigen.data.contract import (
+    GEN_FIELDS,
+    INDEX_FILE,
+    PNG_MODES,
+    STAGE_FIELDS,
+    ann_fields,
+    read_run_json,
+)
+from hoigen.data.index import PARTS_DIR
 from hoigen.data.lock import LOCK_GLOB, held_by_live_process
-from hoigen.data.schema import GRASP_FIELDS, OBJECT_ID_RE, RENDER_FIELDS, SYNTH_FIELDS, Sample
+from hoigen.data.schema import OBJECT_ID_RE, Sample
 from hoigen.data.shards import list_shards, read_shard, shard_index, shard_name
 from hoigen.errors import HoigenError
 
-STAGE_FIELDS = {
-    "grasp": GRASP_FIELDS,
-    "render": GRASP_FIELDS + RENDER_FIELDS,
-    "synthesize": GRASP_FIELDS + RENDER_FIELDS + SYNTH_FIELDS,
-}
-
-#: ann.json fields every stage writes: dotted path -> shape (() = a scalar, "str", "bool").
-GRASP_ANN: dict[str, Any] = {
-    "key": "str",
-    "hand.side": "str",
-    "hand.model": "str",
-    "hand.global_orient": (3,),
-    "hand.hand_pose": (45,),
-    "hand.betas": (10,),
-    "hand.transl": (3,),
-    "hand.joints3d": (21, 3),
-    "object.id": "str",
-    "object.category": "str",
-    "object.mesh_sha256": "str",
-    "object.pose": (4, 4),
-    "object.nocs_from_mesh": (4, 4),
-    "trajectory.frame": (),
-    "trajectory.frames": (),
-    "grasp": "dict",
-}
-RENDER_ANN: dict[str, Any] = {
-    "camera.K": (3, 3),
-    "camera.world_to_cam": (4, 4),
-    "camera.width": (),
-    "camera.height": (),
-    "hand.joints2d": (21, 2),
-    "hand.joints_visible": (21,),
-}
-GEN_FIELDS = ("model", "seed", "steps", "guidance")
-#: PNG member -> (dtype, channels: 0 = 2-D)
-PNG_MODES = {
-    "seg.png": ("uint8", 0),
-    "amodal.png": ("uint8", 0),
-    "depth.png": ("uint16", 0),
-    "normal.png": ("uint8", 3),
-    "nocs.png": ("uint8", 3),
-    "skeleton.png": ("uint8", 3),
-    "shade.png": ("uint8", 3),
-}
 MAX_LISTED = 50
 
 
@@ -112,10 +76,7 @@ def check_ann(ann: Any, key: str, stage: str) -> Iterator[str]:
     if not isinstance(ann, dict):
         yield "ann.json is not a JSON object"
         return
-    spec = dict(GRASP_ANN)
-    if stage in ("render", "synthesize"):
-        spec.update(RENDER_ANN)
-    for dotted, shape in spec.items():
+    for dotted, shape in ann_fields(stage).items():
         found, value = _get(ann, dotted)
         if not found:
             yield f"ann.json has no field {dotted}"

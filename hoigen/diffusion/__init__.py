@@ -35,7 +35,7 @@ _EXPORTS = {
     "DEFAULT_STEPS": "pipeline",
     "generate": "pipeline",
     "load_pipeline": "pipeline",
-    "train_controlnet": "train",
+    "ControlNetTrainer": "train",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -22,6 +22,7 @@ from typing import Any
 
 from hoigen.errors import HoigenError
 
+TRAIN_RECORD = "hoigen_train.json"  # the record of a finished training run; its presence marks a complete save
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^step-(\d{8})$")

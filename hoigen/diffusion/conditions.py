@@ -31,12 +31,13 @@ import cv2
 import numpy as np
 import torch
 
+from hoigen.data.contract import SEG_BACKGROUND, SEG_HAND, SEG_OBJECT
 from hoigen.errors import HoigenError
 
 CONDITION_MAPS = ("normal", "seg", "skeleton")
 CONDITIONING_CHANNELS = 9
 
-# seg id -> RGB. 0 background, 1 hand, 2 object as in HOIDiffusion; further objects (3, 4, ...) cycle
+# seg id (hoigen.data.contract) -> RGB: background, hand, object as in HOIDiffusion; further objects (3, 4, ...) cycle
 # through the extra colours.
 SEG_BACKGROUND_RGB = (0, 0, 0)
 SEG_HAND_RGB = (128, 128, 128)
@@ -56,11 +57,11 @@ SEG_EXTRA_OBJECT_RGB = (
 def _seg_palette() -> np.ndarray:
     """A (256, 3) uint8 lookup table from seg id to RGB."""
     palette = np.zeros((256, 3), dtype=np.uint8)
-    palette[0] = SEG_BACKGROUND_RGB
-    palette[1] = SEG_HAND_RGB
-    palette[2] = SEG_OBJECT_RGB
-    for seg_id in range(3, 256):
-        palette[seg_id] = SEG_EXTRA_OBJECT_RGB[(seg_id - 3) % len(SEG_EXTRA_OBJECT_RGB)]
+    palette[SEG_BACKGROUND] = SEG_BACKGROUND_RGB
+    palette[SEG_HAND] = SEG_HAND_RGB
+    palette[SEG_OBJECT] = SEG_OBJECT_RGB
+    for seg_id in range(SEG_OBJECT + 1, 256):
+        palette[seg_id] = SEG_EXTRA_OBJECT_RGB[(seg_id - SEG_OBJECT - 1) % len(SEG_EXTRA_OBJECT_RGB)]
     return palette
 
 

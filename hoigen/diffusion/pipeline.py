@@ -47,9 +47,9 @@ from hoigen.diffusion.backend import (
     StableDiffusionPipeline,
     quiet,
 )
+from hoigen.diffusion.checkpoint import TRAIN_RECORD
 from hoigen.diffusion.conditions import CONDITIONING_CHANNELS, scale_conditions
 from hoigen.diffusion.tiny import TINY_MODEL_NAME, build_tiny_pipeline
-from hoigen.diffusion.train import TRAIN_RECORD
 from hoigen.errors import HoigenError
 
 DEFAULT_STEPS = 50  # DDIM steps of the original HOIDiffusion sampler

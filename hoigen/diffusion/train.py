@@ -15,7 +15,9 @@ Two regularisers from the paper:
   ``bg_weight * L_bg`` to the loss, so the model keeps painting diverse backgrounds from text.
   With ``bg_weight`` 0 (or no buffer) no background batch is ever drawn.
 
-Engineering (``TrainSettings``): ``accelerate`` runs it on one or many GPUs and in mixed precision
+The trainer (:class:`ControlNetTrainer`) takes the typed ``TrainOptions`` (the same object the CLI
+and recipes build) plus the pipeline, the data and the run seed. Engineering: ``accelerate`` runs it
+on one or many GPUs and in mixed precision
 (``accelerate launch -m hoigen train ...``: each process takes its slice of every global batch);
 gradient checkpointing; 8-bit AdamW (``bitsandbytes``, imported only when asked for); an EMA of the
 weights; checkpoints every N steps with full resume (:mod:`hoigen.diffusion.checkpoint`);
@@ -33,7 +35,7 @@ import importlib.util
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -41,53 +43,39 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hoigen.config import TrainOptions
 from hoigen.data.schema import derive_seed
 from hoigen.diffusion.backend import DDPMScheduler, StableDiffusionControlNetPipeline, randn_tensor
 from hoigen.diffusion.backend import quiet as quiet_warnings
+from hoigen.diffusion.checkpoint import TRAIN_RECORD
 from hoigen.errors import HoigenError
 
-TRAIN_RECORD = "hoigen_train.json"
 TRAIN_LOG = "train_log.csv"
 LOG_COLUMNS = ("step", "loss", "bg_loss", "lr", "seconds")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
-@dataclass
-class TrainSettings:
-    """How to train beyond the objective (defaults: plain single-process float32 AdamW)."""
+WEIGHT_DECAY = 1e-2  # AdamW weight decay (no option)
+VALIDATION_GUIDANCE = 7.5  # guidance of the validation images (no option)
+#: The options recorded under "settings" in hoigen_train.json, in this order (the constants above too).
+RECORDED_SETTINGS = (
+    "max_grad_norm", "weight_decay", "lr_scheduler", "lr_warmup_steps", "train_unet_attention",
+    "gradient_checkpointing", "mixed_precision", "use_8bit_adam", "ema_decay", "checkpoint_every",
+    "keep_checkpoints", "resume", "validate_every", "validation_images", "validation_steps", "validation_guidance",
+)
 
-    max_grad_norm: float = 1.0
-    weight_decay: float = 1e-2
-    lr_scheduler: str = "constant"  # any diffusers.optimization scheduler name
-    lr_warmup_steps: int = 0
-    train_unet_attention: bool = False
-    gradient_checkpointing: bool = False
-    mixed_precision: str = "no"  # no | fp16 | bf16
-    use_8bit_adam: bool = False
-    ema_decay: float = 0.0  # 0 = no EMA
-    checkpoint_every: int = 0  # 0 = no checkpoints
-    keep_checkpoints: int = 3
-    resume: str = "auto"  # auto | never | a checkpoint folder
-    validate_every: int = 0  # 0 = no validation images
-    validation_images: int = 4
-    validation_steps: int = 20
-    validation_guidance: float = 7.5
 
-    def __post_init__(self) -> None:
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise HoigenError(
-                f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}"
-            )
-        for name in ("lr_warmup_steps", "checkpoint_every", "keep_checkpoints", "validate_every"):
-            if getattr(self, name) < 0:
-                raise HoigenError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if not (self.ema_decay == 0.0 or 0.0 < self.ema_decay < 1.0):
-            raise HoigenError(f"--ema-decay must be 0 (off) or in (0, 1), got {self.ema_decay}")
-
-    @classmethod
-    def from_options(cls, options: Any) -> TrainSettings:
-        """The settings named like fields of ``options`` (a ``TrainOptions``)."""
-        return cls(**{f.name: getattr(options, f.name) for f in fields(cls) if hasattr(options, f.name)})
+def check_train_options(options: TrainOptions) -> None:
+    """One-line errors for the engineering options ``TrainOptions`` itself does not check yet."""
+    if options.mixed_precision not in MIXED_PRECISION:
+        raise HoigenError(
+            f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {options.mixed_precision!r}"
+        )
+    for name in ("lr_warmup_steps", "checkpoint_every", "keep_checkpoints", "validate_every"):
+        if getattr(options, name) < 0:
+            raise HoigenError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(options, name)}")
+    if not (options.ema_decay == 0.0 or 0.0 < options.ema_decay < 1.0):
+        raise HoigenError(f"--ema-decay must be 0 (off) or in (0, 1), got {options.ema_decay}")
 
 
 class _Source:
@@ -216,8 +204,8 @@ def unet_attention_parameters(unet: torch.nn.Module) -> list[tuple[str, torch.nn
     return [(n, p) for n, p in unet.named_parameters() if ".attn1." in n or ".attn2." in n]
 
 
-def _optimizer(parameters: list[torch.nn.Parameter], lr: float, settings: TrainSettings) -> torch.optim.Optimizer:
-    if settings.use_8bit_adam:
+def _optimizer(parameters: list[torch.nn.Parameter], options: TrainOptions) -> torch.optim.Optimizer:
+    if options.use_8bit_adam:
         if importlib.util.find_spec("bitsandbytes") is None:
             raise HoigenError(
                 "--use-8bit-adam needs bitsandbytes, which is not installed; `pip install bitsandbytes` "
@@ -225,19 +213,19 @@ def _optimizer(parameters: list[torch.nn.Parameter], lr: float, settings: TrainS
             )
         import bitsandbytes as bnb
 
-        return bnb.optim.AdamW8bit(parameters, lr=lr, weight_decay=settings.weight_decay)
-    return torch.optim.AdamW(parameters, lr=lr, weight_decay=settings.weight_decay)
+        return bnb.optim.AdamW8bit(parameters, lr=options.lr, weight_decay=WEIGHT_DECAY)
+    return torch.optim.AdamW(parameters, lr=options.lr, weight_decay=WEIGHT_DECAY)
 
 
-def _accelerator(settings: TrainSettings) -> Any:
+def _accelerator(mixed_precision: str) -> Any:
     from accelerate import Accelerator
 
     try:
         # cpu=True without CUDA: accelerate sets up multi-process CPU (gloo) training only when told.
-        return Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available())
+        return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
     except (ValueError, RuntimeError) as error:
         raise HoigenError(
-            f"--mixed-precision {settings.mixed_precision}: {str(error).splitlines()[0]}; "
+            f"--mixed-precision {mixed_precision}: {str(error).splitlines()[0]}; "
             "run training in a fresh process, or use --mixed-precision no"
         ) from None
 
@@ -282,126 +270,169 @@ class _Log:
                 self.writer.close()
 
 
-def train_controlnet(
-    pipe: StableDiffusionControlNetPipeline,
-    batches: Iterable[dict[str, Any]] | Any,
-    steps: int,
-    out_dir: Path | str,
-    lr: float = 1e-5,
-    seed: int = 0,
-    text_dropout: float = 0.1,
-    bg_batches: Iterable[dict[str, Any]] | Any | None = None,
-    bg_every: int = 0,
-    bg_weight: float = 1.0,
-    log: Callable[[dict[str, Any]], None] | None = None,
-    base: dict[str, Any] | None = None,
-    max_grad_norm: float | None = None,
-    data: dict[str, Any] | None = None,
-    settings: TrainSettings | None = None,
-    validation: list[dict[str, Any]] | None = None,
-    quiet: bool = True,
-    options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Train ``pipe.controlnet`` for ``steps`` steps and save the whole pipeline to ``out_dir``.
+class ControlNetTrainer:
+    """Fine-tunes ``pipe.controlnet`` as ``options`` say and saves the whole pipeline to ``out_dir``.
 
-    ``batches`` yields dicts with ``image`` (B, 3, H, W) in [-1, 1], ``conditions`` (B, 9, H, W) in
-    [0, 1] and ``prompt`` (B strings): a ``train_data.ExampleBatches``, a list (cycled) or a
-    one-shot iterator (ends training early). ``bg_batches`` (conditions ignored: blank) is used at
-    every ``bg_every``-th step when both are given and ``bg_weight`` > 0. ``validation``: examples
-    (``conditions``, ``prompt``) painted every ``settings.validate_every`` steps. ``base`` describes
-    the starting model for the record (default: ``pipe.hoigen_info``); ``data`` the training data.
-    Returns the statistics also written to ``out_dir/hoigen_train.json`` (written last: its
-    presence marks a complete save).
+    ``options`` is the typed ``TrainOptions`` (steps, lr, text dropout, background regularisation,
+    engineering); its data fields (``data``, ``model``, ``batch_size``, ``size``, ``bg_dir``, ...)
+    are for whoever builds the pipeline and the batches (:func:`hoigen.diffusion.train_data.train_from_shards`).
+    ``seed`` is the run seed; ``base`` describes the starting model for the record (default:
+    ``pipe.hoigen_info``), ``data`` the training data.
     """
-    settings = settings or TrainSettings()
-    if max_grad_norm is not None:
-        settings.max_grad_norm = max_grad_norm
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if not 0.0 <= text_dropout <= 1.0:
-        raise ValueError(f"text_dropout must lie in [0, 1], got {text_dropout}")
-    if pipe.controlnet.dtype != torch.float32:
-        raise HoigenError(
-            f"training needs float32 weights, the pipeline holds {pipe.controlnet.dtype}; load it with dtype float32"
-        )
-    from diffusers.optimization import get_scheduler
 
-    from hoigen.diffusion.checkpoint import find_resume, load_checkpoint, save_checkpoint
-    from hoigen.diffusion.ema import ParameterEMA
-
-    out_dir = Path(out_dir)
-    base = base if base is not None else getattr(pipe, "hoigen_info", None)
-    use_bg = bg_batches is not None and bg_every > 0 and bg_weight > 0
-    source = _Source(batches, "training data")
-    background = _Source(bg_batches, "background buffer") if use_bg else None
-
-    accelerator = _accelerator(settings)
-    device = accelerator.device
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(settings.mixed_precision, torch.float32)
-    rank, world = accelerator.process_index, accelerator.num_processes
-
-    controlnet, unet = pipe.controlnet, pipe.unet
-    for module in (pipe.vae, pipe.text_encoder, unet):
-        module.requires_grad_(False)
-        module.eval()
-    _place(pipe.vae, device, weight_dtype)
-    _place(pipe.text_encoder, device, weight_dtype)
-    _place(unet, device, torch.float32 if settings.train_unet_attention else weight_dtype)
-    _place(controlnet, device, torch.float32)
-    controlnet.requires_grad_(True)
-    controlnet.train()
-    parameters = [p for p in controlnet.parameters() if p.requires_grad]
-    if settings.train_unet_attention:
-        for _, p in unet_attention_parameters(unet):
-            p.requires_grad_(True)
-            parameters.append(p)
-    if settings.gradient_checkpointing:
-        controlnet.enable_gradient_checkpointing()
-        unet.enable_gradient_checkpointing()
-        unet.train()  # diffusers checkpoints only in training mode; the UNet has no dropout to switch
-    optimizer = _optimizer(parameters, lr, settings)
-    scheduler = get_scheduler(
-        settings.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=settings.lr_warmup_steps * world,
-        num_training_steps=steps * world,
-    )
-    if settings.train_unet_attention:
-        controlnet, unet, optimizer, scheduler = accelerator.prepare(controlnet, unet, optimizer, scheduler)
-    else:
-        controlnet, optimizer, scheduler = accelerator.prepare(controlnet, optimizer, scheduler)
-    ema = ParameterEMA(parameters, settings.ema_decay) if settings.ema_decay > 0 else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-    objective = _Objective(pipe, controlnet, unet, seed, text_dropout, device, weight_dtype)
-
-    losses: list[float] = []
-    bg_losses: list[float] = []
-    start = 0
-    resumed_from = find_resume(out_dir, settings.resume)
-    if resumed_from is not None:
-        state = load_checkpoint(accelerator, resumed_from)
-        if state.get("seed") != seed:
+    def __init__(
+        self,
+        pipe: StableDiffusionControlNetPipeline,
+        options: TrainOptions,
+        out_dir: Path | str,
+        *,
+        seed: int = 0,
+        quiet: bool = True,
+        base: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        check_train_options(options)
+        if pipe.controlnet.dtype != torch.float32:
             raise HoigenError(
-                f"{resumed_from}: this checkpoint was made with --seed {state.get('seed')}; pass that seed, "
+                f"training needs float32 weights, the pipeline holds {pipe.controlnet.dtype}; "
+                "load it with dtype float32"
+            )
+        self.pipe, self.options, self.out_dir, self.seed, self.quiet = pipe, options, Path(out_dir), int(seed), quiet
+        self.base = base if base is not None else getattr(pipe, "hoigen_info", None)
+        self.data = data
+
+    def train(
+        self,
+        batches: Iterable[dict[str, Any]] | Any,
+        bg_batches: Iterable[dict[str, Any]] | Any | None = None,
+        validation: list[dict[str, Any]] | None = None,
+        log: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Train for ``options.steps`` steps (resuming from a checkpoint as ``options.resume`` says).
+
+        ``batches`` yields dicts with ``image`` (B, 3, H, W) in [-1, 1], ``conditions`` (B, 9, H, W)
+        in [0, 1] and ``prompt`` (B strings): a ``train_data.ExampleBatches``, a list (cycled) or a
+        one-shot iterator (ends training early). ``bg_batches`` (conditions ignored: blank) is used
+        at every ``bg_every``-th step when given and ``bg_weight`` > 0. ``validation``: examples
+        (``conditions``, ``prompt``) painted every ``validate_every`` steps. ``log`` gets each step's
+        entry. Returns the statistics also written to ``out_dir/hoigen_train.json`` (written last:
+        its presence marks a complete save).
+        """
+        opts = self.options
+        self.use_bg = bg_batches is not None and opts.bg_weight > 0
+        source = _Source(batches, "training data")
+        background = _Source(bg_batches, "background buffer") if self.use_bg else None
+        self._setup()
+        start, losses, bg_losses = self._resume()
+        main = self.accelerator.is_main_process
+        csv_log = _Log(self.out_dir, start, main)
+        started = time.perf_counter()
+        done = start
+        try:
+            done = self._loop(source, background, validation, log, start, losses, bg_losses, csv_log, started)
+        finally:
+            csv_log.close()
+            for module in (self.controlnet, self.unet):
+                self.accelerator.unwrap_model(module).requires_grad_(False)
+                self.accelerator.unwrap_model(module).eval()
+        if not losses:
+            raise HoigenError("training data: no training batches; give at least one sample")
+        return self._save(start, done, losses, bg_losses, time.perf_counter() - started)
+
+    # ------------------------------------------------------------------ steps of train()
+    def _setup(self) -> None:
+        """Accelerator, devices and dtypes, trained parameters, optimiser, LR schedule, EMA, objective."""
+        from diffusers.optimization import get_scheduler
+
+        from hoigen.diffusion.ema import ParameterEMA
+
+        opts, pipe = self.options, self.pipe
+        accelerator = self.accelerator = _accelerator(opts.mixed_precision)
+        device = self.device = accelerator.device
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(opts.mixed_precision, torch.float32)
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+
+        controlnet, unet = pipe.controlnet, pipe.unet
+        for module in (pipe.vae, pipe.text_encoder, unet):
+            module.requires_grad_(False)
+            module.eval()
+        _place(pipe.vae, device, weight_dtype)
+        _place(pipe.text_encoder, device, weight_dtype)
+        _place(unet, device, torch.float32 if opts.train_unet_attention else weight_dtype)
+        _place(controlnet, device, torch.float32)
+        controlnet.requires_grad_(True)
+        controlnet.train()
+        parameters = [p for p in controlnet.parameters() if p.requires_grad]
+        if opts.train_unet_attention:
+            for _, p in unet_attention_parameters(unet):
+                p.requires_grad_(True)
+                parameters.append(p)
+        if opts.gradient_checkpointing:
+            controlnet.enable_gradient_checkpointing()
+            unet.enable_gradient_checkpointing()
+            unet.train()  # diffusers checkpoints only in training mode; the UNet has no dropout to switch
+        optimizer = _optimizer(parameters, opts)
+        scheduler = get_scheduler(
+            opts.lr_scheduler,
+            optimizer=optimizer,
+            num_warmup_steps=opts.lr_warmup_steps * self.world,
+            num_training_steps=opts.steps * self.world,
+        )
+        if opts.train_unet_attention:
+            controlnet, unet, optimizer, scheduler = accelerator.prepare(controlnet, unet, optimizer, scheduler)
+        else:
+            controlnet, optimizer, scheduler = accelerator.prepare(controlnet, optimizer, scheduler)
+        self.ema = ParameterEMA(parameters, opts.ema_decay) if opts.ema_decay > 0 else None
+        if self.ema is not None:
+            accelerator.register_for_checkpointing(self.ema)
+        self.controlnet, self.unet, self.parameters = controlnet, unet, parameters
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.objective = _Objective(pipe, controlnet, unet, self.seed, opts.text_dropout, device, weight_dtype)
+
+    def _resume(self) -> tuple[int, list[float], list[float]]:
+        """(start step, losses, background losses) of the checkpoint to resume from, or (0, [], [])."""
+        from hoigen.diffusion.checkpoint import find_resume, load_checkpoint
+
+        self.resumed_from = find_resume(self.out_dir, self.options.resume)
+        if self.resumed_from is None:
+            return 0, [], []
+        state = load_checkpoint(self.accelerator, self.resumed_from)
+        if state.get("seed") != self.seed:
+            raise HoigenError(
+                f"{self.resumed_from}: this checkpoint was made with --seed {state.get('seed')}; pass that seed, "
                 "or --resume never to start again"
             )
-        start, losses, bg_losses = int(state["step"]), list(state["losses"]), list(state["bg_losses"])
-        if start > steps:
+        start = int(state["step"])
+        if start > self.options.steps:
             raise HoigenError(
-                f"{resumed_from}: this checkpoint is at step {start}, past --steps {steps}; "
+                f"{self.resumed_from}: this checkpoint is at step {start}, past --steps {self.options.steps}; "
                 "ask for more steps, or pass --resume never to start again"
             )
-    main = accelerator.is_main_process
-    csv_log = _Log(out_dir, start, main)
-    started = time.perf_counter()
-    done = start
-    from hoigen.data.progress import make_progress
+        return start, list(state["losses"]), list(state["bg_losses"])
 
-    try:
-        with make_progress(quiet or not main) as progress:
-            bar = progress.add_task("train", total=steps, completed=start, status="")
-            for step in range(start + 1, steps + 1):
+    def _loop(
+        self,
+        source: _Source,
+        background: _Source | None,
+        validation: list[dict[str, Any]] | None,
+        log: Callable[[dict[str, Any]], None] | None,
+        start: int,
+        losses: list[float],
+        bg_losses: list[float],
+        csv_log: _Log,
+        started: float,
+    ) -> int:
+        """Steps ``start + 1 .. options.steps`` (fewer if a one-shot source ends); returns the last step."""
+        from hoigen.data.progress import make_progress
+        from hoigen.diffusion.checkpoint import save_checkpoint
+
+        opts, accelerator, objective = self.options, self.accelerator, self.objective
+        rank, world = self.rank, self.world
+        main = accelerator.is_main_process
+        done = start
+        with make_progress(self.quiet or not main) as progress:
+            bar = progress.add_task("train", total=opts.steps, completed=start, status="")
+            for step in range(start + 1, opts.steps + 1):
                 batch = source.get(step - 1, rank, world)
                 if batch is None:
                     break
@@ -409,20 +440,20 @@ def train_controlnet(
                 loss = objective.loss(batch, blank=False, stream="data", step=step, rank=rank)
                 total = loss
                 bg_loss = None
-                if background is not None and step % bg_every == 0:
-                    bg_batch = background.get(step // bg_every - 1, rank, world)
+                if background is not None and step % opts.bg_every == 0:
+                    bg_batch = background.get(step // opts.bg_every - 1, rank, world)
                     if bg_batch is not None:
                         _check_batch(bg_batch, "background", need_conditions=False)
                         bg_loss = objective.loss(bg_batch, blank=True, stream="background", step=step, rank=rank)
-                        total = loss + bg_weight * bg_loss
-                optimizer.zero_grad(set_to_none=True)
+                        total = loss + opts.bg_weight * bg_loss
+                self.optimizer.zero_grad(set_to_none=True)
                 accelerator.backward(total)
-                if settings.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(parameters, settings.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                if ema is not None:
-                    ema.update()
+                if opts.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(self.parameters, opts.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update()
                 done = step
                 losses.append(float(accelerator.reduce(loss.detach(), "mean")))
                 entry: dict[str, Any] = {"step": step, "loss": losses[-1]}
@@ -430,71 +461,71 @@ def train_controlnet(
                     bg_losses.append(float(accelerator.reduce(bg_loss.detach(), "mean")))
                     entry["bg_loss"] = bg_losses[-1]
                 csv_log.write(
-                    {**entry, "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 3)}
+                    {**entry, "lr": self.scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 3)}
                 )
                 progress.update(bar, advance=1, status=f"loss {losses[-1]:.4f}")
-                if settings.checkpoint_every and step % settings.checkpoint_every == 0:
-                    state = {"step": step, "seed": seed, "losses": losses, "bg_losses": bg_losses, "lr": lr}
-                    save_checkpoint(accelerator, out_dir, step, state, settings.keep_checkpoints)
-                if settings.validate_every and validation and step % settings.validate_every == 0 and main:
-                    _validate(pipe, accelerator, controlnet, unet, ema, validation, out_dir, step, settings)
+                if opts.checkpoint_every and step % opts.checkpoint_every == 0:
+                    state = {"step": step, "seed": self.seed, "losses": losses, "bg_losses": bg_losses, "lr": opts.lr}
+                    save_checkpoint(accelerator, self.out_dir, step, state, opts.keep_checkpoints)
+                if opts.validate_every and validation and step % opts.validate_every == 0 and main:
+                    _validate(
+                        self.pipe, accelerator, self.controlnet, self.unet, self.ema, validation, self.out_dir, step,
+                        opts,
+                    )
                 if log is not None:
                     log(entry)
-    finally:
-        csv_log.close()
-        for module in (controlnet, unet):
-            accelerator.unwrap_model(module).requires_grad_(False)
-            accelerator.unwrap_model(module).eval()
-    if not losses:
-        raise HoigenError("training data: no training batches; give at least one sample")
-    seconds = time.perf_counter() - started
+        return done
 
-    if ema is not None:
-        ema.swap_in()  # the averaged weights are the result
-    pipe.controlnet = accelerator.unwrap_model(controlnet)
-    pipe.unet = accelerator.unwrap_model(unet)
-    import diffusers
+    def _save(self, start: int, done: int, losses: list[float], bg_losses: list[float], seconds: float) -> dict:
+        """Put the trained (EMA) weights into the pipeline, save it with its record; the statistics."""
+        import diffusers
 
-    trained_steps = done - start
-    stats: dict[str, Any] = {
-        "steps": done,
-        "steps_requested": steps,
-        "lr": lr,
-        "seed": seed,
-        "text_dropout": text_dropout,
-        "bg_every": bg_every if use_bg else 0,
-        "bg_weight": bg_weight if use_bg else 0.0,
-        "prediction_type": objective.prediction_type,
-        "first_loss": losses[0],
-        "last_loss": losses[-1],
-        "mean_loss": float(np.mean(losses)),
-        "losses": losses,
-        "bg_losses": bg_losses,
-        "seconds": round(seconds, 3),
-        "seconds_per_step": round(seconds / trained_steps, 4) if trained_steps else None,
-        "resumed_from": str(resumed_from) if resumed_from is not None else None,
-        "resumed_at_step": start,
-        "processes": world,
-        "process_index": rank,
-        "device": str(device),
-        "settings": asdict(settings),
-        "trained": ["controlnet"] + (["unet attention"] if settings.train_unet_attention else []),
-        "ema": ema is not None,
-        "options": options,
-        "base": base,
-        "data": data,
-        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
-    }
-    if main:
-        for module in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.controlnet):
-            _place(module, module.device, torch.float32)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with quiet_warnings():
-            pipe.save_pretrained(out_dir)
-        (out_dir / TRAIN_RECORD).write_text(json.dumps(stats, indent=2) + "\n")
-    accelerator.wait_for_everyone()
-    stats["out_dir"] = str(out_dir)
-    return stats
+        opts, pipe, accelerator = self.options, self.pipe, self.accelerator
+        if self.ema is not None:
+            self.ema.swap_in()  # the averaged weights are the result
+        pipe.controlnet = accelerator.unwrap_model(self.controlnet)
+        pipe.unet = accelerator.unwrap_model(self.unet)
+        trained_steps = done - start
+        constants = {"weight_decay": WEIGHT_DECAY, "validation_guidance": VALIDATION_GUIDANCE}
+        stats: dict[str, Any] = {
+            "steps": done,
+            "steps_requested": opts.steps,
+            "lr": opts.lr,
+            "seed": self.seed,
+            "text_dropout": opts.text_dropout,
+            "bg_every": opts.bg_every if self.use_bg else 0,
+            "bg_weight": opts.bg_weight if self.use_bg else 0.0,
+            "prediction_type": self.objective.prediction_type,
+            "first_loss": losses[0],
+            "last_loss": losses[-1],
+            "mean_loss": float(np.mean(losses)),
+            "losses": losses,
+            "bg_losses": bg_losses,
+            "seconds": round(seconds, 3),
+            "seconds_per_step": round(seconds / trained_steps, 4) if trained_steps else None,
+            "resumed_from": str(self.resumed_from) if self.resumed_from is not None else None,
+            "resumed_at_step": start,
+            "processes": self.world,
+            "process_index": self.rank,
+            "device": str(self.device),
+            "settings": {k: constants[k] if k in constants else getattr(opts, k) for k in RECORDED_SETTINGS},
+            "trained": ["controlnet"] + (["unet attention"] if opts.train_unet_attention else []),
+            "ema": self.ema is not None,
+            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+            "base": self.base,
+            "data": self.data,
+            "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
+        }
+        if accelerator.is_main_process:
+            for module in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.controlnet):
+                _place(module, module.device, torch.float32)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with quiet_warnings():
+                pipe.save_pretrained(self.out_dir)
+            (self.out_dir / TRAIN_RECORD).write_text(json.dumps(stats, indent=2) + "\n")
+        accelerator.wait_for_everyone()
+        stats["out_dir"] = str(self.out_dir)
+        return stats
 
 
 def _validate(
@@ -506,7 +537,7 @@ def _validate(
     examples: list[dict[str, Any]],
     out_dir: Path,
     step: int,
-    settings: TrainSettings,
+    options: TrainOptions,
 ) -> Path:
     """Paint the validation examples with the current (EMA) weights; training mode is restored."""
     from hoigen.diffusion.validation import render_validation
@@ -528,7 +559,7 @@ def _validate(
     try:
         with torch.no_grad():
             return render_validation(
-                pipe, examples, out_dir, step, settings.validation_steps, settings.validation_guidance
+                pipe, examples, out_dir, step, options.validation_steps, VALIDATION_GUIDANCE
             )
     finally:
         for module, dtype in zip(parts, dtypes, strict=True):

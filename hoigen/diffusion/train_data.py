@@ -17,7 +17,6 @@ its step, and on ``world`` processes each rank takes its slice of the same globa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +210,7 @@ class ExampleBatches:
 def train_from_shards(shards: list[Path], out: Path, opts: TrainOptions, seed: int, quiet: bool) -> dict[str, Any]:
     """Fine-tune ``opts.model``'s ControlNet on ``shards`` and save the pipeline to ``out``."""
     from hoigen.diffusion.pipeline import load_pipeline
-    from hoigen.diffusion.train import TrainSettings, train_controlnet
+    from hoigen.diffusion.train import ControlNetTrainer
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -233,21 +232,9 @@ def train_from_shards(shards: list[Path], out: Path, opts: TrainOptions, seed: i
         "background_images": len(bg) if bg else 0,
         "background_dir": str(opts.bg_dir) if use_bg else None,
     }
-    settings = TrainSettings.from_options(opts)
-    return train_controlnet(
-        pipe,
+    trainer = ControlNetTrainer(pipe, opts, Path(out), seed=seed, quiet=quiet, data=data)
+    return trainer.train(
         ExampleBatches(examples, opts.batch_size, seed, "data"),
-        steps=opts.steps,
-        out_dir=Path(out),
-        lr=opts.lr,
-        seed=seed,
-        text_dropout=opts.text_dropout,
         bg_batches=ExampleBatches(bg, opts.batch_size, seed, "background") if bg else None,
-        bg_every=opts.bg_every if bg else 0,
-        bg_weight=opts.bg_weight,
-        data=data,
-        settings=settings,
-        validation=examples[: settings.validation_images] if settings.validate_every else None,
-        quiet=quiet,
-        options={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+        validation=examples[: opts.validation_images] if opts.validate_every else None,
     )

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hoigen.data.contract import SEG_BACKGROUND, SEG_HAND, SEG_OBJECT
 from hoigen.diffusion.conditions import SEG_HAND_RGB, SEG_OBJECT_RGB, split_conditions
 
 VALIDATION_DIR = "validation"
@@ -22,9 +23,9 @@ VALIDATION_DIR = "validation"
 
 def seg_ids_from_rgb(seg_rgb: np.ndarray) -> np.ndarray:
     """Coloured segmentation (as in the condition tensor) back to ids 0 / 1 hand / 2 object / 3 other."""
-    ids = np.where(seg_rgb.any(axis=2), 3, 0).astype(np.uint8)
-    ids[np.all(seg_rgb == SEG_HAND_RGB, axis=2)] = 1
-    ids[np.all(seg_rgb == SEG_OBJECT_RGB, axis=2)] = 2
+    ids = np.where(seg_rgb.any(axis=2), SEG_OBJECT + 1, SEG_BACKGROUND).astype(np.uint8)
+    ids[np.all(seg_rgb == SEG_HAND_RGB, axis=2)] = SEG_HAND
+    ids[np.all(seg_rgb == SEG_OBJECT_RGB, axis=2)] = SEG_OBJECT
     return ids
 
 

@@ -43,7 +43,8 @@ import numpy as np
 
 from hoigen.data.atomic import atomic_write_bytes
 from hoigen.data.codec import encode_field
-from hoigen.data.schema import SEG_HAND, SEG_OBJECT, Sample
+from hoigen.data.contract import SEG_HAND, SEG_OBJECT
+from hoigen.data.schema import Sample
 from hoigen.export.common import object_of, plan_images
 from hoigen.export.nocs import check_renders
 from hoigen.hand.keypoints import HAND_BONES, HAND_JOINT_NAMES

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from hoigen.data.schema import SEG_OBJECT, Sample, parse_key
+from hoigen.data.contract import SEG_OBJECT
+from hoigen.data.schema import Sample, parse_key
 from hoigen.errors import HoigenError
 from hoigen.objects import ObjectAsset
 

@@ -4,7 +4,7 @@ The paper fine-tunes on DexYCB; ``hoigen ingest dexycb ROOT --out SHARDS`` turns
 the shard contract (DESIGN.md), with the conditions made by the same code as render's, so that the
 training conditions match the ones synthesis paints on:
 
-- ``skeleton.png``: :func:`hoigen.render.skeleton.draw_skeleton` of the label's 2D joints (DexYCB's
+- ``skeleton.png``: :func:`hoigen.hand.skeleton.draw_skeleton` of the label's 2D joints (DexYCB's
   21 joints come in hoigen's common order: wrist, then thumb, index, middle, ring, little, each
   from MCP to tip), drawn at the output size;
 - ``seg.png``: 0 background, 1 hand, 2 the grasped object, 3, 4, ... the other objects;
@@ -61,6 +61,7 @@ import cv2
 import numpy as np
 import yaml
 
+from hoigen.data.contract import SEG_HAND, SEG_OBJECT, decode_depth
 from hoigen.data.runner import StageContext, Task
 from hoigen.data.schema import Sample, sample_key
 from hoigen.errors import HoigenError
@@ -232,12 +233,12 @@ def _crop(image: np.ndarray, off_x: int, off_y: int, scale: float, size: int | N
 def seg_from_dexycb(seg: np.ndarray, ycb_ids: list[int], grasp_index: int) -> np.ndarray:
     """DexYCB labels (0, YCB id, 255 hand) -> hoigen's (0, 1 hand, 2 grasped object, 3.. others)."""
     out = np.zeros(seg.shape, dtype=np.uint8)
-    out[seg == DEXYCB_HAND] = 1
+    out[seg == DEXYCB_HAND] = SEG_HAND
     grasped = ycb_ids[grasp_index]
-    out[seg == grasped] = 2
+    out[seg == grasped] = SEG_OBJECT
     others = [y for y in ycb_ids if y != grasped]
     for i, ycb in enumerate(others):
-        out[seg == ycb] = 3 + i
+        out[seg == ycb] = SEG_OBJECT + 1 + i
     return out
 
 
@@ -245,8 +246,8 @@ def convert_frame(
     ref: dict[str, Any], size: int | None, mano_dir: str | None, objects: dict[str, Any]
 ) -> Sample | None:
     """One DexYCB frame as a hoigen sample (None when the frame has no annotated hand)."""
+    from hoigen.hand.skeleton import draw_skeleton
     from hoigen.ingest.normals import encode_normals, normals_from_depth
-    from hoigen.render.skeleton import draw_skeleton
 
     folder = Path(ref["root"]) / ref["sequence"] / ref["serial"]
     frame = int(ref["frame"])
@@ -282,7 +283,7 @@ def convert_frame(
     joints2d = np.where(annotated[:, None], scale * (joints2d_raw - [off_x, off_y] + 0.5) - 0.5, -1.0)
     inside = (joints2d[:, 0] >= -0.5) & (joints2d[:, 0] < out_w - 0.5) & (joints2d[:, 1] >= -0.5)
     visible = annotated & inside & (joints2d[:, 1] < out_h - 0.5)
-    normals, defined = normals_from_depth(depth.astype(np.float64) / 1000.0, K, labels=seg)
+    normals, defined = normals_from_depth(decode_depth(depth), K, labels=seg)
     normal_png = encode_normals(normals, defined)
     skeleton = draw_skeleton(joints2d, visible, out_w, out_h)
 

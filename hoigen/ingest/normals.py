@@ -10,7 +10,7 @@ mean of the region's points in its window, so every pixel of the region gets a n
 maps cover the whole silhouette), and for a plane the result is exact whatever the window: means of
 points of a plane lie in the plane. Pixels within ``window // 2`` of the image border get none.
 
-Colours follow :mod:`hoigen.render.renderer` (ControlNet v1.1 "normalbae"): with ``n`` the unit
+Colours follow the shard contract (:mod:`hoigen.data.contract`, ControlNet v1.1 "normalbae"): with ``n`` the unit
 normal in the OpenCV camera frame, ``RGB = round(127.5 - 127.5 * n)`` -- a surface facing the
 camera squarely is (128, 128, 255) -- and (0, 0, 0) where there is no normal.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from hoigen.render.renderer import NORMAL_BACKGROUND, normal_colour
+from hoigen.data.contract import NORMAL_BACKGROUND, normal_colour
 
 
 def depth_points(depth_m: np.ndarray, K: np.ndarray) -> np.ndarray:

@@ -1,5 +1,9 @@
 """Render one hand-object frame into condition maps and annotations, with one reused GL context.
 
+This module holds the GL state and passes; the exact surface maths behind the maps is
+:mod:`hoigen.render.surface` (no GL), joint visibility and boxes are :mod:`hoigen.render.annotate`,
+and the map encodings are the shard contract's (:mod:`hoigen.data.contract`).
+
 Passes (pyrender, one ``OffscreenRenderer`` for the renderer's lifetime):
 
 1. *face-id passes* (flat, unlit, no MSAA, both faces drawn), one of the object alone and one of
@@ -33,24 +37,17 @@ Maps in :class:`RenderResult` (H, W = camera size; pixel centres at integer coor
   Back faces are flipped, and interpolated normals that would point away from the camera near
   silhouettes are bent just enough to face it.
 - ``shade`` uint8 RGB plain shaded render; its silhouette equals ``seg != 0`` at supersample 1.
-- ``skeleton`` uint8 RGB, :func:`hoigen.render.skeleton.draw_skeleton` of the visible joints.
+- ``skeleton`` uint8 RGB, :func:`hoigen.hand.skeleton.draw_skeleton` of the visible joints.
 - ``joints2d`` (21,2) float64 pixels = :func:`hoigen.render.cameras.project` of ``joints3d``.
-- ``joints_visible`` (21,) bool: inside the image (u in [-0.5, W-0.5), v likewise), in front of the
-  camera, not behind the object's surface at the joint's pixel by more than
-  ``visibility_tolerance`` (default 1 cm), and not self-occluded.
-- ``joints_self_occluded`` (21,) bool: the joint lies deeper than the hand's own nearest surface at
-  its pixel (hand-alone depth pass, so the object does not count) by more than
-  max(``self_occlusion_tolerance`` (default 1.5 cm, about a finger's thickness),
-  clearance + 5 mm), where clearance is the joint's distance to the nearest hand vertex (a joint
-  sits inside the flesh: about 0.8 cm in a finger, more at the wrist). A joint seen through its own
-  finger's skin stays visible; one behind another finger or the palm does not.
+- ``joints_visible`` (21,) bool: inside the image, in front of the camera, not behind the object's
+  surface at the joint's pixel by more than ``visibility_tolerance`` (default 1 cm), and not
+  self-occluded; ``joints_self_occluded`` (21,) bool (rules in :mod:`hoigen.render.annotate`).
 - ``mask_hand``, ``mask_object`` (H,W) bool = ``seg == 1``, ``seg == 2`` (visible surface).
 - ``mask_hand_full``, ``mask_object_full`` (H,W) bool: amodal masks, every pixel the mesh covers
   when rendered alone (so ``mask_hand`` is a subset of ``mask_hand_full``); same rasteriser, same
   pixel-centre sampling as ``seg``.
-- :meth:`RenderResult.bboxes`: ``[x0, y0, x1, y1]`` integer pixel bounds of a mask with x1, y1
-  exclusive (``mask[y0:y1, x0:x1]`` holds all of it; in continuous coordinates the box spans
-  x0 - 0.5 .. x1 - 0.5), None for an empty mask; visible boxes from the visible masks, amodal boxes
+- :meth:`RenderResult.bboxes`: :func:`hoigen.render.annotate.mask_bbox` boxes ``[x0, y0, x1, y1]``
+  (x1, y1 exclusive), None for an empty mask; visible boxes from the visible masks, amodal boxes
   from the full masks (clipped to the image).
 
 The skeleton is drawn for joints in the image and not hidden by the object; self-occluded joints
@@ -78,34 +75,26 @@ import cv2
 import numpy as np
 import trimesh
 
+from hoigen.data.contract import NORMAL_BACKGROUND, SEG_HAND, SEG_OBJECT, amodal_bits
 from hoigen.errors import HoigenError
+from hoigen.hand.skeleton import draw_skeleton
+from hoigen.render.annotate import joint_clearance, joint_visibility, mask_bbox
 from hoigen.render.backend import import_pyrender, install_raw_readback
 from hoigen.render.cameras import Camera, gl_intrinsics, project, pyrender_pose
-from hoigen.render.skeleton import draw_skeleton
 from hoigen.render.surface import (
     MAX_FACE_ID,
-    FacePlanes,
-    corner_normals,
+    MeshSurface,
+    composite,
     decode_ids,
     encode_ids,
-    face_planes,
-    hit_planes,
-    interpolate_normals,
+    mesh_surface,
+    normal_image,
+    pixel_hits,
+    visible_maps,
 )
 
-SEG_BACKGROUND, SEG_HAND, SEG_OBJECT = 0, 1, 2
 HAND_COLOR = (0.80, 0.56, 0.44)  # linear RGB base colour of the shaded hand
 OBJECT_COLOR = (0.55, 0.55, 0.58)  # linear RGB base colour of the shaded object
-NORMAL_BACKGROUND = (0, 0, 0)
-
-
-def normal_colour(normals: np.ndarray) -> np.ndarray:
-    """Unit camera-frame (OpenCV) normals -> float RGB in the "normalbae" convention: 127.5 - 127.5 n.
-
-    The one definition of the normal colouring, shared by the renderer and by conditions made from
-    real depth (:mod:`hoigen.ingest.normals`)."""
-    return 127.5 - 127.5 * normals
-_FACING_EPS = 0.02  # minimum |cos| between a normal and the reversed view ray
 
 
 @dataclass
@@ -150,9 +139,7 @@ class RenderResult:
     @property
     def amodal(self) -> np.ndarray:
         """uint8 (H,W): bit 0 = hand covers the pixel (amodal), bit 1 = object covers it."""
-        return (self.mask_hand_full.astype(np.uint8) | (self.mask_object_full.astype(np.uint8) << 1)).astype(
-            np.uint8
-        )
+        return amodal_bits(self.mask_hand_full, self.mask_object_full)
 
     def bboxes(self) -> dict[str, list[int] | None]:
         """Boxes ``[x0, y0, x1, y1]`` (x1, y1 exclusive) of the visible and full masks, None if empty."""
@@ -164,22 +151,11 @@ class RenderResult:
         }
 
 
-def mask_bbox(mask: np.ndarray) -> list[int] | None:
-    """``[x0, y0, x1, y1]`` of a boolean mask's pixels (x1, y1 exclusive); None when it is empty."""
-    cols = np.flatnonzero(mask.any(axis=0))
-    if len(cols) == 0:
-        return None
-    rows = np.flatnonzero(mask.any(axis=1))
-    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
-
-
 @dataclass
 class _Geometry:
-    """CPU-side triangles and shading normals of one mesh, plus its two pyrender meshes."""
+    """One mesh's exact surface (CPU side) plus its two pyrender meshes."""
 
-    triangles: np.ndarray  # (F,3,3) in the mesh's own frame
-    planes: FacePlanes
-    corners: np.ndarray | None  # (F,3,3) shading normals per corner; None = flat
+    surface: MeshSurface  # in the mesh's own frame
     id_mesh: Any
     shade_mesh: Any
     source: Any = None  # keeps a cached trimesh alive so its id() stays unique
@@ -289,22 +265,20 @@ class Renderer:
             raise HoigenError(
                 f"render: {kind} mesh too large ({len(faces)} faces, {MAX_FACE_ID} in all); simplify it"
             )
-        triangles = vertices[faces]
-        corners = corner_normals(vertices, faces, self.crease_deg)
-        planes = face_planes(triangles)
-        positions = triangles.reshape(-1, 3).astype(np.float32)
+        surface = mesh_surface(vertices, faces, self.crease_deg)
+        positions = surface.triangles.reshape(-1, 3).astype(np.float32)
         ids = encode_ids(np.arange(first_id, first_id + len(faces)))
         id_mesh = pr.Mesh([pr.Primitive(positions=positions, color_0=np.repeat(ids, 3, axis=0))])
         shade_mesh = pr.Mesh(
             [
                 pr.Primitive(
                     positions=positions,
-                    normals=corners.reshape(-1, 3).astype(np.float32),
+                    normals=surface.shading.reshape(-1, 3).astype(np.float32),
                     material=self._materials[kind],
                 )
             ]
         )
-        return _Geometry(triangles, planes, None if self.crease_deg is None else corners, id_mesh, shade_mesh)
+        return _Geometry(surface, id_mesh, shade_mesh)
 
     def _object_geometry(self, spec: SceneSpec) -> _Geometry:
         mesh = spec.object_mesh
@@ -337,7 +311,7 @@ class Renderer:
         else:
             for node in self._object_nodes:
                 self._scene.set_pose(node, pose)
-        hand = self._geometry(spec.hand_vertices, spec.hand_faces, 1 + len(obj.triangles), "hand")
+        hand = self._geometry(spec.hand_vertices, spec.hand_faces, 1 + len(obj.surface.triangles), "hand")
         if self._hand_nodes is not None:
             for node in self._hand_nodes:
                 self._scene.remove_node(node)
@@ -361,113 +335,14 @@ class Renderer:
             return self._offscreen.render(self._scene, flags | pr.RenderFlags.FLAT)[0]
         return self._offscreen.render(self._scene, flags)[0]
 
-    def _surface(
-        self,
-        ids: np.ndarray,
-        camera: Camera,
-        spec: SceneSpec,
-        obj: _Geometry,
-        hand: _Geometry,
-        want_nocs: bool,
+    def _hits(
+        self, ids: np.ndarray, camera: Camera, spec: SceneSpec, obj: _Geometry, hand: _Geometry, want_nocs: bool,
         only: str | None = None,
     ) -> dict[str, np.ndarray]:
-        """Exact depth, camera-frame normals (and NOCS) of every covered pixel of a face-id image.
-
-        Returns flat pixel indices ``pix`` (N,) (row * W + col), ``is_object`` (N,), ``depth`` (N,),
-        ``normal`` (N,3) and, with ``want_nocs``, ``nocs`` (N,3) for the object pixels, in the
-        order of ``pix``. ``only="object"|"hand"``: the ids come from that mesh alone. Where a ray
-        grazes its triangle's plane, the triangle's centroid stands in for the hit.
-        """
-        h, w = ids.shape
-        n_obj = len(obj.triangles)
-        K_inv = np.linalg.inv(camera.K)
-        R, center = camera.world_to_cam[:3, :3], camera.center
-        flat = ids.reshape(-1)
-        pose = np.asarray(spec.object_pose, dtype=np.float64).reshape(4, 4)
-        parts = []
-        if only in (None, "object"):
-            covered = (flat >= 1) & (flat <= n_obj) if only is None else flat > 0
-            parts.append((np.flatnonzero(covered), obj, 1, np.linalg.inv(pose)))
-        if only in (None, "hand"):
-            parts.append((np.flatnonzero(flat > n_obj), hand, 1 + n_obj, np.eye(4)))
-        out: dict[str, list[np.ndarray]] = {"pix": [], "is_object": [], "depth": [], "normal": [], "nocs": []}
-        for pix, geo, first, frame_from_world in parts:
-            if len(pix) == 0:
-                continue
-            face = flat[pix] - first
-            rays = np.stack([pix % w, pix // w, np.ones(len(pix))], axis=1).astype(np.float64) @ K_inv.T
-            A, b = frame_from_world[:3, :3], frame_from_world[:3, 3]
-            origin = A @ center + b
-            dirs = rays @ (A @ R.T).T  # camera ray -> world -> this mesh's frame
-            t, bary, facing = hit_planes(origin, dirs, geo.planes, face)
-            bad = ~np.isfinite(t) | (t <= 0)
-            if np.any(bad):  # a ray grazing its triangle's plane: the triangle's centroid along the ray
-                centroid = geo.triangles[face[bad]].mean(axis=1) - origin
-                t[bad] = np.einsum("ij,ij->i", centroid, dirs[bad]) / np.einsum("ij,ij->i", dirs[bad], dirs[bad])
-            if geo.corners is None:
-                n_frame = facing
-            else:
-                n_frame = interpolate_normals(geo.corners[face], bary)
-                side = np.einsum("ij,ij->i", n_frame, facing)
-                n_frame *= np.where(side < 0, -1.0, 1.0)[:, None]
-                degenerate = side == 0
-                if np.any(degenerate):
-                    n_frame[degenerate] = facing[degenerate]
-            # mesh frame -> world by the inverse transpose (A^T), then world -> camera (R)
-            n_cam = n_frame @ (R @ A.T).T
-            n_cam /= np.maximum(np.sqrt(np.einsum("ij,ij->i", n_cam, n_cam)), 1e-12)[:, None]
-            ray = rays / np.sqrt(np.einsum("ij,ij->i", rays, rays))[:, None]
-            cos = np.einsum("ij,ij->i", n_cam, ray)
-            bend = cos > -_FACING_EPS
-            if np.any(bend):
-                n_cam[bend] -= (cos[bend] + _FACING_EPS)[:, None] * ray[bend]
-                n_cam[bend] /= np.linalg.norm(n_cam[bend], axis=1, keepdims=True)
-            out["pix"].append(pix)
-            out["is_object"].append(np.full(len(pix), geo is obj))
-            out["depth"].append(t)
-            out["normal"].append(n_cam)
-            if want_nocs and geo is obj:
-                points = origin + t[:, None] * dirs
-                nocs_T = np.asarray(spec.nocs_from_mesh, dtype=np.float64).reshape(4, 4)
-                out["nocs"].append(points @ nocs_T[:3, :3].T + nocs_T[:3, 3])
-        empty = {
-            "pix": np.zeros(0, np.int64),
-            "is_object": np.zeros(0, bool),
-            "depth": np.zeros(0),
-            "normal": np.zeros((0, 3)),
-            "nocs": np.zeros((0, 3)),
-        }
-        return {k: np.concatenate(v) if v else empty[k] for k, v in out.items() if k != "nocs" or want_nocs}
-
-    @staticmethod
-    def _composite(object_surf: dict[str, np.ndarray], hand_surf: dict[str, np.ndarray], n_pixels: int) -> dict:
-        """Per pixel, keep the nearer of the object's and the hand's exact hits (ties: the object).
-
-        Also returns each mesh's own exact depth per pixel, ``t_object`` and ``t_hand`` (inf where the
-        mesh does not cover the pixel), for joint visibility.
-        """
-        t_object = np.full(n_pixels, np.inf)
-        t_object[object_surf["pix"]] = object_surf["depth"]
-        t_hand = np.full(n_pixels, np.inf)
-        t_hand[hand_surf["pix"]] = hand_surf["depth"]
-        keep_object = object_surf["depth"] <= t_hand[object_surf["pix"]]
-        keep_hand = hand_surf["depth"] < t_object[hand_surf["pix"]]
-        out = {
-            k: np.concatenate([object_surf[k][keep_object], hand_surf[k][keep_hand]])
-            for k in ("pix", "is_object", "depth", "normal")
-        }
-        out["nocs"] = object_surf["nocs"][keep_object]
-        out["t_object"], out["t_hand"] = t_object, t_hand
-        return out
-
-    def _normal_image(self, surf: dict[str, np.ndarray], h: int, w: int, dtype: type) -> np.ndarray:
-        """The encoded normal map (H,W,3): RGB = 127.5 - 127.5 * n where covered, else background."""
-        image = np.empty((h * w, 3), dtype=dtype)
-        for k in range(3):  # per channel: much faster than broadcasting a (3,) row
-            image[:, k] = self.normal_background[k]
-        rgb = normal_colour(surf["normal"])
-        image[surf["pix"]] = np.clip(np.round(rgb), 0, 255) if dtype == np.uint8 else rgb
-        return image.reshape(h, w, 3)
+        """:func:`hoigen.render.surface.pixel_hits` of a face-id image of this frame."""
+        return pixel_hits(
+            ids, camera, obj.surface, hand.surface, spec.object_pose, spec.nocs_from_mesh, want_nocs, only
+        )
 
     # ------------------------------------------------------------------ main entry
     def _check(self, spec: SceneSpec) -> Camera:
@@ -498,8 +373,8 @@ class Renderer:
         if ss > 1:  # anti-aliased normal and shade maps from a larger image
             big = cam.scaled(ss)
             color_big = self._pass(big, obj, hand, "ids")
-            surf_big = self._surface(decode_ids(color_big), big, spec, obj, hand, want_nocs=False)
-            normal_big = self._normal_image(surf_big, big.height, big.width, np.float32)
+            surf_big = self._hits(decode_ids(color_big), big, spec, obj, hand, want_nocs=False)
+            normal_big = normal_image(surf_big, big.height, big.width, np.float32, self.normal_background)
             normal = np.clip(np.round(_area_downsample(normal_big, ss)), 0, 255).astype(np.uint8)
             shade = np.clip(np.round(_area_downsample(self._pass(big, obj, hand, "shade"), ss)), 0, 255)
             shade = shade.astype(np.uint8)
@@ -508,29 +383,28 @@ class Renderer:
         object_color = self._pass(cam, obj, hand, "object_ids")
         hand_color = self._pass(cam, obj, hand, "hand_ids")
         object_ids, hand_ids = decode_ids(object_color), decode_ids(hand_color)
-        surf = self._composite(
-            self._surface(object_ids, cam, spec, obj, hand, want_nocs=True, only="object"),
-            self._surface(hand_ids, cam, spec, obj, hand, want_nocs=True, only="hand"),
+        surf = composite(
+            self._hits(object_ids, cam, spec, obj, hand, want_nocs=True, only="object"),
+            self._hits(hand_ids, cam, spec, obj, hand, want_nocs=True, only="hand"),
             h * w,
         )
-        pix, is_obj = surf["pix"], surf["is_object"]
-        seg = np.zeros(h * w, dtype=np.uint8)
-        seg[pix] = np.where(is_obj, SEG_OBJECT, SEG_HAND)
-        depth_m = np.zeros(h * w, dtype=np.float32)
-        depth_m[pix] = surf["depth"]
-        depth = np.zeros(h * w, dtype=np.uint16)
-        depth[pix] = np.clip(np.round(surf["depth"] * 1000.0), 0, 65535)
-        nocs = np.zeros((h * w, 3), dtype=np.uint8)
-        nocs[pix[is_obj]] = np.clip(np.round((surf["nocs"] + 0.5) * 255.0), 0, 255)
-        seg, depth_m, depth, nocs = seg.reshape(h, w), depth_m.reshape(h, w), depth.reshape(h, w), nocs.reshape(h, w, 3)
+        seg, depth_m, depth, nocs = visible_maps(surf, h, w)
         if ss == 1:
-            normal = self._normal_image(surf, h, w, np.uint8)
+            normal = normal_image(surf, h, w, np.uint8, self.normal_background)
             shade = np.ascontiguousarray(self._pass(cam, obj, hand, "shade"))
 
         joints3d = np.asarray(spec.joints3d, dtype=np.float64).reshape(-1, 3)
         joints2d, joints_z = project(joints3d, cam.K, cam.world_to_cam)
-        unhidden, self_occluded = self._joint_visibility(
-            joints2d, joints_z, cam, surf["t_object"], surf["t_hand"], self._clearance(joints3d, spec.hand_vertices)
+        unhidden, self_occluded = joint_visibility(
+            joints2d,
+            joints_z,
+            cam,
+            surf["t_object"],
+            surf["t_hand"],
+            joint_clearance(joints3d, spec.hand_vertices),
+            znear=self.znear,
+            visibility_tolerance=self.visibility_tolerance,
+            self_occlusion_tolerance=self.self_occlusion_tolerance,
         )
         skeleton = draw_skeleton(joints2d, unhidden, w, h, self.skeleton_line_width)
         self.renders += 1
@@ -551,49 +425,3 @@ class Renderer:
             mask_object_full=object_ids > 0,
             joints_self_occluded=self_occluded,
         )
-
-    @staticmethod
-    def _clearance(joints3d: np.ndarray, hand_vertices: np.ndarray) -> np.ndarray:
-        """Distance (21,) from each joint to the nearest hand vertex (how deep it sits in the flesh)."""
-        verts = np.asarray(hand_vertices, dtype=np.float64).reshape(-1, 3)
-        if len(verts) == 0:
-            return np.zeros(len(joints3d))
-        d2 = (
-            np.einsum("ij,ij->i", joints3d, joints3d)[:, None]
-            - 2.0 * joints3d @ verts.T
-            + np.einsum("ij,ij->i", verts, verts)[None, :]
-        )
-        return np.sqrt(np.maximum(d2.min(axis=1), 0.0))
-
-    def _joint_visibility(
-        self,
-        joints2d: np.ndarray,
-        joints_z: np.ndarray,
-        cam: Camera,
-        object_depth: np.ndarray,
-        hand_depth: np.ndarray,
-        clearance: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(in the image and not hidden by the object, self-occluded), both (21,) bool; the depth
-        images are each mesh's exact depth alone (inf where it does not cover the pixel)."""
-        finite = np.all(np.isfinite(joints2d), axis=1)
-        u, v = np.where(finite[:, None], joints2d, -1e9).T
-        inside = (
-            finite
-            & (joints_z > self.znear)
-            & (u >= -0.5) & (u < cam.width - 0.5)
-            & (v >= -0.5) & (v < cam.height - 0.5)
-        )
-        self_occluded = np.zeros(len(inside), dtype=bool)
-        if not inside.any():
-            return inside, self_occluded
-        col = np.clip(np.round(u[inside]).astype(np.int64), 0, cam.width - 1)
-        row = np.clip(np.round(v[inside]).astype(np.int64), 0, cam.height - 1)
-        z = joints_z[inside]
-        surface = object_depth.reshape(cam.height, cam.width)[row, col]
-        unhidden = inside.copy()
-        unhidden[inside] = z <= surface + self.visibility_tolerance
-        skin = hand_depth.reshape(cam.height, cam.width)[row, col]
-        tolerance = np.maximum(self.self_occlusion_tolerance, clearance[inside] + 0.005)
-        self_occluded[inside] = z > skin + tolerance
-        return unhidden, self_occluded

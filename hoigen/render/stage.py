@@ -25,28 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from hoigen.data.index import read_run_json
+from hoigen.data.contract import OBJECTS_KEY
 from hoigen.data.runner import StageContext
 from hoigen.data.schema import Sample, parse_key, sample_key
 from hoigen.errors import HoigenError
 from hoigen.objects import ObjectAsset, read_objects
 
-OBJECTS_KEY = "objects_dir"
 FRAMING_POINTS = (200, 100)  # object surface points per object pose, hand vertices per frame
 log = logging.getLogger("hoigen.render")
-
-
-def objects_dir_of(folder: Path) -> Path:
-    """The folder holding ``objects.parquet`` for a stage output (followed back through run.json)."""
-    folder = Path(folder)
-    for _ in range(8):
-        if (folder / "objects.parquet").exists():
-            return folder.resolve()
-        pointer = read_run_json(folder).get(OBJECTS_KEY)
-        if not pointer:
-            break
-        folder = Path(pointer)
-    raise HoigenError(f"{folder}: no objects.parquet found; point --in at the output of hoigen grasp or render")
 
 
 @lru_cache(maxsize=4)

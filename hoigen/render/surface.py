@@ -1,9 +1,13 @@
 """Exact surface geometry behind the pixel maps: face ids, ray-triangle hits, shading normals.
 
-The renderer rasterises each triangle with a unique flat colour (its *face id*). For every pixel
-the id names the triangle under the pixel centre; intersecting the pixel's ray with that
+Pure numpy (no GL): the renderer's GL passes (:mod:`hoigen.render.renderer`) rasterise each
+triangle with a unique flat colour (its *face id*); everything after that happens here. For every
+pixel the id names the triangle under the pixel centre; intersecting the pixel's ray with that
 triangle's plane then gives the exact 3D point (depth, NOCS) and its barycentric coordinates
-(smooth normals) without the quantisation of a depth buffer or of 8-bit colour channels.
+(smooth normals) without the quantisation of a depth buffer or of 8-bit colour channels
+(:func:`pixel_hits`). Per pixel the nearer of the object's and the hand's hits is the visible
+surface (:func:`composite`), and the maps are encoded as the shard contract says
+(:func:`visible_maps`, :func:`normal_image`; :mod:`hoigen.data.contract`).
 
 Face ids are 24-bit: RGB = (id & 255, (id >> 8) & 255, (id >> 16) & 255); 0 is the background.
 """
@@ -17,7 +21,11 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from hoigen.data.contract import SEG_HAND, SEG_OBJECT, encode_depth, encode_nocs, normal_colour
+from hoigen.render.cameras import Camera
+
 MAX_FACE_ID = (1 << 24) - 1
+FACING_EPS = 0.02  # minimum |cos| between a normal and the reversed view ray
 
 
 def encode_ids(ids: np.ndarray) -> np.ndarray:
@@ -149,3 +157,154 @@ def interpolate_normals(corner: np.ndarray, bary: np.ndarray) -> np.ndarray:
     n = np.einsum("nk,nkc->nc", b, corner)
     length = np.linalg.norm(n, axis=1, keepdims=True)
     return np.divide(n, length, out=np.zeros_like(n), where=length > 0)
+
+
+@dataclass
+class MeshSurface:
+    """CPU-side triangles and shading normals of one mesh, in the mesh's own frame."""
+
+    triangles: np.ndarray  # (F,3,3)
+    planes: FacePlanes
+    shading: np.ndarray  # (F,3,3) shading normals per corner (the face normal three times when flat)
+    smooth: bool  # False: the maps use the exact face normal (``crease_deg=None``)
+
+    @property
+    def corners(self) -> np.ndarray | None:
+        """Corner normals to interpolate, None for flat face normals."""
+        return self.shading if self.smooth else None
+
+
+def mesh_surface(vertices: np.ndarray, faces: np.ndarray, crease_deg: float | None) -> MeshSurface:
+    """Triangles, ray-hit planes and corner normals of a mesh (``crease_deg=None``: flat normals)."""
+    triangles = vertices[faces]
+    corners = corner_normals(vertices, faces, crease_deg)
+    return MeshSurface(triangles, face_planes(triangles), corners, crease_deg is not None)
+
+
+def pixel_hits(
+    ids: np.ndarray,
+    camera: Camera,
+    obj: MeshSurface,
+    hand: MeshSurface,
+    object_pose: np.ndarray,
+    nocs_from_mesh: np.ndarray,
+    want_nocs: bool,
+    only: str | None = None,
+) -> dict[str, np.ndarray]:
+    """Exact depth, camera-frame normals (and NOCS) of every covered pixel of a face-id image.
+
+    Object faces are ids 1..F_o, hand faces F_o+1..F_o+F_h (``only="object"|"hand"``: the ids come
+    from that mesh alone, numbered the same way). Returns flat pixel indices ``pix`` (N,)
+    (row * W + col), ``is_object`` (N,), ``depth`` (N,), ``normal`` (N,3) and, with ``want_nocs``,
+    ``nocs`` (N,3) for the object pixels, in the order of ``pix``. Where a ray grazes its
+    triangle's plane, the triangle's centroid stands in for the hit. Normals are interpolated
+    barycentrically, back faces flipped, and normals that would point away from the camera near
+    silhouettes are bent just enough to face it.
+    """
+    h, w = ids.shape
+    n_obj = len(obj.triangles)
+    K_inv = np.linalg.inv(camera.K)
+    R, center = camera.world_to_cam[:3, :3], camera.center
+    flat = ids.reshape(-1)
+    pose = np.asarray(object_pose, dtype=np.float64).reshape(4, 4)
+    parts = []
+    if only in (None, "object"):
+        covered = (flat >= 1) & (flat <= n_obj) if only is None else flat > 0
+        parts.append((np.flatnonzero(covered), obj, 1, np.linalg.inv(pose)))
+    if only in (None, "hand"):
+        parts.append((np.flatnonzero(flat > n_obj), hand, 1 + n_obj, np.eye(4)))
+    out: dict[str, list[np.ndarray]] = {"pix": [], "is_object": [], "depth": [], "normal": [], "nocs": []}
+    for pix, geo, first, frame_from_world in parts:
+        if len(pix) == 0:
+            continue
+        face = flat[pix] - first
+        rays = np.stack([pix % w, pix // w, np.ones(len(pix))], axis=1).astype(np.float64) @ K_inv.T
+        A, b = frame_from_world[:3, :3], frame_from_world[:3, 3]
+        origin = A @ center + b
+        dirs = rays @ (A @ R.T).T  # camera ray -> world -> this mesh's frame
+        t, bary, facing = hit_planes(origin, dirs, geo.planes, face)
+        bad = ~np.isfinite(t) | (t <= 0)
+        if np.any(bad):  # a ray grazing its triangle's plane: the triangle's centroid along the ray
+            centroid = geo.triangles[face[bad]].mean(axis=1) - origin
+            t[bad] = np.einsum("ij,ij->i", centroid, dirs[bad]) / np.einsum("ij,ij->i", dirs[bad], dirs[bad])
+        if geo.corners is None:
+            n_frame = facing
+        else:
+            n_frame = interpolate_normals(geo.corners[face], bary)
+            side = np.einsum("ij,ij->i", n_frame, facing)
+            n_frame *= np.where(side < 0, -1.0, 1.0)[:, None]
+            degenerate = side == 0
+            if np.any(degenerate):
+                n_frame[degenerate] = facing[degenerate]
+        # mesh frame -> world by the inverse transpose (A^T), then world -> camera (R)
+        n_cam = n_frame @ (R @ A.T).T
+        n_cam /= np.maximum(np.sqrt(np.einsum("ij,ij->i", n_cam, n_cam)), 1e-12)[:, None]
+        ray = rays / np.sqrt(np.einsum("ij,ij->i", rays, rays))[:, None]
+        cos = np.einsum("ij,ij->i", n_cam, ray)
+        bend = cos > -FACING_EPS
+        if np.any(bend):
+            n_cam[bend] -= (cos[bend] + FACING_EPS)[:, None] * ray[bend]
+            n_cam[bend] /= np.linalg.norm(n_cam[bend], axis=1, keepdims=True)
+        out["pix"].append(pix)
+        out["is_object"].append(np.full(len(pix), geo is obj))
+        out["depth"].append(t)
+        out["normal"].append(n_cam)
+        if want_nocs and geo is obj:
+            points = origin + t[:, None] * dirs
+            nocs_T = np.asarray(nocs_from_mesh, dtype=np.float64).reshape(4, 4)
+            out["nocs"].append(points @ nocs_T[:3, :3].T + nocs_T[:3, 3])
+    empty = {
+        "pix": np.zeros(0, np.int64),
+        "is_object": np.zeros(0, bool),
+        "depth": np.zeros(0),
+        "normal": np.zeros((0, 3)),
+        "nocs": np.zeros((0, 3)),
+    }
+    return {k: np.concatenate(v) if v else empty[k] for k, v in out.items() if k != "nocs" or want_nocs}
+
+
+def composite(object_surf: dict[str, np.ndarray], hand_surf: dict[str, np.ndarray], n_pixels: int) -> dict:
+    """Per pixel, keep the nearer of the object's and the hand's exact hits (ties: the object).
+
+    Also returns each mesh's own exact depth per pixel, ``t_object`` and ``t_hand`` (inf where the
+    mesh does not cover the pixel), for joint visibility.
+    """
+    t_object = np.full(n_pixels, np.inf)
+    t_object[object_surf["pix"]] = object_surf["depth"]
+    t_hand = np.full(n_pixels, np.inf)
+    t_hand[hand_surf["pix"]] = hand_surf["depth"]
+    keep_object = object_surf["depth"] <= t_hand[object_surf["pix"]]
+    keep_hand = hand_surf["depth"] < t_object[hand_surf["pix"]]
+    out = {
+        k: np.concatenate([object_surf[k][keep_object], hand_surf[k][keep_hand]])
+        for k in ("pix", "is_object", "depth", "normal")
+    }
+    out["nocs"] = object_surf["nocs"][keep_object]
+    out["t_object"], out["t_hand"] = t_object, t_hand
+    return out
+
+
+def visible_maps(surf: dict[str, np.ndarray], h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``seg``, ``depth_m`` (float32 metres), ``depth`` (uint16 mm) and ``nocs`` (uint8 RGB) of a
+    composited surface, encoded as :mod:`hoigen.data.contract` says; 0 where nothing is seen."""
+    pix, is_obj = surf["pix"], surf["is_object"]
+    seg = np.zeros(h * w, dtype=np.uint8)
+    seg[pix] = np.where(is_obj, SEG_OBJECT, SEG_HAND)
+    depth_m = np.zeros(h * w, dtype=np.float32)
+    depth_m[pix] = surf["depth"]
+    depth = np.zeros(h * w, dtype=np.uint16)
+    depth[pix] = encode_depth(surf["depth"])
+    nocs = np.zeros((h * w, 3), dtype=np.uint8)
+    nocs[pix[is_obj]] = encode_nocs(surf["nocs"])
+    return seg.reshape(h, w), depth_m.reshape(h, w), depth.reshape(h, w), nocs.reshape(h, w, 3)
+
+
+def normal_image(surf: dict[str, np.ndarray], h: int, w: int, dtype: type, background: np.ndarray) -> np.ndarray:
+    """The encoded normal map (H,W,3): RGB = 127.5 - 127.5 * n where covered, else ``background``
+    (uint8: rounded and clipped, as stored; float32: unrounded, to be area-averaged first)."""
+    image = np.empty((h * w, 3), dtype=dtype)
+    for k in range(3):  # per channel: much faster than broadcasting a (3,) row
+        image[:, k] = background[k]
+    rgb = normal_colour(surf["normal"])
+    image[surf["pix"]] = np.clip(np.round(rgb), 0, 255) if dtype == np.uint8 else rgb
+    return image.reshape(h, w, 3)

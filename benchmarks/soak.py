@@ -6,7 +6,7 @@ sample a stage yields. Reports RSS at 10% and at 100% of the samples; a stage pa
 by less than 10% between the two (the first 10% pay for imports, caches and the renderer, so
 growth after that is what a leak would show). Exit code 1 when a stage fails.
 
-    python -m hoigen.soak [--samples 5000] [--grasps 50] [--size 128] [--keep DIR]
+    python -m benchmarks.soak [--samples 5000] [--grasps 50] [--size 128] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def table(traces: list[Trace]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hoigen.soak", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=5000, help="render samples (default 5000)")
     parser.add_argument("--grasps", type=int, default=50, help="grasps per object (default 50: 5,000 grasp samples)")
     parser.add_argument("--size", type=int, default=128, help="render size in pixels (default 128)")

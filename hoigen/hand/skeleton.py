@@ -9,7 +9,7 @@ the hue circle (thumb red, index yellow-green, middle spring green, ring azure, 
 wrist dot is white. A bone takes the colour of its finger; a joint dot takes the colour of its
 finger, and is drawn on top of the bones. Lines are anti-aliased (``cv2.LINE_AA``), drawn with
 sub-pixel precision in OpenCV's pixel convention (pixel centres at integers, like
-:func:`hoigen.render.cameras.project`).
+:func:`hoigen.render.cameras.project`; this module is pure drawing, shared by render and ingest).
 """
 
 from __future__ import annotations

@@ -160,7 +160,7 @@ def bench_workers(repeats: int = 2) -> tuple[str, float, float]:
 
 def bench_grasp() -> list[tuple[str, float, float]]:
     """Grasp synthesis: accepted grasps per second per core, and the metric table (printed)."""
-    from hoigen.grasp.bench import bench_grasps, print_grasp_table
+    from benchmarks.grasp import bench_grasps, print_grasp_table
 
     size = os.environ.get("HOIGEN_BENCH_GRASP", "16x48")  # grasps x candidates per object
     grasps, candidates = (int(x) for x in size.split("x"))
@@ -197,7 +197,7 @@ def bench_synthesis() -> list[tuple[str, float, float]]:
     """
     import torch
 
-    from hoigen.diffusion.benchmark import bench_scale, build_pair, runners, step_bound_runner, warm
+    from benchmarks.diffusion import bench_scale, build_pair, runners, step_bound_runner, warm
 
     scale = bench_scale()
     if scale.device == "cpu":

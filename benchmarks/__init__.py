@@ -1,0 +1,1 @@
+"""Benchmarks and the memory soak (``make bench``, ``make soak``); not part of the installed package."""
