@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from hoigen.errors import HoigenError
 from hoigen.options import REAL_SIZE, TINY_SIZE, OptionError, option, validate
 
 SCHEDULER_NAMES = ("ddim", "unipc", "dpm++")  # hoigen.diffusion.schedulers.make_scheduler builds each
@@ -62,7 +63,10 @@ class SynthOptions:
         if self.condition_scales is not None:
             from hoigen.diffusion.conditions import parse_condition_scales
 
-            parse_condition_scales(self.condition_scales)
+            try:
+                parse_condition_scales(self.condition_scales)
+            except HoigenError as exc:
+                raise OptionError("condition_scales", str(exc).removeprefix("--condition-scales: ")) from None
         if self.anchor not in ("middle", "first", "last") and not self.anchor.isdigit():
             raise OptionError("anchor", f"must be middle, first, last or a frame number, got {self.anchor!r}")
 
