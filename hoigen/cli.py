@@ -110,7 +110,7 @@ def _parameter(f: Any, kind: FieldType) -> Parameter:
     shown = default_text(f)
     text = spec.help + (f" [default: {shown}]" if shown else "")
     annotation = list[kind.base] if kind.is_list else kind.base  # type: ignore[name-defined]
-    metavar = None
+    metavar = f"<{'|'.join(spec.choices)}>" if spec.choices else None
     if kind.is_list:  # "--categories mug,bowl", or a repeatable flag
         metavar = f"<{kind.base.__name__},...>" if spec.split else f"<{kind.base.__name__}> (repeatable)"
     option = typer.Option(None, *decls, help=text, envvar=spec.envvar, show_default=False, metavar=metavar)
