@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hoigen.config import Common, GraspOptions, RenderOptions
 from hoigen.data.progress import console
+from hoigen.grasp.options import GraspOptions
+from hoigen.options import Common
+from hoigen.render.options import RenderOptions
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> list[float]:
@@ -143,16 +145,16 @@ def bench_renderer_memory(size: int = 256, frames: int = 1000) -> tuple[str, flo
 
 def bench_workers(repeats: int = 2) -> tuple[str, float, float]:
     """The render stage on 4 shards with --workers 1 vs --workers 2."""
-    from hoigen import stages
+    from hoigen import api
 
     tmp = Path(tempfile.mkdtemp(prefix="hoigen-bench-"))
     quiet = Common(quiet=True)
-    stages.grasp(GraspOptions(grasps=2, frames=4), tmp / "grasp", quiet)
+    api.grasp(None, tmp / "grasp", GraspOptions(grasps=2, frames=4), quiet)
     runs = iter(range(10_000))
 
     def with_workers(n: int) -> Callable[[], object]:
         opts = RenderOptions(views=2, size=256)
-        return lambda: stages.render(tmp / "grasp", tmp / f"render-{next(runs)}", opts, Common(quiet=True, workers=n))
+        return lambda: api.render(tmp / "grasp", tmp / f"render-{next(runs)}", opts, Common(quiet=True, workers=n))
 
     base, cand = side_by_side(with_workers(1), with_workers(2), repeats)
     return "render stage, 4 shards x 16 samples: --workers 1 vs 2", base, cand
@@ -234,11 +236,11 @@ def bench_worker_start(repeats: int = 2) -> tuple[str, float, float]:
     import multiprocessing.forkserver as forkserver
     import os
 
-    from hoigen import stages
+    from hoigen import api
     from hoigen.data.runner import START_METHOD_ENV
 
     tmp = Path(tempfile.mkdtemp(prefix="hoigen-bench-"))
-    stages.grasp(GraspOptions(categories=["mug", "can"], grasps=1, frames=2), tmp / "grasp", Common(quiet=True))
+    api.grasp(None, tmp / "grasp", GraspOptions(categories=["mug", "can"], grasps=1, frames=2), Common(quiet=True))
     runs = iter(range(10_000))
 
     def with_start(method: str) -> Callable[[], object]:
@@ -247,7 +249,7 @@ def bench_worker_start(repeats: int = 2) -> tuple[str, float, float]:
             os.environ[START_METHOD_ENV] = method
             try:
                 opts = RenderOptions(views=1, size=64)
-                stages.render(tmp / "grasp", tmp / f"render-{next(runs)}", opts, Common(quiet=True, workers=2))
+                api.render(tmp / "grasp", tmp / f"render-{next(runs)}", opts, Common(quiet=True, workers=2))
             finally:
                 del os.environ[START_METHOD_ENV]
 

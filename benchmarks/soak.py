@@ -84,8 +84,10 @@ def soak(root: Path, samples: int, grasps: int, size: int, categories: list[str]
     """Grasp ``categories`` x ``grasps``, then render enough views for ``samples`` render samples."""
     import hoigen.grasp.stage as grasp_mod
     import hoigen.render.stage as render_mod
-    from hoigen import stages
-    from hoigen.config import Common, GraspOptions, RenderOptions
+    from hoigen import api
+    from hoigen.grasp.options import GraspOptions
+    from hoigen.options import Common
+    from hoigen.render.options import RenderOptions
 
     common = Common(seed=0, workers=1, quiet=True)
     frames = 25
@@ -93,9 +95,9 @@ def soak(root: Path, samples: int, grasps: int, size: int, categories: list[str]
     views = max(1, -(-samples // grasp_samples))
     traces = [Trace("grasp"), Trace("render")]
     with counting(grasp_mod, "grasp_stage", traces[0]):
-        stages.grasp(GraspOptions(categories=categories, grasps=grasps, frames=frames), root / "grasp", common)
+        api.grasp(None, root / "grasp", GraspOptions(categories=categories, grasps=grasps, frames=frames), common)
     with counting(render_mod, "render_stage", traces[1]):
-        stages.render(root / "grasp", root / "render", RenderOptions(views=views, size=size), common)
+        api.render(root / "grasp", root / "render", RenderOptions(views=views, size=size), common)
     return traces
 
 

@@ -1,27 +1,28 @@
-"""The ``hoigen`` command line: thin wrappers that parse options and call :mod:`hoigen.stages`."""
+"""The ``hoigen`` command line: thin commands over :mod:`hoigen.api`, flags generated from the options dataclasses."""
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
+import typing
+from collections.abc import Callable
 from dataclasses import fields
+from inspect import Parameter, signature
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from hoigen import __version__
-from hoigen.config import (
-    Common,
-    ExportOptions,
-    GraspOptions,
-    RenderOptions,
-    SynthOptions,
-    TrainOptions,
-    build_options,
-)
 from hoigen.data.progress import info
+from hoigen.diffusion.options import SynthOptions, TrainOptions
 from hoigen.errors import HoigenError
+from hoigen.export.options import ExportOptions
+from hoigen.grasp.options import GraspOptions
+from hoigen.ingest.options import IngestOptions
+from hoigen.options import Common, FieldType, UsageError, build, default_text, field_types, flag_of, spec_of
+from hoigen.render.options import RenderOptions
 
 app = typer.Typer(
     name="hoigen",
@@ -44,26 +45,76 @@ app.add_typer(ingest_app, name="ingest")
 eval_app = typer.Typer(help="Evaluate predictions against exported ground truth.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
-# Options shared by every stage ------------------------------------------------------------------
-SEED = typer.Option(0, "--seed", help="Run seed; every sample's seed derives from it and the sample key.")
-WORKERS = typer.Option(1, "--workers", help="Local worker processes (shards are split between them).")
-SHARD_INDEX = typer.Option(None, "--shard-index", help="This process's rank (default: RANK or SLURM_ARRAY_TASK_ID).")
-NUM_SHARDS = typer.Option(None, "--num-shards", help="Number of ranks (default: WORLD_SIZE or SLURM_ARRAY_TASK_COUNT).")
+# Options: one CLI flag per field of a stage's options dataclass ----------------------------------
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines.")
+ALL_RUN = (Common, None)  # every run option: --seed, --workers, --shard-index, --num-shards, --quiet
 
 
-def _common(seed: int, workers: int, shard_index: int | None, num_shards: int | None, quiet: bool) -> Common:
-    return Common(seed=seed, workers=workers, shard_index=shard_index, num_shards=num_shards, quiet=quiet)
+def with_options(**groups: type | tuple[type, tuple[str, ...] | None]) -> Callable[[Callable], Callable]:
+    """Give a command one CLI flag per option field; the command receives the built options objects.
+
+    ``@with_options(opts=SynthOptions, common=(Common, ("seed", "quiet")))`` replaces the function's
+    parameters ``opts`` and ``common`` by flags for the fields (all, or those named), with help text
+    and the default from the field's :func:`hoigen.options.option` metadata. A flag not given is
+    left out, so the dataclass default applies; the objects are checked like recipes (one-line
+    errors naming the flag, exit 2).
+    """
+
+    def decorate(fn: Callable) -> Callable:
+        sig = signature(fn)
+        hints = typing.get_type_hints(fn)
+        own = [p.replace(annotation=hints.get(n, p.annotation)) for n, p in sig.parameters.items() if n not in groups]
+        taken = {p.name for p in own}
+        generated: list[Parameter] = []
+        members: dict[str, list[str]] = {}
+        for group, spec in groups.items():
+            cls, names = spec if isinstance(spec, tuple) else (spec, None)
+            members[group] = []
+            kinds = field_types(cls)
+            for f in fields(cls):
+                if not spec_of(f).cli or (names is not None and f.name not in names):
+                    continue
+                if f.name in taken:
+                    raise TypeError(f"{fn.__name__}: option {f.name} of {cls.__name__} clashes with another parameter")
+                taken.add(f.name)
+                members[group].append(f.name)
+                generated.append(_parameter(f, kinds[f.name]))
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            for group, spec in groups.items():
+                cls = spec[0] if isinstance(spec, tuple) else spec
+                given = {n: kwargs.pop(n) for n in members[group]}
+                kwargs[group] = build(cls, {k: v for k, v in given.items() if v is not None and v != []})
+            return fn(**kwargs)
+
+        params = own + generated
+        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate
 
 
-def _options(cls: type, **given: Any) -> Any:
-    """Options from what the user passed (None = not passed, so the dataclass default applies)."""
-    return build_options(cls, {k: v for k, v in given.items() if v is not None}, "options")
-
-
-def _default(cls: type, name: str) -> str:
-    """`` [default: X]`` read from the options dataclass, so help never drifts from the code."""
-    return f" [default: {next(f.default for f in fields(cls) if f.name == name)}]"
+def _parameter(f: Any, kind: FieldType) -> Parameter:
+    """The typer option of one options field: its flag(s), help text with the default, env var."""
+    spec = spec_of(f)
+    if spec.flag:
+        decls = [spec.flag]
+    elif kind.base is bool and spec.pair:
+        decls = [f"{flag_of(f.name)}/--no-{f.name.replace('_', '-')}"]
+    else:
+        decls = [flag_of(f.name)]
+    if spec.short:
+        decls.append(spec.short)
+    shown = default_text(f)
+    text = spec.help + (f" [default: {shown}]" if shown else "")
+    annotation = list[kind.base] if kind.is_list else kind.base  # type: ignore[name-defined]
+    metavar = f"<{'|'.join(spec.choices)}>" if spec.choices else None
+    if kind.is_list:  # "--categories mug,bowl", or a repeatable flag
+        metavar = f"<{kind.base.__name__},...>" if spec.split else f"<{kind.base.__name__}> (repeatable)"
+    option = typer.Option(None, *decls, help=text, envvar=spec.envvar, show_default=False, metavar=metavar)
+    return Parameter(f.name, Parameter.KEYWORD_ONLY, default=option, annotation=annotation | None)
 
 
 def _version(value: bool) -> None:
@@ -82,54 +133,12 @@ def _main(
 
 
 @app.command()
+@with_options(opts=GraspOptions, common=ALL_RUN)
 def grasp(
-    objects: Path | None = typer.Option(
-        None,
-        "--objects",
-        help="Folder of meshes (.obj/.ply/.glb/.stl, YCB layout). Default: the embedded procedural objects.",
-    ),
-    categories: str | None = typer.Option(None, "--categories", help="Procedural categories, e.g. mug,bowl."),
-    category: str | None = typer.Option(None, "--category", help="Category for every mesh in --objects."),
-    up: str | None = typer.Option(
-        None, "--up", help="Up axis of the --objects meshes (+x/-x/+y/-y/+z/-z). Default: +z for YCB, else +y."
-    ),
     out: Path = typer.Option(Path("out/grasp"), "--out", help="Output folder."),
-    grasps: int | None = typer.Option(None, "--grasps", help="Grasps per object." + _default(GraspOptions, "grasps")),
-    frames: int | None = typer.Option(
-        None, "--frames", help="Frames of each approach trajectory." + _default(GraspOptions, "frames")
-    ),
-    side: str | None = typer.Option(None, "--side", help="right or left." + _default(GraspOptions, "side")),
-    mano_dir: Path | None = typer.Option(
-        None,
-        "--mano-dir",
-        envvar="HOIGEN_MANO_DIR",
-        help="Folder with MANO_RIGHT.pkl/MANO_LEFT.pkl (default: embedded hand).",
-    ),
-    max_penetration: float | None = typer.Option(
-        None, "--max-penetration", help="Accept grasps whose deepest hand vertex is at most this deep (cm)."
-        + _default(GraspOptions, "max_penetration"),
-    ),
-    max_sim_displacement: float | None = typer.Option(
-        None, "--max-sim-displacement", help="Accept grasps whose object moves at most this far in the "
-        "pybullet hold test (cm)." + _default(GraspOptions, "max_sim_displacement"),
-    ),
-    min_contacts: int | None = typer.Option(
-        None, "--min-contacts", help="Accept grasps with at least this many fingers touching."
-        + _default(GraspOptions, "min_contacts"),
-    ),
-    candidates: int | None = typer.Option(
-        None, "--candidates", help="Optimised grasp candidates per object and round [default: max(16, 3 x grasps)]."
-    ),
-    max_rounds: int | None = typer.Option(
-        None, "--max-rounds", help="Rounds of candidates per object while fewer than --grasps pass the filters."
-        + _default(GraspOptions, "max_rounds"),
-    ),
     report: bool = typer.Option(False, "--report", help="Print metric tables per object and category (stderr)."),
-    seed: int = SEED,
-    workers: int = WORKERS,
-    shard_index: int | None = SHARD_INDEX,
-    num_shards: int | None = NUM_SHARDS,
-    quiet: bool = QUIET,
+    opts: GraspOptions = None,  # type: ignore[assignment]
+    common: Common = None,  # type: ignore[assignment]
 ) -> None:
     """Synthesize MANO grasps and approach trajectories for each object.
 
@@ -144,25 +153,9 @@ def grasp(
 
     Example: hoigen grasp --objects ycb/ --grasps 4 --frames 8 --out out/grasp --report
     """
-    from hoigen import stages
+    from hoigen import api
 
-    opts = _options(
-        GraspOptions,
-        objects=objects,
-        categories=categories,
-        category=category,
-        up=up,
-        grasps=grasps,
-        frames=frames,
-        side=side,
-        mano_dir=mano_dir,
-        max_penetration=max_penetration,
-        max_sim_displacement=max_sim_displacement,
-        min_contacts=min_contacts,
-        candidates=candidates,
-        max_rounds=max_rounds,
-    )
-    _finish(stages.grasp(opts, out, _common(seed, workers, shard_index, num_shards, quiet)), quiet)
+    api.say(api.grasp(None, out, opts, common), common.quiet)
     if report:
         from hoigen.grasp.report import print_report
 
@@ -170,42 +163,12 @@ def grasp(
 
 
 @app.command()
+@with_options(opts=RenderOptions, common=ALL_RUN)
 def render(
     in_dir: Path = typer.Option(Path("out/grasp"), "--in", help="Grasp output folder."),
     out: Path = typer.Option(Path("out/render"), "--out", help="Output folder."),
-    views: int | None = typer.Option(
-        None, "--views", help="Cameras per trajectory, fixed along it." + _default(RenderOptions, "views")
-    ),
-    size: int | None = typer.Option(
-        None,
-        "--size",
-        help="Square image side S in pixels. Not given: 512 with --camera random, the preset's native "
-        "size (640x480) with a preset; with a preset, S centre-crops the native frame to a square and "
-        "scales it (K follows).",
-    ),
-    supersample: int | None = typer.Option(
-        None,
-        "--supersample",
-        help="Render N times larger and area-average the normal and shade maps."
-        + _default(RenderOptions, "supersample"),
-    ),
-    camera: str | None = typer.Option(
-        None,
-        "--camera",
-        help="Intrinsics: random (fov 45-55 deg), nocs-camera, nocs-real275 or dexycb (real cameras' K)."
-        + _default(RenderOptions, "camera"),
-    ),
-    camera_tries: int | None = typer.Option(
-        None,
-        "--camera-tries",
-        help="Camera draws per trajectory view to get every frame in view; a view seeing nothing is then "
-        "skipped with a logged reason." + _default(RenderOptions, "camera_tries"),
-    ),
-    seed: int = SEED,
-    workers: int = WORKERS,
-    shard_index: int | None = SHARD_INDEX,
-    num_shards: int | None = NUM_SHARDS,
-    quiet: bool = QUIET,
+    opts: RenderOptions = None,  # type: ignore[assignment]
+    common: Common = None,  # type: ignore[assignment]
 ) -> None:
     """Render condition maps and annotations from sampled cameras.
 
@@ -215,15 +178,13 @@ def render(
 
     Example: hoigen render --in out/grasp --views 4 --size 512 --out out/render
     """
-    from hoigen import stages
+    from hoigen import api
 
-    opts = _options(
-        RenderOptions, views=views, size=size, supersample=supersample, camera=camera, camera_tries=camera_tries
-    )
-    _finish(stages.render(in_dir, out, opts, _common(seed, workers, shard_index, num_shards, quiet)), quiet)
+    api.say(api.render(in_dir, out, opts, common), common.quiet)
 
 
 @app.command()
+@with_options(opts=SynthOptions, common=ALL_RUN)
 def synthesize(
     in_dir: Path | None = typer.Option(
         None,
@@ -233,77 +194,8 @@ def synthesize(
     ),
     objects: Path | None = typer.Option(None, "--objects", help="Mesh folder to grasp and render first."),
     out: Path = typer.Option(Path("out/synth"), "--out", help="Output folder."),
-    prompts: Path | None = typer.Option(
-        None, "--prompts", help="Prompt file: one per line, # comments, {object} and {background} placeholders."
-    ),
-    model: str | None = typer.Option(
-        None,
-        "--model",
-        help="Diffusers folder or hub id of the base model [default: tiny-random, an offline stand-in].",
-    ),
-    controlnet: str | None = typer.Option(None, "--controlnet", help="Folder or hub id of the HOI ControlNet."),
-    steps: int | None = typer.Option(None, "--steps", help="Denoising steps." + _default(SynthOptions, "steps")),
-    guidance: float | None = typer.Option(
-        None, "--guidance", help="Classifier-free guidance scale." + _default(SynthOptions, "guidance")
-    ),
-    size: int | None = typer.Option(None, "--size", help="Image size [default: 512, 64 for tiny-random]."),
-    negative_prompt: str | None = typer.Option(None, "--negative-prompt", help="Negative prompt."),
-    batch_size: int | None = typer.Option(
-        None, "--batch-size", help="Images per diffusion batch." + _default(SynthOptions, "batch_size")
-    ),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda or auto." + _default(SynthOptions, "device")),
-    dtype: str | None = typer.Option(
-        None,
-        "--dtype",
-        help="Weights' precision: auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16."
-        + _default(SynthOptions, "dtype"),
-    ),
-    scheduler: str | None = typer.Option(
-        None, "--scheduler", help="Sampler: ddim, unipc or dpm++ (DPM-Solver++)." + _default(SynthOptions, "scheduler")
-    ),
-    images_per_condition: int | None = typer.Option(
-        None,
-        "--images-per-condition",
-        help="Images per rendered sample (image.jpg, image_1.jpg, ...), each with its own prompt and seed."
-        + _default(SynthOptions, "images_per_condition"),
-    ),
-    condition_scales: str | None = typer.Option(
-        None,
-        "--condition-scales",
-        help="Weights of the condition maps, e.g. normal=1,seg=0.5,skeleton=1 (0 blanks a map) [default: all 1].",
-    ),
-    control_scale: float | None = typer.Option(
-        None, "--control-scale", help="Weight of the ControlNet's output." + _default(SynthOptions, "control_scale")
-    ),
-    blank_uncond: bool | None = typer.Option(
-        None,
-        "--blank-uncond/--no-blank-uncond",
-        help="Classifier-free guidance's unconditional branch sees blank conditions (the paper's pairing), "
-        "so guidance also pushes toward the geometry [default: off: both branches see the conditions].",
-    ),
-    video: bool | None = typer.Option(
-        None,
-        "--video/--no-video",
-        help="Paint each trajectory (same object, grasp, view) as one clip with attention to an anchor "
-        "frame; also writes OUT/videos/<object>_<grasp>_<view>.mp4 and its frames.",
-    ),
-    anchor: str | None = typer.Option(
-        None,
-        "--anchor",
-        help="Video anchor frame: middle, first, last or a frame number." + _default(SynthOptions, "anchor"),
-    ),
-    fps: int | None = typer.Option(None, "--fps", help="Frame rate of the mp4s." + _default(SynthOptions, "fps")),
-    compile: bool | None = typer.Option(
-        None, "--compile/--no-compile", help="torch.compile the UNet (CUDA; slow first batch)."
-    ),
-    tiled_vae: bool | None = typer.Option(
-        None, "--tiled-vae/--no-tiled-vae", help="Decode big images tile by tile (less GPU memory)."
-    ),
-    seed: int = SEED,
-    workers: int = WORKERS,
-    shard_index: int | None = SHARD_INDEX,
-    num_shards: int | None = NUM_SHARDS,
-    quiet: bool = QUIET,
+    opts: SynthOptions = None,  # type: ignore[assignment]
+    common: Common = None,  # type: ignore[assignment]
 ) -> None:
     """Paint images on the rendered conditions with the HOI diffusion model.
 
@@ -314,64 +206,22 @@ def synthesize(
 
     Example: hoigen synthesize --objects ycb/ --prompts prompts.txt --out out/synth
     """
-    from hoigen import stages
+    from hoigen import api
 
-    common = _common(seed, workers, shard_index, num_shards, quiet)
-    opts = _options(
-        SynthOptions,
-        prompts=prompts,
-        model=model,
-        controlnet=controlnet,
-        steps=steps,
-        guidance=guidance,
-        size=size,
-        negative_prompt=negative_prompt,
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        scheduler=scheduler,
-        images_per_condition=images_per_condition,
-        condition_scales=condition_scales,
-        control_scale=control_scale,
-        blank_uncond=blank_uncond,
-        video=video,
-        anchor=anchor,
-        fps=fps,
-        compile=compile,
-        tiled_vae=tiled_vae,
-    )
     if in_dir is None:
-        in_dir = stages.prepare_conditions(_options(GraspOptions, objects=objects), opts, out / "work", common)
+        in_dir = api.conditions_for(objects, opts, out / "work", common)
     elif objects is not None:
-        raise HoigenError("pass either --in (render output) or --objects (a mesh folder), not both")
-    _finish(stages.synthesize(in_dir, out, opts, common), quiet)
+        raise UsageError("pass either --in (render output) or --objects (a mesh folder), not both")
+    api.say(api.synthesize(in_dir, out, opts, common), common.quiet)
 
 
 @app.command()
+@with_options(opts=ExportOptions, common=(Common, ("quiet",)))
 def export(
     in_dir: Path = typer.Option(Path("out/synth"), "--in", help="Synthesize (or render) output folder."),
     out: Path = typer.Option(Path("out/nocs"), "--out", help="Dataset folder."),
-    format: str | None = typer.Option(
-        None, "--format", help="Dataset format: nocs, bop or coco." + _default(ExportOptions, "format")
-    ),
-    split: str | None = typer.Option(None, "--split", help="Split name." + _default(ExportOptions, "split")),
-    val_fraction: float | None = typer.Option(
-        None,
-        "--val-fraction",
-        help="Share of grasp trajectories written to the val split." + _default(ExportOptions, "val_fraction"),
-    ),
-    mix: Path | None = typer.Option(
-        None,
-        "--mix",
-        help="A real NOCS-layout dataset to mix with (the paper's mixed training set): writes mixed_<split>_list.txt.",
-    ),
-    ratio: float | None = typer.Option(
-        None, "--ratio", help="Synthetic share of the mixed list." + _default(ExportOptions, "ratio")
-    ),
-    mix_mode: str | None = typer.Option(
-        None, "--mix-mode", help="replace (keep the real set's size) or add." + _default(ExportOptions, "mix_mode")
-    ),
-    quiet: bool = QUIET,
+    opts: ExportOptions = None,  # type: ignore[assignment]
+    common: Common = None,  # type: ignore[assignment]
 ) -> None:
     """Write a dataset that 6D pose estimators read: NOCS CAMERA layout or BOP.
 
@@ -381,12 +231,9 @@ def export(
 
     Example: hoigen export --in out/synth --format bop --out out/bop
     """
-    from hoigen import stages
+    from hoigen import api
 
-    opts = _options(
-        ExportOptions, format=format, split=split, val_fraction=val_fraction, mix=mix, ratio=ratio, mix_mode=mix_mode
-    )
-    _finish(stages.export(in_dir, out, opts, quiet), quiet)
+    api.say(api.export(in_dir, out, opts, common), common.quiet)
 
 
 @eval_app.command("pose")
@@ -401,9 +248,9 @@ def eval_pose(
     """
     import json
 
-    from hoigen import stages
+    from hoigen import api
 
-    result = stages.eval_pose(pred, gt)
+    result = api.eval_pose(pred, gt)
     names = ("iou25", "iou50", "5deg2cm", "5deg5cm", "10deg2cm", "10deg5cm")
     typer.echo(f"{result['images']} images, {result['instances']} ground-truth instances")
     typer.echo("class        " + " ".join(f"{n:>9}" for n in names))
@@ -415,6 +262,7 @@ def eval_pose(
 
 
 @app.command()
+@with_options(opts=TrainOptions, common=(Common, ("seed", "quiet")))
 def train(
     in_dir: Path = typer.Option(
         Path("out/synth"),
@@ -422,77 +270,8 @@ def train(
         help="Shards with images: synthesize or `ingest dexycb` output (render output: shade.png stands in).",
     ),
     out: Path = typer.Option(Path("out/model"), "--out", help="Folder for the trained diffusers pipeline."),
-    model: str | None = typer.Option(
-        None, "--model", help="Base pipeline to fine-tune." + _default(TrainOptions, "model")
-    ),
-    controlnet: str | None = typer.Option(None, "--controlnet", help="Start from this ControlNet (folder or hub id)."),
-    steps: int | None = typer.Option(None, "--steps", help="Optimisation steps." + _default(TrainOptions, "steps")),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate (the paper's)." + _default(TrainOptions, "lr")),
-    batch_size: int | None = typer.Option(
-        None, "--batch-size", help="Batch size per process." + _default(TrainOptions, "batch_size")
-    ),
-    size: int | None = typer.Option(None, "--size", help="Training resolution." + _default(TrainOptions, "size")),
-    text_dropout: float | None = typer.Option(
-        None, "--text-dropout", help="Prompt dropout for CFG." + _default(TrainOptions, "text_dropout")
-    ),
-    bg_dir: Path | None = typer.Option(None, "--bg-dir", help="Background buffer: a folder of scenery images."),
-    bg_every: int | None = typer.Option(
-        None, "--bg-every", help="A background batch every N steps." + _default(TrainOptions, "bg_every")
-    ),
-    bg_weight: float | None = typer.Option(
-        None, "--bg-weight", help="Background regularisation weight (0: none)." + _default(TrainOptions, "bg_weight")
-    ),
-    captions: Path | None = typer.Option(
-        None, "--captions", help="Captions file: .json {key: caption}, .jsonl, or key<TAB>caption lines."
-    ),
-    caption_hook: str | None = typer.Option(
-        None, "--caption-hook", help="module:function(image, ann) -> caption, for samples without one."
-    ),
-    train_unet_attention: bool | None = typer.Option(
-        None, "--train-unet-attention/--no-train-unet-attention", help="Also train the UNet's attention layers."
-    ),
-    gradient_checkpointing: bool | None = typer.Option(
-        None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory."
-    ),
-    mixed_precision: str | None = typer.Option(
-        None, "--mixed-precision", help="no, fp16 or bf16." + _default(TrainOptions, "mixed_precision")
-    ),
-    use_8bit_adam: bool | None = typer.Option(
-        None, "--use-8bit-adam/--no-8bit-adam", help="8-bit AdamW (needs bitsandbytes)."
-    ),
-    ema_decay: float | None = typer.Option(
-        None,
-        "--ema-decay",
-        help="Keep an EMA of the weights (e.g. 0.9999); 0 = off." + _default(TrainOptions, "ema_decay"),
-    ),
-    lr_scheduler: str | None = typer.Option(
-        None,
-        "--lr-scheduler",
-        help="constant, constant_with_warmup, linear, cosine, ..." + _default(TrainOptions, "lr_scheduler"),
-    ),
-    lr_warmup_steps: int | None = typer.Option(None, "--lr-warmup-steps", help="Warm-up steps."),
-    max_grad_norm: float | None = typer.Option(None, "--max-grad-norm", help="Gradient clipping (0 = off)."),
-    checkpoint_every: int | None = typer.Option(
-        None,
-        "--checkpoint-every",
-        help="Save a resumable checkpoint every N steps (0 = never)." + _default(TrainOptions, "checkpoint_every"),
-    ),
-    keep_checkpoints: int | None = typer.Option(
-        None, "--keep-checkpoints", help="Newest checkpoints kept." + _default(TrainOptions, "keep_checkpoints")
-    ),
-    resume: str | None = typer.Option(
-        None,
-        "--resume",
-        help="auto (latest checkpoint in --out, if any), never, or a checkpoint." + _default(TrainOptions, "resume"),
-    ),
-    validate_every: int | None = typer.Option(
-        None, "--validate-every", help="Write OUT/validation/step-N.png every N steps (0 = never)."
-    ),
-    validation_images: int | None = typer.Option(None, "--validation-images", help="Fixed validation conditions."),
-    validation_steps: int | None = typer.Option(None, "--validation-steps", help="Validation denoising steps."),
-    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads [default: torch's choice]."),
-    seed: int = SEED,
-    quiet: bool = QUIET,
+    opts: TrainOptions = None,  # type: ignore[assignment]
+    common: Common = None,  # type: ignore[assignment]
 ) -> None:
     """Fine-tune the HOI ControlNet on shards (noise-prediction loss + background regularisation).
 
@@ -503,62 +282,18 @@ def train(
 
     Example: hoigen train --in out/synth --steps 200 --bg-dir scenery/ --out out/model
     """
-    from hoigen import stages
+    from hoigen import api
 
-    opts = _options(
-        TrainOptions,
-        model=model,
-        controlnet=controlnet,
-        steps=steps,
-        lr=lr,
-        batch_size=batch_size,
-        size=size,
-        text_dropout=text_dropout,
-        bg_dir=bg_dir,
-        bg_every=bg_every,
-        bg_weight=bg_weight,
-        captions=captions,
-        caption_hook=caption_hook,
-        train_unet_attention=train_unet_attention,
-        gradient_checkpointing=gradient_checkpointing,
-        mixed_precision=mixed_precision,
-        use_8bit_adam=use_8bit_adam,
-        ema_decay=ema_decay,
-        lr_scheduler=lr_scheduler,
-        lr_warmup_steps=lr_warmup_steps,
-        max_grad_norm=max_grad_norm,
-        checkpoint_every=checkpoint_every,
-        keep_checkpoints=keep_checkpoints,
-        resume=resume,
-        validate_every=validate_every,
-        validation_images=validation_images,
-        validation_steps=validation_steps,
-        threads=threads,
-    )
-    _finish(stages.train(in_dir, out, opts, _common(seed, 1, None, None, quiet)), quiet)
+    api.say(api.train(in_dir, out, opts, common), common.quiet)
 
 
 @ingest_app.command("dexycb")
+@with_options(opts=IngestOptions, common=ALL_RUN)
 def ingest_dexycb(
     root: Path = typer.Argument(..., help="The DexYCB release folder (DEX_YCB_DIR: calibration/, models/, subjects)."),
     out: Path = typer.Option(Path("out/dexycb"), "--out", help="Output folder for the shards."),
-    size: int | None = typer.Option(
-        None, "--size", help="Centre-crop to a square and scale to SIZE px (K and 2D joints follow) [default: 640x480]."
-    ),
-    frame_step: int = typer.Option(1, "--frame-step", help="Keep every N-th frame."),
-    subjects: str | None = typer.Option(None, "--subjects", help="Comma-separated subject folders (default: all)."),
-    serials: str | None = typer.Option(None, "--serials", help="Comma-separated camera serials (default: all)."),
-    mano_dir: Path | None = typer.Option(
-        None,
-        "--mano-dir",
-        envvar="HOIGEN_MANO_DIR",
-        help="Real MANO files: converts DexYCB's PCA hand pose to the full 45-D hand_pose.",
-    ),
-    seed: int = SEED,
-    workers: int = WORKERS,
-    shard_index: int | None = SHARD_INDEX,
-    num_shards: int | None = NUM_SHARDS,
-    quiet: bool = QUIET,
+    opts: IngestOptions = None,  # type: ignore[assignment]
+    common: Common = None,  # type: ignore[assignment]
 ) -> None:
     """Convert DexYCB (its release layout) to hoigen shards that hoigen train reads.
 
@@ -568,19 +303,9 @@ def ingest_dexycb(
 
     Example: hoigen ingest dexycb $DEX_YCB_DIR --size 512 --frame-step 4 --out out/dexycb
     """
-    from hoigen.ingest.dexycb import ingest_dexycb as run_ingest
+    from hoigen import api
 
-    if frame_step < 1:
-        raise HoigenError(f"--frame-step must be at least 1, got {frame_step}")
-
-    def names(text: str | None) -> list[str] | None:
-        return [n.strip() for n in text.split(",") if n.strip()] if text else None
-
-    summary = run_ingest(
-        root, out, _common(seed, workers, shard_index, num_shards, quiet), size=size, frame_step=frame_step,
-        subjects=names(subjects), serials=names(serials), mano_dir=mano_dir,
-    )
-    _finish(summary, quiet)
+    api.say(api.ingest_dexycb(root, out, opts, common), common.quiet)
 
 
 @app.command()
@@ -596,15 +321,17 @@ def run(
 
     Example: hoigen run recipes/quickstart.yaml --out demo
     """
-    from hoigen import stages
-    from hoigen.config import load_recipe
+    from dataclasses import replace
+
+    from hoigen import api
+    from hoigen.recipe import load_recipe
 
     rec = load_recipe(recipe)
     if out is not None:
-        rec.out = out
+        rec = replace(rec, out=out)
     if workers is not None:
-        rec.workers = workers
-    stages.run_recipe(rec, quiet)
+        rec = replace(rec, workers=workers)
+    api.run_recipe(rec, quiet)
 
 
 @app.command()
@@ -617,9 +344,9 @@ def inspect(
 
     Example: hoigen inspect out/render
     """
-    from hoigen import stages
+    from hoigen import api
 
-    stages.inspect(shards, sheet, rows)
+    api.inspect(shards, sheet, rows)
 
 
 @app.command()
@@ -656,7 +383,7 @@ def merge(
     """
     from hoigen.data.merge import merge as join
 
-    _finish(join(out, list(rank_dirs or []), partial), quiet)
+    info(join(out, list(rank_dirs or []), partial).line(), quiet)
 
 
 @assets_app.command("build-hand")
@@ -679,11 +406,6 @@ def show_assets(
     from hoigen.assets_preview import write_assets_picture
 
     typer.echo(str(write_assets_picture(out, tile=tile, mano_dir=mano_dir, seed=seed)))
-
-
-def _finish(summary: Any, quiet: bool) -> None:
-    if summary is not None and hasattr(summary, "line"):
-        info(summary.line(), quiet)
 
 
 class Interrupted(BaseException):

@@ -169,17 +169,17 @@ def test_run_recipe(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "make_args, needle",
+    "make_args, needle, expected_code",
     [
-        (lambda t: ("grasp", "--objects", t / "missing", "--out", t / "o"), "missing"),
-        (lambda t: ("grasp", "--objects", t / "meshes", "--out", t / "o"), "bad.obj"),
-        (lambda t: ("synthesize", "--in", t / "render", "--prompts", t / "nope.txt", "--out", t / "o"), "nope.txt"),
-        (lambda t: ("run", t / "bad.yaml"), "did you mean 'grasp'"),
-        (lambda t: ("grasp", "--frames", "0", "--out", t / "o"), "--frames must be at least 1"),
+        (lambda t: ("grasp", "--objects", t / "missing", "--out", t / "o"), "missing", 1),
+        (lambda t: ("grasp", "--objects", t / "meshes", "--out", t / "o"), "bad.obj", 1),
+        (lambda t: ("synthesize", "--in", t / "render", "--prompts", t / "nope.txt", "--out", t / "o"), "nope.txt", 1),
+        (lambda t: ("run", t / "bad.yaml"), "did you mean 'grasp'", 2),  # usage errors: exit 2
+        (lambda t: ("grasp", "--frames", "0", "--out", t / "o"), "--frames must be at least 1", 2),
     ],
 )
 def test_bad_inputs_exit_nonzero_with_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture, make_args, needle
+    tmp_path: Path, capsys: pytest.CaptureFixture, make_args, needle, expected_code
 ) -> None:
     (tmp_path / "meshes").mkdir()
     (tmp_path / "meshes" / "bad.obj").write_text("this is not a mesh\n")
@@ -188,7 +188,7 @@ def test_bad_inputs_exit_nonzero_with_one_line(
     (tmp_path / "bad.yaml").write_text("grasps: {}\n")
     code, err = hoigen(*make_args(tmp_path), capsys=capsys)
     lines = [line for line in err.strip().splitlines() if line]
-    assert code == 1, err
+    assert code == expected_code, err
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
 
 

@@ -126,7 +126,7 @@ def toy_tasks(n_shards: int = 5, per: int = 3) -> list[Task]:
 
 
 def run_toy(out: Path, **kw) -> object:
-    ctx = StageContext(stage="toy", seed=7, config={"n": 5}, out_dir=out)
+    ctx = StageContext(stage="toy", seed=7, options={"n": 5}, out_dir=out)
     return run_stage(toy_stage, toy_tasks(), ctx, quiet=True, **kw)
 
 

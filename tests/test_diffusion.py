@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from hoigen.config import TrainOptions
 from hoigen.diffusion.conditions import (
     CONDITIONING_CHANNELS,
     SEG_HAND_RGB,
@@ -18,6 +17,7 @@ from hoigen.diffusion.conditions import (
     split_conditions,
     stack_conditions,
 )
+from hoigen.diffusion.options import TrainOptions
 from hoigen.diffusion.pipeline import generate, load_pipeline
 from hoigen.diffusion.prompts import DEFAULT_PROMPTS, fill_prompt, load_prompts
 from hoigen.diffusion.tiny import TINY_MODEL_NAME, build_tiny_pipeline

@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from hoigen.config import Common, GraspOptions
+from hoigen.api import grasp
 from hoigen.data.index import read_index
 from hoigen.errors import HoigenError
-from hoigen.stages import grasp
+from hoigen.grasp.options import GraspOptions
+from hoigen.options import Common
 
 
 def test_loose_filter_gives_exactly_the_grasps_asked_for(tmp_path) -> None:
@@ -18,7 +19,7 @@ def test_loose_filter_gives_exactly_the_grasps_asked_for(tmp_path) -> None:
         categories=["can"], grasps=3, frames=1, candidates=4, max_penetration=50.0, max_sim_displacement=500.0,
         min_contacts=0,
     )  # fmt: skip
-    grasp(opts, tmp_path, Common(seed=1, quiet=True))
+    grasp(None, tmp_path, opts, Common(seed=1, quiet=True))
     rows = read_index(tmp_path).to_pylist()
     assert sorted(r["grasp"] for r in rows) == [0, 1, 2]  # keys contiguous per object
     assert all(r["grasp_accepted"] for r in rows)
@@ -31,7 +32,7 @@ def test_a_filter_nobody_passes_fails_in_one_line(tmp_path) -> None:
     opts = GraspOptions(categories=["can"], grasps=1, frames=1, candidates=3, max_rounds=2, min_contacts=5,
                         max_penetration=0.0, max_sim_displacement=0.0)  # fmt: skip
     with pytest.raises(HoigenError) as err:
-        grasp(opts, tmp_path, Common(seed=1, quiet=True))
+        grasp(None, tmp_path, opts, Common(seed=1, quiet=True))
     msg = str(err.value)
     assert "\n" not in msg and "no accepted grasp" in msg and "loosen --m" in msg
     stats = json.loads((tmp_path / "run.json").read_text())["grasp_filter"]

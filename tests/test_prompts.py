@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hoigen.config import Common, SynthOptions
 from hoigen.data.shards import ShardWriter
+from hoigen.diffusion.options import SynthOptions
 from hoigen.diffusion.prompts import fill_prompt, load_prompts
 from hoigen.errors import HoigenError
+from hoigen.options import Common
 
 
 def test_prompts_file_with_blank_lines_comments_and_placeholders(tmp_path):
@@ -59,14 +60,14 @@ def _render_dir(root: Path) -> Path:
 
 def _synthesize_fails(tmp_path: Path, prompts: Path, match: str) -> str:
     """Run the synthesize stage with ``prompts``: a one-line error; the output folder's files untouched."""
-    from hoigen import stages
+    from hoigen import api
 
     out = tmp_path / "synth"
     out.mkdir()
     earlier = out / "shard-000007.tar"
     earlier.write_bytes(b"finished earlier")
     with pytest.raises(HoigenError, match=match) as error:
-        stages.synthesize(_render_dir(tmp_path), out, SynthOptions(prompts=prompts, steps=1), Common(quiet=True))
+        api.synthesize(_render_dir(tmp_path), out, SynthOptions(prompts=prompts, steps=1), Common(quiet=True))
     message = str(error.value)
     assert "\n" not in message and str(prompts) in message
     assert sorted(p.name for p in out.iterdir()) == ["shard-000007.tar"]

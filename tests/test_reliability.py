@@ -21,7 +21,6 @@ import pyarrow.parquet as pq
 import pytest
 from clirun import exit_code
 
-from hoigen.config import load_recipe
 from hoigen.data import shards as shards_module
 from hoigen.data.contract import RENDER_FIELDS
 from hoigen.data.faults import KILL_ENV
@@ -33,6 +32,7 @@ from hoigen.data.schema import sample_key
 from hoigen.data.shards import list_shards, read_shard, write_shard
 from hoigen.data.validate import validate
 from hoigen.errors import HoigenError
+from hoigen.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -558,10 +558,10 @@ def test_fault_export_of_an_unfinished_stage_is_refused(good: Path, tmp_path: Pa
     (good / "shard-000001.tar").unlink()
     assert exit_code("export", "--in", good, "--out", tmp_path / "nocs", "--quiet") == 1
     with pytest.raises(HoigenError, match="1 of 2 shards are missing; finish that stage first"):
-        from hoigen import stages
-        from hoigen.config import ExportOptions
+        from hoigen import api
+        from hoigen.export.options import ExportOptions
 
-        stages.export(good, tmp_path / "nocs", ExportOptions(), quiet=True)
+        api.export(good, tmp_path / "nocs", ExportOptions(), quiet=True)
     assert not (tmp_path / "nocs").exists()
 
 

@@ -22,7 +22,7 @@ from hoigen.cli import main
 from hoigen.data.faults import KILL_ENV
 from hoigen.data.validate import validate
 
-PRELOAD = ["hoigen.cli", "hoigen.stages", "hoigen.grasp.stage", "hoigen.render.stage", "hoigen.diffusion.stage"]
+PRELOAD = ["hoigen.cli", "hoigen.api", "hoigen.grasp.stage", "hoigen.render.stage", "hoigen.diffusion.stage"]
 STAGES = {
     "grasp": ["grasp", "--categories", "mug", "--grasps", "1", "--frames", "2", "--out", "grasp"],
     "render": ["render", "--in", "grasp", "--views", "2", "--size", "32", "--out", "render"],

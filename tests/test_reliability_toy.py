@@ -33,7 +33,7 @@ def run_toy(out: Path, seed: int = 7, tasks: list[Task] | None = None, **kw):
     """The toy stage over 5 shards of 3 samples into ``out``."""
     argv, sys.argv = sys.argv, ARGV
     try:
-        ctx = StageContext(stage="toy", seed=seed, config={"n": 5}, out_dir=Path(out))
+        ctx = StageContext(stage="toy", seed=seed, options={"n": 5}, out_dir=Path(out))
         return run_stage(toy_stage, toy_tasks() if tasks is None else tasks, ctx, quiet=True, **kw)
     finally:
         sys.argv = argv
@@ -53,7 +53,7 @@ def slow_stage(samples, ctx: StageContext):
 def run_slow(out: Path, workers: int = 2):
     argv, sys.argv = sys.argv, ARGV
     try:
-        ctx = StageContext(stage="slow", seed=0, config={}, out_dir=Path(out))
+        ctx = StageContext(stage="slow", seed=0, options={}, out_dir=Path(out))
         return run_stage(slow_stage, toy_tasks(6, 2), ctx, quiet=True, workers=workers)
     finally:
         sys.argv = argv

@@ -9,30 +9,33 @@ import logging
 import numpy as np
 import pytest
 
-from hoigen.config import Common, GraspOptions, RenderOptions
 from hoigen.data.runner import StageContext
 from hoigen.data.shards import list_shards, read_shard
 from hoigen.errors import HoigenError
+from hoigen.grasp.options import GraspOptions
+from hoigen.options import Common
+from hoigen.render.options import RenderOptions
 
 
 @pytest.fixture(scope="module")
 def grasp_samples(tmp_path_factory):
-    from hoigen import stages
+    from hoigen import api
 
     out = tmp_path_factory.mktemp("grasp")
-    stages.grasp(GraspOptions(grasps=1, frames=3, categories=["can"]), out, Common(quiet=True))
+    api.grasp(None, out, GraspOptions(grasps=1, frames=3, categories=["can"]), Common(quiet=True))
     samples = [s for shard in list_shards(out) for s in read_shard(shard)]
     assert len(samples) == 3
     return out, samples
 
 
-def _render(grasp_samples, tmp_path, **config):
-    from hoigen.data.contract import OBJECTS_KEY, objects_dir_of
-    from hoigen.render.stage import render_stage
+def _render(grasp_samples, tmp_path, **options):
+    from hoigen.data.contract import objects_dir_of
+    from hoigen.render.stage import RenderInputs, render_stage
 
     folder, samples = grasp_samples
-    cfg = {"views": 2, "size": 64, "camera": "random", OBJECTS_KEY: str(objects_dir_of(folder)), **config}
-    ctx = StageContext(stage="render", seed=7, config=cfg, out_dir=tmp_path)
+    opts = RenderOptions(**{"views": 2, "size": 64, "camera": "random", **options})
+    inputs = RenderInputs(str(objects_dir_of(folder)), None)
+    ctx = StageContext(stage="render", seed=7, options=opts, out_dir=tmp_path, inputs=inputs)
     return list(render_stage(copy.deepcopy(samples), ctx))
 
 

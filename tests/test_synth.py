@@ -357,15 +357,15 @@ def _render_samples(frames: int = 3) -> list[dict]:
 
 
 def _ctx(folder: Path, out: Path, **overrides) -> StageContext:
-    config = {
-        "model": str(folder), "controlnet": None, "device": "cpu", "dtype": "auto", "scheduler": "ddim",
-        "steps": STEPS, "guidance": 7.5, "size": SIZE, "negative_prompt": "blurry", "batch_size": 2,
-        "images_per_condition": 1, "condition_scales": None, "control_scale": 1.0, "video": False,
-        "anchor": "middle", "fps": 4, "prompt_templates": ["a hand holding a {object}, {background}"],
-    }
-    config.update(overrides)
+    from hoigen.diffusion.options import SynthOptions
+    from hoigen.diffusion.stage import SynthInputs
+
+    given = {"model": str(folder), "device": "cpu", "steps": STEPS, "size": SIZE, "negative_prompt": "blurry",
+             "batch_size": 2, "fps": 4}  # fmt: skip
+    options = SynthOptions(**{**given, **overrides})
     out.mkdir(parents=True, exist_ok=True)
-    return StageContext(stage="synthesize", seed=3, config=config, out_dir=out)
+    inputs = SynthInputs(("a hand holding a {object}, {background}",))
+    return StageContext(stage="synthesize", seed=3, options=options, out_dir=out, inputs=inputs)
 
 
 def test_stage_images_per_condition_and_reruns(folder, tmp_path, monkeypatch):

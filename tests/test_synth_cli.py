@@ -82,17 +82,17 @@ def test_synthesize_video_options_and_byte_identical_rerun(render_dir, tmp_path,
 
 
 @pytest.mark.parametrize(
-    "args, match",
-    [
-        (("--scheduler", "euler"), "--scheduler must be one of ddim, unipc, dpm++"),
-        (("--condition-scales", "depth=1"), "unknown map 'depth'"),
-        (("--images-per-condition", "0"), "--images-per-condition must be at least 1"),
-        (("--anchor", "centre"), "--anchor must be"),
-        (("--dtype", "float8"), "unknown dtype"),
-        (("--model", "/nonexistent/sd15"), "sd15: Stable Diffusion folder not found"),
+    "args, match, expected_code",
+    [  # an option's own check is a usage error (exit 2); what only loading finds is exit 1
+        (("--scheduler", "euler"), "--scheduler must be one of ddim, unipc, dpm++", 2),
+        (("--condition-scales", "depth=1"), "unknown map 'depth'", 2),
+        (("--images-per-condition", "0"), "--images-per-condition must be at least 1", 2),
+        (("--anchor", "centre"), "--anchor must be", 2),
+        (("--dtype", "float8"), "unknown dtype", 1),
+        (("--model", "/nonexistent/sd15"), "sd15: Stable Diffusion folder not found", 1),
     ],
 )
-def test_synthesize_bad_options_are_one_line_errors(render_dir, tmp_path, capsys, args, match):
+def test_synthesize_bad_options_are_one_line_errors(render_dir, tmp_path, capsys, args, match, expected_code):
     code, err = hoigen("synthesize", "--in", render_dir, "--out", tmp_path / "x", *ARGS, *args, capsys=capsys)
-    assert code == 1 and match in err and err.count("\n") == 1, err
+    assert code == expected_code and match in err and err.count("\n") == 1, err
     assert not (tmp_path / "x").exists()

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from hoigen.config import TrainOptions, load_recipe
 from hoigen.diffusion.captions import FALLBACK_CAPTION, caption_for, load_caption_hook, load_captions
 from hoigen.diffusion.checkpoint import list_checkpoints
+from hoigen.diffusion.options import TrainOptions
 from hoigen.diffusion.pipeline import generate, load_pipeline
 from hoigen.diffusion.tiny import build_tiny_pipeline
 from hoigen.diffusion.train import ControlNetTrainer, unet_attention_parameters
 from hoigen.diffusion.train_data import ExampleBatches
 from hoigen.errors import HoigenError
+from hoigen.recipe import load_recipe
 
 SIZE = 32  # the tiny VAE halves 3 times: 4x4 latents, the smallest the tiny UNet takes
 ROOT = Path(__file__).resolve().parents[1]

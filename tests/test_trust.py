@@ -512,7 +512,7 @@ def test_dexycb_labels_refuse_pickled_objects(tmp_path):
 
 
 def test_recipes_are_safe_yaml(tmp_path):
-    from hoigen.config import load_recipe
+    from hoigen.recipe import load_recipe
 
     marker = tmp_path / "ran"
     recipe = tmp_path / "evil.yaml"

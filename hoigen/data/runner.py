@@ -18,6 +18,12 @@ SIGTERM drops the shard in hand (workers finish theirs) and the CLI says to reru
 
 Workers are forked from a forkserver that has imported the stage's module once (spawned workers
 paid the imports, seconds, each); a worker exits when the process that started it dies.
+
+Every stage, ingest and export included, is a :class:`Stage` that :func:`run` drives: ``plan`` (check
+the input and list the tasks, before anything is written), ``prepare`` (under the folder lock: e.g.
+save the objects), then either ``transform`` per shard (a shard stage) or ``consume`` over all tasks
+into one folder (a sink stage: export, whose ``run.json`` is written last as its completion mark),
+then ``finalize``.
 """
 
 from __future__ import annotations
@@ -38,14 +44,16 @@ from typing import Any
 import numpy as np
 
 from hoigen.data.atomic import remove_stale_tmp
-from hoigen.data.contract import ANN
+from hoigen.data.contract import ANN, INDEX_FILE, RUN_FILE, read_run_json
 from hoigen.data.faults import kill_point
-from hoigen.data.index import INDEX_FILE, PARTS_DIR, build_index, write_part, write_run_json
+from hoigen.data.index import PARTS_DIR, build_index, write_part, write_run_json
 from hoigen.data.lock import FolderLock, fingerprint, folder_lock, remove_dead_locks
 from hoigen.data.progress import info, make_progress
 from hoigen.data.schema import Sample, derive_seed, index_row
-from hoigen.data.shards import ShardWriter, read_shard, remove_partial, shard_name
+from hoigen.data.shards import ShardWriter, list_shards, read_shard, remove_partial, shard_index, shard_name
 from hoigen.errors import HoigenError
+from hoigen.options import Common
+from hoigen.options import record as options_record
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,21 @@ class Task:
             yield from (dict(s) for s in self.source)
 
 
+def input_tasks(in_dir: Path, produced_by: tuple[str, ...]) -> list[Task]:
+    """One task per finished input shard; a clear error when the folder is not what we need."""
+    in_dir = Path(in_dir)
+    if not in_dir.is_dir():
+        raise HoigenError(f"{in_dir}: input folder does not exist; run hoigen {produced_by[0]} first or pass --in")
+    shards = list_shards(in_dir)
+    if not shards:
+        raise HoigenError(f"{in_dir}: no shards (shard-*.tar) found; run hoigen {produced_by[0]} into it first")
+    stage = read_run_json(in_dir).get("stage")
+    if stage is not None and stage not in produced_by:
+        raise HoigenError(f"{in_dir}: holds '{stage}' output, but this stage reads {' or '.join(produced_by)} output")
+    expects = stage if stage is not None else produced_by[0]  # the fields its samples must hold
+    return [Task(shard_index(p), p, expects) for p in shards]
+
+
 def check_input(sample: Sample, shard: Path, expects: str) -> None:
     """A one-line error for an input sample whose ``ann.json`` lacks a field ``expects``'s samples hold
     (``"grasp"``, ``"render"``, ...: the stage whose output the consuming stage reads) or has a wrong shape."""
@@ -82,14 +105,16 @@ def check_input(sample: Sample, shard: Path, expects: str) -> None:
 
 @dataclass
 class StageContext:
-    """What a stage function knows besides its samples."""
+    """What a stage function knows besides its samples: its typed ``options`` (the stage's options
+    dataclass) and ``inputs`` (a small typed record of what was resolved from the input folders)."""
 
     stage: str
     seed: int
-    config: dict[str, Any]
+    options: Any
     out_dir: Path
     in_dir: Path | None = None
     shard: int = 0
+    inputs: Any = None
 
     def rng(self, *names: Any) -> np.random.Generator:
         """A generator seeded from the run seed, the stage and ``names`` (e.g. a sample key)."""
@@ -112,8 +137,12 @@ class RunSummary:
     world: int = 1
     failed: list[str] = field(default_factory=list)
     complete: bool = True
+    message: str | None = None  # a stage's own summary line (export, train)
+    stats: dict[str, Any] = field(default_factory=dict)  # stage-specific figures (train: steps and losses)
 
     def line(self) -> str:
+        if self.message is not None:
+            return self.message
         part = f" (rank {self.rank}/{self.world})" if self.world > 1 else ""
         waiting = "" if self.complete else "; index.parquet follows when the last rank finishes (or hoigen merge)"
         return (
@@ -251,12 +280,21 @@ def run_stage(
     shard_index: int | None = None,
     num_shards: int | None = None,
     quiet: bool = False,
+    record: dict[str, Any] | None = None,
+    prepare: Callable[[], None] | None = None,
 ) -> RunSummary:
-    """Run ``fn`` over ``tasks`` into ``ctx.out_dir`` with resume, rank split, local workers and a lock."""
+    """Run ``fn`` over ``tasks`` into ``ctx.out_dir`` with resume, rank split, local workers and a lock.
+
+    ``record`` is the options as ``run.json`` shows them (and what makes ranks one run; default
+    ``ctx.options`` when it is a dict); ``prepare`` runs under the lock after the folder is cleaned."""
     out_dir = ctx.out_dir
+    if record is None:
+        record = ctx.options if isinstance(ctx.options, dict) else options_record(ctx.options)
     rank, world = resolve_split(shard_index, num_shards)
-    with folder_lock(out_dir, rank, world, fingerprint(ctx.stage, ctx.seed, ctx.config)) as lock:
+    with folder_lock(out_dir, rank, world, fingerprint(ctx.stage, ctx.seed, record)) as lock:
         clean_folder(out_dir, lock)
+        if prepare is not None:
+            prepare()
         mine = [t for t in tasks if t.index % world == rank]
         for t in mine:
             remove_partial(out_dir, t.index)
@@ -264,7 +302,7 @@ def run_stage(
         summary = RunSummary(
             ctx.stage, out_dir, len(tasks), len(mine), shards_skipped=len(mine) - len(todo), rank=rank, world=world
         )
-        write_run_json(out_dir, ctx.stage, ctx.config, ctx.seed, {"shards": len(tasks), **(run_extra or {})})
+        write_run_json(out_dir, ctx.stage, record, ctx.seed, {"shards": len(tasks), **(run_extra or {})})
         if todo and (out_dir / INDEX_FILE).exists():
             (out_dir / INDEX_FILE).unlink(missing_ok=True)  # stale until every shard is back
 
@@ -292,4 +330,87 @@ def run_stage(
             build_index(out_dir)
         elif world > 1:
             info(f"{ctx.stage}: rank {rank} of {world} done; waiting for the other ranks' shards", quiet)
+    return summary
+
+
+# --- the stage protocol ---------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What a stage's ``plan`` found: the tasks, and how ``run.json`` records the run."""
+
+    tasks: list[Task]
+    options: Any  # the typed options the stage functions read (ctx.options)
+    record: dict[str, Any]  # run.json's "config", also the run's fingerprint
+    in_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # more run.json fields
+    inputs: Any = None  # ctx.inputs
+    seed: int | None = None  # None: the run seed (export records 0)
+    total: int | None = None  # samples expected (a sink's progress bar)
+
+
+class Stage:
+    """One stage of the chain; :func:`run` drives it. Subclasses set ``name`` and either ``transform``
+    (a shard stage: output shard i from task i) or ``consume`` (a sink stage: one folder from all tasks)."""
+
+    name: str = ""
+    transform: StageFn | None = None  # a module-level function (it is sent to worker processes)
+
+    def plan(self, out_dir: Path, common: Common) -> Plan:
+        """Check the input and list the tasks; writes nothing (errors here leave no trace)."""
+        raise NotImplementedError
+
+    def prepare(self, out_dir: Path, plan: Plan) -> None:
+        """Under the folder lock, after cleaning and before any shard: e.g. save the objects."""
+
+    def consume(self, tasks: list[Task], ctx: StageContext, tick: Callable[[], None]) -> None:
+        """A sink stage's work: read every task's samples and write the folder (``tick`` per sample)."""
+        raise NotImplementedError
+
+    def finalize(self, out_dir: Path, plan: Plan, summary: RunSummary, common: Common) -> None:
+        """After the run (still under the lock), e.g. add figures to ``run.json`` or set ``summary.message``."""
+
+
+def run(stage: Stage, out_dir: Path, common: Common | None = None) -> RunSummary:
+    """Run ``stage`` into ``out_dir``: plan, lock, clean, prepare, shards (or the sink), finalize."""
+    common = common or Common()
+    out_dir = Path(out_dir)
+    plan = stage.plan(out_dir, common)
+    seed = common.seed if plan.seed is None else plan.seed
+    ctx = StageContext(stage.name, seed, plan.options, out_dir, in_dir=plan.in_dir, inputs=plan.inputs)
+    extra = {"input": str(plan.in_dir) if plan.in_dir else None, **plan.extra}
+    if stage.transform is None:
+        with folder_lock(out_dir, 0, 1, fingerprint(stage.name, seed, plan.record)):
+            return _run_sink(stage, plan, ctx, extra, common)
+    rank, world = resolve_split(common.shard_index, common.num_shards)
+    with folder_lock(out_dir, rank, world, fingerprint(stage.name, seed, plan.record)):
+        summary = run_stage(
+            stage.transform, plan.tasks, ctx, run_extra=extra, workers=common.workers, shard_index=rank,
+            num_shards=world, quiet=common.quiet, record=plan.record, prepare=lambda: stage.prepare(out_dir, plan),
+        )  # fmt: skip
+        stage.finalize(out_dir, plan, summary, common)
+    return summary
+
+
+def _run_sink(stage: Stage, plan: Plan, ctx: StageContext, extra: dict[str, Any], common: Common) -> RunSummary:
+    """A sink's run: every file is written atomically and ``run.json`` last, as the mark of a complete
+    folder; a killed run leaves no ``run.json`` and a rerun deletes the temporary copies it left."""
+    out_dir = ctx.out_dir
+    remove_dead_locks(out_dir)
+    remove_stale_tmp(out_dir, recursive=True)
+    (out_dir / RUN_FILE).unlink(missing_ok=True)  # back only when the folder is complete
+    stage.prepare(out_dir, plan)
+    summary = RunSummary(stage.name, out_dir, len(plan.tasks), len(plan.tasks))
+    with make_progress(common.quiet) as progress:
+        bar = progress.add_task(stage.name, total=plan.total, status="")
+
+        def tick() -> None:
+            summary.samples_written += 1
+            progress.advance(bar)
+
+        stage.consume(plan.tasks, ctx, tick)
+    stage.finalize(out_dir, plan, summary, common)
+    kill_point(f"{stage.name}-done")
+    write_run_json(out_dir, stage.name, plan.record, ctx.seed, extra)
     return summary

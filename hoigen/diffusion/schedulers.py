@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hoigen.diffusion.options import SCHEDULER_NAMES  # noqa: F401  (declared with the options)
 from hoigen.errors import HoigenError
-
-SCHEDULER_NAMES = ("ddim", "unipc", "dpm++")
 
 
 def make_scheduler(name: str, config: Any) -> Any:

@@ -31,8 +31,10 @@ import cv2
 import numpy as np
 import torch
 
-from hoigen.data.runner import StageContext
+from hoigen.data.runner import Plan, Stage, StageContext, input_tasks
 from hoigen.data.schema import Sample, derive_seed
+from hoigen.diffusion.options import SynthOptions
+from hoigen.options import Common, record
 
 BACKGROUNDS = (
     "on a wooden kitchen table",
@@ -68,20 +70,47 @@ def _pipeline(
     return pipe, info
 
 
-def pipeline_for(cfg: dict[str, Any]) -> tuple[Any, dict]:
-    """The pipeline a synthesize config asks for, with its scheduler set."""
+def pipeline_for(opts: SynthOptions) -> tuple[Any, dict]:
+    """The pipeline the synthesize options ask for, with its scheduler set."""
     from hoigen.diffusion.schedulers import set_scheduler
 
     pipe, info = _pipeline(
-        cfg["model"],
-        cfg.get("controlnet"),
-        resolve_device(cfg.get("device", "auto")),
-        cfg.get("dtype"),
-        bool(cfg.get("compile", False)),
-        bool(cfg.get("tiled_vae", False)),
+        opts.model, opts.controlnet, resolve_device(opts.device), opts.dtype, opts.compile, opts.tiled_vae
     )
-    set_scheduler(pipe, cfg.get("scheduler") or "ddim")
+    set_scheduler(pipe, opts.scheduler)
     return pipe, info
+
+
+@dataclass(frozen=True)
+class SynthInputs:
+    """What the synthesize stage resolved besides its options."""
+
+    prompt_templates: tuple[str, ...]
+
+
+class SynthStage(Stage):
+    """Render shards -> synthesize shards (image.jpg, prompt.txt, gen.json added)."""
+
+    name = "synthesize"
+
+    def __init__(self, in_dir: Path, options: SynthOptions) -> None:
+        self.in_dir, self.options = Path(in_dir), options.resolved()
+
+    @property
+    def transform(self) -> Any:
+        return synth_stage
+
+    def plan(self, out_dir: Path, common: Common) -> Plan:
+        from hoigen.data.contract import OBJECTS_KEY, objects_dir_of
+        from hoigen.diffusion.prompts import DEFAULT_PROMPTS, load_prompts
+
+        opts = self.options
+        tasks = input_tasks(self.in_dir, ("render",))
+        templates = load_prompts(opts.prompts) if opts.prompts is not None else list(DEFAULT_PROMPTS)
+        _, model_info = pipeline_for(opts)  # fail early on missing weights
+        extra = {OBJECTS_KEY: str(objects_dir_of(self.in_dir)), "diffusion_model": model_info}
+        config = {**record(opts), "prompt_templates": templates}
+        return Plan(tasks, opts, config, in_dir=self.in_dir, extra=extra, inputs=SynthInputs(tuple(templates)))
 
 
 def sample_prompt(templates: list[str], category: str, rng) -> str:
@@ -109,12 +138,12 @@ class _Job:
 
 def synth_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample]:
     """Add ``image.jpg``, ``prompt.txt`` and ``gen.json`` (and ``image_{j}.jpg`` ...) to every render sample."""
-    cfg = ctx.config
-    if cfg.get("video"):
+    opts: SynthOptions = ctx.options
+    if opts.video:
         yield from _video_stage(list(samples), ctx)
         return
-    per = int(cfg.get("images_per_condition", 1))
-    batch_size = int(cfg["batch_size"])
+    per = opts.images_per_condition
+    batch_size = opts.batch_size
     pending: list[Sample] = []  # samples whose images are not all painted yet, in input order
     results: dict[int, dict[int, tuple[np.ndarray, str, int]]] = {}
     base = 0  # global index of pending[0]
@@ -142,7 +171,7 @@ def synth_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample
 def _still_job(items: list[tuple[int, int]], pending: list[Sample], base: int, ctx: StageContext) -> tuple:
     from hoigen.diffusion.conditions import stack_conditions
 
-    size = int(ctx.config["size"])
+    size = ctx.options.size
     samples = [pending[index - base] for index, _ in items]
     conds = torch.stack(
         [
@@ -154,7 +183,7 @@ def _still_job(items: list[tuple[int, int]], pending: list[Sample], base: int, c
     for s, (_, j) in zip(samples, items, strict=True):
         key = s["__key__"]
         names = (key,) if j == 0 else (key, j)  # image 0 keeps the seeds of single-image runs
-        prompts.append(sample_prompt(ctx.config["prompt_templates"], _category(s), ctx.rng(*names)))
+        prompts.append(sample_prompt(ctx.inputs.prompt_templates, _category(s), ctx.rng(*names)))
         seeds.append(derive_seed(ctx.seed, "synthesize", *names))
     return _Job(list(items), prompts, seeds), conds
 
@@ -165,7 +194,8 @@ def _category(sample: Sample) -> str:
 
 def _overlapped(jobs: Iterator[tuple[_Job, torch.Tensor]], ctx: StageContext) -> Iterator[tuple[_Job, list]]:
     """Run each job's diffusion in a helper thread, one job ahead of the consumer."""
-    pipe, _ = pipeline_for(ctx.config)
+    opts: SynthOptions = ctx.options
+    pipe, _ = pipeline_for(opts)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoigen-diffusion")
     threads = torch.get_num_threads()
 
@@ -174,19 +204,18 @@ def _overlapped(jobs: Iterator[tuple[_Job, torch.Tensor]], ctx: StageContext) ->
         from hoigen.diffusion.pipeline import generate
 
         torch.set_num_threads(threads)  # a new thread starts with the default count
-        cfg = ctx.config
         return generate(
             pipe,
             conds,
             job.prompts,
             job.seeds,
-            steps=cfg["steps"],
-            guidance=cfg["guidance"],
-            negative_prompt=cfg.get("negative_prompt"),
-            control_scale=float(cfg.get("control_scale", 1.0)),
-            condition_scales=parse_condition_scales(cfg.get("condition_scales")),
+            steps=opts.steps,
+            guidance=opts.guidance,
+            negative_prompt=opts.negative_prompt,
+            control_scale=opts.control_scale,
+            condition_scales=parse_condition_scales(opts.condition_scales),
             video_anchor=job.anchor,
-            blank_uncond=bool(cfg.get("blank_uncond", False)),
+            blank_uncond=opts.blank_uncond,
         )
 
     try:
@@ -205,19 +234,19 @@ def _overlapped(jobs: Iterator[tuple[_Job, torch.Tensor]], ctx: StageContext) ->
 def _gen_record(ctx: StageContext) -> dict[str, Any]:
     from hoigen.diffusion.conditions import CONDITION_MAPS, parse_condition_scales
 
-    cfg = ctx.config
-    _, info = pipeline_for(cfg)
+    opts: SynthOptions = ctx.options
+    _, info = pipeline_for(opts)
     return {
         **info,
-        "steps": cfg["steps"],
-        "guidance": cfg["guidance"],
-        "scheduler": cfg.get("scheduler") or "ddim",
-        "size": int(cfg["size"]),
-        "negative_prompt": cfg.get("negative_prompt"),
+        "steps": opts.steps,
+        "guidance": opts.guidance,
+        "scheduler": opts.scheduler,
+        "size": opts.size,
+        "negative_prompt": opts.negative_prompt,
         "conditions": list(CONDITION_MAPS),
-        "condition_scales": dict(zip(CONDITION_MAPS, parse_condition_scales(cfg.get("condition_scales")), strict=True)),
-        "control_scale": float(cfg.get("control_scale", 1.0)),
-        "blank_uncond": bool(cfg.get("blank_uncond", False)),
+        "condition_scales": dict(zip(CONDITION_MAPS, parse_condition_scales(opts.condition_scales), strict=True)),
+        "control_scale": opts.control_scale,
+        "blank_uncond": opts.blank_uncond,
     }
 
 
@@ -245,9 +274,9 @@ def _video_stage(samples: list[Sample], ctx: StageContext) -> Iterator[Sample]:
     from hoigen.diffusion.conditions import stack_conditions
     from hoigen.diffusion.video import anchor_index, trajectory_groups, trajectory_id, write_mp4
 
-    cfg = ctx.config
-    size = int(cfg["size"])
-    per = int(cfg.get("images_per_condition", 1))
+    opts: SynthOptions = ctx.options
+    size = opts.size
+    per = opts.images_per_condition
     groups = trajectory_groups([s["__key__"] for s in samples])
 
     def jobs() -> Iterator[tuple[_Job, torch.Tensor]]:
@@ -265,9 +294,9 @@ def _video_stage(samples: list[Sample], ctx: StageContext) -> Iterator[Sample]:
             )
             for j in range(per):
                 names = (trajectory,) if j == 0 else (trajectory, j)
-                prompt = sample_prompt(cfg["prompt_templates"], _category(first), ctx.rng("video", *names))
+                prompt = sample_prompt(ctx.inputs.prompt_templates, _category(first), ctx.rng("video", *names))
                 seed = derive_seed(ctx.seed, "synthesize-video", *names)
-                anchor = anchor_index(len(group), cfg.get("anchor", "middle"))
+                anchor = anchor_index(len(group), opts.anchor)
                 video = trajectory if j == 0 else f"{trajectory}_{j}"
                 job = _Job([(i, j) for i in group], [prompt] * len(group), [seed] * len(group), anchor, video)
                 yield job, conds
@@ -278,7 +307,7 @@ def _video_stage(samples: list[Sample], ctx: StageContext) -> Iterator[Sample]:
     for job, images in _overlapped(jobs(), ctx):
         frames = [samples[i]["ann.json"].get("trajectory", {}).get("frame", n) for n, (i, _) in enumerate(job.items)]
         _write_frames(video_root / str(job.video), frames, images)
-        write_mp4(video_root / f"{job.video}.mp4", images, fps=int(cfg.get("fps", 8)))
+        write_mp4(video_root / f"{job.video}.mp4", images, fps=opts.fps)
         anchor_key = samples[job.items[job.anchor or 0][0]]["__key__"]
         for (i, j), image, prompt, seed in zip(job.items, images, job.prompts, job.seeds, strict=True):
             results.setdefault(i, {})[j] = (image, prompt, seed)

@@ -43,11 +43,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hoigen.config import TrainOptions
 from hoigen.data.schema import derive_seed
 from hoigen.diffusion.backend import DDPMScheduler, StableDiffusionControlNetPipeline, randn_tensor
 from hoigen.diffusion.backend import quiet as quiet_warnings
 from hoigen.diffusion.checkpoint import TRAIN_RECORD
+from hoigen.diffusion.options import TrainOptions
 from hoigen.errors import HoigenError
 
 TRAIN_LOG = "train_log.csv"

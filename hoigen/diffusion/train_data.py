@@ -24,9 +24,9 @@ import cv2
 import numpy as np
 import torch
 
-from hoigen.config import TrainOptions
 from hoigen.data.schema import derive_seed
 from hoigen.diffusion.captions import FALLBACK_CAPTION, caption_for, load_caption_hook, load_captions
+from hoigen.diffusion.options import TrainOptions
 from hoigen.errors import HoigenError
 
 __all__ = [

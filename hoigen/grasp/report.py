@@ -15,6 +15,16 @@ import numpy as np
 
 from hoigen.data.index import read_index
 
+STATS_DIR = "grasp_stats"  # per-object counts of the grasp filter, one JSON file per object
+
+
+def read_object_stats(out_dir: Path) -> list[dict[str, Any]]:
+    """The per-object counts written by :func:`hoigen.grasp.stage.write_object_stats`, by object id."""
+    import json
+
+    folder = Path(out_dir) / STATS_DIR
+    return [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
 TABLE_METRICS = (
     ("penetration_depth_cm", "pen cm"),
     ("penetration_volume_cm3", "vol cm3"),
@@ -49,8 +59,6 @@ def filter_stats(folder: Path) -> dict[str, Any]:
 
     ``short`` lists the objects with fewer accepted grasps than asked for (object, wanted,
     written); ``reasons`` counts why candidates were rejected (a candidate can fail several)."""
-    from hoigen.grasp.stage import read_object_stats
-
     per_object = read_object_stats(Path(folder))
     reasons: dict[str, int] = {}
     for o in per_object:

@@ -16,33 +16,91 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from hoigen.config import GraspOptions
-from hoigen.data.runner import StageContext, Task
+from hoigen.data.runner import Plan, Stage, StageContext, Task
 from hoigen.data.schema import Sample, sample_key
 from hoigen.errors import HoigenError
 from hoigen.grasp.metrics import GraspEvaluator, GraspFilter
+from hoigen.grasp.options import GraspOptions
 from hoigen.grasp.synth import synthesize_grasps
 from hoigen.grasp.trajectory import approach_penetration_cm, approach_trajectory
 from hoigen.objects import ObjectAsset, load_objects, procedural_objects, read_objects, save_objects
+from hoigen.options import Common, record
 
 START_TILT_DEG = 20.0
 
 
-def plan_grasp(opts: GraspOptions, out_dir: Path, seed: int) -> tuple[list[Task], list[ObjectAsset]]:
-    """Load or make the objects, save them beside the shards, and group them into tasks."""
-    if opts.objects is not None:
-        assets = load_objects(Path(opts.objects), category=opts.category, up=opts.up)
-    else:
-        assets = procedural_objects(opts.categories, seed=seed)
-    if not assets:
-        raise HoigenError("no objects to grasp; check --objects or --categories")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_objects(assets, out_dir)
-    per = max(1, opts.objects_per_shard)
-    tasks = [
-        Task(i, tuple({"__key__": a.id} for a in assets[j : j + per])) for i, j in enumerate(range(0, len(assets), per))
-    ]
-    return tasks, assets
+class GraspStage(Stage):
+    """Objects -> grasp shards (+ ``objects/`` and ``objects.parquet``; ``run.json`` gets the filter's counts)."""
+
+    name = "grasp"
+
+    def __init__(self, options: GraspOptions) -> None:
+        self.options = options
+        self.assets: list[ObjectAsset] = []
+
+    @property
+    def transform(self) -> Any:
+        return grasp_stage
+
+    def plan(self, out_dir: Path, common: Common) -> Plan:
+        """Load the hand (early: a bad --mano-dir fails here) and the objects; one task per object group."""
+        from hoigen.hand import load_hand
+
+        opts = self.options
+        hand = load_hand(opts.side, opts.mano_dir)
+        if opts.objects is not None:
+            assets = load_objects(Path(opts.objects), category=opts.category, up=opts.up)
+        else:
+            assets = procedural_objects(opts.categories, seed=common.seed)
+        if not assets:
+            raise HoigenError("no objects to grasp; check --objects or --categories")
+        self.assets = assets
+        per = opts.objects_per_shard
+        tasks = [
+            Task(i, tuple({"__key__": a.id} for a in assets[j : j + per]))
+            for i, j in enumerate(range(0, len(assets), per))
+        ]
+        extra = {
+            "hand_model": {"name": hand.name, "source": str(hand.source), "embedded": hand.is_embedded},
+            "objects": [{"id": a.id, "category": a.category, "source": a.source} for a in assets],
+            "objects_skipped": [s.to_dict() for s in getattr(assets, "skipped", [])],
+        }
+        return Plan(tasks, opts, record(opts), extra=extra)
+
+    def prepare(self, out_dir: Path, plan: Plan) -> None:
+        """Save every object beside the shards (under the lock: a live rank may be reading them)."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_objects(self.assets, out_dir)
+
+    def finalize(self, out_dir: Path, plan: Plan, summary: Any, common: Common) -> None:
+        if summary.complete:  # the filter counts come from the whole index, written once every shard exists
+            record_grasp_filter(out_dir, common.quiet)
+
+
+def record_grasp_filter(out: Path, quiet: bool = False) -> dict[str, Any]:
+    """Add the grasp filter's counts and shortfall to ``run.json``; warn once per short object.
+
+    Raises :class:`HoigenError` when no object yielded an accepted grasp."""
+    import json
+
+    from hoigen.data.atomic import atomic_write_bytes
+    from hoigen.data.contract import read_run_json
+    from hoigen.data.progress import console, info
+    from hoigen.grasp.report import filter_line, filter_stats, no_grasp_error
+
+    stats = filter_stats(out)
+    run = read_run_json(out)
+    run["grasp_filter"] = stats
+    atomic_write_bytes(out / "run.json", json.dumps(run, indent=2, sort_keys=True, default=str).encode() + b"\n")
+    for o in stats["short"]:
+        console.print(
+            f"warning: grasp: {o['object']}: {o['written']} of {o['wanted']} grasps passed the filters "
+            "(written as they are; see run.json grasp_filter)"
+        )
+    if stats["objects"] and not stats["accepted"]:
+        raise HoigenError(no_grasp_error(stats))
+    info(filter_line(stats), quiet)
+    return stats
 
 
 @lru_cache(maxsize=4)
@@ -60,13 +118,12 @@ def object_pose(asset: ObjectAsset, rng: np.random.Generator) -> np.ndarray:
     return pose
 
 
-def grasp_filter(cfg: dict[str, Any]) -> GraspFilter:
-    """The acceptance thresholds of a grasp run's config (defaults: :class:`GraspFilter`)."""
-    d = GraspFilter()
+def grasp_filter(opts: GraspOptions) -> GraspFilter:
+    """The acceptance thresholds of a grasp run's options."""
     return GraspFilter(
-        max_penetration=float(cfg.get("max_penetration", d.max_penetration)),
-        max_sim_displacement=float(cfg.get("max_sim_displacement", d.max_sim_displacement)),
-        min_contacts=int(cfg.get("min_contacts", d.min_contacts)),
+        max_penetration=opts.max_penetration,
+        max_sim_displacement=opts.max_sim_displacement,
+        min_contacts=opts.min_contacts,
     )
 
 
@@ -77,21 +134,21 @@ def grasp_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample
     object id and r) until ``grasps`` pass the filters or ``max_rounds`` rounds are spent; only
     accepted grasps are written (keys 0..n-1). Every sample's ``grasp`` metrics carry the object's
     candidate counts, and each object's counts also go to ``grasp_stats/<object>.json`` (so an
-    object with no accepted grasp still counts; :func:`hoigen.stages.record_grasp_filter` sums them).
+    object with no accepted grasp still counts; :func:`record_grasp_filter` sums them).
     """
     from hoigen.hand import load_hand
 
-    cfg = ctx.config
-    hand = load_hand(cfg["side"], cfg.get("mano_dir"))
+    opts: GraspOptions = ctx.options
+    hand = load_hand(opts.side, opts.mano_dir)
     objects = _objects(str(ctx.out_dir))
     for item in samples:
         asset = objects[item["__key__"]]
         mesh = asset.sdf_mesh  # watertight (a remesh when the source is not): signed distance needs it
         evaluator = GraspEvaluator(mesh, hand, asset.sha256)
         grasps, report = synthesize_grasps(
-            mesh, hand, ctx.rng(asset.id), cfg["grasps"], category=asset.category, key=asset.sha256,
-            candidates=cfg.get("candidates"), grasp_filter=grasp_filter(cfg), evaluator=evaluator,
-            max_rounds=int(cfg.get("max_rounds", 3)), round_rng=lambda r, k=asset.id: ctx.rng(k, "round", r),
+            mesh, hand, ctx.rng(asset.id), opts.grasps, category=asset.category, key=asset.sha256,
+            candidates=opts.candidates, grasp_filter=grasp_filter(opts), evaluator=evaluator,
+            max_rounds=opts.max_rounds, round_rng=lambda r, k=asset.id: ctx.rng(k, "round", r),
         )  # fmt: skip
         write_object_stats(ctx.out_dir, asset.id, report)
         for g, result in enumerate(grasps):
@@ -101,7 +158,7 @@ def grasp_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample
             approach = pose[:3, :3] @ result.approach_dir
             tilt = Rotation.from_rotvec(rng.normal(size=3) / np.sqrt(3) * np.deg2rad(START_TILT_DEG)).as_matrix()
             frames = approach_trajectory(
-                final, approach, cfg["frames"], cfg["approach_distance"], start_rotation=tilt @ final.rotation
+                final, approach, opts.frames, opts.approach_distance, start_rotation=tilt @ final.rotation
             )
             params = [f.mano_params(hand) for f in frames]
             out = hand.forward(
@@ -121,14 +178,12 @@ def grasp_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample
                 }
 
 
-STATS_DIR = "grasp_stats"
-
-
 def write_object_stats(out_dir: Path, object_id: str, report: Any) -> None:
     """One object's candidate counts as ``<out>/grasp_stats/<object>.json`` (atomic)."""
     import json
 
     from hoigen.data.atomic import atomic_write_bytes
+    from hoigen.grasp.report import STATS_DIR
 
     stats = {
         "object": object_id,
@@ -144,14 +199,6 @@ def write_object_stats(out_dir: Path, object_id: str, report: Any) -> None:
     folder = Path(out_dir) / STATS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(folder / f"{object_id}.json", json.dumps(stats, sort_keys=True).encode() + b"\n")
-
-
-def read_object_stats(out_dir: Path) -> list[dict[str, Any]]:
-    """The per-object counts written by :func:`write_object_stats`, by object id."""
-    import json
-
-    folder = Path(out_dir) / STATS_DIR
-    return [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
 def frame_annotation(

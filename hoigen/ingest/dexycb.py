@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -62,9 +63,11 @@ import numpy as np
 import yaml
 
 from hoigen.data.contract import SEG_HAND, SEG_OBJECT, decode_depth
-from hoigen.data.runner import StageContext, Task
+from hoigen.data.runner import Plan, Stage, StageContext, Task
 from hoigen.data.schema import Sample, sample_key
 from hoigen.errors import HoigenError
+from hoigen.ingest.options import IngestOptions
+from hoigen.options import record
 
 STAGE = "ingest"
 DEXYCB_HAND = 255
@@ -360,19 +363,58 @@ def _category(name: str) -> str:
 
 def ingest_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample]:
     """The runner's stage function: frame references in, converted samples out."""
-    cfg = ctx.config
+    opts: IngestOptions = ctx.options
+    mano_dir = str(opts.mano_dir) if opts.mano_dir is not None else None
     for ref in samples:
-        sample = convert_frame(ref, cfg.get("size"), cfg.get("mano_dir"), cfg.get("object_info", {}))
+        sample = convert_frame(ref, opts.size, mano_dir, ctx.inputs.object_info)
         if sample is not None:
             yield sample
 
 
-def save_dexycb_objects(root: Path, out: Path, tasks: list[Task]) -> dict[str, Any]:
-    """Save the grasped objects' meshes found under ``ROOT/models`` to ``out/objects``; their info by name."""
+@dataclass(frozen=True)
+class IngestInputs:
+    object_info: dict[str, Any]  # the grasped objects' id, category, sha256 and NOCS transform, by YCB name
+
+
+class IngestStage(Stage):
+    """A DexYCB release -> shards (resumable, split over workers/ranks like any stage)."""
+
+    name = STAGE
+
+    def __init__(self, root: Path, options: IngestOptions) -> None:
+        self.root, self.options = Path(root), options
+        self.assets: list[Any] = []
+
+    @property
+    def transform(self) -> Any:
+        return ingest_stage
+
+    def plan(self, out_dir: Path, common: Any) -> Plan:
+        opts = self.options
+        tasks = plan_dexycb(self.root, opts.frame_step, opts.subjects, opts.serials)
+        if not tasks:
+            raise HoigenError(f"{self.root}: no (sequence, camera) left after --subjects/--serials; check the names")
+        if opts.mano_dir is not None:
+            for side in sorted({ref["side"] for t in tasks for ref in t.source[:1]}):
+                _mano_pca(str(opts.mano_dir), side)  # fail early on a bad --mano-dir
+        self.assets, objects = dexycb_objects(self.root, tasks)
+        config = {"dataset": "dexycb", "root": str(self.root), **record(opts), "object_info": objects}
+        extra = {"input": str(self.root), "objects_dir": str(out_dir.resolve()) if objects else None}
+        return Plan(tasks, opts, config, extra=extra, inputs=IngestInputs(objects))
+
+    def prepare(self, out_dir: Path, plan: Plan) -> None:
+        from hoigen.objects.library import save_objects
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if self.assets:
+            save_objects(self.assets, out_dir)
+
+
+def dexycb_objects(root: Path, tasks: list[Task]) -> tuple[list[Any], dict[str, Any]]:
+    """The grasped objects' meshes found under ``ROOT/models`` as assets, and their info by YCB name."""
     import trimesh
 
     from hoigen.objects.asset import ObjectAsset
-    from hoigen.objects.library import save_objects
     from hoigen.trust import check_mesh_file
 
     grasped = sorted({YCB_CLASSES[ref["ycb_ids"][ref["grasp_index"]]] for t in tasks for ref in t.source[:1]})
@@ -396,54 +438,4 @@ def save_dexycb_objects(root: Path, out: Path, tasks: list[Task]) -> dict[str, A
             "sha256": asset.sha256,
             "nocs_from_mesh": np.asarray(asset.nocs_from_mesh).tolist(),
         }
-    if assets:
-        save_objects(assets, Path(out))
-    return info
-
-
-def ingest_dexycb(
-    root: Path,
-    out: Path,
-    common: Any,
-    size: int | None = None,
-    frame_step: int = 1,
-    subjects: list[str] | None = None,
-    serials: list[str] | None = None,
-    mano_dir: Path | None = None,
-) -> Any:
-    """DexYCB release at ``root`` -> shards in ``out`` (resumable, split over workers/ranks like any stage)."""
-    from hoigen.data.runner import run_stage
-
-    if size is not None and size < 8:
-        raise HoigenError(f"--size must be at least 8, got {size}")
-    tasks = plan_dexycb(root, frame_step, subjects, serials)
-    if not tasks:
-        raise HoigenError(f"{root}: no (sequence, camera) left after --subjects/--serials; check the names")
-    if mano_dir is not None:
-        for side in sorted({ref["side"] for t in tasks for ref in t.source[:1]}):
-            _mano_pca(str(mano_dir), side)  # fail early on a bad --mano-dir
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    objects = save_dexycb_objects(root, out, tasks)
-    config = {
-        "dataset": "dexycb",
-        "root": str(root),
-        "size": size,
-        "frame_step": frame_step,
-        "subjects": subjects,
-        "serials": serials,
-        "mano_dir": str(mano_dir) if mano_dir is not None else None,
-        "object_info": objects,
-    }
-    ctx = StageContext(stage=STAGE, seed=common.seed, config=config, out_dir=out, in_dir=None)
-    extra = {"input": str(root), "objects_dir": str(out.resolve()) if objects else None}
-    return run_stage(
-        ingest_stage,
-        tasks,
-        ctx,
-        run_extra=extra,
-        workers=common.workers,
-        shard_index=common.shard_index,
-        num_shards=common.num_shards,
-        quiet=common.quiet,
-    )
+    return assets, info

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from hoigen.errors import HoigenError
+from hoigen.options import REAL_SIZE
 
 # OpenCV camera axes -> OpenGL camera axes (and back): flip y and z.
 CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -114,7 +115,7 @@ CAMERA_PRESETS: dict[str, CameraPreset] = {
         "DexYCB camera 836212060125",
     ),
 }
-CAMERA_CHOICES = ("random", *CAMERA_PRESETS)
+CAMERA_CHOICES = ("random", *CAMERA_PRESETS)  # equal to hoigen.render.options.CAMERA_CHOICES (tested)
 
 
 def preset_intrinsics(name: str, size: int | None = None) -> tuple[np.ndarray, int, int]:
@@ -144,7 +145,7 @@ def preset_intrinsics(name: str, size: int | None = None) -> tuple[np.ndarray, i
     return K, int(size), int(size)
 
 
-def camera_size(name: str, size: int | None, default: int = 512) -> tuple[int, int]:
+def camera_size(name: str, size: int | None, default: int = REAL_SIZE) -> tuple[int, int]:
     """Image (width, height) for ``--camera name --size size`` (None: 512 for random, else native)."""
     if name == "random":
         side = default if size is None else int(size)

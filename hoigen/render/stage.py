@@ -19,20 +19,53 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hoigen.data.contract import OBJECTS_KEY
-from hoigen.data.runner import StageContext
+from hoigen.data.contract import OBJECTS_KEY, objects_dir_of, read_run_json
+from hoigen.data.runner import Plan, Stage, StageContext, input_tasks
 from hoigen.data.schema import Sample, parse_key, sample_key
 from hoigen.errors import HoigenError
 from hoigen.objects import ObjectAsset, read_objects
+from hoigen.options import Common, record
+from hoigen.render.options import RenderOptions
 
 FRAMING_POINTS = (200, 100)  # object surface points per object pose, hand vertices per frame
 log = logging.getLogger("hoigen.render")
+
+
+@dataclass(frozen=True)
+class RenderInputs:
+    """What the render stage reads from its input folder besides the shards."""
+
+    objects_dir: str  # the folder holding objects.parquet
+    mano_dir: str | None  # the hand model folder the grasp stage used (None: the embedded hand)
+
+
+class RenderStage(Stage):
+    """Grasp shards -> render shards."""
+
+    name = "render"
+
+    def __init__(self, in_dir: Path, options: RenderOptions) -> None:
+        self.in_dir, self.options = Path(in_dir), options
+
+    @property
+    def transform(self) -> Any:
+        return render_stage
+
+    def plan(self, out_dir: Path, common: Common) -> Plan:
+        tasks = input_tasks(self.in_dir, ("grasp",))
+        objects = str(objects_dir_of(self.in_dir))
+        upstream = read_run_json(self.in_dir)
+        inputs = RenderInputs(objects, upstream.get("config", {}).get("mano_dir"))
+        config = {**record(self.options), OBJECTS_KEY: objects, "mano_dir": inputs.mano_dir}
+        extra = {OBJECTS_KEY: objects, "hand_model": upstream.get("hand_model")}
+        return Plan(tasks, self.options, config, in_dir=self.in_dir, extra=extra, inputs=inputs)
 
 
 @lru_cache(maxsize=4)
@@ -88,14 +121,13 @@ def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sampl
     from hoigen.render.renderer import SceneSpec
     from hoigen.render.silhouette import silhouette
 
-    cfg = ctx.config
-    preset = str(cfg.get("camera") or "random")
-    size = cfg.get("size")
-    width, height = camera_size(preset, None if size is None else int(size))
-    sample_camera = camera_sampler(preset, None if size is None else int(size))
-    tries = int(cfg.get("camera_tries") or 10)
-    renderer = _renderer(width, height, int(cfg.get("supersample") or 1))
-    objects = _objects(cfg[OBJECTS_KEY])
+    opts: RenderOptions = ctx.options
+    inputs: RenderInputs = ctx.inputs
+    preset = opts.camera
+    width, height = camera_size(preset, opts.size)
+    sample_camera = camera_sampler(preset, opts.size)
+    renderer = _renderer(width, height, opts.supersample)
+    objects = _objects(inputs.objects_dir)
     for trajectory in _trajectories(samples):
         first = trajectory[0]["ann.json"]
         asset = objects[first["object"]["id"]]
@@ -103,7 +135,7 @@ def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sampl
         posed = []
         for sample in trajectory:
             hand_ann = sample["ann.json"]["hand"]
-            hand = _hand(hand_ann["side"], hand_ann["model"], cfg.get("mano_dir"))
+            hand = _hand(hand_ann["side"], hand_ann["model"], inputs.mano_dir)
             out = hand.forward(
                 *(np.asarray(hand_ann[k]) for k in ("global_orient", "hand_pose", "betas", "transl"))
             )
@@ -113,9 +145,9 @@ def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sampl
         )
         focus = np.asarray(first["trajectory"]["focus"], dtype=np.float64)
         cameras = {}
-        for view in range(int(cfg["views"])):
+        for view in range(opts.views):
             framing = frame_trajectory(
-                sample_camera, focus, points, ctx.rng(ids["object"], ids["grasp"], view), tries,
+                sample_camera, focus, points, ctx.rng(ids["object"], ids["grasp"], view), opts.camera_tries,
                 renderer.znear, renderer.zfar,
             )
             if framing.camera is None:

@@ -1,0 +1,50 @@
+"""The grasp stage's options (declared once: CLI flags, recipe keys and the stage read these fields)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hoigen.options import option, validate
+
+HAND_SIDES = ("right", "left")
+
+
+@dataclass(frozen=True)
+class GraspOptions:
+    objects: Path | None = option(
+        None, "Folder of meshes (.obj/.ply/.glb/.stl, YCB layout). Default: the embedded procedural objects."
+    )
+    categories: list[str] | None = option(
+        None, "Procedural categories, e.g. mug,bowl.", split=",", default_text="bottle,bowl,can,mug"
+    )
+    category: str | None = option(None, "Category for every mesh in --objects.")
+    up: str | None = option(
+        None, "Up axis of the --objects meshes (+x/-x/+y/-y/+z/-z).", default_text="+z for YCB, else +y"
+    )
+    grasps: int = option(2, "Grasps per object.", min=1)
+    frames: int = option(8, "Frames of each approach trajectory (the paper uses 8).", min=1)
+    side: str = option("right", "Hand side: right or left.", choices=HAND_SIDES)
+    mano_dir: Path | None = option(
+        None, "Folder with MANO_RIGHT.pkl/MANO_LEFT.pkl.", envvar="HOIGEN_MANO_DIR", default_text="embedded hand"
+    )
+    objects_per_shard: int = option(1, "Objects per grasp shard.", min=1, cli=False)
+    approach_distance: float = option(
+        0.3, "Metres from the grasp to the approach's start pose (as the original code).", cli=False
+    )
+    max_penetration: float = option(
+        0.5, "Accept grasps whose deepest hand vertex is at most this deep (cm).", min=0
+    )
+    max_sim_displacement: float = option(
+        2.0, "Accept grasps whose object moves at most this far in the pybullet hold test (cm).", min=0
+    )
+    min_contacts: int = option(3, "Accept grasps with at least this many fingers touching.", min=0, max=5)
+    candidates: int | None = option(
+        None, "Optimised grasp candidates per object and round.", min=1, default_text="max(16, 3 x grasps)"
+    )
+    max_rounds: int = option(
+        3, "Rounds of candidates per object while fewer than --grasps pass the filters.", min=1
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)

@@ -1,0 +1,37 @@
+"""The render stage's options (declared once: CLI flags, recipe keys and the stage read these fields)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hoigen.options import REAL_SIZE, option, validate
+
+# "random" (a drawn field of view) or a real camera's intrinsics (hoigen.render.cameras.CAMERA_PRESETS)
+CAMERA_CHOICES = ("random", "nocs-camera", "nocs-real275", "dexycb")
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    views: int = option(2, "Cameras per trajectory, fixed along it.", min=1)
+    size: int | None = option(
+        None,
+        "Square image side S in pixels. With a preset, S centre-crops the native frame to a square and scales it "
+        "(K follows).",
+        min=1,
+        default_text=f"{REAL_SIZE} with --camera random, the preset's native size (640x480) with a preset",
+    )
+    supersample: int = option(1, "Render N times larger and area-average the normal and shade maps.", min=1)
+    camera: str = option(
+        "random",
+        "Intrinsics: random (fov 45-55 deg), nocs-camera, nocs-real275 or dexycb (real cameras' K).",
+        choices=CAMERA_CHOICES,
+    )
+    camera_tries: int = option(
+        10,
+        "Camera draws per trajectory view to get every frame in view; a view seeing nothing is then skipped "
+        "with a logged reason.",
+        min=1,
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
