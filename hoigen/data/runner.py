@@ -85,8 +85,7 @@ def input_tasks(in_dir: Path, produced_by: tuple[str, ...]) -> list[Task]:
     stage = read_run_json(in_dir).get("stage")
     if stage is not None and stage not in produced_by:
         raise HoigenError(f"{in_dir}: holds '{stage}' output, but this stage reads {' or '.join(produced_by)} output")
-    expects = stage if stage is not None else produced_by[0]  # the fields its samples must hold
-    return [Task(shard_index(p), p, expects) for p in shards]
+    return [Task(shard_index(p), p) for p in shards]  # checked against the base (grasp) fields every stage keeps
 
 
 def check_input(sample: Sample, shard: Path, expects: str) -> None:
