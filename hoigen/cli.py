@@ -440,7 +440,7 @@ def eval_images(
     with MediaPipeHands(min_confidence=min_confidence) as detector:
         summary = evaluate_folder(in_dir, detector, field=field, out=out, overlays=overlays, quiet=quiet)
     keys = ["images", "detected", "detection_rate", "images_hand_visible", "detection_rate_hand_visible",
-            "handedness_agreement", "pck@0.05", "pck@0.1", "pck@0.2", "mean_error_px"]
+            "handedness_agreement", "handedness_agreement_confident", "pck@0.05", "pck@0.1", "pck@0.2", "mean_error_px"]
     for line in format_table(summary, keys):
         typer.echo(line)
     typer.echo("(PCK, mean error and handedness agreement over detected images)")

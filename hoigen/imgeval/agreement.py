@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+#: Handedness counted as "confident" at or above this side score (see ``handedness_agreement_confident``).
+CONFIDENT_SIDE = 0.9
 #: PCK thresholds, as fractions of the labelled hand box diagonal.
 PCK_THRESHOLDS: tuple[float, ...] = (0.05, 0.1, 0.2)
 NUM_JOINTS = 21
@@ -26,11 +28,12 @@ NUM_JOINTS = 21
 
 @dataclass(frozen=True)
 class Detection:
-    """One detected hand: ``joints`` (21, 2) pixels (x right, y down), ``side`` "right"/"left"/None, ``score``."""
+    """One detected hand: ``joints`` (21, 2) pixels (x right, y down), ``side`` "right"/"left"/None and
+    ``side_score``, the detector's confidence in that side (NaN when it gives none)."""
 
     joints: np.ndarray
     side: str | None = None
-    score: float = 1.0
+    side_score: float = float("nan")
 
 
 class Detector(Protocol):
@@ -93,14 +96,14 @@ def _closest(detections: Sequence[Detection], gt: np.ndarray, visible: np.ndarra
     """The detection nearest the labelled hand (mean error over visible joints), else the most confident."""
     if visible.any():
         return min(detections, key=lambda d: float(np.mean(joint_errors(d.joints, gt, visible))))
-    return max(detections, key=lambda d: d.score)
+    return detections[0]
 
 
 def agreement(image: np.ndarray, ann: dict[str, Any], detector: Detector) -> dict[str, Any]:
     """Run ``detector`` on ``image`` and compare its best-matching hand with the labels in ``ann``.
 
-    The row: ``detected``, ``detections`` (how many hands), ``score``, ``side`` (labelled),
-    ``side_pred``, ``side_ok``, ``visible_joints``, ``box_diag_px``, ``pck@0.05``, ``pck@0.1``,
+    The row: ``detected``, ``detections`` (how many hands), ``side`` (labelled),
+    ``side_pred``, ``side_score``, ``side_ok``, ``visible_joints``, ``box_diag_px``, ``pck@0.05``, ``pck@0.1``,
     ``pck@0.2`` and ``mean_error_px`` (NaN when nothing was detected or no joint is visible), and
     ``joints_pred`` (the matched hand's 21 landmarks in pixels, None when nothing was detected).
     """
@@ -111,9 +114,9 @@ def agreement(image: np.ndarray, ann: dict[str, Any], detector: Detector) -> dic
     row: dict[str, Any] = {
         "detected": bool(detections),
         "detections": len(detections),
-        "score": float("nan"),
         "side": str(ann.get("hand", {}).get("side", "")),
         "side_pred": "",
+        "side_score": float("nan"),
         "side_ok": None,
         "visible_joints": int(visible.sum()),
         "box_diag_px": round(diagonal, 4),
@@ -128,7 +131,7 @@ def agreement(image: np.ndarray, ann: dict[str, Any], detector: Detector) -> dic
     if joints.shape[0] != NUM_JOINTS:
         raise ValueError(f"detector returned {joints.shape[0]} landmarks, expected {NUM_JOINTS}")
     row["joints_pred"] = np.round(joints, 2).tolist()
-    row["score"] = float(best.score)
+    row["side_score"] = float(best.side_score)
     row["side_pred"] = best.side or ""
     row["side_ok"] = (best.side == row["side"]) if best.side and row["side"] else None
     if gt.shape[0] == NUM_JOINTS and visible.any():
@@ -150,11 +153,14 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     ``detection_rate`` counts every image; ``detection_rate_hand_visible`` only images whose labels
     have at least one visible joint (a hand outside the frame or fully hidden cannot be found).
+    ``handedness_agreement_confident`` counts only detections whose side score is at least
+    :data:`CONFIDENT_SIDE` (``handedness_confident`` of them).
     """
     n = len(rows)
     detected = [r for r in rows if r["detected"]]
     with_hand = [r for r in rows if r["visible_joints"] > 0]
     sides = [r["side_ok"] for r in detected if r["side_ok"] is not None]
+    confident = [r["side_ok"] for r in detected if r["side_ok"] is not None and r["side_score"] >= CONFIDENT_SIDE]
     out: dict[str, Any] = {
         "images": n,
         "detected": len(detected),
@@ -164,6 +170,8 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             sum(r["detected"] for r in with_hand) / len(with_hand) if with_hand else float("nan")
         ),
         "handedness_agreement": float(np.mean(sides)) if sides else float("nan"),
+        "handedness_confident": len(confident),
+        "handedness_agreement_confident": float(np.mean(confident)) if confident else float("nan"),
     }
     for t in PCK_THRESHOLDS:
         out[pck_name(t)] = _nanmean([r[pck_name(t)] for r in detected])
