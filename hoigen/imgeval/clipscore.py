@@ -31,8 +31,9 @@ def load_clip(folder: Path | None, device: str | torch.device = "cpu") -> tuple[
     from transformers import CLIPModel, CLIPProcessor
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         model = CLIPModel.from_pretrained(str(folder)).eval().to(device)
         processor = CLIPProcessor.from_pretrained(str(folder))
@@ -41,6 +42,8 @@ def load_clip(folder: Path | None, device: str | torch.device = "cpu") -> tuple[
         raise HoigenError(f"{folder}: cannot load CLIP ({first}); pass {CLIP_HINT}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     return model, processor
 
 
