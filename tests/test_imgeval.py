@@ -348,3 +348,36 @@ def test_clipscore_cli_on_an_image_folder_and_missing_weights(tiny_clip: Path, t
     assert code == 1 and err.count("\n") == 1 and "clip-vit-base-patch32" in err
     code, err = hoigen("eval", "fid", "--in", pics, "--ref", pics, "--inception", tmp_path / "x.pth", capsys=capsys)
     assert code == 1 and err.count("\n") == 1 and "pt_inception-2015-12-05" in err
+
+
+def test_fid_kid_over_folders_with_a_stand_in_network(tmp_path: Path, monkeypatch) -> None:
+    """The folder path of ``eval fid`` (batching across image sizes, plain and shard folders) on a cheap network."""
+    from hoigen.imgeval import fid as fid_module
+    from hoigen.imgeval import inception
+
+    class MeanColour(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return torch.cat([images.mean(dim=(2, 3)), images.std(dim=(2, 3))], 1)
+
+    monkeypatch.setattr(inception, "load_inception", lambda path, device="cpu": MeanColour())
+    pics, other = tmp_path / "pics", tmp_path / "other"
+    rng = np.random.default_rng(4)
+    for folder, level in ((pics, 60), (other, 180)):
+        folder.mkdir()
+        for i in range(5):
+            size = (32, 40, 3) if i % 2 else (24, 24, 3)  # two sizes: batches split where the size changes
+            cv2.imwrite(str(folder / f"{i}.png"), rng.integers(level - 30, level + 30, size).astype(np.uint8))
+    feats = fid_module.folder_features(pics, MeanColour(), batch=2)
+    assert feats.shape == (5, 6)
+    same = fid_module.fid_kid(pics, pics, tmp_path / "w.pth", kid_subsets=3)
+    diff = fid_module.fid_kid(pics, other, tmp_path / "w.pth", kid_subsets=3)
+    assert same["images"] == same["reference_images"] == 5 and same["fid"] == pytest.approx(0.0, abs=1e-9)
+    assert diff["fid"] > 0.1 and diff["kid"] > same["kid"]
+    shards = _synth_folder(tmp_path / "synth")
+    assert fid_module.folder_features(shards, MeanColour()).shape == (6, 6)  # image.jpg and image_1.jpg
+
+
+def test_fid_of_few_high_dimensional_samples_with_themselves_is_tiny() -> None:
+    feats = np.random.default_rng(5).normal(size=(5, 512))  # rank-4 covariance, as with few images
+    cov_trace = np.trace(np.cov(feats, rowvar=False))
+    assert fid_from_features(feats, feats) < 1e-9 * cov_trace * 512
