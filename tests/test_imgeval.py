@@ -378,6 +378,6 @@ def test_fid_kid_over_folders_with_a_stand_in_network(tmp_path: Path, monkeypatc
 
 
 def test_fid_of_few_high_dimensional_samples_with_themselves_is_tiny() -> None:
-    feats = np.random.default_rng(5).normal(size=(5, 512))  # rank-4 covariance, as with few images
+    feats = np.random.default_rng(5).normal(size=(5, 128))  # rank-4 covariance, as with few images
     cov_trace = np.trace(np.cov(feats, rowvar=False))
-    assert fid_from_features(feats, feats) < 1e-9 * cov_trace * 512
+    assert fid_from_features(feats, feats) < 1e-9 * cov_trace
