@@ -86,12 +86,20 @@ def grasp(
     objects: Path | None = typer.Option(
         None,
         "--objects",
-        help="Folder of meshes (.obj/.ply/.glb/.stl, YCB layout). Default: the embedded procedural objects.",
+        help="Folder of meshes (.obj/.ply/.glb/.stl/.urdf, YCB layout) or one such file. "
+        "Default: the embedded procedural objects.",
     ),
     categories: str | None = typer.Option(None, "--categories", help="Procedural categories, e.g. mug,bowl."),
     category: str | None = typer.Option(None, "--category", help="Category for every mesh in --objects."),
     up: str | None = typer.Option(
-        None, "--up", help="Up axis of the --objects meshes (+x/-x/+y/-y/+z/-z). Default: +z for YCB, else +y."
+        None, "--up", help="Up axis of the --objects meshes (+x/-x/+y/-y/+z/-z). Default: +z (glTF files: +y)."
+    ),
+    units: str | None = typer.Option(
+        None, "--units", help="Unit of the --objects meshes: auto (judged from size and category), m, cm, mm or in."
+        + _default(GraspOptions, "units"),
+    ),
+    scale: float | None = typer.Option(
+        None, "--scale", help="Factor to metres for every --objects mesh (e.g. 0.001); beats --units."
     ),
     out: Path = typer.Option(Path("out/grasp"), "--out", help="Output folder."),
     grasps: int | None = typer.Option(None, "--grasps", help="Grasps per object." + _default(GraspOptions, "grasps")),
@@ -152,6 +160,8 @@ def grasp(
         categories=categories,
         category=category,
         up=up,
+        units=units,
+        scale=scale,
         grasps=grasps,
         frames=frames,
         side=side,

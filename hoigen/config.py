@@ -39,7 +39,9 @@ class GraspOptions:
     objects: Path | None = None  # a folder of meshes; None -> the embedded procedural objects
     categories: list[str] | None = None  # procedural categories (None -> bottle, bowl, can, mug)
     category: str | None = None  # category for every mesh of --objects
-    up: str | None = None  # the meshes' up axis (+x/-x/+y/-y/+z/-z); None: +z for YCB layouts, else +y
+    up: str | None = None  # the meshes' up axis (+x/-x/+y/-y/+z/-z); None: +z (glTF files: +y), every layout
+    units: str = "auto"  # the meshes' unit: auto | m | cm | mm | in (hoigen.objects.units)
+    scale: float | None = None  # a factor to metres for every mesh (beats --units; the mapping file beats both)
     grasps: int = 2  # grasps per object
     frames: int = 8  # frames of the approach trajectory (the paper uses 8)
     side: str = "right"
@@ -58,6 +60,11 @@ class GraspOptions:
             raise HoigenError(
                 "--max-penetration and --max-sim-displacement must be >= 0 and --min-contacts in 0..5"
             )
+        from hoigen.objects.units import check_scale, check_units
+
+        check_units(self.units)
+        if self.scale is not None:
+            self.scale = check_scale(self.scale)
         if self.side not in ("right", "left"):
             raise HoigenError(f"--side must be right or left, got {self.side!r}")
 

@@ -90,7 +90,11 @@ def grasp(opts: GraspOptions, out: Path, common: Common) -> RunSummary:
         tasks, assets = plan_grasp(opts, Path(out), common.seed)
         extra = {
             "hand_model": {"name": hand.name, "source": str(hand.source), "embedded": hand.is_embedded},
-            "objects": [{"id": a.id, "category": a.category, "source": a.source} for a in assets],
+            "objects": [
+                {"id": a.id, "category": a.category, "source": a.source, "unit_scale": a.unit_scale,
+                 "scale_from": a.scale_from}
+                for a in assets
+            ],  # fmt: skip
             "objects_skipped": [s.to_dict() for s in getattr(assets, "skipped", [])],
         }
         summary = _run(grasp_stage, tasks, "grasp", out, common, config, None, extra)

@@ -31,7 +31,9 @@ START_TILT_DEG = 20.0
 def plan_grasp(opts: GraspOptions, out_dir: Path, seed: int) -> tuple[list[Task], list[ObjectAsset]]:
     """Load or make the objects, save them beside the shards, and group them into tasks."""
     if opts.objects is not None:
-        assets = load_objects(Path(opts.objects), category=opts.category, up=opts.up)
+        assets = load_objects(
+            Path(opts.objects), category=opts.category, up=opts.up, units=opts.units, scale=opts.scale
+        )
     else:
         assets = procedural_objects(opts.categories, seed=seed)
     if not assets:
