@@ -106,23 +106,23 @@ def grasp(opts: GraspOptions, out: Path, common: Common) -> RunSummary:
 def record_grasp_filter(out: Path, quiet: bool = False) -> dict[str, Any]:
     """Add the grasp filter's counts and shortfall to ``run.json``; warn once per short object.
 
-    Raises :class:`HoigenError` when no object yielded an accepted grasp."""
+    Raises :class:`HoigenError` when no object yielded an accepted grasp, after removing
+    ``index.parquet`` (a failed run leaves no index that looks like a result)."""
     import json
 
     from hoigen.data.atomic import atomic_write_bytes
-    from hoigen.grasp.report import filter_line, filter_stats, no_grasp_error
+    from hoigen.data.index import INDEX_FILE
+    from hoigen.grasp.report import filter_line, filter_stats, no_grasp_error, short_line
 
     stats = filter_stats(out)
     run = read_run_json(out)
     run["grasp_filter"] = stats
     atomic_write_bytes(out / "run.json", json.dumps(run, indent=2, sort_keys=True, default=str).encode() + b"\n")
-    for o in stats["short"]:
-        console.print(
-            f"warning: grasp: {o['object']}: {o['written']} of {o['wanted']} grasps passed the filters "
-            "(written as they are; see run.json grasp_filter)"
-        )
     if stats["objects"] and not stats["accepted"]:
+        (out / INDEX_FILE).unlink(missing_ok=True)
         raise HoigenError(no_grasp_error(stats))
+    for o in stats["short"]:
+        console.print(f"warning: grasp: {short_line(o)}")
     info(filter_line(stats), quiet)
     return stats
 

@@ -84,11 +84,14 @@ def pipeline_for(cfg: dict[str, Any]) -> tuple[Any, dict]:
     return pipe, info
 
 
-def sample_prompt(templates: list[str], category: str, rng) -> str:
-    from hoigen.diffusion.prompts import fill_prompt
+def sample_prompt(templates: list[str], sample: Sample, rng) -> str:
+    """A prompt for a sample: a drawn template filled with its object's words and a drawn background."""
+    from hoigen.diffusion.prompts import fill_prompt, object_words
 
+    obj = sample["ann.json"]["object"]
+    words = object_words(obj["category"], obj.get("id") or sample["__key__"].split("_")[0])
     template = templates[int(rng.integers(len(templates)))]
-    return fill_prompt(template, object=category, background=BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))])
+    return fill_prompt(template, background=BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))], **words)
 
 
 def image_fields(j: int) -> tuple[str, str]:
@@ -154,18 +157,17 @@ def _still_job(items: list[tuple[int, int]], pending: list[Sample], base: int, c
     for s, (_, j) in zip(samples, items, strict=True):
         key = s["__key__"]
         names = (key,) if j == 0 else (key, j)  # image 0 keeps the seeds of single-image runs
-        prompts.append(sample_prompt(ctx.config["prompt_templates"], _category(s), ctx.rng(*names)))
+        prompts.append(sample_prompt(ctx.config["prompt_templates"], s, ctx.rng(*names)))
         seeds.append(derive_seed(ctx.seed, "synthesize", *names))
     return _Job(list(items), prompts, seeds), conds
 
 
-def _category(sample: Sample) -> str:
-    return sample["ann.json"]["object"]["category"]
-
-
 def _overlapped(jobs: Iterator[tuple[_Job, torch.Tensor]], ctx: StageContext) -> Iterator[tuple[_Job, list]]:
     """Run each job's diffusion in a helper thread, one job ahead of the consumer."""
+    from hoigen.diffusion.prompts import TruncationWarner
+
     pipe, _ = pipeline_for(ctx.config)
+    warner = TruncationWarner(pipe.tokenizer, ctx.config["prompt_templates"], ctx.config.get("prompts"))
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoigen-diffusion")
     threads = torch.get_num_threads()
 
@@ -174,6 +176,7 @@ def _overlapped(jobs: Iterator[tuple[_Job, torch.Tensor]], ctx: StageContext) ->
         from hoigen.diffusion.pipeline import generate
 
         torch.set_num_threads(threads)  # a new thread starts with the default count
+        warner.check(job.prompts)
         cfg = ctx.config
         return generate(
             pipe,
@@ -265,7 +268,7 @@ def _video_stage(samples: list[Sample], ctx: StageContext) -> Iterator[Sample]:
             )
             for j in range(per):
                 names = (trajectory,) if j == 0 else (trajectory, j)
-                prompt = sample_prompt(cfg["prompt_templates"], _category(first), ctx.rng("video", *names))
+                prompt = sample_prompt(cfg["prompt_templates"], first, ctx.rng("video", *names))
                 seed = derive_seed(ctx.seed, "synthesize-video", *names)
                 anchor = anchor_index(len(group), cfg.get("anchor", "middle"))
                 video = trajectory if j == 0 else f"{trajectory}_{j}"

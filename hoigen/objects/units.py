@@ -135,13 +135,21 @@ def choose_scale(
     )
 
 
+SMALL_FOR_GRASPS = 0.05  # metres: below this the whole-hand grasps rarely get --min-contacts 3 fingers on it
+
+
 def size_hint(size_m: float, source: str) -> str | None:
     """Why an object's size may keep a hand from grasping it (None when the size looks fine)."""
     lo, hi = HAND_RANGE
     if size_m > hi:
-        return f"{_cm(size_m)} across is larger than a hand can hold ({source}); check --units/--scale"
+        return f"{_cm(size_m)} across is larger than a hand can hold (units: {source}); check --units/--scale"
     if size_m < lo:
-        return f"{_cm(size_m)} across is smaller than a hand grasps ({source}); check --units/--scale"
+        return f"{_cm(size_m)} across is smaller than a hand grasps (units: {source}); check --units/--scale"
+    if size_m < SMALL_FOR_GRASPS:
+        return (
+            f"{_cm(size_m)} across is small for whole-hand grasps (units: {source}); try --min-contacts 2, "
+            "or check --units/--scale"
+        )
     if source == "auto typical size":
         return f"its size was guessed ({_cm(size_m)}); give --units/--scale if it is wrong"
     return None
