@@ -189,7 +189,7 @@ class TruncationWarner:
                 if prompt in self.seen:
                     continue
                 self.seen.add(prompt)
-            ids = self.tokenizer(prompt, truncation=False).input_ids
+            ids = self.tokenizer(prompt, truncation=False, verbose=False).input_ids
             if len(ids) <= self.limit:
                 continue
             kept = self.tokenizer.decode(ids[1 : self.limit - 1], skip_special_tokens=True)
