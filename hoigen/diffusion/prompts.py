@@ -141,7 +141,8 @@ def fill_prompt(
     return template.format(**{k: v for k, v in values.items() if v is not None})
 
 
-CLIP_TRUNCATION = "The following part of your input was truncated"
+# diffusers' per-batch message and transformers' "Token indices sequence length is longer" one
+CLIP_TRUNCATION = ("The following part of your input was truncated", "Token indices sequence length is longer")
 
 
 class _DropClipTruncation(logging.Filter):
@@ -153,7 +154,7 @@ def silence_clip_truncation() -> None:
     """Drop diffusers' per-batch CLIP truncation message (``TruncationWarner`` says it once per prompt)."""
     drop = _DropClipTruncation()
     for name in list(logging.root.manager.loggerDict):
-        if name.startswith("diffusers"):
+        if name.startswith(("diffusers", "transformers.tokenization_utils")):
             logger = logging.getLogger(name)
             if not any(isinstance(f, _DropClipTruncation) for f in logger.filters):
                 logger.addFilter(drop)
