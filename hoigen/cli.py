@@ -362,7 +362,7 @@ def export(
     in_dir: Path = typer.Option(Path("out/synth"), "--in", help="Synthesize (or render) output folder."),
     out: Path = typer.Option(Path("out/nocs"), "--out", help="Dataset folder."),
     format: str | None = typer.Option(
-        None, "--format", help="Dataset format: nocs or bop." + _default(ExportOptions, "format")
+        None, "--format", help="Dataset format: nocs, bop or coco." + _default(ExportOptions, "format")
     ),
     split: str | None = typer.Option(None, "--split", help="Split name." + _default(ExportOptions, "split")),
     val_fraction: float | None = typer.Option(

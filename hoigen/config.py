@@ -124,7 +124,7 @@ class SynthOptions:
 
 @dataclass
 class ExportOptions:
-    format: str = "nocs"  # nocs | bop
+    format: str = "nocs"  # nocs | bop | coco
     split: str = "train"
     val_fraction: float = 0.0  # share of (object, grasp) trajectories written to the val split instead
     mix: Path | None = None  # a real NOCS-layout dataset to mix with (writes mixed_<split>_list.txt)
@@ -132,8 +132,8 @@ class ExportOptions:
     mix_mode: str = "replace"  # replace: keep the real set's size; add: real images plus synthetic ones
 
     def __post_init__(self) -> None:
-        if self.format not in ("nocs", "bop"):
-            raise HoigenError(f"--format must be nocs or bop, got '{self.format}'")
+        if self.format not in ("nocs", "bop", "coco"):
+            raise HoigenError(f"--format must be nocs, bop or coco, got '{self.format}'")
         if not 0.0 <= float(self.val_fraction) < 1.0:
             raise HoigenError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.mix is not None and self.format != "nocs":

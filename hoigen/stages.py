@@ -203,11 +203,12 @@ def export(in_dir: Path, out: Path, opts: ExportOptions, quiet: bool = False) ->
     from hoigen.data.index import RUN_FILE, write_run_json
     from hoigen.data.lock import fingerprint, folder_lock, remove_dead_locks
     from hoigen.export.bop import export_bop
+    from hoigen.export.coco import export_coco
     from hoigen.export.nocs import export_nocs
     from hoigen.objects import read_objects
     from hoigen.render.stage import objects_dir_of
 
-    writers = {"nocs": export_nocs, "bop": export_bop}  # ExportOptions has checked the format
+    writers = {"nocs": export_nocs, "bop": export_bop, "coco": export_coco}  # ExportOptions has checked the format
     tasks = input_tasks(in_dir, ("synthesize", "render"))
     expected = read_run_json(in_dir).get("shards")
     if isinstance(expected, int) and len(tasks) < expected:

@@ -17,12 +17,13 @@ from scipy.spatial.transform import Rotation
 
 from hoigen.data.schema import SEG_HAND, SEG_OBJECT, sample_key
 from hoigen.export.bop import export_bop
-from hoigen.export.common import _renderer, mesh_to_cam, nocs_to_cam, plan_images
-from hoigen.export.nocs import decode_coord_png, export_nocs
+from hoigen.export.common import mesh_to_cam, nocs_to_cam, plan_images
+from hoigen.export.nocs import decode_coord_png, export_nocs, load_model_obj
 from hoigen.objects import procedural_objects
 from hoigen.pose.umeyama import fit_nocs_pose
 from hoigen.render.cameras import Camera, intrinsics, look_at
 from hoigen.render.renderer import SceneSpec
+from hoigen.render.stage import _renderer
 
 SIZE = 128
 
@@ -84,6 +85,7 @@ def _frames() -> tuple[list[dict], dict]:
                 "depth.png": result.depth,
                 "nocs.png": result.nocs,
                 "shade.png": result.shade,
+                "amodal.png": result.amodal,
             }
         )
     return samples, {asset.id: asset}
@@ -141,7 +143,7 @@ def test_nocs_export_reads_back_with_the_release_loader(exported: dict) -> None:
 def test_nocs_models_and_gt_pickles_give_the_pose(exported: dict) -> None:
     nocs = exported["root"] / "nocs"
     model = nocs / "obj_models/train/03797390/mug-000"
-    v = np.array([[float(x) for x in line.split()[1:]] for line in open(model / "model.obj") if line.startswith("v ")])
+    v = load_model_obj(model / "model.obj")  # read as the release does (z negated back)
     bbox = np.loadtxt(model / "bbox.txt")
     size = bbox[0] - bbox[1]
     assert abs(np.linalg.norm(size) - 1.0) < 1e-5 and np.allclose(v.max(0) + v.min(0), 0, atol=1e-5)

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from hoigen.errors import HoigenError
+from hoigen.trust import check_png_size
 
 JPEG_QUALITY = 95
 
@@ -66,6 +67,7 @@ def decode_field(name: str, data: bytes, where: str = "") -> Any:
         if ext == "json":
             return json.loads(data.decode("utf-8"))
         if ext in ("png", "jpg", "jpeg"):
+            check_png_size(data, f"{where}: member {name}")
             arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
             if arr is None:
                 raise ValueError("not a valid image")
@@ -74,7 +76,7 @@ def decode_field(name: str, data: bytes, where: str = "") -> Any:
             return arr
         if ext == "txt":
             return data.decode("utf-8")
-        if ext == "npy":
+        if ext == "npy":  # data only: an object array (a pickle) is refused
             return np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, UnicodeDecodeError) as exc:
         raise HoigenError(

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hoigen.data.atomic import atomic_write_bytes
+from hoigen.data.card import write_card
 from hoigen.data.schema import index_row
 from hoigen.data.shards import list_shards, read_shard
 
@@ -115,6 +116,7 @@ def write_run_json(out_dir: Path, stage: str, config: dict[str, Any], seed: int,
     }
     data = json.dumps(record, indent=2, sort_keys=True, default=str).encode() + b"\n"
     atomic_write_bytes(Path(out_dir) / RUN_FILE, data)
+    write_card(out_dir, json.loads(data))
 
 
 def read_run_json(folder: Path) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hoigen.data.atomic import atomic_write_bytes, is_tmp, remove_stale_tmp, tmp_name
+from hoigen.data.card import write_card
 from hoigen.data.faults import write_error
 from hoigen.data.index import PARTS_DIR, RUN_FILE, build_index, part_path, read_run_json
 from hoigen.data.lock import folder_lock, remove_dead_locks
@@ -121,5 +122,6 @@ def merge(out_dir: Path, sources: list[Path], partial: bool = False) -> MergeSum
         if sources:
             merged = {**run, "merged_from": sorted(str(s) for s in sources)}
             atomic_write_bytes(out_dir / RUN_FILE, json.dumps(merged, indent=2, sort_keys=True).encode() + b"\n")
+            write_card(out_dir, merged)
         table = build_index(out_dir)
     return MergeSummary(out_dir, len(sources), len(have), copied, table.num_rows)

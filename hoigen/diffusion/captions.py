@@ -7,7 +7,9 @@ A training sample's caption is the first of:
 3. a captioning hook (``--caption-hook module:function``), for users with a captioning model
    (the paper captions DexYCB with LLaVA): called once per sample as ``function(image, ann)``
    with ``image`` the (H, W, 3) uint8 RGB target image and ``ann`` the sample's ``ann.json``
-   dict (``{}`` when absent); it returns the caption string (empty: fall through);
+   dict (``{}`` when absent); it returns the caption string (empty: fall through). The hook is
+   code, not data: hoigen imports the module and runs the function in its own process with your
+   permissions, as ``python -c`` would; name only modules you would run yourself;
 4. the fallback ``"a hand is grasping a {object}"`` with the object's name (``ann.json``
    ``object.name``, e.g. "mustard bottle" from DexYCB), else its category.
 
@@ -73,7 +75,10 @@ def load_captions(path: Path | str) -> dict[str, str]:
 
 
 def load_caption_hook(spec: str) -> CaptionHook:
-    """Import ``module:function`` (the module must be importable, e.g. on PYTHONPATH)."""
+    """Import ``module:function`` (the module must be importable, e.g. on PYTHONPATH).
+
+    This runs user code by design (the module's top level on import, the function per sample);
+    every other input hoigen reads is data and is never executed (README, "Trust")."""
     module_name, _, name = spec.partition(":")
     if not module_name or not name:
         raise HoigenError(f"--caption-hook {spec!r}: write it as module:function, e.g. mycaptions:caption")

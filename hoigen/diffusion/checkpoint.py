@@ -94,6 +94,9 @@ def save_checkpoint(accelerator: Any, out_dir: Path, step: int, state: dict[str,
 
 def load_checkpoint(accelerator: Any, path: Path) -> dict[str, Any]:
     """Restore models, optimiser, scheduler, EMA and RNG states; returns ``trainer_state.json``."""
+    from hoigen.trust import check_checkpoint_folder
+
     state = read_state(path)
+    check_checkpoint_folder(path)  # accelerate reads custom_checkpoint_*.pkl with weights_only=False
     accelerator.load_state(str(path))
     return state

@@ -8,6 +8,10 @@ Layout (``<out>/``); every length in millimetres, as BOP wants:
   the centre of the 3D bounding box, **z up** (hoigen's mesh frame is y up: x stays, y -> z, z -> -y).
   ``models/models_info.json``: per obj_id ``diameter`` (largest vertex distance), ``min_x/y/z``,
   ``size_x/y/z`` and, for bottle/bowl/can, ``symmetries_continuous`` (axis z through the origin).
+- ``models_eval/``: the same models for bop_toolkit's error functions (MSSD/MSPD read vertices),
+  in the same frame, subdivided until no edge is longer than 1/``EVAL_EDGES`` of the diameter
+  (bop_toolkit remeshes for an even vertex density; this only adds vertices), with their own
+  ``models_info.json``.
   **Extension:** ``models/objects.json`` maps obj_id to hoigen's object id and category.
   obj_ids are 1.. in sorted order of the hoigen object ids of ``objects.parquet``.
 - ``<split>/<scene:06d>/``: one scene per (object, grasp, view) trajectory; image ids are its frames.
@@ -18,8 +22,17 @@ Layout (``<out>/``); every length in millimetres, as BOP wants:
     ``cam_t_w2c`` (world -> camera, mm).
   - ``scene_gt.json``: per image a list of ``{obj_id, cam_R_m2c (row-wise), cam_t_m2c (mm)}``.
   - ``scene_gt_info.json``: per ground truth ``bbox_obj``, ``bbox_visib`` ([x, y, w, h], -1s when
-    empty), ``px_count_all`` (full mask), ``px_count_valid`` (full mask with depth > 0),
-    ``px_count_visib`` (visible mask), ``visib_fract`` = visib / all (0 when all is 0).
+    empty), ``px_count_all``, ``px_count_valid`` (full mask in the image with depth > 0),
+    ``px_count_visib`` (visible mask), ``visib_fract`` = visib / all (0 when all is 0). As in
+    bop_toolkit's ``calc_gt_info``, ``px_count_all`` and ``bbox_obj`` cover the whole silhouette,
+    including what falls outside the image (render's ``object.silhouette``, counted on a canvas
+    three times the image size; so ``bbox_obj`` may start below 0). Shards rendered before that
+    field existed fall back to ``amodal.png``, which stops at the image border.
+  - ``scene_gt_coco.json``: the scene's visible instance masks in COCO form, as bop_toolkit's
+    ``calc_gt_coco`` and BlenderProc write it: ``images`` (id = image id, ``file_name``
+    ``rgb/<im>.png``), ``categories`` (id = obj_id), ``annotations`` (RLE of ``mask_visib``,
+    ``bbox`` = ``bbox_visib``, ``area``, ``iscrowd`` 0, ``ignore`` when ``visib_fract`` < 0.1);
+    instances with no visible pixel are left out.
   - **Extension:** ``scene_hand.json``: per image the hand record of the NOCS ``_hand.json``.
 """
 
@@ -37,9 +50,11 @@ import trimesh
 from hoigen.data.atomic import atomic_write_bytes
 from hoigen.data.codec import encode_field
 from hoigen.data.schema import Sample
+from hoigen.export.coco import rle
 from hoigen.export.common import (
     amodal_mask,
     bbox_xywh,
+    full_silhouette,
     hand_record,
     mesh_to_cam,
     object_of,
@@ -51,6 +66,8 @@ from hoigen.objects import ObjectAsset
 from hoigen.pose.metrics import SYMMETRIC_CLASSES
 
 MM = 1000.0
+EVAL_EDGES = 40  # models_eval: no edge longer than diameter / EVAL_EDGES
+COCO_IGNORE_BELOW = 0.1  # scene_gt_coco: instances less visible than this are marked ignore
 Y_UP_TO_Z_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 
 
@@ -68,9 +85,9 @@ def model_vertices_mm(asset: ObjectAsset) -> np.ndarray:
     return (np.asarray(asset.mesh.vertices, np.float64) @ m[:3, :3].T + m[:3, 3]) * MM
 
 
-def model_ply(asset: ObjectAsset) -> bytes:
-    v = model_vertices_mm(asset)
-    f = np.asarray(asset.mesh.faces)
+def model_ply(asset: ObjectAsset, vertices: np.ndarray | None = None, faces: np.ndarray | None = None) -> bytes:
+    v = model_vertices_mm(asset) if vertices is None else vertices
+    f = np.asarray(asset.mesh.faces) if faces is None else faces
     normals = trimesh.Trimesh(v, f, process=False).vertex_normals
     header = (
         "ply\nformat ascii 1.0\ncomment hoigen object in the BOP model frame (mm, z up, bbox centred)\n"
@@ -83,6 +100,14 @@ def model_ply(asset: ObjectAsset) -> bytes:
     ]
     rows += [f"3 {a} {b} {c}\n" for a, b, c in f]
     return (header + "".join(rows)).encode()
+
+
+def eval_model(asset: ObjectAsset, diameter: float) -> tuple[np.ndarray, np.ndarray]:
+    """The model's vertices (mm) and faces subdivided until no edge exceeds ``diameter / EVAL_EDGES``."""
+    from trimesh.remesh import subdivide_to_size
+
+    v, f = subdivide_to_size(model_vertices_mm(asset), np.asarray(asset.mesh.faces), diameter / EVAL_EDGES, 16)
+    return np.asarray(v), np.asarray(f)
 
 
 def model_info(asset: ObjectAsset) -> dict[str, Any]:
@@ -99,17 +124,46 @@ def model_info(asset: ObjectAsset) -> dict[str, Any]:
     return info
 
 
-def gt_info(amodal: np.ndarray, visible: np.ndarray, depth: np.ndarray) -> dict[str, Any]:
-    all_px = int(amodal.sum())
+def gt_info(sample: Sample, amodal: np.ndarray, visible: np.ndarray, depth: np.ndarray) -> dict[str, Any]:
+    """BOP ``scene_gt_info`` of one instance; ``amodal`` is the full mask inside the image."""
+    all_px, box = full_silhouette(sample)
+    all_px = max(all_px, int(amodal.sum()))  # never fewer than the image holds (old shards: equal)
     visib = int((visible & amodal).sum())
     return {
-        "bbox_obj": bbox_xywh(amodal),
+        "bbox_obj": box,
         "bbox_visib": bbox_xywh(visible),
         "px_count_all": all_px,
         "px_count_valid": int((amodal & (depth > 0)).sum()),
         "px_count_visib": visib,
         "visib_fract": round(visib / all_px, 6) if all_px else 0.0,
     }
+
+
+def scene_coco(scene: dict[str, Any], obj_ids: list[int], size: tuple[int, int]) -> dict[str, Any]:
+    """A scene's ``scene_gt_coco.json`` from its images' visible masks and gt infos."""
+    images, annotations = [], []
+    for im in sorted(scene["masks"], key=int):
+        images.append({"id": int(im), "file_name": f"rgb/{int(im):06d}.png", "width": size[0], "height": size[1]})
+        for gt_id, (mask, info) in enumerate(zip(scene["masks"][im], scene["info"][im], strict=True)):
+            if info["px_count_visib"] == 0:
+                continue
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": int(im),
+                    "category_id": scene["obj"][im][gt_id],
+                    "iscrowd": 0,
+                    "area": info["px_count_visib"],
+                    "bbox": info["bbox_visib"],
+                    "segmentation": rle(mask),
+                    "width": size[0],
+                    "height": size[1],
+                    "ignore": info["visib_fract"] < COCO_IGNORE_BELOW,
+                }
+            )
+    categories = [{"id": i, "name": str(i), "supercategory": "hoigen"} for i in obj_ids]
+    return {"info": {"description": "hoigen"}, "licenses": [], "categories": categories, "images": images,
+            "annotations": annotations}
 
 
 def export_bop(
@@ -145,7 +199,7 @@ def export_bop(
         if color.shape[:2] != (h, w):
             color = cv2.resize(color, (w, h), interpolation=cv2.INTER_CUBIC)
         visible = visible_mask(sample)
-        amodal = amodal_mask(sample, asset) | visible
+        amodal = amodal_mask(sample) | visible
         im = f"{slot.index:06d}"
         atomic_write_bytes(folder / "rgb" / f"{im}.png", encode_field("x.png", color))
         atomic_write_bytes(folder / "depth" / f"{im}.png", encode_field("x.png", depth.astype(np.uint16)))
@@ -154,7 +208,9 @@ def export_bop(
         K = np.asarray(ann["camera"]["K"], np.float64)
         w2c = np.asarray(ann["camera"]["world_to_cam"], np.float64)
         m2c = mesh_to_cam(ann) @ np.linalg.inv(bop_frames[oid])
-        record = scenes.setdefault((slot.split, slot.scene), {"camera": {}, "gt": {}, "info": {}, "hand": {}})
+        record = scenes.setdefault(
+            (slot.split, slot.scene), {"camera": {}, "gt": {}, "info": {}, "hand": {}, "masks": {}, "obj": {}}
+        )
         key = str(slot.index)
         record["camera"][key] = {
             "cam_K": K.reshape(-1).round(6).tolist(),
@@ -169,8 +225,11 @@ def export_bop(
                 "cam_t_m2c": (m2c[:3, 3] * MM).round(6).tolist(),
             }
         ]
-        record["info"][key] = [gt_info(amodal, visible, depth)]
+        record["info"][key] = [gt_info(sample, amodal, visible, depth)]
         record["hand"][key] = hand_record(ann)
+        record["masks"][key] = [visible]
+        record["size"] = (w, h)
+        record["obj"][key] = [obj_ids[oid]]
         if camera is None:
             camera = {
                 "cx": K[0, 2],
@@ -198,12 +257,20 @@ def export_bop(
         dump(folder / "scene_gt.json", by_im(record["gt"]))
         dump(folder / "scene_gt_info.json", by_im(record["info"]))
         dump(folder / "scene_hand.json", by_im(record["hand"]))
-    models = out_dir / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    for oid in sorted(used):
-        atomic_write_bytes(models / f"obj_{obj_ids[oid]:06d}.ply", model_ply(objects[oid]))
-    dump(models / "models_info.json", {str(obj_ids[o]): model_info(objects[o]) for o in sorted(used)})
-    dump(models / "objects.json", {str(obj_ids[o]): {"id": o, "category": objects[o].category} for o in sorted(used)})
+        dump(folder / "scene_gt_coco.json", scene_coco(record, [obj_ids[o] for o in sorted(used)], record["size"]))
+    infos = {o: model_info(objects[o]) for o in sorted(used)}
+    for folder_name in ("models", "models_eval"):
+        models = out_dir / folder_name
+        models.mkdir(parents=True, exist_ok=True)
+        for oid in sorted(used):
+            asset = objects[oid]
+            mesh = eval_model(asset, infos[oid]["diameter"]) if folder_name == "models_eval" else (None, None)
+            atomic_write_bytes(models / f"obj_{obj_ids[oid]:06d}.ply", model_ply(asset, *mesh))
+        dump(models / "models_info.json", {str(obj_ids[o]): infos[o] for o in sorted(used)})
+    dump(
+        out_dir / "models" / "objects.json",
+        {str(obj_ids[o]): {"id": o, "category": objects[o].category} for o in sorted(used)},
+    )
     if camera is not None:
         dump(out_dir / "camera.json", camera)
     return count

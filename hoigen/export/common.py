@@ -1,5 +1,6 @@
 """What every export format needs from a render/synth sample: poses, boxes, the hand record, the
-amodal (full) object mask, and a deterministic image plan (split, scene, index).
+amodal (full) object mask and silhouette, mug handle visibility, and a deterministic image plan
+(split, scene, index). Export reads what render wrote; it never renders (nor imports hoigen.render).
 
 Poses: ``object.pose`` maps the mesh frame to the world, ``camera.world_to_cam`` the world to the
 OpenCV camera, ``object.nocs_from_mesh`` the mesh frame to the NOCS frame (centred bounding box,
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import numpy as np
@@ -81,39 +81,83 @@ def hand_record(ann: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@cache  # never evicted: deleting a pyrender EGL renderer ends the shared display
-def _renderer(width: int, height: int) -> Any:
-    from hoigen.render.renderer import Renderer
-
-    return Renderer(width, height, supersample=1)
-
-
-def amodal_mask(sample: Sample, asset: ObjectAsset) -> np.ndarray:
-    """The object's full silhouette, hand or not: render's ``amodal.png`` (bit value 2 = object) when
-    the shard has it, else the object rendered alone with the same renderer and camera."""
-    if "amodal.png" in sample:
-        return (np.asarray(sample["amodal.png"]) & 2) > 0
-    from hoigen.render.cameras import Camera
-    from hoigen.render.renderer import SceneSpec
-
-    ann = sample["ann.json"]
-    cam = ann["camera"]
-    camera = Camera(cam["K"], cam["world_to_cam"], cam["width"], cam["height"])
-    behind = camera.center - 10.0 * camera.cam_to_world[:3, 2]  # a stand-in hand triangle, clipped away
-    hand_v = behind + np.array([[0.0, 0.0, 0.0], [1e-3, 0.0, 0.0], [0.0, 1e-3, 0.0]])
-    result = _renderer(camera.width, camera.height).render(
-        SceneSpec(
-            hand_vertices=hand_v,
-            hand_faces=np.array([[0, 1, 2]]),
-            object_mesh=asset.mesh,
-            object_pose=np.asarray(ann["object"]["pose"]),
-            nocs_from_mesh=asset.nocs_from_mesh,
-            camera=camera,
-            joints3d=np.repeat(behind[None], 21, 0),
-            mesh_key=asset.id,
+def amodal_mask(sample: Sample) -> np.ndarray:
+    """The object's full silhouette inside the image, hand or not: render's ``amodal.png`` (bit value 2)."""
+    if "amodal.png" not in sample:
+        raise HoigenError(
+            f"{sample.get('__shard__', '?')}: sample {sample['__key__']} has no amodal.png (made by an older "
+            "hoigen render); rerun hoigen render on its grasp folder, then export"
         )
-    )
-    return result.seg == SEG_OBJECT
+    return (np.asarray(sample["amodal.png"]) & 2) > 0
+
+
+def full_silhouette(sample: Sample) -> tuple[int, list[int]]:
+    """(pixel count, [x, y, w, h] box) of the object's whole silhouette, including what falls
+    outside the image (render's ``object.silhouette``); shards rendered before that field existed
+    fall back to ``amodal.png``, which stops at the image border."""
+    sil = sample["ann.json"]["object"].get("silhouette")
+    if sil is None:
+        mask = amodal_mask(sample)
+        return int(mask.sum()), bbox_xywh(mask)
+    x0, y0, x1, y1 = (int(v) for v in sil["bbox"])
+    box = [x0, y0, x1 - x0, y1 - y0] if sil["px_count"] > 0 else [-1, -1, -1, -1]
+    return int(sil["px_count"]), box
+
+
+HANDLE_MARGIN = 1.02  # handle surface = farther than this times the body radius from the body's axis
+HANDLE_DEPTH_TOL_MM = 4.0  # a handle point is seen when the depth map at its pixel is within this
+_HANDLES: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # mesh sha256 -> handle samples
+
+
+def _handle_points(asset: ObjectAsset) -> tuple[np.ndarray, np.ndarray]:
+    """Handle surface samples of a mug (face centroids, mesh frame) and their areas.
+
+    The mug stands y up in its NOCS frame with the handle sticking out sideways: the body is the
+    upright cylinder of radius = half the smaller horizontal extent, on the side of the longer
+    horizontal axis where the fewest faces poke out of it; the handle is every face whose centroid
+    lies farther than ``HANDLE_MARGIN`` radii from that cylinder's axis."""
+    if asset.sha256 in _HANDLES:
+        return _HANDLES[asset.sha256]
+    mesh = asset.mesh
+    centroids = np.asarray(mesh.triangles_center, np.float64)
+    areas = np.asarray(mesh.area_faces, np.float64)
+    c = centroids @ asset.nocs_from_mesh[:3, :3].T + asset.nocs_from_mesh[:3, 3]
+    v = nocs_vertices(asset)
+    lo, hi = v.min(0), v.max(0)
+    long_axis, short_axis = (0, 2) if hi[0] - lo[0] >= hi[2] - lo[2] else (2, 0)
+    radius = (hi[short_axis] - lo[short_axis]) / 2
+    mid = (hi[short_axis] + lo[short_axis]) / 2
+    best: np.ndarray | None = None
+    for axis_at in (lo[long_axis] + radius, hi[long_axis] - radius):
+        out = np.hypot(c[:, long_axis] - axis_at, c[:, short_axis] - mid) > HANDLE_MARGIN * radius
+        if best is None or areas[out].sum() < areas[best].sum():
+            best = out
+    _HANDLES[asset.sha256] = centroids[best], areas[best]
+    return _HANDLES[asset.sha256]
+
+
+def handle_share(sample: Sample, asset: ObjectAsset) -> float:
+    """Share (0..1, by area) of a mug handle's surface seen in the image: a handle point counts when
+    its pixel shows the object at the point's depth (within ``HANDLE_DEPTH_TOL_MM``), so a handle
+    behind the body, under the hand or outside the image does not."""
+    points, areas = _handle_points(asset)
+    if not len(points) or areas.sum() <= 0:
+        return 0.0
+    ann = sample["ann.json"]
+    m = mesh_to_cam(ann)
+    cam = points @ m[:3, :3].T + m[:3, 3]
+    z = cam[:, 2]
+    seg, depth = np.asarray(sample["seg.png"]), np.asarray(sample["depth.png"], np.float64)
+    h, w = seg.shape
+    front = z > 1e-6
+    uv = np.zeros((len(z), 2))
+    uv[front] = (cam[front] @ np.asarray(ann["camera"]["K"], np.float64).T)[:, :2] / z[front, None]
+    col, row = np.round(uv[:, 0]).astype(np.int64), np.round(uv[:, 1]).astype(np.int64)
+    seen = front & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    idx = np.flatnonzero(seen)
+    at_depth = np.abs(depth[row[idx], col[idx]] - z[idx] * 1000.0) <= HANDLE_DEPTH_TOL_MM
+    seen[idx] = (seg[row[idx], col[idx]] == SEG_OBJECT) & at_depth
+    return float(areas[seen].sum() / areas.sum())
 
 
 def visible_mask(sample: Sample) -> np.ndarray:

@@ -18,18 +18,30 @@ lays out CAMERA and its loader (``dataset.py``) reads it:
   distractors) and synset ``hoigen-<category>``; ``classes.json`` gives them ids from 7 on.
 - ``_hand.json`` (hoigen's side file): MANO parameters, 21 joints in 3D (camera frame, metres) and 2D
   (pixels) with visibility.
+- ``_camera.json`` (hoigen's side file): this image's intrinsics ``K`` (3x3, pixels), ``width``,
+  ``height`` (the release's ``detect_eval.py`` hard-codes the CAMERA K, fx = fy = 577.5,
+  cx = 319.5, cy = 239.5 at 640x480; only ``--camera nocs-camera`` renders match it).
 - Scenes hold at most 10 images (the CAMERA loader reads ``0000``..``0009`` per folder); one scene is
   up to 10 consecutive frames of one (object, grasp, view) trajectory, numbered from 0 per split.
 - ``obj_models/<split>/<synset>/<model_id>/model.obj``: the mesh in its NOCS frame (bounding box
-  centred, diagonal 1, y up), so ``coord = vertex + 0.5``; ``bbox.txt`` beside it: two rows, the
-  box's max then min corner (the loader takes ``bbox[0] - bbox[1]`` as the instance's size).
+  centred, diagonal 1, y up) **with z negated**, as the release stores CAMERA models: its loader
+  (and object-deformnet's preprocessing) negate z when reading them, which gives back the NOCS frame
+  of the coord maps, so ``coord = (x, y, -z_file) + 0.5``. Read without the flip, an asymmetric model
+  (camera, laptop) is the mirror image of the object. Faces are reversed with the flip, so their
+  normals still point out. ``bbox.txt`` beside it: two rows, the file's max then min corner (the
+  loader takes ``bbox[0] - bbox[1]`` as the instance's size).
 - ``gts/<split>/results_<split>_<scene:05d>_<idx:04d>.pkl``: the per-image ground-truth pickle of the
   release's evaluation (``detect_eval.py`` reads ``gt_RTs`` and ``handle_visibility`` from it); keys
   ``image_path``, ``gt_class_ids`` (N,), ``gt_bboxes`` (N,4 y1 x1 y2 x2), ``gt_RTs`` (N,4,4 with s*R
   in the rotation block, metres), ``gt_scales`` (N,3 NOCS box extents), ``handle_visibility`` (N,),
-  for instances of the six NOCS classes.
+  for instances of the six NOCS classes, and (hoigen's addition) ``K`` (3,3), the image's
+  intrinsics. ``handle_visibility`` is 1 except for a mug whose handle shows less than
+  ``HANDLE_VISIBLE`` of its surface (:func:`hoigen.export.common.handle_share`): ``detect_eval``
+  then scores that mug as symmetric about y, as the release does.
 - ``gts/<split>.json``: every instance of every image as a ``hoigen eval pose`` file
-  (:mod:`hoigen.pose.files`).
+  (:mod:`hoigen.pose.files`); mugs carry ``handle_visible`` and ``handle_share``.
+- ``val/``: the release's training script always reads a CAMERA ``val/`` folder; it is written
+  with ``--val-fraction`` > 0, and an export without one logs a warning saying so.
 - ``<split>_list.txt``: one ``<split>/<scene>/<idx>`` per image; ``scenes.json``: scene -> hoigen
   keys; ``classes.json``: class name -> id.
 """
@@ -37,6 +49,7 @@ lays out CAMERA and its loader (``dataset.py``) reads it:
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -53,6 +66,7 @@ from hoigen.export.common import (
     ImageSlot,
     bbox_yxyx,
     hand_record,
+    handle_share,
     nocs_size,
     nocs_to_cam,
     nocs_vertices,
@@ -75,6 +89,8 @@ SHAPENET_SYNSETS = {
 }
 OBJECT_INSTANCE = 1
 MASK_BACKGROUND = 255
+HANDLE_VISIBLE = 0.1  # share of a mug handle's surface that must be seen for handle_visibility = 1
+log = logging.getLogger("hoigen.export")
 
 
 def synset_of(category: str) -> str:
@@ -115,10 +131,17 @@ def class_table(categories: Iterable[str]) -> dict[str, int]:
 
 
 def model_obj(vertices: np.ndarray, faces: np.ndarray) -> bytes:
-    lines = ["# hoigen object in its NOCS frame (bbox centred, diagonal 1, y up)\n"]
-    lines += [f"v {x:.6f} {y:.6f} {z:.6f}\n" for x, y, z in vertices]
-    lines += [f"f {a + 1} {b + 1} {c + 1}\n" for a, b, c in faces]
+    """OBJ text of a NOCS-frame mesh in the release's CAMERA convention: z negated, faces reversed."""
+    lines = ["# hoigen object in its NOCS frame (bbox centred, diagonal 1, y up), z negated as NOCS CAMERA models\n"]
+    lines += [f"v {x:.6f} {y:.6f} {-z:.6f}\n" for x, y, z in vertices]
+    lines += [f"f {a + 1} {c + 1} {b + 1}\n" for a, b, c in faces]
     return "".join(lines).encode()
+
+
+def load_model_obj(path: Path) -> np.ndarray:
+    """Vertices of a ``model.obj`` read the release's way (z negated back): NOCS coordinates."""
+    v = np.array([[float(x) for x in line.split()[1:4]] for line in open(path) if line.startswith("v ")])
+    return v * np.array([1.0, 1.0, -1.0])
 
 
 def write_model(out_dir: Path, split: str, asset: ObjectAsset) -> None:
@@ -126,10 +149,16 @@ def write_model(out_dir: Path, split: str, asset: ObjectAsset) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     v = nocs_vertices(asset)
     atomic_write_bytes(folder / "model.obj", model_obj(v, np.asarray(asset.mesh.faces)))
+    f = v * np.array([1.0, 1.0, -1.0])  # the file's frame
     atomic_write_bytes(
         folder / "bbox.txt",
-        f"{' '.join(f'{x:.6f}' for x in v.max(0))}\n{' '.join(f'{x:.6f}' for x in v.min(0))}\n".encode(),
+        f"{' '.join(f'{x:.6f}' for x in f.max(0))}\n{' '.join(f'{x:.6f}' for x in f.min(0))}\n".encode(),
     )
+
+
+def camera_record(ann: dict[str, Any]) -> dict[str, Any]:
+    cam = ann["camera"]
+    return {"K": np.asarray(cam["K"], np.float64).round(9).tolist(), "width": cam["width"], "height": cam["height"]}
 
 
 def export_sample(sample: Sample, image_dir: Path, idx: int) -> np.ndarray:
@@ -149,13 +178,14 @@ def export_sample(sample: Sample, image_dir: Path, idx: int) -> np.ndarray:
         "_mask.png": encode_field("x.png", mask_png(visible)),
         "_meta.txt": meta_line(ann["object"]["category"], ann["object"]["id"]).encode(),
         "_hand.json": json.dumps(hand_record(ann), indent=1).encode(),
+        "_camera.json": json.dumps(camera_record(ann), indent=1).encode(),
     }
     for suffix, data in files.items():
         atomic_write_bytes(stem.with_name(stem.name + suffix), data)
     return visible
 
 
-def gt_pickle(slot: ImageSlot, insts: list[dict[str, Any]], boxes: list[list[int]]) -> bytes:
+def gt_pickle(slot: ImageSlot, insts: list[dict[str, Any]], boxes: list[list[int]], K: np.ndarray) -> bytes:
     """The release's per-image ground truth (instances of the six NOCS classes only)."""
     keep = [i for i, inst in enumerate(insts) if inst["class"] in NOCS_CLASS_IDS]
     rts = []
@@ -170,7 +200,8 @@ def gt_pickle(slot: ImageSlot, insts: list[dict[str, Any]], boxes: list[list[int
         "gt_bboxes": np.array([boxes[i] for i in keep], np.int32).reshape(-1, 4),
         "gt_RTs": np.array(rts, np.float64).reshape(-1, 4, 4),
         "gt_scales": np.array([insts[i]["size"] for i in keep], np.float32).reshape(-1, 3),
-        "handle_visibility": np.ones(len(keep), np.int32),
+        "handle_visibility": np.array([int(insts[i].get("handle_visible", True)) for i in keep], np.int32),
+        "K": np.asarray(K, np.float64).reshape(3, 3),
     }
     return pickle.dumps(data, protocol=2)
 
@@ -209,21 +240,16 @@ def export_nocs(
         asset = object_of(sample, objects)
         R, t, s = nocs_to_cam(ann)
         box = bbox_yxyx(visible)
-        inst = instance(
-            ann["object"]["category"],
-            R,
-            t,
-            s,
-            nocs_size(asset),
-            score=1.0,
-            handle_visible=True,
-            bbox=box,
-            model=obj_id,
-        )
+        handle: dict[str, Any] = {"handle_visible": True}
+        if asset.category == "mug":
+            share = handle_share(sample, asset)
+            handle = {"handle_visible": share >= HANDLE_VISIBLE, "handle_share": round(share, 4)}
+        cat = ann["object"]["category"]
+        inst = instance(cat, R, t, s, nocs_size(asset), score=1.0, bbox=box, model=obj_id, **handle)
         gts.setdefault(slot.split, {})[slot.name] = [inst]
         pkl = out_dir / "gts" / slot.split / f"results_{slot.split}_{slot.scene:05d}_{slot.index:04d}.pkl"
         pkl.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(pkl, gt_pickle(slot, [inst], [box]))
+        atomic_write_bytes(pkl, gt_pickle(slot, [inst], [box], np.asarray(ann["camera"]["K"])))
         models.add((slot.split, obj_id))
         count += 1
         if on_sample is not None:
@@ -238,6 +264,13 @@ def export_nocs(
     for name, lines in by_split.items():
         atomic_write_bytes(out_dir / f"{name}_list.txt", "".join(f"{line}\n" for line in lines).encode())
         write_pose_file(out_dir / "gts" / f"{name}.json", gts.get(name, {}))
+    if "val" not in by_split:
+        log.warning(
+            "export: %s has no val/ split (--val-fraction %s); the NOCS release's training script reads val/: "
+            "export with --val-fraction > 0 (or give it your own val set)",
+            out_dir,
+            val_fraction,
+        )
     atomic_write_bytes(out_dir / "scenes.json", json.dumps(scenes, indent=1, sort_keys=True).encode())
     table = class_table(a.category for a in objects.values())
     atomic_write_bytes(out_dir / "classes.json", json.dumps(table, indent=1).encode())

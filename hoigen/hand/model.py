@@ -2,7 +2,9 @@
 
 Real MANO pickles (v1.2) were written under Python 2 with chumpy objects and scipy sparse matrices;
 chumpy does not import on Python 3.11, so :func:`load_mano_pickle` maps chumpy classes to a shim
-that recovers the plain array. Both kinds of file then go through the very same
+that recovers the plain array. The file is untrusted data: its unpickler resolves only an allowlist
+(numpy arrays, the chumpy/scipy.sparse shims, plain containers; see :mod:`hoigen.trust`) and refuses
+any other name, so a crafted pickle cannot run code. Both kinds of file then go through the very same
 ``smplx.MANO(..., data_struct=...)`` call in :class:`HandModel`.
 
 Pose conventions (smplx): ``global_orient`` rotates the hand about its root joint J0 (which depends on
@@ -18,6 +20,7 @@ import functools
 import io
 import os
 import pickle
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +35,7 @@ from hoigen.hand.keypoints import (
     joint_index,
     joints21_from_mano,
 )
+from hoigen.trust import MANO_MAX_BYTES, RefusedGlobal, RestrictedUnpickler, check_file_size, reconstructor_for
 
 REAL_MANO_NAME = "mano-v1.2"
 MANO_URL = "https://mano.is.tue.mpg.de"
@@ -50,17 +54,13 @@ class _PickledState:
 
     _module = ""
     _name = ""
+    _state: object = None
 
     def __setstate__(self, state) -> None:
         self._state = state
 
     def __init__(self, *args, **kwargs) -> None:  # old protocols may call the class
         self._state = {}
-
-
-@functools.cache
-def _shim(module: str, name: str) -> type:
-    return type(name, (_PickledState,), {"_module": module, "_name": name})
 
 
 def _to_array(obj, where: str):
@@ -100,42 +100,71 @@ def _sparse_to_dense(name: str, state: dict, where: str) -> np.ndarray:
     return np.asarray(mat.todense())
 
 
-class _MANOUnpickler(pickle.Unpickler):
-    """Unpickler that needs neither chumpy nor a particular scipy/numpy layout."""
+def _is_shim(cls: type) -> bool:
+    return issubclass(cls, _PickledState)
 
-    def find_class(self, module: str, name: str):
+
+class _MANOUnpickler(RestrictedUnpickler):
+    """The allowlist unpickler (:mod:`hoigen.trust`) plus state-only stand-ins for chumpy objects and
+    scipy sparse matrices, so that neither library is imported and no class of theirs is built."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._shims: dict[tuple[str, str], type] = {}  # per load: a file cannot alter another's classes
+
+    def resolve(self, module: str, name: str):
         if module == "chumpy" or module.startswith("chumpy."):
-            return _shim(module, name)
-        if module.startswith("scipy.sparse") and name.endswith(("_matrix", "_array")):
-            return _shim(module, name)
-        if module.startswith("numpy._core"):  # written by numpy 2, read by numpy 1.x
-            try:
-                return super().find_class(module, name)
-            except ModuleNotFoundError:
-                return super().find_class(module.replace("numpy._core", "numpy.core"), name)
-        return super().find_class(module, name)
+            pass
+        elif module.startswith("scipy.sparse") and name.endswith(("_matrix", "_array")):
+            pass
+        elif (module, name) == ("copyreg", "_reconstructor"):  # Python 2 protocol 0/1 objects
+            return reconstructor_for(_is_shim)
+        else:
+            return None
+        key = (module, name)
+        if key not in self._shims:
+            self._shims[key] = type(name, (_PickledState,), {"_module": module, "_name": name})
+        return self._shims[key]
 
 
 def load_mano_pickle(path: str | Path) -> dict:
-    """Load a MANO-format pickle (real MANO v1.2 or embedded) into a dict of plain numpy arrays."""
+    """Load a MANO-format pickle (real MANO v1.2 or embedded) into a dict of plain numpy arrays.
+
+    The file is data: only numpy arrays, chumpy objects and scipy sparse matrices (as stand-ins) and
+    plain containers can come out of it; a pickle naming anything else (``os.system``, ``eval`` ...)
+    is refused with one line before that name is imported or called.
+    """
     path = Path(path)
+    if not path.is_file():
+        raise HoigenError(f"{path}: file not found; download MANO from {MANO_URL} and pass --mano-dir")
+    check_file_size(path, MANO_MAX_BYTES, "MANO pickle", f"use MANO v1.2 from {MANO_URL}")
     try:
         with open(path, "rb") as fh:
             data = _MANOUnpickler(fh, encoding="latin1").load()
-    except FileNotFoundError as exc:
+        if not isinstance(data, dict):
+            raise HoigenError(f"{path}: not a MANO pickle (holds {type(data).__name__}, not a dict)")
+        data = _to_array(data, str(path))
+    except RefusedGlobal as exc:
         raise HoigenError(
-            f"{path}: file not found; download MANO from {MANO_URL} and pass --mano-dir"
-        ) from exc
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as exc:
+            f"{path}: refused to load '{exc.name}' from this MANO pickle: a MANO file holds only numpy arrays, "
+            f"chumpy and scipy.sparse data, and loading this one could run code; do not use it, "
+            f"re-download MANO from {MANO_URL}"
+        ) from None
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError, IndexError,
+            KeyError, MemoryError, RecursionError, struct.error) as exc:  # fmt: skip
         raise HoigenError(
-            f"{path}: not a readable MANO pickle ({exc}); re-download it from {MANO_URL}"
-        ) from exc
-    if not isinstance(data, dict):
-        raise HoigenError(f"{path}: not a MANO pickle (holds {type(data).__name__}, not a dict)")
-    data = _to_array(data, str(path))
+            f"{path}: not a readable MANO pickle ({type(exc).__name__}: {exc}); re-download it from {MANO_URL}"
+        ) from None
     missing = [k for k in MANO_KEYS if k not in data]
     if missing:
         raise HoigenError(f"{path}: MANO pickle lacks {', '.join(missing)}; use MANO v1.2 from {MANO_URL}")
+    for key in MANO_KEYS:
+        value = data[key]
+        if not isinstance(value, np.ndarray) or not (value.dtype.kind in "biuf" and value.size):
+            raise HoigenError(
+                f"{path}: MANO key {key} is not a numeric array ({type(value).__name__}); "
+                f"use MANO v1.2 from {MANO_URL}"
+            )
     return data
 
 

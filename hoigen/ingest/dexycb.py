@@ -51,6 +51,7 @@ intrinsics and 2D joints follow (as ``hoigen render --camera dexycb --size S`` d
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -251,12 +252,16 @@ def convert_frame(
     frame = int(ref["frame"])
     label_path = folder / f"labels_{frame:06d}.npz"
     try:
-        with np.load(label_path) as label:
+        with np.load(label_path, allow_pickle=False) as label:  # data only: an object array is refused
             fields = {k: np.asarray(label[k]) for k in ("seg", "pose_y", "pose_m", "joint_3d", "joint_2d")}
     except FileNotFoundError:
         raise HoigenError(f"{label_path}: missing; the DexYCB sequence is incomplete (re-extract it)") from None
     except KeyError as error:
         raise HoigenError(f"{label_path}: lacks {error}; expected seg, pose_y, pose_m, joint_3d, joint_2d") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:  # pickled objects, not an .npz, cut
+        raise HoigenError(
+            f"{label_path}: not a DexYCB label file ({str(error).splitlines()[0][:120]}); re-extract the sequence"
+        ) from None
     joints3d = fields["joint_3d"].reshape(21, 3).astype(np.float64)
     if np.all(joints3d == -1):
         return None
@@ -367,6 +372,7 @@ def save_dexycb_objects(root: Path, out: Path, tasks: list[Task]) -> dict[str, A
 
     from hoigen.objects.asset import ObjectAsset
     from hoigen.objects.library import save_objects
+    from hoigen.trust import check_mesh_file
 
     grasped = sorted({YCB_CLASSES[ref["ycb_ids"][ref["grasp_index"]]] for t in tasks for ref in t.source[:1]})
     assets, info = [], {}
@@ -374,7 +380,13 @@ def save_dexycb_objects(root: Path, out: Path, tasks: list[Task]) -> dict[str, A
         path = Path(root) / "models" / name / "textured_simple.obj"
         if not path.is_file():
             continue
-        mesh = trimesh.load(path, force="mesh", process=False)
+        check_mesh_file(path)
+        try:
+            mesh = trimesh.load(path, force="mesh", process=False)
+        except Exception as error:  # noqa: BLE001 - any parser failure is the file's
+            raise HoigenError(
+                f"{path}: cannot be read as a mesh ({type(error).__name__}); re-extract the models/ folder"
+            ) from None
         asset = ObjectAsset.create(_object_id(name), _category(name), mesh.vertices, mesh.faces, str(path))
         assets.append(asset)
         info[name] = {

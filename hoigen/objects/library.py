@@ -68,6 +68,7 @@ from hoigen.objects.ply import read_ply_bytes_colors
 from hoigen.objects.repair import FACE_BUDGET, UnusableMesh, repair_mesh
 from hoigen.objects.units import check_scale, check_units, choose_scale
 from hoigen.objects.urdf import read_urdf, referenced_meshes
+from hoigen.trust import check_mesh_file
 
 log = logging.getLogger("hoigen.objects")
 
@@ -300,6 +301,10 @@ def _read_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Vertices, faces and vertex colours (or None) of a mesh file, or ``UnusableMesh``."""
     if path.stat().st_size == 0:
         raise UnusableMesh(f"{path}: the file is empty (0 bytes); fix or remove it")
+    try:
+        check_mesh_file(path)  # size / declared face count, before any parser allocates for them
+    except HoigenError as exc:
+        raise UnusableMesh(str(exc)) from None
     try:
         loaded = trimesh.load(str(path), force="mesh", process=False)
     except Exception as exc:  # noqa: BLE001 - any parser failure is the user's file

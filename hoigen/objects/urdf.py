@@ -20,7 +20,11 @@ from defusedxml import ElementTree
 from defusedxml.common import DefusedXmlException
 from scipy.spatial.transform import Rotation
 
+from hoigen.errors import HoigenError
 from hoigen.objects.repair import UnusableMesh
+from hoigen.trust import MiB, check_file_size
+
+URDF_MAX_BYTES = 4 * MiB  # an object's URDF is a few kB; the meshes it names have their own caps
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,10 @@ def _resolve(filename: str, urdf: Path) -> Path:
 def read_urdf(path: Path) -> list[UrdfMesh]:
     """The visual meshes of the first link with any (see the module), or ``UnusableMesh``."""
     path = Path(path)
+    try:
+        check_file_size(path, URDF_MAX_BYTES, "URDF file", "an object's URDF is a few kB; fix or remove it")
+    except HoigenError as exc:
+        raise UnusableMesh(str(exc)) from None
     try:
         root = ElementTree.fromstring(path.read_bytes(), forbid_dtd=True)
     except (DefusedXmlException, ElementTree.ParseError, OSError) as exc:

@@ -100,6 +100,7 @@ def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sampl
     from hoigen.render.cameras import camera_sampler, camera_size
     from hoigen.render.framing import frame_trajectory
     from hoigen.render.renderer import SceneSpec
+    from hoigen.render.silhouette import silhouette
 
     cfg = ctx.config
     preset = str(cfg.get("camera") or "random")
@@ -157,13 +158,22 @@ def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sampl
                 if result.empty:
                     log.warning("render: skipped %s: neither the hand nor the object covers a pixel", key)
                     continue
-                yield _rendered_sample(key, ann, result, view, preset, framing)
+                full = silhouette(
+                    asset.mesh.vertices, asset.mesh.faces, camera.world_to_cam @ np.asarray(obj_ann["pose"]),
+                    camera.K, result.mask_object_full, renderer.znear,
+                )
+                yield _rendered_sample(key, ann, result, view, preset, framing, full)
 
 
-def _rendered_sample(key: str, ann: dict, result: Any, view: int, preset: str, framing: Any) -> Sample:
-    """One output sample: the input annotation plus camera, 2D joints, visibility, boxes and maps."""
+def _rendered_sample(
+    key: str, ann: dict, result: Any, view: int, preset: str, framing: Any, full: dict[str, Any]
+) -> Sample:
+    """One output sample: the input annotation plus camera, 2D joints, visibility, boxes and maps.
+
+    Boxes of empty masks are ``[0, 0, 0, 0]`` (never null, so every sample has the same schema);
+    ``object.silhouette`` is :func:`hoigen.render.silhouette.silhouette` (the unclipped silhouette)."""
     camera = result.camera
-    boxes = result.bboxes()
+    boxes = {name: box or [0, 0, 0, 0] for name, box in result.bboxes().items()}
     return {
         "__key__": key,
         "ann.json": {
@@ -177,7 +187,12 @@ def _rendered_sample(key: str, ann: dict, result: Any, view: int, preset: str, f
                 "bbox": boxes["hand"],
                 "bbox_visible": boxes["hand_visible"],
             },
-            "object": {**ann["object"], "bbox": boxes["object"], "bbox_visible": boxes["object_visible"]},
+            "object": {
+                **ann["object"],
+                "bbox": boxes["object"],
+                "bbox_visible": boxes["object_visible"],
+                "silhouette": full,
+            },
             "camera": {
                 "K": camera.K.tolist(),
                 "world_to_cam": camera.world_to_cam.tolist(),
