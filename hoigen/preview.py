@@ -1,7 +1,8 @@
 """Contact sheets: one PNG that shows what a folder of shards holds.
 
 Each row is one sample, each column one picture field it has (image, shade, normal, seg, skeleton,
-nocs, depth), with the key written above the row.
+nocs, depth), with the key written above the row. By default the rows are grasp frames (the last
+frame of each trajectory), spread over the shards.
 """
 
 from __future__ import annotations
@@ -62,8 +63,35 @@ def contact_sheet(samples: Iterable[Sample], out_png: Path, max_rows: int = 12, 
     return out_png
 
 
-def spread_samples(folder: Path, max_rows: int) -> list[Sample]:
-    """Up to ``max_rows`` samples spread over all shards of ``folder`` (first of each, then more)."""
+def grasp_frame_keys(keys: list[str]) -> list[str]:
+    """The keys of the last (grasp) frame of each trajectory and view, in the order given.
+
+    Keys are ``{object}_{grasp:04d}_{frame:03d}_{view:02d}`` (grasp stage: no view); a key of another
+    shape is kept as it is.
+    """
+    last: dict[tuple, tuple[int, str]] = {}
+    order: list[tuple] = []
+    for key in keys:
+        parts = key.split("_")
+        if len(parts) < 3 or not parts[2].isdigit():
+            group, frame = (key,), 0
+        else:
+            group, frame = (parts[0], parts[1], *parts[3:]), int(parts[2])
+        if group not in last:
+            order.append(group)
+        if group not in last or frame > last[group][0]:
+            last[group] = (frame, key)
+    return [last[g][1] for g in order]
+
+
+def spread_samples(folder: Path, max_rows: int, frames: str = "grasp") -> list[Sample]:
+    """Up to ``max_rows`` samples spread over all shards of ``folder`` (first of each, then more).
+
+    ``frames="grasp"`` (default) shows each trajectory's last frame, the grasp itself, rather than the
+    approach; ``"all"`` spreads over every frame.
+    """
+    if frames not in ("grasp", "all"):
+        raise HoigenError(f"frames must be grasp or all, got {frames!r}")
     shards = list_shards(folder)
     if not shards:
         raise HoigenError(f"{folder}: no shards found (shard-*.tar); point at a stage's output folder")
@@ -71,6 +99,9 @@ def spread_samples(folder: Path, max_rows: int) -> list[Sample]:
     picked: list[Sample] = []
     for shard in shards:
         samples = list(read_shard(shard, fields=PREVIEW_FIELDS))
+        if frames == "grasp":
+            keep = set(grasp_frame_keys([s["__key__"] for s in samples]))
+            samples = [s for s in samples if s["__key__"] in keep]
         step = max(1, len(samples) // per_shard)
         picked.extend(samples[::step][:per_shard])
     return picked[:max_rows]

@@ -39,4 +39,6 @@ def test_a_filter_nobody_passes_fails_in_one_line(tmp_path) -> None:
     # both rounds ran and every candidate is counted as rejected
     assert stats["rounds"] == 2 and stats["candidates"] == 6
     assert stats["evaluated"] == stats["rejected"] == 6 and stats["grasps_written"] == 0
-    assert stats["short"] == [{"object": stats["short"][0]["object"], "wanted": 1, "written": 0}]
+    assert stats["short"] == [
+        {"object": stats["short"][0]["object"], "wanted": 1, "written": 0, "evaluated": 6, "accepted": 0, "hint": None}
+    ]

@@ -192,7 +192,7 @@ def test_load_folder_formats_and_ycb_layout(tmp_path):
     # the google_16k textured variant wins over nontextured.ply and tsdf; YCB is z-up: turned to y-up
     np.testing.assert_allclose(by_id["002-master-chef-can"].mesh.extents, [0.1, 0.14, 0.1], atol=1e-6)
     can = by_id["002-master-chef-can"]
-    assert can.up == "+z" and by_id["red-bottle"].up == "+y"
+    assert can.up == "+z" and by_id["red-bottle"].up == "+z"  # one default up axis in every layout
     np.testing.assert_allclose(can.mesh_from_source[:3, :3] @ [0, 0, 1], [0, 1, 0])
     assert "turned +z up to +y" in can.repairs
     assert by_id["002-master-chef-can"].source.endswith(os.path.join("google_16k", "textured.obj"))
@@ -215,7 +215,7 @@ def test_load_folder_formats_and_ycb_layout(tmp_path):
     # categories.csv in the folder is found by itself; up and unit columns are optional per row
     (root / "categories.csv").write_text("id,category,up,unit\nred_bottle,can,,\ncracker-box,box,+z,cm\n")
     by_id = {a.id: a for a in load_objects(root)}
-    assert by_id["red-bottle"].category == "can" and by_id["red-bottle"].up == "+y"
+    assert by_id["red-bottle"].category == "can" and by_id["red-bottle"].up == "+z"
     box = by_id["cracker-box"]
     assert box.unit_scale == 0.01 and box.up == "+z"
     np.testing.assert_allclose(box.mesh.extents, [0.001, 0.0005, 0.002], rtol=1e-5)  # (x, z, -y) of 0.1,0.2,0.05 cm
@@ -256,10 +256,10 @@ def test_load_scene_and_offset_mesh(tmp_path):
 
 
 def test_millimetre_mesh_is_scaled(tmp_path):
-    _write(trimesh.creation.box(extents=[100.0, 200.0, 50.0]), tmp_path / "box_mm.ply")
+    _write(trimesh.creation.box(extents=[100.0, 50.0, 200.0]), tmp_path / "box_mm.ply")
     (asset,) = load_objects(tmp_path)
-    assert asset.unit_scale == 0.001
-    np.testing.assert_allclose(asset.mesh.extents, [0.1, 0.2, 0.05], rtol=1e-6)
+    assert asset.unit_scale == 0.001 and asset.scale_from == "auto mm"
+    np.testing.assert_allclose(asset.mesh.extents, [0.1, 0.2, 0.05], rtol=1e-6)  # z-up by default
 
 
 @pytest.mark.parametrize(
@@ -285,7 +285,7 @@ def test_only_bad_meshes_is_one_line_error_naming_folder_and_file(tmp_path, name
 
 
 def test_folder_errors(tmp_path):
-    with pytest.raises(HoigenError, match="does not exist; pass --objects DIR"):
+    with pytest.raises(HoigenError, match="--objects .*missing does not exist; pass a folder"):
         load_objects(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.md").write_text("x")

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import trimesh
 
-from hoigen.objects import MeshQuery, load_objects, read_objects, repair_mesh, save_objects
-from hoigen.objects.repair import UnusableMesh, fix_winding, unit_scale
+from hoigen.objects import MeshQuery, load_objects, read_objects, repair_mesh, save_objects, upright_rotation
+from hoigen.objects.repair import UnusableMesh, fix_winding
+from hoigen.objects.units import choose_scale
 
 
 def _write(mesh: trimesh.Trimesh, path: Path) -> Path:
@@ -130,7 +131,7 @@ def test_fault_mesh_not_watertight(tmp_path, caplog):
     keep = sphere.triangles_center[:, 1] < 0.045  # a cap of ~2 cm radius cut off: too big for hole filling
     open_ball = trimesh.Trimesh(sphere.vertices, sphere.faces[keep])
     _write(open_ball, folder / "open_ball.ply")
-    lib, lines = _load(folder, caplog)
+    lib, lines = _load(folder, caplog, up="+y")  # the file's y points up (its hole on top)
     ball = next(a for a in lib if a.id == "open-ball")
     assert [a.id for a in lib] == ["good-box", "open-ball"]
     # the open original is kept for rendering; signed distance uses a closed voxel remesh
@@ -158,15 +159,16 @@ def test_fault_mesh_not_watertight(tmp_path, caplog):
 
 def test_fault_mesh_millimetres(tmp_path, caplog):
     folder = _with_good(tmp_path / "meshes")
-    _write(trimesh.creation.box(extents=[70.0, 240.0, 70.0]), folder / "bottle_mm.stl")
+    _write(trimesh.creation.box(extents=[70.0, 70.0, 240.0]), folder / "bottle_mm.stl")  # z-up, the default
     lib, lines = _load(folder, caplog)
     bottle = next(a for a in lib if a.id == "bottle-mm")
     assert bottle.unit_scale == 0.001 and bottle.category == "bottle"
     np.testing.assert_allclose(bottle.mesh.extents, [0.07, 0.24, 0.07], rtol=1e-6)
-    np.testing.assert_allclose(bottle.mesh_from_source[:3, :3], 0.001 * np.eye(3))
+    np.testing.assert_allclose(bottle.mesh_from_source[:3, :3], 0.001 * upright_rotation("+z"))
     assert lines == [
-        f"{folder / 'bottle_mm.stl'}: bounding-box diagonal 259.6 read as millimetres, scaled by 0.001 to metres "
-        "(0.260 m); give the unit in the mapping file if that is wrong"
+        f"{folder / 'bottle_mm.stl'}: largest side 240 is not a hand-held bottle in metres; read as millimetres, "
+        "scaled by 0.001 to 24 cm; pass --units m|cm|mm|in or --scale F, or a unit/scale column in the mapping "
+        "file if that is wrong"
     ]
     # NOCS of the converted mesh: centred, diagonal 1
     nv = bottle.nocs_vertices()
@@ -175,9 +177,12 @@ def test_fault_mesh_millimetres(tmp_path, caplog):
 
 
 def test_units_rule_and_forced_unit():
-    assert unit_scale(0.3) == 1.0 and unit_scale(5.0) == 1.0
-    assert unit_scale(250.0) == 0.001  # a 25 cm object in millimetres
-    assert unit_scale(12.0) == 0.01  # 12 "mm" would be 1.2 cm: centimetres instead
+    def factor(extent, category="object"):
+        return choose_scale(extent, category).factor
+
+    assert factor(0.3) == 1.0 and factor(0.04) == 1.0  # hand-held in metres: kept
+    assert factor(250.0) == 0.001  # a 25 cm object in millimetres
+    assert factor(12.0) == 0.01  # 12 "mm" would be 1.2 cm: centimetres instead
     box = trimesh.creation.box(extents=[10.0, 20.0, 5.0])
     fixed = repair_mesh(box.vertices, box.faces, scale=0.01)
     assert fixed.unit_scale == 0.01 and not fixed.warnings  # forced: no guess, no warning

@@ -96,7 +96,7 @@ def test_fault_prompts_placeholder_without_value(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# ok so far\na hand holding a {object}\n\na {colour} {object} {background}\n")
     message = _synthesize_fails(tmp_path, prompts, r"prompts.txt:4: .*\{colour\}")
-    assert "only {object} and {background}" in message
+    assert "only {object}, {name} and {background}" in message
     for line in ("a {} mug", "a {object.name}", "a {0}"):
         bad = tmp_path / "bad.txt"
         bad.write_text(f"fine {{object}}\n{line}\n")

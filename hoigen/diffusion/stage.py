@@ -20,7 +20,7 @@ stage hands batch k to the shard writer, which encodes the images and writes the
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -113,11 +113,14 @@ class SynthStage(Stage):
         return Plan(tasks, opts, config, in_dir=self.in_dir, extra=extra, inputs=SynthInputs(tuple(templates)))
 
 
-def sample_prompt(templates: list[str], category: str, rng) -> str:
-    from hoigen.diffusion.prompts import fill_prompt
+def sample_prompt(templates: Sequence[str], sample: Sample, rng) -> str:
+    """A prompt for a sample: a drawn template filled with its object's words and a drawn background."""
+    from hoigen.diffusion.prompts import fill_prompt, object_words
 
+    obj = sample["ann.json"]["object"]
+    words = object_words(obj["category"], obj.get("id") or sample["__key__"].split("_")[0])
     template = templates[int(rng.integers(len(templates)))]
-    return fill_prompt(template, object=category, background=BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))])
+    return fill_prompt(template, background=BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))], **words)
 
 
 def image_fields(j: int) -> tuple[str, str]:
@@ -183,19 +186,18 @@ def _still_job(items: list[tuple[int, int]], pending: list[Sample], base: int, c
     for s, (_, j) in zip(samples, items, strict=True):
         key = s["__key__"]
         names = (key,) if j == 0 else (key, j)  # image 0 keeps the seeds of single-image runs
-        prompts.append(sample_prompt(ctx.inputs.prompt_templates, _category(s), ctx.rng(*names)))
+        prompts.append(sample_prompt(ctx.inputs.prompt_templates, s, ctx.rng(*names)))
         seeds.append(derive_seed(ctx.seed, "synthesize", *names))
     return _Job(list(items), prompts, seeds), conds
 
 
-def _category(sample: Sample) -> str:
-    return sample["ann.json"]["object"]["category"]
-
-
 def _overlapped(jobs: Iterator[tuple[_Job, torch.Tensor]], ctx: StageContext) -> Iterator[tuple[_Job, list]]:
     """Run each job's diffusion in a helper thread, one job ahead of the consumer."""
+    from hoigen.diffusion.prompts import TruncationWarner
+
     opts: SynthOptions = ctx.options
     pipe, _ = pipeline_for(opts)
+    warner = TruncationWarner(pipe.tokenizer, list(ctx.inputs.prompt_templates), opts.prompts)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoigen-diffusion")
     threads = torch.get_num_threads()
 
@@ -204,6 +206,7 @@ def _overlapped(jobs: Iterator[tuple[_Job, torch.Tensor]], ctx: StageContext) ->
         from hoigen.diffusion.pipeline import generate
 
         torch.set_num_threads(threads)  # a new thread starts with the default count
+        warner.check(job.prompts)
         return generate(
             pipe,
             conds,
@@ -294,7 +297,7 @@ def _video_stage(samples: list[Sample], ctx: StageContext) -> Iterator[Sample]:
             )
             for j in range(per):
                 names = (trajectory,) if j == 0 else (trajectory, j)
-                prompt = sample_prompt(ctx.inputs.prompt_templates, _category(first), ctx.rng("video", *names))
+                prompt = sample_prompt(ctx.inputs.prompt_templates, first, ctx.rng("video", *names))
                 seed = derive_seed(ctx.seed, "synthesize-video", *names)
                 anchor = anchor_index(len(group), opts.anchor)
                 video = trajectory if j == 0 else f"{trajectory}_{j}"

@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from hoigen.options import option, validate
+from hoigen.options import OptionError, option, validate
 
 HAND_SIDES = ("right", "left")
+# --units: auto, then hoigen.objects.units.UNIT_FACTORS's order (options import no object code; a test pins the two)
+MESH_UNITS = ("auto", "m", "mm", "cm", "in")
 
 
 @dataclass(frozen=True)
 class GraspOptions:
     objects: Path | None = option(
-        None, "Folder of meshes (.obj/.ply/.glb/.stl, YCB layout). Default: the embedded procedural objects."
+        None,
+        "Folder of meshes (.obj/.ply/.glb/.stl/.urdf, YCB layout) or one such file. "
+        "Default: the embedded procedural objects.",
     )
     categories: list[str] | None = option(
         None, "Procedural categories, e.g. mug,bowl.", split=",", default_text="bottle,bowl,can,mug"
     )
     category: str | None = option(None, "Category for every mesh in --objects.")
     up: str | None = option(
-        None, "Up axis of the --objects meshes (+x/-x/+y/-y/+z/-z).", default_text="+z for YCB, else +y"
+        None, "Up axis of the --objects meshes (+x/-x/+y/-y/+z/-z).", default_text="+z (glTF files: +y)"
     )
+    units: str = option(
+        "auto", "Unit of the --objects meshes: auto (judged from size and category), m, cm, mm or in.",
+        choices=MESH_UNITS,
+    )
+    scale: float | None = option(None, "Factor to metres for every --objects mesh (e.g. 0.001); beats --units.")
     grasps: int = option(2, "Grasps per object.", min=1)
     frames: int = option(8, "Frames of each approach trajectory (the paper uses 8).", min=1)
     side: str = option("right", "Hand side: right or left.", choices=HAND_SIDES)
@@ -48,3 +58,5 @@ class GraspOptions:
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.scale is not None and not (math.isfinite(self.scale) and self.scale > 0):
+            raise OptionError("scale", f"must be a positive number (a factor to metres), got {self.scale}")

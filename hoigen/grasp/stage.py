@@ -49,7 +49,9 @@ class GraspStage(Stage):
         opts = self.options
         hand = load_hand(opts.side, opts.mano_dir)
         if opts.objects is not None:
-            assets = load_objects(Path(opts.objects), category=opts.category, up=opts.up)
+            assets = load_objects(
+                Path(opts.objects), category=opts.category, up=opts.up, units=opts.units, scale=opts.scale
+            )
         else:
             assets = procedural_objects(opts.categories, seed=common.seed)
         if not assets:
@@ -62,7 +64,11 @@ class GraspStage(Stage):
         ]
         extra = {
             "hand_model": {"name": hand.name, "source": str(hand.source), "embedded": hand.is_embedded},
-            "objects": [{"id": a.id, "category": a.category, "source": a.source} for a in assets],
+            "objects": [
+                {"id": a.id, "category": a.category, "source": a.source, "unit_scale": a.unit_scale,
+                 "scale_from": a.scale_from}
+                for a in assets
+            ],  # fmt: skip
             "objects_skipped": [s.to_dict() for s in getattr(assets, "skipped", [])],
         }
         return Plan(tasks, opts, record(opts), extra=extra)
@@ -80,25 +86,24 @@ class GraspStage(Stage):
 def record_grasp_filter(out: Path, quiet: bool = False) -> dict[str, Any]:
     """Add the grasp filter's counts and shortfall to ``run.json``; warn once per short object.
 
-    Raises :class:`HoigenError` when no object yielded an accepted grasp."""
+    Raises :class:`HoigenError` when no object yielded an accepted grasp, after removing
+    ``index.parquet`` (a failed run leaves no index that looks like a result)."""
     import json
 
     from hoigen.data.atomic import atomic_write_bytes
-    from hoigen.data.contract import read_run_json
+    from hoigen.data.contract import INDEX_FILE, read_run_json
     from hoigen.data.progress import console, info
-    from hoigen.grasp.report import filter_line, filter_stats, no_grasp_error
+    from hoigen.grasp.report import filter_line, filter_stats, no_grasp_error, short_line
 
     stats = filter_stats(out)
     run = read_run_json(out)
     run["grasp_filter"] = stats
     atomic_write_bytes(out / "run.json", json.dumps(run, indent=2, sort_keys=True, default=str).encode() + b"\n")
-    for o in stats["short"]:
-        console.print(
-            f"warning: grasp: {o['object']}: {o['written']} of {o['wanted']} grasps passed the filters "
-            "(written as they are; see run.json grasp_filter)"
-        )
     if stats["objects"] and not stats["accepted"]:
+        (out / INDEX_FILE).unlink(missing_ok=True)
         raise HoigenError(no_grasp_error(stats))
+    for o in stats["short"]:
+        console.print(f"warning: grasp: {short_line(o)}")
     info(filter_line(stats), quiet)
     return stats
 

@@ -109,6 +109,8 @@ class ObjectAsset:
     ``colors`` are per-vertex RGB (V, 3) uint8 or None. ``watertight_remesh`` is the closed stand-in
     used for signed distance when ``mesh`` is not watertight (None otherwise). ``repairs`` lists, one
     short phrase each, what loading changed (merged vertices, filled holes, simplified, ...).
+    ``scale_from`` says where ``unit_scale`` came from (``auto mm``, ``--units in``, ``mapping scale``
+    ...; see ``hoigen.objects.units``), empty for procedural objects.
     """
 
     id: str
@@ -123,6 +125,7 @@ class ObjectAsset:
     up: str = "+y"
     mesh_from_source: np.ndarray = field(default_factory=lambda: np.eye(4))
     repairs: tuple[str, ...] = ()
+    scale_from: str = ""
 
     def __post_init__(self) -> None:
         check_id(self.id)
@@ -145,6 +148,7 @@ class ObjectAsset:
         up: str = "+y",
         mesh_from_source: np.ndarray | None = None,
         repairs: tuple[str, ...] | list[str] = (),
+        scale_from: str = "",
     ) -> ObjectAsset:
         """Canonicalise the geometry, then fill ``sha256`` and ``nocs_from_mesh`` from it."""
         rgb = _rgb(colors, len(np.asarray(vertices).reshape(-1, 3)))
@@ -167,6 +171,7 @@ class ObjectAsset:
             up=up,
             mesh_from_source=mesh_from_source,
             repairs=tuple(repairs),
+            scale_from=scale_from,
         )
 
     @property

@@ -1,6 +1,9 @@
 """Object libraries: load a folder of meshes (YCB layout included), save and read the objects folder.
 
-Finding meshes. ``load_objects`` finds .obj/.ply/.glb/.gltf/.stl/.off files recursively. A file
+Finding meshes. ``load_objects`` takes a folder (searched recursively for .obj/.ply/.glb/.gltf/.stl/.off
+and .urdf files) or a single mesh or URDF file. A URDF stands for its object: its visual meshes
+(``hoigen.objects.urdf``), scaled as it says, are joined and the mesh files it names are not loaded
+again on their own. A file
 with a generic name (``textured.obj``, ``nontextured.ply``, ``model_normalized.obj`` ...) takes its
 id from the nearest folder whose name is not generic, so ``002_master_chef_can/google_16k/textured.obj``
 becomes ``002-master-chef-can``; when one object folder holds several generic variants (YCB ships
@@ -19,14 +22,17 @@ category (``mugs/a.obj`` -> mug); ``category`` (``--category``); words of its na
 mug); else ``object``. The mapping file is ``mapping`` or, when not given, ``categories.csv``,
 ``.json``, ``.yaml`` or ``.yml`` in the root folder:
 
-- CSV with a header row: ``id,category`` and optional ``up`` and ``unit`` columns, e.g.
-  ``002_master_chef_can,can,+z,m``;
-- JSON/YAML: ``{name: category}`` or ``{name: {category: ..., up: ..., unit: ...}}``;
+- CSV with a header row: ``id,category`` and optional ``up``, ``unit`` and ``scale`` columns, e.g.
+  ``002_master_chef_can,can,+z,m,``;
+- JSON/YAML: ``{name: category}`` or ``{name: {category: ..., up: ..., unit: ..., scale: ...}}``;
 
 where ``name`` is a file stem or object folder name, an object id, or a path below the root.
 ``up`` is the file's axis that points up (``+x``, ``-x``, ``+y``, ``-y``, ``+z``, ``-z``; default the
-``up`` argument, else ``+z`` for YCB layouts (``google_16k`` folders, ``NNN_name`` folders), else ``+y``);
-``unit`` is ``m``, ``cm`` or ``mm`` (default: detected, see ``hoigen.objects.repair``).
+``up`` argument, else ``DEFAULT_UP``, +z, in every layout: YCB, BOP, Google Scanned Objects, URDF and
+STL/CAD files are z-up; only glTF/GLB files, whose format fixes +y up, default to +y). An object of an
+upright category (bottle, can, mug, bowl) that is round about a horizontal axis instead of up gets one
+warning naming the axis to pass. ``unit`` is ``m``, ``cm``, ``mm``, ``in`` or ``auto`` and ``scale`` a
+factor to metres; they override ``--units``/``--scale`` (see ``hoigen.objects.units`` for the rule).
 
 Every mesh goes through ``repair_mesh``; a mesh that cannot be used is skipped with a one-line
 reason (logged on ``hoigen.objects`` and kept in ``ObjectLibrary.skipped``) and loading goes on. Only
@@ -57,20 +63,23 @@ import yaml
 from hoigen.data.atomic import atomic_write_bytes
 from hoigen.errors import HoigenError
 from hoigen.objects.asset import ObjectAsset, canonical_mesh, check_id, mesh_bytes, mesh_colors, slugify
-from hoigen.objects.frame import mesh_from_source, parse_up
+from hoigen.objects.frame import UPRIGHT_CATEGORIES, lying_axis, mesh_from_source, parse_up, upright_rotation
 from hoigen.objects.ply import read_ply_bytes_colors
 from hoigen.objects.repair import FACE_BUDGET, UnusableMesh, repair_mesh
+from hoigen.objects.units import check_scale, check_units, choose_scale
+from hoigen.objects.urdf import read_urdf, referenced_meshes
 from hoigen.trust import check_mesh_file
 
 log = logging.getLogger("hoigen.objects")
 
 MESH_SUFFIXES = (".obj", ".ply", ".glb", ".gltf", ".stl", ".off")
+URDF_SUFFIX = ".urdf"
+OBJECT_SUFFIXES = (URDF_SUFFIX, *MESH_SUFFIXES)  # a URDF first: it says how to scale and place its meshes
+DEFAULT_UP = "+z"  # every layout; see the module docstring
+FORMAT_UP = {".glb": "+y", ".gltf": "+y"}  # formats whose specification fixes the up axis
 GENERIC_STEMS = ("textured", "textured_simple", "nontextured", "model_normalized", "model", "mesh", "scene")
 GENERIC_DIRS = ("google_16k", "google_64k", "google_512k", "poisson", "tsdf", "models", "meshes", "mesh")
-YCB_DIRS = ("google_16k", "google_64k", "google_512k", "poisson", "tsdf")
-YCB_NAME = re.compile(r"^\d{3}_")
 MAPPING_NAMES = ("categories.csv", "categories.json", "categories.yaml", "categories.yml")
-UNITS = {"m": 1.0, "cm": 0.01, "mm": 0.001}
 PARQUET_NAME = "objects.parquet"
 WATERTIGHT_DIR = "watertight"
 
@@ -117,6 +126,7 @@ class MappingEntry:
     category: str | None = None
     up: str | None = None
     unit: str | None = None
+    scale: float | None = None
 
 
 def guess_category(name: str) -> str | None:
@@ -152,26 +162,34 @@ def _variant_rank(path: Path) -> tuple:
     dirs = [p.lower() for p in path.parent.parts]
     dir_rank = next((i for i, d in enumerate(GENERIC_DIRS) if d in dirs), len(GENERIC_DIRS))
     stem_rank = GENERIC_STEMS.index(path.stem.lower())
-    return (dir_rank, stem_rank, MESH_SUFFIXES.index(path.suffix.lower()), str(path))
+    return (dir_rank, stem_rank, OBJECT_SUFFIXES.index(path.suffix.lower()), str(path))
 
 
-def _is_ycb(path: Path, root: Path, name: str) -> bool:
-    dirs = [p.lower() for p in path.relative_to(root).parent.parts]
-    return any(d in YCB_DIRS for d in dirs) or bool(YCB_NAME.match(name))
+def default_up(path: Path) -> str:
+    """The up axis of a file when nothing says otherwise: ``DEFAULT_UP``, or the format's own (glTF: +y)."""
+    return FORMAT_UP.get(Path(path).suffix.lower(), DEFAULT_UP)
+
+
+MAPPING_KEYS = ("category", "up", "unit", "scale")
 
 
 def _entry(value, where: str) -> MappingEntry:
     if isinstance(value, str):
         return MappingEntry(category=value)
-    if isinstance(value, dict) and set(value) <= {"category", "up", "unit"}:
-        return MappingEntry(**{k: (None if v in (None, "") else str(v)) for k, v in value.items()})
+    if isinstance(value, dict) and set(value) <= set(MAPPING_KEYS):
+        given = {k: (None if v in (None, "") else v) for k, v in value.items()}
+        scale = given.pop("scale", None)
+        return MappingEntry(
+            **{k: None if v is None else str(v) for k, v in given.items()},
+            scale=None if scale is None else check_scale(scale, f"{where} scale"),
+        )
     raise HoigenError(
-        f"{where}: a mapping value must be a category string or {{category, up, unit}}, got {value!r}"
+        f"{where}: a mapping value must be a category string or {{category, up, unit, scale}}, got {value!r}"
     )
 
 
 def read_mapping(mapping: Path) -> dict[str, MappingEntry]:
-    """Read a category mapping file (CSV ``id,category[,up][,unit]``, JSON or YAML; see the module)."""
+    """Read a category mapping file (CSV ``id,category[,up][,unit][,scale]``, JSON or YAML; see the module)."""
     mapping = Path(mapping)
     if not mapping.is_file():
         raise HoigenError(
@@ -184,8 +202,8 @@ def read_mapping(mapping: Path) -> dict[str, MappingEntry]:
             rows = list(csv.DictReader(io.StringIO(text)))
             key = next((k for k in ("id", "name", "path") if rows and k in rows[0]), None)
             if key is None or "category" not in (rows[0] if rows else {}):
-                raise ValueError("the header row must name the columns id and category (optional: up, unit)")
-            data = {r[key]: {k: r.get(k) for k in ("category", "up", "unit") if r.get(k)} for r in rows}
+                raise ValueError("the header row must name the columns id and category (optional: up, unit, scale)")
+            data = {r[key]: {k: r.get(k) for k in MAPPING_KEYS if r.get(k)} for r in rows}
         else:
             data = json.loads(text) if mapping.suffix.lower() == ".json" else yaml.safe_load(text)
     except (OSError, ValueError, UnicodeDecodeError, yaml.YAMLError, csv.Error) as exc:
@@ -199,8 +217,8 @@ def read_mapping(mapping: Path) -> dict[str, MappingEntry]:
         entry = _entry(value, f"{mapping} [{key}]")
         if entry.up is not None:
             parse_up(entry.up)
-        if entry.unit is not None and entry.unit not in UNITS:
-            raise HoigenError(f"{mapping} [{key}]: unit {entry.unit!r} is not one of m, cm, mm")
+        if entry.unit is not None:
+            check_units(entry.unit, f"{mapping} [{key}]")
         out[str(key)] = entry
         out[slugify(str(key))] = entry
     return out
@@ -237,13 +255,21 @@ def _disambiguate(found: list[tuple[str, Path, str]], root: Path) -> tuple[list[
     return out, warnings
 
 
-def _find(root: Path) -> tuple[list[tuple[str, Path, str]], list[SkippedMesh], list[str]]:
-    """(id, path, name) of every object file, the files with no usable name, and rename warnings."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in MESH_SUFFIXES)
+def _find(root: Path, only: Path | None = None) -> tuple[list[tuple[str, Path, str]], list[SkippedMesh], list[str]]:
+    """(id, path, name) of every object file, the files with no usable name, and rename warnings.
+
+    ``only``: the one file to load (``--objects path/to/mesh.obj``); else every object file under ``root``
+    except the meshes a URDF there uses."""
+    if only is not None:
+        files = [only]
+    else:
+        files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in OBJECT_SUFFIXES]
+        used = {m.resolve() for p in files if p.suffix.lower() == URDF_SUFFIX for m in referenced_meshes(p)}
+        files = [p for p in files if p.resolve() not in used]
     files.sort(key=lambda p: str(p.relative_to(root)))
     if not files:
         raise HoigenError(
-            f"{root}: no meshes found ({', '.join(MESH_SUFFIXES)}, searched recursively); "
+            f"{root}: no meshes found ({', '.join(OBJECT_SUFFIXES)}, searched recursively); "
             "point --objects at a folder of meshes"
         )
     skipped = []
@@ -295,29 +321,72 @@ def _read_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     return v, f, colors
 
 
+def _read_object(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
+    """A mesh file's, or a URDF's joined visual meshes', vertices, faces, colours and notes on what was done."""
+    if path.suffix.lower() != URDF_SUFFIX:
+        return (*_read_file(path), [])
+    parts = [(part, _read_file(part.path)) for part in read_urdf(path)]
+    offsets = np.cumsum([0] + [len(v) for _, (v, _, _) in parts])
+    v = np.concatenate([part.transform(pv) for part, (pv, _, _) in parts])
+    f = np.concatenate([pf + o for (_, (_, pf, _)), o in zip(parts, offsets[:-1], strict=True)])
+    colors = None
+    if all(c is not None for _, (_, _, c) in parts):
+        colors = np.concatenate([c for _, (_, _, c) in parts])
+    scales = sorted({" ".join(f"{x:g}" for x in part.scale) for part, _ in parts})
+    note = f"URDF: {len(parts)} visual mesh{'es' if len(parts) > 1 else ''}, scale {', '.join(scales)}"
+    return v, f, colors, [note]
+
+
+def _lying_warning(path: Path, category: str, axis: str, vertices: np.ndarray, faces: np.ndarray) -> str | None:
+    """One line when an upright category's mesh looks lying down (see ``hoigen.objects.frame.lying_axis``)."""
+    if category not in UPRIGHT_CATEGORIES:
+        return None
+    k = lying_axis(vertices, faces)
+    if k is None:
+        return None
+    source = upright_rotation(axis).T @ np.eye(3)[k]  # that mesh axis in the file's coordinates
+    name = "xyz"[int(np.argmax(np.abs(source)))]
+    return (
+        f"{path}: this {category} looks lying down: it is round about the file's {name} axis, not about its up "
+        f"axis {axis}; pass --up +{name} (or -{name}), or an up column in the mapping file, if {name} points up"
+    )
+
+
 def load_objects(
     root: Path,
     category: str | None = None,
     mapping: Path | None = None,
     up: str | None = None,
     face_budget: int = FACE_BUDGET,
+    units: str = "auto",
+    scale: float | None = None,
 ) -> ObjectLibrary:
-    """Every usable mesh under ``root`` as an ``ObjectAsset``, sorted by id (see the module docstring).
+    """Every usable mesh under ``root`` (a folder, or one mesh or URDF file) as an ``ObjectAsset``, sorted by id.
 
+    See the module docstring; ``units``/``scale`` are ``--units``/``--scale`` (``hoigen.objects.units``).
     Unusable meshes are skipped with a logged one-line reason (``.skipped`` of the result); if no
     mesh is usable, a ``HoigenError`` names the folder and the first reason.
     """
     root = Path(root)
-    if not root.is_dir():
+    only = None
+    if root.is_file():
+        if root.suffix.lower() not in OBJECT_SUFFIXES:
+            raise HoigenError(
+                f"{root}: not a mesh file ({', '.join(OBJECT_SUFFIXES)}); pass --objects a mesh, a URDF or a folder"
+            )
+        only, root = root, root.parent
+    elif not root.is_dir():
         raise HoigenError(
-            f"objects folder {root} does not exist; pass --objects DIR with .obj/.ply/.glb/.stl meshes "
+            f"--objects {root} does not exist; pass a folder of .obj/.ply/.glb/.stl/.urdf files or one such file, "
             "or leave it out to use the embedded procedural objects"
         )
+    units = check_units(units)
+    scale = None if scale is None else check_scale(scale)
     if mapping is None:
         mapping = next((root / n for n in MAPPING_NAMES if (root / n).is_file()), None)
     entries = read_mapping(mapping) if mapping is not None else {}
-    default_up = parse_up(up) if up is not None else None
-    found, skipped, warnings = _find(root)
+    given_up = parse_up(up) if up is not None else None
+    found, skipped, warnings = _find(root, only)
     assets = []
     for object_id, path, name in sorted(found):
         rel = path.relative_to(root)
@@ -330,17 +399,16 @@ def load_objects(
             or guess_category(name)
             or "object"
         )
-        axis = parse_up(entry.up or default_up or ("+z" if _is_ycb(path, root, name) else "+y"))
-        try:
-            v, f, colors = _read_file(path)
-            fixed = repair_mesh(
-                v,
-                f,
-                colors,
-                name=str(path),
-                face_budget=face_budget,
-                scale=UNITS[entry.unit] if entry.unit else None,
+        axis = parse_up(entry.up or given_up or default_up(path))
+
+        def sizer(extent: float, cat: str = cat, entry: MappingEntry = entry, name: str = str(path)):
+            return choose_scale(
+                extent, cat, name=name, units=units, scale=scale, mapping_unit=entry.unit, mapping_scale=entry.scale
             )
+
+        try:
+            v, f, colors, notes = _read_object(path)
+            fixed = repair_mesh(v, f, colors, name=str(path), face_budget=face_budget, sizer=sizer)
         except UnusableMesh as exc:
             skipped.append(SkippedMesh(str(path), object_id, str(exc)))
             continue
@@ -350,7 +418,10 @@ def load_objects(
         remesh = fixed.remesh
         if remesh is not None:
             remesh = canonical_mesh(remesh.vertices @ rot.T, remesh.faces)
-        repairs = list(fixed.repairs) + ([f"turned {axis} up to +y"] if axis != "+y" else [])
+        repairs = notes + list(fixed.repairs) + ([f"turned {axis} up to +y"] if axis != "+y" else [])
+        lying = _lying_warning(path, cat, axis, fixed.vertices @ rot.T, fixed.faces)
+        if lying:
+            warnings.append(lying)
         assets.append(
             ObjectAsset.create(
                 object_id,
@@ -364,6 +435,7 @@ def load_objects(
                 up=axis,
                 mesh_from_source=to_mesh,
                 repairs=repairs,
+                scale_from=fixed.scale_from,
             )
         )
     if not assets:  # one line, not a log line per mesh and then the error
@@ -396,6 +468,8 @@ def _table(rows: list[dict]) -> pa.Table:
             ("sdf_mesh", pa.string()),
             ("remesh_sha256", pa.string()),
             ("repairs", pa.list_(pa.string())),
+            ("scale_from", pa.string()),
+            ("size_m", pa.float64()),
         ]
     )
     return pa.Table.from_pylist(rows, schema=schema)
@@ -451,6 +525,8 @@ def save_objects(assets: Iterable[ObjectAsset], out_dir: Path, overwrite: bool =
             "sdf_mesh": asset.sdf_source,
             "remesh_sha256": remesh_sha,
             "repairs": list(asset.repairs),
+            "scale_from": asset.scale_from,
+            "size_m": float(np.ptp(asset.mesh.vertices, axis=0).max()),
         }
     sink = pa.BufferOutputStream()
     pq.write_table(_table([rows[k] for k in sorted(rows)]), sink)
@@ -514,6 +590,7 @@ def read_objects(folder: Path) -> dict[str, ObjectAsset]:
             up=row.get("up") or "+y",
             mesh_from_source=None if to_mesh is None else np.asarray(to_mesh, dtype=np.float64).reshape(4, 4),
             repairs=tuple(row.get("repairs") or ()),
+            scale_from=row.get("scale_from") or "",
         )
         asset.nocs_from_mesh = np.asarray(row["nocs_from_mesh"], dtype=np.float64).reshape(4, 4)
         out[asset.id] = asset

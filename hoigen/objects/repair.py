@@ -7,9 +7,9 @@ know) or raises ``UnusableMesh`` with a one-line reason (the loader then skips t
 1. **Empty**: no vertices or no faces -> unusable.
 2. **Non-finite**: faces that use NaN/inf vertices -> unusable (the shape is corrupt; guessing
    it would poison every annotation). NaN vertices that no face uses are dropped.
-3. **Units**: hand-held objects are 2 cm - 2 m across. A bounding-box diagonal above
-   ``MM_DIAGONAL`` (5 "metres") means millimetres (x0.001), or centimetres (x0.01) when the
-   millimetre reading would be under 2 cm; a warning names the factor.
+3. **Units**: the factor to metres from the largest bounding-box side, decided by ``sizer``
+   (default: ``hoigen.objects.units.choose_scale`` for the category ``object``); a guess other than
+   "metres fit" is a warning naming the factor and how to override it.
 4. **Huge**: above ``face_budget`` faces the mesh is simplified with quadric decimation
    (``fast_simplification``). Far above it (> ``CLUSTER_FACTOR`` x budget) a vertex-clustering pass
    first cuts it to ~ that many faces in well under a second, so 5 million faces take seconds.
@@ -23,6 +23,7 @@ know) or raises ``UnusableMesh`` with a one-line reason (the loader then skips t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,11 +32,10 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from hoigen.errors import HoigenError
+from hoigen.objects.units import ScaleChoice, choose_scale
 
 FACE_BUDGET = 200_000  # faces kept for rendering and grasping (YCB google_16k meshes have ~30k)
 CLUSTER_FACTOR = 2  # above budget x this, vertex clustering runs before quadric decimation
-MM_DIAGONAL = 5.0  # a bounding-box diagonal above this many "metres" is millimetres (or centimetres)
-MIN_DIAGONAL = 0.02  # metres: smaller than a 2 cm object after unit conversion -> centimetres instead
 REMESH_RESOLUTION = 64  # voxels along the longest bounding-box side of the watertight remesh
 REMESH_FACES = 40_000
 CLOSING_VOXELS = (1, 2, 4, 8, 12, 16)  # closing radii tried in turn (closes holes up to ~2x as many voxels)
@@ -56,13 +56,8 @@ class RepairedMesh:
     remesh: trimesh.Trimesh | None = None
     repairs: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-
-def unit_scale(diagonal: float) -> float:
-    """The factor that turns a file's units into metres, judged from its bounding-box diagonal."""
-    if diagonal <= MM_DIAGONAL:
-        return 1.0
-    return 0.001 if diagonal * 0.001 >= MIN_DIAGONAL else 0.01
+    scale_from: str = "auto m"  # where unit_scale came from (hoigen.objects.units.ScaleChoice.source)
+    source_extent: float = 0.0  # largest bounding-box side in the file's own units
 
 
 def repair_mesh(
@@ -73,8 +68,12 @@ def repair_mesh(
     name: str = "mesh",
     face_budget: int = FACE_BUDGET,
     scale: float | None = None,
+    sizer: Callable[[float], ScaleChoice] | None = None,
 ) -> RepairedMesh:
-    """Validate and repair one mesh (see the module docstring); ``scale`` forces the unit factor.
+    """Validate and repair one mesh (see the module docstring).
+
+    ``scale`` forces the factor to metres; else ``sizer(largest side in file units)`` decides it
+    (default: ``choose_scale`` for a mesh of category ``object``).
 
     Raises ``UnusableMesh("<name>: <reason>; <what to do>")`` when the mesh cannot be used.
     """
@@ -100,19 +99,19 @@ def repair_mesh(
 
     used = np.zeros(len(v), dtype=bool)
     used[f.reshape(-1)] = True  # (np.unique on 10^7 indices takes seconds)
-    diag = float(np.linalg.norm(v[used].max(axis=0) - v[used].min(axis=0)))
-    if not diag > 0:
+    extent = float(np.ptp(v[used], axis=0).max())
+    if not extent > 0:
         raise UnusableMesh(f"{name}: the mesh is a single point (zero-size bounding box); fix or remove it")
-    s = unit_scale(diag) if scale is None else float(scale)
+    if scale is not None:
+        choice = ScaleChoice(float(scale), "given")
+    else:
+        choice = (sizer or (lambda e: choose_scale(e, "object", name=name)))(extent)
+    s = choice.factor
+    if choice.warning:
+        warnings.append(choice.warning)
     if s != 1.0:
         v = v * s
-        unit = {0.001: "millimetres", 0.01: "centimetres"}.get(s, f"units x{s:g}")
-        if scale is None:
-            warnings.append(
-                f"{name}: bounding-box diagonal {diag:.4g} read as {unit}, scaled by {s:g} to metres "
-                f"({diag * s:.3f} m); give the unit in the mapping file if that is wrong"
-            )
-        repairs.append(f"scaled by {s:g} ({unit} to metres)")
+        repairs.append(f"scaled by {s:.6g} ({choice.source})")
 
     if len(f) > face_budget:
         n0 = len(f)
@@ -155,6 +154,8 @@ def repair_mesh(
         remesh,
         repairs,
         warnings,
+        choice.source,
+        extent,
     )
 
 
