@@ -41,6 +41,8 @@ assets_app = typer.Typer(
 app.add_typer(assets_app, name="assets")
 ingest_app = typer.Typer(help="Read real datasets into hoigen shards (for hoigen train).", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
+convert_app = typer.Typer(help="Convert released model checkpoints into diffusers folders.", no_args_is_help=True)
+app.add_typer(convert_app, name="convert")
 eval_app = typer.Typer(help="Evaluate predictions against exported ground truth.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
@@ -241,7 +243,35 @@ def synthesize(
         "--model",
         help="Diffusers folder or hub id of the base model [default: tiny-random, an offline stand-in].",
     ),
-    controlnet: str | None = typer.Option(None, "--controlnet", help="Folder or hub id of the HOI ControlNet."),
+    controlnet: list[str] | None = typer.Option(
+        None,
+        "--controlnet",
+        help="ControlNet, repeatable: KIND=ID|DIR with KIND hoi, normal, pose or seg (a bare ID|DIR is the HOI "
+        "ControlNet from hoigen train); several form a MultiControlNet; 'none' = plain text-to-image on purpose.",
+    ),
+    adapter: list[str] | None = typer.Option(
+        None, "--adapter", help="T2I-Adapter, repeatable: KIND=DIR, KIND pose, normal or seg (see hoigen convert)."
+    ),
+    adapter_scale: str | None = typer.Option(
+        None, "--adapter-scale", help="Adapter weights: one number, or KIND=X,... [default: 1]."
+    ),
+    lora: list[str] | None = typer.Option(None, "--lora", help="LoRA, repeatable: ID|DIR|FILE[:SCALE]."),
+    model_config: str | None = typer.Option(
+        None, "--model-config", help="Diffusers SD folder or hub id giving a single-file --model its configs/tokenizer."
+    ),
+    control_start: float | None = typer.Option(
+        None, "--control-start", help="Fraction of steps before the ControlNets act [default: 0]."
+    ),
+    control_end: float | None = typer.Option(
+        None, "--control-end", help="Fraction of steps after which the ControlNets stop [default: 1]."
+    ),
+    init: str | None = typer.Option(None, "--init", help="shade: ControlNet img2img from the rendered shade.png."),
+    strength: float | None = typer.Option(
+        None, "--strength", help="img2img strength with --init." + _default(SynthOptions, "strength")
+    ),
+    save_conditions: bool | None = typer.Option(
+        None, "--save-conditions/--no-save-conditions", help="Write each map as fed (cond_<kind>.png) into the shards."
+    ),
     steps: int | None = typer.Option(None, "--steps", help="Denoising steps." + _default(SynthOptions, "steps")),
     guidance: float | None = typer.Option(
         None, "--guidance", help="Classifier-free guidance scale." + _default(SynthOptions, "guidance")
@@ -272,8 +302,10 @@ def synthesize(
         "--condition-scales",
         help="Weights of the condition maps, e.g. normal=1,seg=0.5,skeleton=1 (0 blanks a map) [default: all 1].",
     ),
-    control_scale: float | None = typer.Option(
-        None, "--control-scale", help="Weight of the ControlNet's output." + _default(SynthOptions, "control_scale")
+    control_scale: str | None = typer.Option(
+        None,
+        "--control-scale",
+        help="ControlNet output weights: one number, or KIND=X,..." + _default(SynthOptions, "control_scale"),
     ),
     blank_uncond: bool | None = typer.Option(
         None,
@@ -321,7 +353,16 @@ def synthesize(
         SynthOptions,
         prompts=prompts,
         model=model,
-        controlnet=controlnet,
+        controlnet=controlnet or None,
+        adapter=adapter or None,
+        adapter_scale=adapter_scale,
+        lora=lora or None,
+        model_config=model_config,
+        control_start=control_start,
+        control_end=control_end,
+        init=init,
+        strength=strength,
+        save_conditions=save_conditions,
         steps=steps,
         guidance=guidance,
         size=size,
@@ -345,6 +386,27 @@ def synthesize(
     elif objects is not None:
         raise HoigenError("pass either --in (render output) or --objects (a mesh folder), not both")
     _finish(stages.synthesize(in_dir, out, opts, common), quiet)
+
+
+@convert_app.command("hoidiffusion")
+def convert_hoidiffusion(
+    src: Path = typer.Argument(..., help="Folder (or file) of HOIDiffusion's release: SD checkpoint, model_ad_*.pth."),
+    out: Path = typer.Option(..., "--out", help="Folder for the diffusers base model and adapters/{pose,normal,seg}."),
+    config: str | None = typer.Option(
+        None,
+        "--config",
+        help="Diffusers SD 1.x folder or hub id giving the base model its configs and tokenizer "
+        "[default: CompVis/stable-diffusion-v1-4, the base HOIDiffusion trained on].",
+    ),
+) -> None:
+    """Turn HOIDiffusion's released checkpoints into diffusers folders that synthesize --adapter paints with.
+
+    Example: hoigen convert hoidiffusion hoidiffusion_release/ --out models/hoidiffusion
+    """
+    from hoigen.diffusion.convert import convert_hoidiffusion as run_convert
+
+    for line in run_convert(src, out, config):
+        typer.echo(line)
 
 
 @app.command()

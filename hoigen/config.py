@@ -81,8 +81,19 @@ class RenderOptions:
 @dataclass
 class SynthOptions:
     prompts: Path | None = None
-    model: str = "tiny-random"
-    controlnet: str | None = None
+    model: str = "tiny-random"  # diffusers folder, hub id or single-file checkpoint (.safetensors/.ckpt)
+    # ControlNets, repeatable: KIND=ID|DIR with KIND hoi | normal | pose | seg (a bare value = hoi);
+    # several form a MultiControlNet; "none" = plain text-to-image on purpose (hoigen.diffusion.controls)
+    controlnet: str | list[str] | None = None
+    adapter: str | list[str] | None = None  # T2I-Adapters, repeatable: KIND=DIR, KIND pose | normal | seg
+    adapter_scale: float | str = 1.0  # one weight for all adapters, or KIND=X,... (missing kinds 1)
+    lora: str | list[str] | None = None  # LoRAs, repeatable: ID|DIR|FILE[:SCALE]
+    model_config: str | None = None  # diffusers folder/hub id with the configs + tokenizer of a single-file --model
+    control_start: float = 0.0  # fraction of the steps where the ControlNets start acting (control_guidance_start)
+    control_end: float = 1.0  # ... and where they stop (control_guidance_end)
+    init: str | None = None  # "shade": ControlNet img2img from the rendered shade.png
+    strength: float = 0.8  # img2img strength with --init (1 = ignore the init image)
+    save_conditions: bool = False  # write each map as fed (cond_<kind>.png) into the synth shards
     steps: int = 50  # DDIM 50 steps, guidance 7.5: the original release (pipeline.DEFAULT_STEPS)
     guidance: float = 7.5
     size: int | None = None  # None -> 512 for real models, 64 for the tiny stand-in
@@ -93,7 +104,7 @@ class SynthOptions:
     scheduler: str = "ddim"  # ddim | unipc | dpm++ (hoigen.diffusion.schedulers)
     images_per_condition: int = 1
     condition_scales: str | None = None  # "normal=1,seg=1,skeleton=1" (hoigen.diffusion.conditions)
-    control_scale: float = 1.0  # the ControlNet residuals' weight (controlnet_conditioning_scale)
+    control_scale: float | str = 1.0  # ControlNet residuals' weight: one number, or KIND=X,... per ControlNet
     blank_uncond: bool = False  # guidance's unconditional branch sees blank conditions (pipeline.generate)
     video: bool = False  # cross-frame attention to an anchor frame per trajectory; mp4s in OUT/videos
     anchor: str = "middle"  # the video anchor frame: middle | first | last | a frame number
@@ -111,6 +122,19 @@ class SynthOptions:
             from hoigen.diffusion.conditions import parse_condition_scales
 
             parse_condition_scales(self.condition_scales)
+        from hoigen.diffusion.controls import parse_controls, parse_loras
+
+        parse_controls(self.controlnet, self.adapter)
+        parse_loras(self.lora)
+        if self.init not in (None, "shade"):
+            raise HoigenError(f"--init must be shade (paint from the rendered shade.png), got {self.init!r}")
+        if not 0.0 < float(self.strength) <= 1.0:
+            raise HoigenError(f"--strength must lie in (0, 1], got {self.strength}")
+        if not 0.0 <= float(self.control_start) < float(self.control_end) <= 1.0:
+            raise HoigenError(
+                f"--control-start/--control-end must satisfy 0 <= start < end <= 1, got {self.control_start}, "
+                f"{self.control_end}"
+            )
         if self.anchor not in ("middle", "first", "last") and not str(self.anchor).isdigit():
             raise HoigenError(f"--anchor must be middle, first, last or a frame number, got {self.anchor!r}")
 
