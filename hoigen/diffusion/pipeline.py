@@ -588,6 +588,12 @@ def load_synthesis_pipeline(
     bare_real = spec.model != TINY_MODEL_NAME and not (
         _is_local(spec.model) and _is_saved_controlnet_pipeline(Path(spec.model).expanduser())
     )
+    if bare_real and _is_local(spec.model) and not Path(spec.model).expanduser().exists():
+        what = "checkpoint file" if _is_single_file(spec.model) else "Stable Diffusion folder"
+        raise HoigenError(
+            f"{spec.model}: {what} not found; pass a diffusers model folder (e.g. from `huggingface-cli download "
+            f"{SD15_HINT}`), a .safetensors/.ckpt checkpoint, or leave --model out for the tiny stand-in"
+        )
     if bare_real and not spec.controlnets and not spec.adapters:
         raise HoigenError(
             f"--model {spec.model} has no ControlNet or adapter, so its images would ignore the labels; "
