@@ -15,6 +15,14 @@ host answers a 2-second TCP connect. Missing weights raise a one-line ``HoigenEr
 model and says how to get it (``huggingface-cli download ...`` on a connected machine, or a local
 folder).
 
+``load_synthesis_pipeline`` (what ``hoigen synthesize`` uses) adds the real-weight paths: public
+ControlNets (one, or a ``MultiControlNetModel`` of several, each of a kind: hoi, normal, pose, seg),
+T2I-Adapters (``StableDiffusionAdapterPipeline``, a ``MultiAdapter`` for several; HOIDiffusion's
+release via ``hoigen.diffusion.convert``), single-file LDM checkpoints (``from_single_file``), LoRAs
+(``load_lora_weights`` + ``set_adapters``), ControlNet img2img, and plain text-to-image only when
+asked for (``--controlnet none``). A real base model with nothing that follows the conditions is
+refused. The conditions each kind is fed come from ``hoigen.diffusion.controls``.
+
 The returned ``info`` dict says which model made the images; stand-ins are labelled as such and
 ``synthesize`` writes it into every sample's ``gen.json``.
 
@@ -31,6 +39,7 @@ import json
 import os
 import re
 import socket
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -464,7 +473,8 @@ def generate(
     elif blank:
         raise HoigenError("--blank-uncond needs a ControlNet")
     encoding = cached_condition_encoding(controlnet, blank) if controlnet is not None else nullcontext()
-    with torch.inference_mode(), encoding, video:
+    with torch.inference_mode(), encoding, video, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the adapter pipeline's deprecated decode_latents
         result = pipe(
             prompt=list(prompts),
             height=height,
