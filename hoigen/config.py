@@ -122,9 +122,12 @@ class SynthOptions:
             from hoigen.diffusion.conditions import parse_condition_scales
 
             parse_condition_scales(self.condition_scales)
-        from hoigen.diffusion.controls import parse_controls, parse_loras
+        from hoigen.diffusion.controls import parse_controls, parse_loras, parse_scales
 
-        parse_controls(self.controlnet, self.adapter)
+        controlnets, adapters = parse_controls(self.controlnet, self.adapter)
+        kinds = [k for k, _ in adapters] or [k for k, _ in controlnets if k != "none"] or ["hoi"]
+        parse_scales("--control-scale", self.control_scale, [] if adapters else kinds)
+        parse_scales("--adapter-scale", self.adapter_scale, kinds if adapters else [])
         parse_loras(self.lora)
         if self.init not in (None, "shade"):
             raise HoigenError(f"--init must be shade (paint from the rendered shade.png), got {self.init!r}")

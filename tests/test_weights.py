@@ -358,3 +358,36 @@ def test_release_layout_converts_and_paints(models, render_dir, tmp_path, capsys
     torch.save({"pose_ada.x": object()}, release / "model_ad_5000.pth")
     code, err = hoigen("convert", "hoidiffusion", release, "--out", tmp_path / "bad", capsys=capsys)
     assert code == 1 and "weights_only" in err
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (("--controlnet", "pose=x", "--control-scale", "hand=1"), "--control-scale 'hand=1'"),
+        (("--adapter", "somewhere"), "--adapter 'somewhere': write KIND=ID|DIR"),
+        (("--init", "depth"), "--init must be shade"),
+        (("--controlnet", "none", "--controlnet", "pose=x"), "--controlnet none stands alone"),
+        (("--control-start", "0.6", "--control-end", "0.4"), "--control-start/--control-end"),
+        (("--adapter", "pose=x", "--controlnet", "seg=y"), "cannot be combined"),
+    ],
+)
+def test_bad_weight_options_are_one_line_errors(render_dir, tmp_path, capsys, args, match):
+    code, err = hoigen("synthesize", "--in", render_dir, "--out", tmp_path / "x", *ARGS, *args, capsys=capsys)
+    assert code != 0 and match in err and err.count("\n") == 1, err
+
+
+def test_lora_on_the_tiny_stand_in_keeps_its_controlnet(tmp_path):
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from hoigen.diffusion.backend import StableDiffusionPipeline
+    from hoigen.diffusion.pipeline import ModelSpec, load_synthesis_pipeline
+    from hoigen.diffusion.tiny import build_tiny_pipeline
+
+    tiny = build_tiny_pipeline(0)
+    tiny.unet.add_adapter(LoraConfig(r=2, target_modules=["to_q", "to_v"]))
+    StableDiffusionPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(tiny.unet))
+    pipe, info = load_synthesis_pipeline(ModelSpec(loras=((str(tmp_path / "lora"), 0.5),)))
+    reference = build_tiny_pipeline(0).controlnet.state_dict()
+    assert pipe.controlnet.config.conditioning_channels == 9 and info["controls"][0]["kind"] == "hoi"
+    assert all(torch.equal(v, pipe.controlnet.state_dict()[k]) for k, v in reference.items())

@@ -563,13 +563,12 @@ def _load_base(spec: ModelSpec) -> tuple[dict[str, Any], str]:
     """The base model's components (no ControlNet) and its kind label."""
     model = spec.model
     if model == TINY_MODEL_NAME:
-        tiny = build_tiny_pipeline(seed=0)
-        return {k: v for k, v in tiny.components.items() if k != "controlnet"}, TINY_MODEL_NAME
+        return dict(build_tiny_pipeline(seed=0).components), TINY_MODEL_NAME
     if _is_single_file(model):
         return dict(_load_single_file(model, spec.model_config).components), "single-file"
     if _is_local(model) and _is_saved_controlnet_pipeline(Path(model).expanduser()):
         pipe, _ = load_pipeline(model)
-        return {k: v for k, v in pipe.components.items() if k != "controlnet"}, "trained-base"
+        return dict(pipe.components), "trained-base"
     base = _from_pretrained(
         StableDiffusionPipeline.from_pretrained, model, "Stable Diffusion", safety_checker=None,
         requires_safety_checker=False,
@@ -619,6 +618,7 @@ def load_synthesis_pipeline(
         info["controls"] = [{"kind": "hoi", "model": name or info["model"], "family": "controlnet"}]
         return pipe, info
     components, base_kind = _load_base(spec)
+    own_controlnet = components.get("controlnet")  # the tiny stand-in's or a trained folder's HOI ControlNet
     components = {k: components.get(k) for k in _BASE_COMPONENTS}
     info: dict[str, Any] = {"model": spec.model, "base": base_kind, "controlnet": None}
     if spec.model_config is not None:
@@ -643,7 +643,7 @@ def load_synthesis_pipeline(
         controlnets = list(spec.controlnets) or [("hoi", spec.model)]
         nets = []
         for kind, name in controlnets:
-            net = _load_controlnet(name)
+            net = own_controlnet if not spec.controlnets and own_controlnet is not None else _load_controlnet(name)
             want = CONDITIONING_CHANNELS if kind == "hoi" else 3
             if net.config.conditioning_channels != want:
                 raise HoigenError(
