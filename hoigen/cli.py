@@ -341,8 +341,11 @@ def synthesize(
 
     Reads render shards; writes them again with image.jpg, prompt.txt and gen.json (model, seed,
     steps, guidance, scheduler, scales). The conditions (normal + segmentation + skeleton) enter one
-    ControlNet as a 9-channel map. --model and --controlnet take a local diffusers folder or a hub
-    id (looked up in the Hugging Face cache first; the hub is asked only when reachable).
+    ControlNet as a 9-channel map, or public ControlNets / HOIDiffusion's adapters each get their own
+    map in their convention (--controlnet KIND=..., --adapter KIND=...; docs/guides/real-weights.md).
+    A real --model with neither is refused (--controlnet none: plain text-to-image on purpose).
+    --model and --controlnet take a local diffusers folder or a hub id (looked up in the Hugging Face
+    cache first; the hub is asked only when reachable); --model also takes a .safetensors/.ckpt file.
 
     Example: hoigen synthesize --objects ycb/ --prompts prompts.txt --out out/synth
     """
