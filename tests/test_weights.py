@@ -391,3 +391,13 @@ def test_lora_on_the_tiny_stand_in_keeps_its_controlnet(tmp_path):
     reference = build_tiny_pipeline(0).controlnet.state_dict()
     assert pipe.controlnet.config.conditioning_channels == 9 and info["controls"][0]["kind"] == "hoi"
     assert all(torch.equal(v, pipe.controlnet.state_dict()[k]) for k, v in reference.items())
+
+
+def test_video_with_public_controlnets_saves_conditions(models, render_dir, tmp_path, capsys):
+    nets = [f"--controlnet={k}={models[k]}" for k in ("pose", "seg")]
+    code, err = hoigen("synthesize", "--in", render_dir, "--out", tmp_path / "v", *ARGS, *nets, "--video",
+                       "--save-conditions", capsys=capsys)
+    assert code == 0, err
+    samples = [s for shard in list_shards(tmp_path / "v") for s in read_shard(shard)]
+    assert len(samples) == 2 and all("cond_pose.png" in s and "cond_seg.png" in s for s in samples)
+    assert samples[0]["gen.json"]["video"]["frames"] == 1
