@@ -216,3 +216,85 @@ def timed(fn: Any) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+# --- HOIDiffusion's layout: three T2I-Adapters (MultiAdapter) beside the fused and MultiControlNet pipelines ----
+
+
+def build_multi_adapter(scale: BenchScale, fused: StableDiffusionControlNetPipeline) -> Any:
+    """The fused pipeline's base with a MultiAdapter of three full T2I-Adapters (HOIDiffusion's CoAdapter)."""
+    from diffusers import MultiAdapter, StableDiffusionAdapterPipeline, T2IAdapter
+
+    channels = list(fused.unet.config.block_out_channels)
+    with quiet():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(2)
+            adapters = [
+                T2IAdapter(in_channels=3, channels=channels, num_res_blocks=2, downscale_factor=8,
+                           adapter_type="full_adapter")
+                for _ in range(3)
+            ]
+        base = {k: v for k, v in fused.components.items() if k not in ("controlnet", "image_encoder")}
+        pipe = StableDiffusionAdapterPipeline(**base, adapter=MultiAdapter(adapters), requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.to(device=scale.device, dtype=scale.dtype)
+        pipe.adapter.eval()
+        if scale.device == "cuda":
+            pipe.adapter.to(memory_format=torch.channels_last)
+    return pipe
+
+
+def adapter_runner(scale: BenchScale, pipe: Any) -> Any:
+    """A callable painting one batch with the MultiAdapter pipeline (same prompts, seeds, steps, size)."""
+    conds, prompts, seeds = _inputs(scale)
+    maps = [conds[:, 3 * i : 3 * i + 3].to(scale.device, scale.dtype) for i in range(3)]
+
+    def run_adapters() -> None:
+        with torch.inference_mode():
+            pipe(
+                prompt=prompts,
+                image=maps,
+                height=scale.size,
+                width=scale.size,
+                num_inference_steps=scale.steps,
+                guidance_scale=7.5,
+                adapter_conditioning_scale=[1.0, 1.0, 1.0],
+                generator=[torch.Generator().manual_seed(s) for s in seeds],
+                output_type="np",
+            )
+        _sync(scale.device)
+
+    return run_adapters
+
+
+def adapter_rows(
+    scale: BenchScale, fused: Any, run_fused: Any, run_multi: Any, repeats: int | None = None
+) -> list[tuple[str, float, float]]:
+    """Rows (name, baseline, candidate s/image): MultiAdapter x3 vs fused; MultiControlNet x3 vs MultiAdapter x3."""
+    import statistics
+
+    run_adapters = adapter_runner(scale, build_multi_adapter(scale, fused))
+    warm(run_adapters)
+    times: dict[str, list[float]] = {"adapters": [], "fused": [], "multi": []}
+    for _ in range(repeats or scale.repeats):  # interleaved, so machine noise hits all three alike
+        for name, fn in (("adapters", run_adapters), ("fused", run_fused), ("multi", run_multi)):
+            times[name].append(timed(fn))
+    per = scale.batch
+    med = {k: statistics.median(v) / per for k, v in times.items()}
+    where = f"{scale.name} {scale.size}px {scale.steps} steps batch {per} {str(scale.dtype)[6:]} {scale.device}"
+    return [
+        (f"synth {where}: s/image, MultiAdapter x3 (HOIDiffusion's layout) vs fused 9-ch HOI ControlNet",
+         med["adapters"], med["fused"]),
+        (f"synth {where}: s/image, MultiControlNet x3 vs MultiAdapter x3", med["multi"], med["adapters"]),
+    ]
+
+
+if __name__ == "__main__":  # python -m benchmarks.diffusion: the three layouts side by side
+    _scale = bench_scale()
+    if _scale.device == "cpu":
+        torch.set_num_threads(1)
+    _fused, _multi = build_pair(_scale)
+    _run_fused, _run_multi = runners(_scale, _fused, _multi)
+    warm(_run_fused, _run_multi)
+    for _name, _base, _cand in adapter_rows(_scale, _fused, _run_fused, _run_multi):
+        print(f"{_name}: {_base:.4f} vs {_cand:.4f} ({_base / _cand:.2f}x)")

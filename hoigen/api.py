@@ -169,6 +169,13 @@ def run_recipe(recipe: Any, quiet: bool = False) -> None:
         info(f"contact sheet: {sheet}", quiet)
 
 
+def convert_hoidiffusion(src: PathLike, out: PathLike, config: str | None = None) -> list[str]:
+    """HOIDiffusion's released checkpoints (``src``) -> diffusers folders in ``out``; returns the lines to print."""
+    from hoigen.diffusion.convert import convert_hoidiffusion as convert
+
+    return convert(Path(src), Path(out), config)
+
+
 def eval_pose(pred: PathLike, gt: PathLike) -> dict[str, Any]:
     """NOCS metrics (mAP, percent) of a prediction pose file against a ground-truth pose file (or export folder)."""
     from hoigen.pose.files import read_pose_file

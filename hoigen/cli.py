@@ -42,6 +42,8 @@ assets_app = typer.Typer(
 app.add_typer(assets_app, name="assets")
 ingest_app = typer.Typer(help="Read real datasets into hoigen shards (for hoigen train).", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
+convert_app = typer.Typer(help="Convert released model checkpoints into diffusers folders.", no_args_is_help=True)
+app.add_typer(convert_app, name="convert")
 eval_app = typer.Typer(
     help="Measure output: pose predictions against ground truth (pose), images against their labels (images), "
     "image distributions (fid, clipscore).",
@@ -205,8 +207,11 @@ def synthesize(
 
     Reads render shards; writes them again with image.jpg, prompt.txt and gen.json (model, seed,
     steps, guidance, scheduler, scales). The conditions (normal + segmentation + skeleton) enter one
-    ControlNet as a 9-channel map. --model and --controlnet take a local diffusers folder or a hub
-    id (looked up in the Hugging Face cache first; the hub is asked only when reachable).
+    ControlNet as a 9-channel map, or public ControlNets / HOIDiffusion's adapters each get their own
+    map in their convention (--controlnet KIND=..., --adapter KIND=...; docs/guides/real-weights.md).
+    A real --model with neither is refused (--controlnet none: plain text-to-image on purpose).
+    --model and --controlnet take a local diffusers folder or a hub id (looked up in the Hugging Face
+    cache first; the hub is asked only when reachable); --model also takes a .safetensors/.ckpt file.
 
     Example: hoigen synthesize --objects ycb/ --prompts prompts.txt --out out/synth
     """
@@ -217,6 +222,27 @@ def synthesize(
     elif objects is not None:
         raise UsageError("pass either --in (render output) or --objects (a mesh folder), not both")
     api.say(api.synthesize(in_dir, out, opts, common), common.quiet)
+
+
+@convert_app.command("hoidiffusion")
+def convert_hoidiffusion(
+    src: Path = typer.Argument(..., help="Folder (or file) of HOIDiffusion's release: SD checkpoint, model_ad_*.pth."),
+    out: Path = typer.Option(..., "--out", help="Folder for the diffusers base model and adapters/{pose,normal,seg}."),
+    config: str | None = typer.Option(
+        None,
+        "--config",
+        help="Diffusers SD 1.x folder or hub id giving the base model its configs and tokenizer "
+        "[default: CompVis/stable-diffusion-v1-4, the base HOIDiffusion trained on].",
+    ),
+) -> None:
+    """Turn HOIDiffusion's released checkpoints into diffusers folders that synthesize --adapter paints with.
+
+    Example: hoigen convert hoidiffusion hoidiffusion_release/ --out models/hoidiffusion
+    """
+    from hoigen import api
+
+    for line in api.convert_hoidiffusion(src, out, config):
+        typer.echo(line)
 
 
 @app.command()

@@ -183,7 +183,7 @@ def validate(options: Any) -> None:
                 raise OptionError(f.name, "must be given (it has no empty value)")
             continue
         if kind.is_list:
-            if isinstance(value, str) and spec.split:
+            if isinstance(value, str):  # one value (a recipe's `controlnet: DIR`, or "mug,bowl" split below)
                 value = [value]
             if isinstance(value, str) or not isinstance(value, (list, tuple)):
                 raise OptionError(f.name, f"must be a list of {_NAMES[kind.base].split(' ', 1)[-1]}s, got {value!r}")

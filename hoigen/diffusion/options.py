@@ -5,14 +5,32 @@ This module imports no diffusers or torch: the CLI and recipes read it to parse 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hoigen.errors import HoigenError
-from hoigen.options import REAL_SIZE, TINY_SIZE, OptionError, option, validate
+from hoigen.options import REAL_SIZE, TINY_SIZE, OptionError, flag_of, option, validate
 
 SCHEDULER_NAMES = ("ddim", "unipc", "dpm++")  # hoigen.diffusion.schedulers.make_scheduler builds each
 TINY_MODEL = "tiny-random"  # the offline stand-in pipeline (hoigen.diffusion.tiny)
+
+
+@contextmanager
+def _as_option_error(*names: str) -> Iterator[None]:
+    """A parser's ``--flag ...`` HoigenError as the OptionError of the field it names (exit 2)."""
+    try:
+        yield
+    except OptionError:
+        raise
+    except HoigenError as exc:
+        text = str(exc)
+        for name in names:
+            flag = flag_of(name)
+            if text == flag or text.startswith((flag + " ", flag + ":")):
+                raise OptionError(name, text.removeprefix(flag).removeprefix(":").strip()) from None
+        raise OptionError(names[0], text) from None
 
 
 @dataclass(frozen=True)
@@ -21,9 +39,22 @@ class SynthOptions:
         None, "Prompt file: one per line, # comments, {object} and {background} placeholders."
     )
     model: str = option(
-        TINY_MODEL, "Diffusers folder or hub id of the base model.", default_text="tiny-random, an offline stand-in"
+        TINY_MODEL,
+        "Base model: a diffusers folder, a hub id, or a single-file .safetensors/.ckpt (see --model-config).",
+        default_text="tiny-random, an offline stand-in",
     )
-    controlnet: str | None = option(None, "Folder or hub id of the HOI ControlNet.")
+    model_config: str | None = option(
+        None, "Diffusers SD folder or hub id giving a single-file --model (.safetensors/.ckpt) its configs/tokenizer."
+    )
+    controlnet: list[str] = option(
+        [],
+        "ControlNet, repeatable: KIND=ID|DIR with KIND hoi, normal, pose or seg (a bare ID|DIR is the HOI "
+        "ControlNet from hoigen train); several form a MultiControlNet; 'none' = plain text-to-image on purpose.",
+    )
+    adapter: list[str] = option(
+        [], "T2I-Adapter, repeatable: KIND=DIR, KIND pose, normal or seg (see hoigen convert hoidiffusion)."
+    )
+    lora: list[str] = option([], "LoRA, repeatable: ID|DIR|FILE[:SCALE].")
     steps: int = option(50, "Denoising steps (DDIM 50 and guidance 7.5: the original release).", min=1)
     guidance: float = option(7.5, "Classifier-free guidance scale.")
     size: int | None = option(None, "Image size.", min=1, default_text=f"{REAL_SIZE}, {TINY_SIZE} for tiny-random")
@@ -42,7 +73,15 @@ class SynthOptions:
         "Weights of the condition maps, e.g. normal=1,seg=0.5,skeleton=1 (0 blanks a map).",
         default_text="all 1",
     )
-    control_scale: float = option(1.0, "Weight of the ControlNet's output (controlnet_conditioning_scale).")
+    control_scale: str = option(
+        "1", "ControlNet output weights (controlnet_conditioning_scale): one number, or KIND=X,... (missing kinds 1)."
+    )
+    control_start: float = option(0.0, "Fraction of the steps before the ControlNets act.", min=0, max=1)
+    control_end: float = option(1.0, "Fraction of the steps after which the ControlNets stop.", min=0, max=1)
+    adapter_scale: str = option("1", "Adapter weights: one number, or KIND=X,... (missing kinds 1).")
+    init: str | None = option(None, "shade: ControlNet img2img from the rendered shade.png.")
+    strength: float = option(0.8, "img2img strength with --init (1 = ignore the init image).", min=0, max=1)
+    save_conditions: bool = option(False, "Write each map as fed (cond_<kind>.png) into the shards.")
     blank_uncond: bool = option(
         False,
         "Classifier-free guidance's unconditional branch sees blank conditions (the paper's pairing), so guidance "
@@ -67,8 +106,32 @@ class SynthOptions:
                 parse_condition_scales(self.condition_scales)
             except HoigenError as exc:
                 raise OptionError("condition_scales", str(exc).removeprefix("--condition-scales: ")) from None
+        self._check_weights()
         if self.anchor not in ("middle", "first", "last") and not self.anchor.isdigit():
             raise OptionError("anchor", f"must be middle, first, last or a frame number, got {self.anchor!r}")
+
+    def _check_weights(self) -> None:
+        """The ControlNet / adapter / LoRA values parse (hoigen.diffusion.controls), init and the step window."""
+        from hoigen.diffusion.controls import parse_controls, parse_loras, parse_scales
+
+        with _as_option_error("controlnet", "adapter"):
+            controlnets, adapters = parse_controls(self.controlnet, self.adapter)
+        kinds = [k for k, _ in adapters] or [k for k, _ in controlnets if k != "none"] or ["hoi"]
+        with _as_option_error("control_scale"):
+            parse_scales("--control-scale", self.control_scale, [] if adapters else kinds)
+        with _as_option_error("adapter_scale"):
+            parse_scales("--adapter-scale", self.adapter_scale, kinds if adapters else [])
+        parse_loras(self.lora)
+        if self.init not in (None, "shade"):
+            raise OptionError("init", f"must be shade (paint from the rendered shade.png), got {self.init!r}")
+        if self.strength <= 0:
+            raise OptionError("strength", f"must lie in (0, 1], got {self.strength}")
+        if self.control_start >= self.control_end:
+            raise OptionError(
+                "control_start",
+                f"must lie below --control-end (--control-start/--control-end: 0 <= start < end <= 1), got "
+                f"{self.control_start} and {self.control_end}",
+            )
 
     def image_size(self) -> int:
         """The image size: as given, else 64 for the tiny stand-in and 512 for real weights."""

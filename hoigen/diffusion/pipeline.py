@@ -15,6 +15,14 @@ host answers a 2-second TCP connect. Missing weights raise a one-line ``HoigenEr
 model and says how to get it (``huggingface-cli download ...`` on a connected machine, or a local
 folder).
 
+``load_synthesis_pipeline`` (what ``hoigen synthesize`` uses) adds the real-weight paths: public
+ControlNets (one, or a ``MultiControlNetModel`` of several, each of a kind: hoi, normal, pose, seg),
+T2I-Adapters (``StableDiffusionAdapterPipeline``, a ``MultiAdapter`` for several; HOIDiffusion's
+release via ``hoigen.diffusion.convert``), single-file LDM checkpoints (``from_single_file``), LoRAs
+(``load_lora_weights`` + ``set_adapters``), ControlNet img2img, and plain text-to-image only when
+asked for (``--controlnet none``). A real base model with nothing that follows the conditions is
+refused. The conditions each kind is fed come from ``hoigen.diffusion.controls``.
+
 The returned ``info`` dict says which model made the images; stand-ins are labelled as such and
 ``synthesize`` writes it into every sample's ``gen.json``.
 
@@ -31,8 +39,10 @@ import json
 import os
 import re
 import socket
+import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -292,7 +302,14 @@ class _CachedConditionEmbedding(torch.nn.Module):
 
 @contextmanager
 def cached_condition_encoding(controlnet: Any, blank_uncond: bool = False) -> Iterator[None]:
-    """Within the block, ``controlnet`` encodes each condition tensor once (see _CachedConditionEmbedding)."""
+    """Within the block, ``controlnet`` (or each net of a MultiControlNet) encodes each condition once."""
+    nets = getattr(getattr(controlnet, "_orig_mod", controlnet), "nets", None)
+    if nets is not None:
+        with ExitStack() as stack:
+            for net in nets:
+                stack.enter_context(cached_condition_encoding(net, blank_uncond))
+            yield
+        return
     controlnet = getattr(controlnet, "_orig_mod", controlnet)  # under torch.compile: the module itself
     inner = getattr(controlnet, "controlnet_cond_embedding", None)
     if inner is None or isinstance(inner, _CachedConditionEmbedding) or torch.is_grad_enabled():
@@ -321,11 +338,13 @@ def tune_pipeline(
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     applied = ["sdpa"]
-    for module in (pipe.unet, pipe.controlnet):
+    controlnet = getattr(pipe, "controlnet", None)
+    nets = list(getattr(controlnet, "nets", [controlnet] if controlnet is not None else []))
+    for module in (pipe.unet, *nets):
         module.set_attn_processor(AttnProcessor2_0())
     cuda = pipe.unet.device.type == "cuda"
     if cuda:
-        for module in (pipe.unet, pipe.controlnet, pipe.vae):
+        for module in (pipe.unet, *nets, pipe.vae):
             module.to(memory_format=torch.channels_last)
         applied.append("channels-last")
     if compile and cuda:
@@ -340,18 +359,24 @@ def tune_pipeline(
 
 
 def generate(
-    pipe: StableDiffusionControlNetPipeline,
-    conditions: torch.Tensor,
+    pipe: Any,
+    conditions: torch.Tensor | list[torch.Tensor] | None,
     prompts: list[str],
     seeds: list[int],
     steps: int = DEFAULT_STEPS,
     guidance: float = DEFAULT_GUIDANCE,
     negative_prompt: str | None = None,
-    control_scale: float = 1.0,
+    control_scale: float | list[float] = 1.0,
     per_sample: bool = False,
     condition_scales: tuple[float, float, float] | None = None,
     video_anchor: int | None = None,
     blank_uncond: bool = False,
+    init_images: torch.Tensor | None = None,
+    strength: float = 0.8,
+    control_start: float = 0.0,
+    control_end: float = 1.0,
+    height: int | None = None,
+    width: int | None = None,
 ) -> list[np.ndarray]:
     """Paint one (H, W, 3) uint8 image per condition tensor, prompt and seed.
 
@@ -361,19 +386,33 @@ def generate(
     0.03 % of pixels differ by one level between batch sizes. ``per_sample=True`` runs the samples
     one at a time, making every image bit-identical whatever the batch (slower on a GPU).
 
-    ``condition_scales`` weights the normal, seg and skeleton maps (``conditions.scale_conditions``);
-    ``control_scale`` weights the ControlNet's output. ``video_anchor``: the batch is the frames of
-    one trajectory, in order, and every frame's self-attention also attends to frame
-    ``video_anchor`` (``hoigen.diffusion.video``); give all frames the same seed for one shared noise.
-    ``blank_uncond``: the unconditional branch of classifier-free guidance sees the blank condition
-    instead of the sample's (the paper's pairing of blank conditions with classifier-free guidance),
-    so guidance also pushes toward the geometry; no effect when ``guidance`` <= 1.
-    The whole batch is denoised and VAE-decoded together.
+    ``conditions``: a (B, 9, H, W) tensor for the fused HOI ControlNet, or one (B, C, H, W) tensor per
+    ControlNet / adapter of the pipeline (``hoigen.diffusion.controls``), or None for plain
+    text-to-image (then ``height``/``width`` give the size). ``condition_scales`` weights the normal,
+    seg and skeleton maps of 9-channel tensors (``conditions.scale_conditions``); ``control_scale``
+    weights each ControlNet's (or adapter's) output: one number, or one per model.
+    ``control_start``/``control_end``: the fraction of steps the ControlNets act in.
+    ``init_images`` (B, 3, H, W) in [0, 1]: ControlNet img2img from these images at ``strength``.
+    ``video_anchor``: the batch is the frames of one trajectory, in order, and every frame's
+    self-attention also attends to frame ``video_anchor`` (``hoigen.diffusion.video``); give all
+    frames the same seed for one shared noise. ``blank_uncond``: the unconditional branch of
+    classifier-free guidance sees the blank condition instead of the sample's (the paper's pairing of
+    blank conditions with classifier-free guidance), so guidance also pushes toward the geometry; no
+    effect when ``guidance`` <= 1. The whole batch is denoised and VAE-decoded together.
     """
-    if conditions.ndim != 4 or conditions.shape[1] != CONDITIONING_CHANNELS:
+    fused = isinstance(conditions, torch.Tensor)
+    tensors = [conditions] if fused else list(conditions or [])
+    if fused and (conditions.ndim != 4 or conditions.shape[1] != CONDITIONING_CHANNELS):
         shape = tuple(conditions.shape)
         raise ValueError(f"conditions must be (B, {CONDITIONING_CHANNELS}, H, W), got {shape}")
-    batch, _, height, width = conditions.shape
+    if tensors:
+        batch, _, height, width = tensors[0].shape
+        if any(t.ndim != 4 or t.shape[0] != batch or t.shape[2:] != (height, width) for t in tensors):
+            raise ValueError(f"condition tensors differ in batch or size: {[tuple(t.shape) for t in tensors]}")
+    else:
+        batch = len(prompts)
+        if height is None or width is None:
+            raise ValueError("plain text-to-image needs height and width")
     if len(prompts) != batch or len(seeds) != batch:
         raise ValueError(
             f"{batch} conditions need as many prompts and seeds, got {len(prompts)} and {len(seeds)}"
@@ -385,9 +424,10 @@ def generate(
         )
     if batch == 0:
         return []
-    low, high = float(conditions.min()), float(conditions.max())
-    if low < 0.0 or high > 1.0:
-        raise ValueError(f"conditions must lie in [0, 1], got [{low:.3g}, {high:.3g}]")
+    for t in tensors:
+        low, high = float(t.min()), float(t.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(f"conditions must lie in [0, 1], got [{low:.3g}, {high:.3g}]")
     if video_anchor is not None and not 0 <= video_anchor < batch:
         raise ValueError(f"video anchor {video_anchor} is not one of the {batch} frames")
     if per_sample and batch > 1 and video_anchor is None:
@@ -395,28 +435,256 @@ def generate(
             image
             for i in range(batch)
             for image in generate(
-                pipe, conditions[i : i + 1], [prompts[i]], [seeds[i]], steps, guidance, negative_prompt,
-                control_scale, condition_scales=condition_scales, blank_uncond=blank_uncond,
+                pipe, conditions[i : i + 1] if fused else [t[i : i + 1] for t in tensors], [prompts[i]], [seeds[i]],
+                steps, guidance, negative_prompt, control_scale, condition_scales=condition_scales,
+                blank_uncond=blank_uncond, init_images=None if init_images is None else init_images[i : i + 1],
+                strength=strength, control_start=control_start, control_end=control_end, height=height, width=width,
             )
         ]
-    conditions = scale_conditions(conditions.float(), condition_scales)
+    tensors = [scale_conditions(t.float(), condition_scales) if t.shape[1] == CONDITIONING_CHANNELS else t.float()
+               for t in tensors]
     generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
     from hoigen.diffusion.video import anchor_attention
 
     video = anchor_attention(pipe, batch, video_anchor) if video_anchor is not None else nullcontext()
     blank = bool(blank_uncond) and float(guidance) > 1.0
-    with torch.inference_mode(), cached_condition_encoding(pipe.controlnet, blank), video:
+    kwargs: dict[str, Any] = {}
+    controlnet = getattr(pipe, "controlnet", None)
+    adapter = getattr(pipe, "adapter", None)
+    scales = control_scale if isinstance(control_scale, (list, tuple)) else [float(control_scale)] * len(tensors)
+    many = len(tensors) > 1
+    image = tensors if many else (tensors[0] if tensors else None)
+    if controlnet is not None:
+        kwargs["controlnet_conditioning_scale"] = [float(s) for s in scales] if many else float(scales[0])
+        if (control_start, control_end) != (0.0, 1.0):
+            kwargs["control_guidance_start"] = [float(control_start)] * len(tensors) if many else float(control_start)
+            kwargs["control_guidance_end"] = [float(control_end)] * len(tensors) if many else float(control_end)
+        if init_images is not None:
+            if int(int(steps) * float(strength)) < 1:
+                raise HoigenError(f"--strength {strength} of --steps {steps} leaves no denoising step; raise either")
+            kwargs.update(image=init_images.float(), control_image=image, strength=float(strength))
+        else:
+            kwargs["image"] = image
+    elif adapter is not None:
+        if blank:
+            raise HoigenError("--blank-uncond works with ControlNets only, not with --adapter")
+        kwargs["adapter_conditioning_scale"] = [float(s) for s in scales] if many else float(scales[0])
+        kwargs["image"] = image
+    elif blank:
+        raise HoigenError("--blank-uncond needs a ControlNet")
+    encoding = cached_condition_encoding(controlnet, blank) if controlnet is not None else nullcontext()
+    with torch.inference_mode(), encoding, video, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the adapter pipeline's deprecated decode_latents
         result = pipe(
             prompt=list(prompts),
-            image=conditions,
             height=height,
             width=width,
             num_inference_steps=int(steps),
             guidance_scale=float(guidance),
             negative_prompt=[negative_prompt] * batch if negative_prompt else None,
-            controlnet_conditioning_scale=float(control_scale),
             generator=generators,
             output_type="np",
+            **kwargs,
         )
     images = np.clip(np.asarray(result.images, dtype=np.float32), 0.0, 1.0)
     return [img for img in (images * 255.0).round().astype(np.uint8)]
+
+
+# --- synthesis with public ControlNets, T2I-Adapters, single files and LoRAs ----------------------
+
+THREE_WAYS = (
+    "public ControlNets (--controlnet normal=lllyasviel/control_v11p_sd15_normalbae "
+    "--controlnet pose=lllyasviel/control_v11p_sd15_openpose --controlnet seg=lllyasviel/control_v11p_sd15_seg), "
+    "HOIDiffusion's release (hoigen convert hoidiffusion SRC --out DIR, then --model DIR "
+    "--adapter pose=DIR/adapters/pose --adapter normal=DIR/adapters/normal --adapter seg=DIR/adapters/seg) "
+    "or your own HOI ControlNet "
+    "(hoigen train --out MODEL, then --model MODEL); --controlnet none paints plain text-to-image on purpose"
+)
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+_BASE_COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "safety_checker", "feature_extractor")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which models paint: a base, optional ControlNets or adapters (kind, id|dir), LoRAs (id|dir, scale)."""
+
+    model: str = TINY_MODEL_NAME
+    controlnets: tuple[tuple[str, str], ...] = ()  # (("none", ""),) = plain text-to-image on purpose
+    adapters: tuple[tuple[str, str], ...] = ()
+    loras: tuple[tuple[str, float], ...] = ()
+    model_config: str | None = None  # configs + tokenizer for a single-file --model
+    img2img: bool = False
+
+    @property
+    def unconditioned(self) -> bool:
+        return self.controlnets == (("none", ""),)
+
+    @property
+    def kinds(self) -> list[str]:
+        """The condition kinds fed, in the order of the models ([] for plain text-to-image; ["hoi"] by default)."""
+        if self.unconditioned:
+            return []
+        if self.adapters:
+            return [k for k, _ in self.adapters]
+        return [k for k, _ in self.controlnets] or ["hoi"]
+
+    @property
+    def family(self) -> str:
+        return "adapter" if self.adapters else "controlnet"
+
+
+def _is_single_file(name: str) -> bool:
+    path = Path(name).expanduser()
+    return path.suffix.lower() in SINGLE_FILE_SUFFIXES and (path.is_file() or not path.exists())
+
+
+def _load_single_file(name: str, config: str | None) -> StableDiffusionPipeline:
+    """An LDM/CompVis-layout checkpoint (.safetensors, .ckpt) through diffusers' own conversion."""
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise HoigenError(f"{name}: checkpoint file not found; pass a .safetensors/.ckpt file or a diffusers folder")
+    kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
+    if config is not None:
+        kwargs["config"] = str(Path(config).expanduser()) if _is_local(config) else config
+    if config is None or _is_local(config) or _offline():
+        kwargs["local_files_only"] = True
+    try:
+        with quiet():
+            return StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+    except Exception as error:  # diffusers raises many kinds; torch.load(weights_only=True) refuses pickled code
+        raise HoigenError(
+            f"{name}: cannot load this single-file checkpoint ({_first_line(error)}); it must be a Stable Diffusion "
+            "1.x checkpoint in the LDM layout; pass --model-config with a diffusers SD folder or hub id for its "
+            "configs and tokenizer (e.g. runwayml/stable-diffusion-v1-5) when the hub is not reachable"
+        ) from None
+
+
+def _load_base(spec: ModelSpec) -> tuple[dict[str, Any], str]:
+    """The base model's components (no ControlNet) and its kind label."""
+    model = spec.model
+    if model == TINY_MODEL_NAME:
+        return dict(build_tiny_pipeline(seed=0).components), TINY_MODEL_NAME
+    if _is_single_file(model):
+        return dict(_load_single_file(model, spec.model_config).components), "single-file"
+    if _is_local(model) and _is_saved_controlnet_pipeline(Path(model).expanduser()):
+        pipe, _ = load_pipeline(model)
+        return dict(pipe.components), "trained-base"
+    base = _from_pretrained(
+        StableDiffusionPipeline.from_pretrained, model, "Stable Diffusion", safety_checker=None,
+        requires_safety_checker=False,
+    )
+    return dict(base.components), "pretrained"
+
+
+def _load_adapter(name: str) -> Any:
+    from diffusers import T2IAdapter
+
+    return _from_pretrained(T2IAdapter.from_pretrained, name, "T2I-Adapter")
+
+
+def load_synthesis_pipeline(
+    spec: ModelSpec, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """The pipeline ``spec`` asks for, and the record of every model that makes its images.
+
+    Refuses a real base model with nothing that follows the conditions (the images would ignore the
+    labels): a one-line ``HoigenError`` names the three ways to real conditioned images.
+    """
+    if spec.adapters and spec.controlnets:
+        raise HoigenError("--adapter and --controlnet cannot be combined (no diffusers pipeline takes both); pick one")
+    if spec.img2img and (spec.adapters or spec.unconditioned):
+        raise HoigenError("--init shade paints with ControlNet img2img; use it with --controlnet, not --adapter/none")
+    bare_real = spec.model != TINY_MODEL_NAME and not (
+        _is_local(spec.model) and _is_saved_controlnet_pipeline(Path(spec.model).expanduser())
+    )
+    if bare_real and _is_local(spec.model) and not Path(spec.model).expanduser().exists():
+        what = "checkpoint file" if _is_single_file(spec.model) else "Stable Diffusion folder"
+        raise HoigenError(
+            f"{spec.model}: {what} not found; pass a diffusers model folder (e.g. from `huggingface-cli download "
+            f"{SD15_HINT}`), a .safetensors/.ckpt checkpoint, or leave --model out for the tiny stand-in"
+        )
+    if bare_real and not spec.controlnets and not spec.adapters:
+        raise HoigenError(
+            f"--model {spec.model} has no ControlNet or adapter, so its images would ignore the labels; "
+            f"use {THREE_WAYS}"
+        )
+    simple = (
+        not spec.adapters and not spec.loras and not spec.img2img and not _is_single_file(spec.model)
+        and [k for k, _ in spec.controlnets] in ([], ["hoi"])
+    )
+    if simple:  # the HOI ControlNet path as before (tiny stand-in, trained folder, SD + HOI ControlNet)
+        name = spec.controlnets[0][1] if spec.controlnets else None
+        pipe, info = load_pipeline(spec.model, name, device=device, dtype=dtype)
+        info["controls"] = [{"kind": "hoi", "model": name or info["model"], "family": "controlnet"}]
+        return pipe, info
+    components, base_kind = _load_base(spec)
+    own_controlnet = components.get("controlnet")  # the tiny stand-in's or a trained folder's HOI ControlNet
+    components = {k: components.get(k) for k in _BASE_COMPONENTS}
+    info: dict[str, Any] = {"model": spec.model, "base": base_kind, "controlnet": None}
+    if spec.model_config is not None:
+        info["model_config"] = spec.model_config
+    if spec.unconditioned:
+        pipe = StableDiffusionPipeline(**components, requires_safety_checker=False)
+        info["kind"] = "unconditioned"
+        info["note"] = "plain text-to-image (--controlnet none): the images do not follow the labels"
+        info["controls"] = []
+    elif spec.adapters:
+        from diffusers import MultiAdapter, StableDiffusionAdapterPipeline
+
+        nets = [_load_adapter(name) for _, name in spec.adapters]
+        adapter = nets[0] if len(nets) == 1 else MultiAdapter(nets)
+        pipe = StableDiffusionAdapterPipeline(**components, adapter=adapter, requires_safety_checker=False)
+        info["kind"] = "adapter"
+        info["controls"] = [{"kind": k, "model": n, "family": "adapter"} for k, n in spec.adapters]
+    else:
+        from diffusers import StableDiffusionControlNetImg2ImgPipeline
+        from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+        controlnets = list(spec.controlnets) or [("hoi", spec.model)]
+        nets = []
+        for kind, name in controlnets:
+            net = own_controlnet if not spec.controlnets and own_controlnet is not None else _load_controlnet(name)
+            want = CONDITIONING_CHANNELS if kind == "hoi" else 3
+            if net.config.conditioning_channels != want:
+                raise HoigenError(
+                    f"--controlnet {kind}={name}: this ControlNet takes {net.config.conditioning_channels} condition "
+                    f"channels, a {kind} ControlNet takes {want}; check the kind"
+                )
+            nets.append(net)
+        controlnet = nets[0] if len(nets) == 1 else MultiControlNetModel(nets)
+        cls = StableDiffusionControlNetImg2ImgPipeline if spec.img2img else StableDiffusionControlNetPipeline
+        pipe = cls(**components, controlnet=controlnet, requires_safety_checker=False)
+        info["kind"] = "controlnet-img2img" if spec.img2img else "controlnet"
+        info["controlnet"] = controlnets[0][1] if len(controlnets) == 1 else None
+        info["controls"] = [{"kind": k, "model": n, "family": "controlnet"} for k, n in controlnets]
+    if spec.loras:
+        _load_loras(pipe, spec.loras)
+        info["loras"] = [{"model": n, "scale": s} for n, s in spec.loras]
+    torch_dtype = resolve_dtype(dtype, device)
+    pipe.to(device=device, dtype=None if torch_dtype == pipe.unet.dtype else torch_dtype)
+    pipe.set_progress_bar_config(disable=True)
+    info["dtype"] = str(torch_dtype).removeprefix("torch.")
+    info["device"] = str(device)
+    pipe.hoigen_info = dict(info)
+    return pipe, info
+
+
+def _load_loras(pipe: Any, loras: tuple[tuple[str, float], ...]) -> None:
+    """Load each LoRA (a diffusers/kohya LoRA file or folder, or hub id) as a named adapter with its scale."""
+    names = []
+    for i, (name, _) in enumerate(loras):
+        path = Path(name).expanduser()
+        kwargs: dict[str, Any] = {"adapter_name": f"lora{i}"}
+        source = str(path)
+        if path.is_file():
+            source, kwargs["weight_name"] = str(path.parent), path.name
+        elif not path.exists() and _is_local(name):
+            raise HoigenError(f"--lora {name}: not found; pass a LoRA folder, .safetensors file or hub id")
+        try:
+            with quiet():
+                pipe.load_lora_weights(source if path.exists() else name, local_files_only=path.exists() or _offline(),
+                                       **kwargs)
+        except Exception as error:
+            raise HoigenError(f"--lora {name}: cannot load this LoRA ({_first_line(error)})") from None
+        names.append(f"lora{i}")
+    pipe.set_adapters(names, adapter_weights=[float(s) for _, s in loras])

@@ -19,7 +19,9 @@ stage hands batch k to the shard writer, which encodes the images and writes the
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,19 +57,48 @@ def resolve_device(device: str) -> str:
 
 @lru_cache(maxsize=1)
 def _pipeline(
-    model: str,
-    controlnet: str | None,
+    spec: Any,
     device: str,
     dtype: str | None = None,
     compile: bool = False,  # noqa: A002
     tiled_vae: bool = False,
 ) -> tuple[Any, dict]:
     """The loaded, tuned pipeline (cached per process: a stage's shards share it)."""
-    from hoigen.diffusion.pipeline import load_pipeline, tune_pipeline
+    from hoigen.diffusion.pipeline import load_synthesis_pipeline, tune_pipeline
 
-    pipe, info = load_pipeline(model, controlnet, device=device, dtype=dtype)
+    pipe, info = load_synthesis_pipeline(spec, device=device, dtype=dtype)
     info = {**info, "speed": tune_pipeline(pipe, compile=compile, tiled_vae=tiled_vae)}
+    if info.get("kind") == "unconditioned" and multiprocessing.parent_process() is None:
+        sys.stderr.write(
+            "warning: --controlnet none: plain text-to-image; the images will not match the hand/object labels\n"
+        )
     return pipe, info
+
+
+def model_spec(opts: SynthOptions) -> Any:
+    """The ``ModelSpec`` (base, ControlNets or adapters, LoRAs) the synthesize options ask for."""
+    from hoigen.diffusion.controls import parse_controls, parse_loras
+    from hoigen.diffusion.pipeline import ModelSpec
+
+    controlnets, adapters = parse_controls(opts.controlnet, opts.adapter)
+    return ModelSpec(
+        model=opts.model,
+        controlnets=tuple(controlnets),
+        adapters=tuple(adapters),
+        loras=tuple(parse_loras(opts.lora)),
+        model_config=opts.model_config,
+        img2img=opts.init == "shade",
+    )
+
+
+def control_scales(opts: SynthOptions) -> list[float]:
+    """One output weight per ControlNet / adapter, in the models' order."""
+    from hoigen.diffusion.controls import parse_scales
+
+    spec = model_spec(opts)
+    if spec.adapters:
+        return parse_scales("--adapter-scale", opts.adapter_scale, spec.kinds)
+    return parse_scales("--control-scale", opts.control_scale, spec.kinds)
 
 
 def pipeline_for(opts: SynthOptions) -> tuple[Any, dict]:
@@ -75,7 +106,7 @@ def pipeline_for(opts: SynthOptions) -> tuple[Any, dict]:
     from hoigen.diffusion.schedulers import set_scheduler
 
     pipe, info = _pipeline(
-        opts.model, opts.controlnet, resolve_device(opts.device), opts.dtype, opts.compile, opts.tiled_vae
+        model_spec(opts), resolve_device(opts.device), opts.dtype, opts.compile, opts.tiled_vae
     )
     set_scheduler(pipe, opts.scheduler)
     return pipe, info
@@ -113,6 +144,14 @@ class SynthStage(Stage):
         return Plan(tasks, opts, config, in_dir=self.in_dir, extra=extra, inputs=SynthInputs(tuple(templates)))
 
 
+def job_conditions(samples: list[Sample], opts: SynthOptions) -> list[torch.Tensor]:
+    """The condition tensors of a batch, one per model, each in its model's convention."""
+    from hoigen.diffusion.controls import condition_tensors
+
+    spec = model_spec(opts)
+    return condition_tensors(samples, spec.kinds, spec.family, int(opts.size))
+
+
 def sample_prompt(templates: Sequence[str], sample: Sample, rng) -> str:
     """A prompt for a sample: a drawn template filled with its object's words and a drawn background."""
     from hoigen.diffusion.prompts import fill_prompt, object_words
@@ -137,6 +176,7 @@ class _Job:
     seeds: list[int]
     anchor: int | None = None
     video: str | None = None
+    init: torch.Tensor | None = None  # shade images for --init shade
 
 
 def synth_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample]:
@@ -151,7 +191,7 @@ def synth_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample
     results: dict[int, dict[int, tuple[np.ndarray, str, int]]] = {}
     base = 0  # global index of pending[0]
 
-    def jobs() -> Iterator[tuple[_Job, torch.Tensor]]:
+    def jobs() -> Iterator[tuple[_Job, list[torch.Tensor]]]:
         items: list[tuple[int, int]] = []
         for index, sample in enumerate(samples):
             pending.append(sample)
@@ -163,45 +203,57 @@ def synth_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample
         if items:
             yield _still_job(items, pending, base, ctx)
 
-    for job, images in _overlapped(jobs(), ctx):
-        for (index, j), image, prompt, seed in zip(job.items, images, job.prompts, job.seeds, strict=True):
+    saved: dict[int, dict[str, np.ndarray]] = {}
+    for job, conds, images in _overlapped(jobs(), ctx):
+        for n, ((index, j), image, prompt, seed) in enumerate(
+            zip(job.items, images, job.prompts, job.seeds, strict=True)
+        ):
             results.setdefault(index, {})[j] = (image, prompt, seed)
+            if j == 0 and opts.save_conditions:
+                saved[index] = _saved_maps(conds, opts, n)
         while pending and len(results.get(base, {})) == per:
-            yield _finish(pending.pop(0), results.pop(base), ctx)
+            yield _finish(pending.pop(0), results.pop(base), ctx, members=saved.pop(base, None))
             base += 1
 
 
-def _still_job(items: list[tuple[int, int]], pending: list[Sample], base: int, ctx: StageContext) -> tuple:
-    from hoigen.diffusion.conditions import stack_conditions
+def _saved_maps(conds: list[torch.Tensor], opts: SynthOptions, n: int) -> dict[str, np.ndarray]:
+    from hoigen.diffusion.controls import saved_maps
 
-    size = ctx.options.size
+    return saved_maps(conds, model_spec(opts).kinds, n)
+
+
+def _init_images(samples: list[Sample], opts: SynthOptions) -> torch.Tensor | None:
+    from hoigen.diffusion.controls import init_tensor
+
+    return init_tensor(samples, int(opts.size)) if opts.init == "shade" else None
+
+
+def _still_job(items: list[tuple[int, int]], pending: list[Sample], base: int, ctx: StageContext) -> tuple:
     samples = [pending[index - base] for index, _ in items]
-    conds = torch.stack(
-        [
-            stack_conditions(s["normal.png"], s["seg.png"], s["skeleton.png"], size, blank_background=True)
-            for s in samples
-        ]
-    )
+    conds = job_conditions(samples, ctx.options)
     prompts, seeds = [], []
     for s, (_, j) in zip(samples, items, strict=True):
         key = s["__key__"]
         names = (key,) if j == 0 else (key, j)  # image 0 keeps the seeds of single-image runs
         prompts.append(sample_prompt(ctx.inputs.prompt_templates, s, ctx.rng(*names)))
         seeds.append(derive_seed(ctx.seed, "synthesize", *names))
-    return _Job(list(items), prompts, seeds), conds
+    return _Job(list(items), prompts, seeds, init=_init_images(samples, ctx.options)), conds
 
 
-def _overlapped(jobs: Iterator[tuple[_Job, torch.Tensor]], ctx: StageContext) -> Iterator[tuple[_Job, list]]:
+def _overlapped(
+    jobs: Iterator[tuple[_Job, list[torch.Tensor]]], ctx: StageContext
+) -> Iterator[tuple[_Job, list[torch.Tensor], list]]:
     """Run each job's diffusion in a helper thread, one job ahead of the consumer."""
     from hoigen.diffusion.prompts import TruncationWarner
 
     opts: SynthOptions = ctx.options
     pipe, _ = pipeline_for(opts)
     warner = TruncationWarner(pipe.tokenizer, list(ctx.inputs.prompt_templates), opts.prompts)
+    scales = control_scales(opts)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoigen-diffusion")
     threads = torch.get_num_threads()
 
-    def paint(job: _Job, conds: torch.Tensor) -> list[np.ndarray]:
+    def paint(job: _Job, conds: list[torch.Tensor]) -> list[np.ndarray]:
         from hoigen.diffusion.conditions import parse_condition_scales
         from hoigen.diffusion.pipeline import generate
 
@@ -215,21 +267,27 @@ def _overlapped(jobs: Iterator[tuple[_Job, torch.Tensor]], ctx: StageContext) ->
             steps=opts.steps,
             guidance=opts.guidance,
             negative_prompt=opts.negative_prompt,
-            control_scale=opts.control_scale,
+            control_scale=scales,
             condition_scales=parse_condition_scales(opts.condition_scales),
             video_anchor=job.anchor,
             blank_uncond=opts.blank_uncond,
+            init_images=job.init,
+            strength=opts.strength,
+            control_start=opts.control_start,
+            control_end=opts.control_end,
+            height=int(opts.size),
+            width=int(opts.size),
         )
 
     try:
-        ahead: tuple[_Job, Future] | None = None
+        ahead: tuple[_Job, list[torch.Tensor], Future] | None = None
         for job, conds in jobs:
             future = pool.submit(paint, job, conds)
             if ahead is not None:
-                yield ahead[0], ahead[1].result()
-            ahead = (job, future)
+                yield ahead[0], ahead[1], ahead[2].result()
+            ahead = (job, conds, future)
         if ahead is not None:
-            yield ahead[0], ahead[1].result()
+            yield ahead[0], ahead[1], ahead[2].result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -239,6 +297,16 @@ def _gen_record(ctx: StageContext) -> dict[str, Any]:
 
     opts: SynthOptions = ctx.options
     _, info = pipeline_for(opts)
+    spec = model_spec(opts)
+    scales = control_scales(opts)
+    controls = [{**c, "scale": scale} for c, scale in zip(info.get("controls", []), scales, strict=False)]
+    extra: dict[str, Any] = {"controls": controls}
+    if len(controls) > 1:
+        extra["control_scale"] = [c["scale"] for c in controls]
+    if not spec.adapters and spec.kinds:
+        extra["control_guidance"] = [opts.control_start, opts.control_end]
+    if spec.img2img:
+        extra["init"] = {"image": "shade.png", "strength": opts.strength}
     return {
         **info,
         "steps": opts.steps,
@@ -246,16 +314,27 @@ def _gen_record(ctx: StageContext) -> dict[str, Any]:
         "scheduler": opts.scheduler,
         "size": opts.size,
         "negative_prompt": opts.negative_prompt,
-        "conditions": list(CONDITION_MAPS),
-        "condition_scales": dict(zip(CONDITION_MAPS, parse_condition_scales(opts.condition_scales), strict=True)),
-        "control_scale": opts.control_scale,
+        "conditions": list(CONDITION_MAPS) if spec.kinds == ["hoi"] else spec.kinds,
+        "condition_scales": (
+            dict(zip(CONDITION_MAPS, parse_condition_scales(opts.condition_scales), strict=True))
+            if "hoi" in spec.kinds else None
+        ),
+        "control_scale": float(scales[0]) if spec.kinds else None,
         "blank_uncond": opts.blank_uncond,
+        **extra,
     }
 
 
-def _finish(sample: Sample, images: dict[int, tuple[np.ndarray, str, int]], ctx: StageContext, **extra: Any) -> Sample:
-    """The output sample: the render sample plus its images, prompts and ``gen.json``."""
+def _finish(
+    sample: Sample,
+    images: dict[int, tuple[np.ndarray, str, int]],
+    ctx: StageContext,
+    members: dict[str, np.ndarray] | None = None,
+    **extra: Any,
+) -> Sample:
+    """The output sample: the render sample plus its images, prompts, ``gen.json`` (and ``cond_*.png``)."""
     out = {k: v for k, v in sample.items() if k != "__shard__"}
+    out.update(members or {})
     listing = []
     for j in sorted(images):
         image, prompt, seed = images[j]
@@ -274,46 +353,41 @@ def _finish(sample: Sample, images: dict[int, tuple[np.ndarray, str, int]], ctx:
 
 
 def _video_stage(samples: list[Sample], ctx: StageContext) -> Iterator[Sample]:
-    from hoigen.diffusion.conditions import stack_conditions
     from hoigen.diffusion.video import anchor_index, trajectory_groups, trajectory_id, write_mp4
 
     opts: SynthOptions = ctx.options
-    size = opts.size
     per = opts.images_per_condition
     groups = trajectory_groups([s["__key__"] for s in samples])
 
-    def jobs() -> Iterator[tuple[_Job, torch.Tensor]]:
+    def jobs() -> Iterator[tuple[_Job, list[torch.Tensor]]]:
         for group in groups:
             first = samples[group[0]]
             trajectory = trajectory_id(first["__key__"])
-            conds = torch.stack(
-                [
-                    stack_conditions(
-                        samples[i]["normal.png"], samples[i]["seg.png"], samples[i]["skeleton.png"], size,
-                        blank_background=True,
-                    )
-                    for i in group
-                ]
-            )
+            members = [samples[i] for i in group]
+            conds = job_conditions(members, opts)
+            init = _init_images(members, opts)
             for j in range(per):
                 names = (trajectory,) if j == 0 else (trajectory, j)
                 prompt = sample_prompt(ctx.inputs.prompt_templates, first, ctx.rng("video", *names))
                 seed = derive_seed(ctx.seed, "synthesize-video", *names)
                 anchor = anchor_index(len(group), opts.anchor)
                 video = trajectory if j == 0 else f"{trajectory}_{j}"
-                job = _Job([(i, j) for i in group], [prompt] * len(group), [seed] * len(group), anchor, video)
+                job = _Job([(i, j) for i in group], [prompt] * len(group), [seed] * len(group), anchor, video, init)
                 yield job, conds
 
     results: dict[int, dict[int, tuple[np.ndarray, str, int]]] = {}
     videos: dict[int, dict[str, Any]] = {}
     video_root = Path(ctx.out_dir) / VIDEO_DIR
-    for job, images in _overlapped(jobs(), ctx):
+    saved: dict[int, dict[str, np.ndarray]] = {}
+    for job, conds, images in _overlapped(jobs(), ctx):
         frames = [samples[i]["ann.json"].get("trajectory", {}).get("frame", n) for n, (i, _) in enumerate(job.items)]
         _write_frames(video_root / str(job.video), frames, images)
         write_mp4(video_root / f"{job.video}.mp4", images, fps=opts.fps)
         anchor_key = samples[job.items[job.anchor or 0][0]]["__key__"]
         for (i, j), image, prompt, seed in zip(job.items, images, job.prompts, job.seeds, strict=True):
             results.setdefault(i, {})[j] = (image, prompt, seed)
+            if j == 0 and opts.save_conditions:
+                saved[i] = _saved_maps(conds, opts, job.items.index((i, j)))
             if j == 0:
                 videos[i] = {
                     "mp4": f"{VIDEO_DIR}/{job.video}.mp4",
@@ -322,7 +396,7 @@ def _video_stage(samples: list[Sample], ctx: StageContext) -> Iterator[Sample]:
                     "attention": "self-attention over the anchor frame and the current frame",
                 }
     for i, sample in enumerate(samples):
-        yield _finish(sample, results[i], ctx, video=videos[i])
+        yield _finish(sample, results[i], ctx, members=saved.get(i), video=videos[i])
 
 
 def _write_frames(folder: Path, frames: list[int], images: list[np.ndarray]) -> None:

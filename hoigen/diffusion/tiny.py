@@ -135,3 +135,106 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionControlNetPipeline:
     pipe.set_progress_bar_config(disable=True)
     pipe.hoigen_info = {"model": TINY_MODEL_NAME, "kind": TINY_MODEL_NAME, "seed": seed}
     return pipe
+
+
+# --- fixtures for the real-weights paths (tests, benchmarks): tiny random models of the real classes ----
+
+
+def build_tiny_controlnet(conditioning_channels: int = 3, seed: int = 1) -> ControlNetModel:
+    """A ControlNet for the tiny UNet taking ``conditioning_channels`` (3, as the public v1.1 ControlNets)."""
+    unet = build_tiny_pipeline(0).unet
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = ControlNetModel.from_unet(
+            unet, conditioning_channels=conditioning_channels,
+            conditioning_embedding_out_channels=CONDITION_EMBEDDING_CHANNELS,
+        )
+        # from_unet zero-initialises the output convolutions (no effect until trained): give them weights
+        for module in (*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out):
+            torch.nn.init.normal_(module.weight, std=0.05)
+    return net.eval()
+
+
+def tiny_adapter_channels() -> tuple[int, ...]:
+    """The tiny UNet's block channels: a T2I-Adapter for it has one level per UNet down block."""
+    return (32, 64)
+
+
+def ldm_state_dict(pipe) -> dict[str, torch.Tensor]:  # noqa: ANN001 - any pipeline with unet, vae, text_encoder
+    """The pipeline's UNet, VAE and CLIP text encoder as an LDM/CompVis single-file state dict.
+
+    The inverse of diffusers' single-file conversion (``diffusers.loaders.single_file_utils``), written
+    for the test fixtures: a checkpoint in the layout HOIDiffusion's code saves (``model.diffusion_model.*``,
+    ``first_stage_model.*``, ``cond_stage_model.transformer.*``).
+    """
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+
+    out: dict[str, torch.Tensor] = {}
+    cfg = pipe.unet.config
+    layers = cfg.layers_per_block
+    attn_up = [t.startswith("CrossAttn") for t in cfg.up_block_types]
+    resnet = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"), ("conv2", "out_layers.3"),
+              ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"))
+
+    def res(rest: str) -> str:
+        for a, b in resnet:
+            rest = rest.replace(a, b)
+        return rest
+
+    top = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]
+    for key, value in pipe.unet.state_dict().items():
+        p = key.split(".")
+        if key in top:
+            new = top[key]
+        elif p[0] == "down_blocks" and p[2] == "downsamplers":
+            new = f"input_blocks.{(layers + 1) * (int(p[1]) + 1)}.0.op." + ".".join(p[5:])
+        elif p[0] == "down_blocks":
+            block = (layers + 1) * int(p[1]) + int(p[3]) + 1
+            rest = ".".join(p[4:])
+            new = f"input_blocks.{block}.0.{res(rest)}" if p[2] == "resnets" else f"input_blocks.{block}.1.{rest}"
+        elif p[0] == "up_blocks" and p[2] == "upsamplers":
+            i = int(p[1])
+            new = f"output_blocks.{(layers + 1) * i + layers}.{2 if attn_up[i] else 1}.conv." + ".".join(p[5:])
+        elif p[0] == "up_blocks":
+            block = (layers + 1) * int(p[1]) + int(p[3])
+            rest = ".".join(p[4:])
+            new = f"output_blocks.{block}.0.{res(rest)}" if p[2] == "resnets" else f"output_blocks.{block}.1.{rest}"
+        elif p[0] == "mid_block":
+            rest = ".".join(p[3:])
+            new = f"middle_block.{2 * int(p[2])}.{res(rest)}" if p[1] == "resnets" else f"middle_block.1.{rest}"
+        else:
+            raise KeyError(f"no LDM name for UNet key {key}")
+        out["model.diffusion_model." + new] = value
+
+    vae_top = DIFFUSERS_TO_LDM_MAPPING["vae"]
+    levels = len(pipe.vae.config.block_out_channels)
+    attention = (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out"))
+    for key, value in pipe.vae.state_dict().items():
+        p = key.split(".")
+        if key in vae_top:
+            new = vae_top[key]
+        elif p[1] == "down_blocks" and p[3] == "downsamplers":
+            new = f"encoder.down.{p[2]}.downsample." + ".".join(p[5:])
+        elif p[1] == "down_blocks":
+            new = f"encoder.down.{p[2]}.block.{p[4]}." + ".".join(p[5:]).replace("conv_shortcut", "nin_shortcut")
+        elif p[1] == "up_blocks" and p[3] == "upsamplers":
+            new = f"decoder.up.{levels - 1 - int(p[2])}.upsample." + ".".join(p[5:])
+        elif p[1] == "up_blocks":
+            rest = ".".join(p[5:]).replace("conv_shortcut", "nin_shortcut")
+            new = f"decoder.up.{levels - 1 - int(p[2])}.block.{p[4]}.{rest}"
+        elif p[1] == "mid_block" and p[2] == "resnets":
+            new = f"{p[0]}.mid.block_{int(p[3]) + 1}." + ".".join(p[4:])
+        elif p[1] == "mid_block":
+            rest = ".".join(p[4:])
+            for a, b in attention:
+                rest = rest.replace(a, b)
+            new = f"{p[0]}.mid.attn_1.{rest}"
+            if value.ndim == 2:
+                value = value[:, :, None, None]
+        else:
+            raise KeyError(f"no LDM name for VAE key {key}")
+        out["first_stage_model." + new] = value
+
+    for key, value in pipe.text_encoder.state_dict().items():  # the original CLIP keys start text_model.
+        out["cond_stage_model.transformer." + (key if key.startswith("text_model.") else "text_model." + key)] = value
+    return out
