@@ -1,12 +1,13 @@
 # hoigen: two commands set everything up on a fresh machine.
 #   make demo   install, then run recipes/quickstart.yaml (procedural objects -> NOCS export + contact sheet)
 #   make test   install, then lint and run the test suite
+#   make docs   regenerate the CLI and ann.json references in docs/reference/ from the code
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hoigen-installed
 
-.PHONY: install demo test lint bench soak clean
+.PHONY: install demo test lint docs docs-check bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +30,14 @@ test: install lint
 
 lint: install
 	$(BIN)/ruff check hoigen tests benchmarks
+
+# regenerate docs/reference/cli.md and ann-schema.md from the code (commit the result)
+docs: install
+	$(BIN)/python -m hoigen.docgen
+
+# the generated reference is current, and every `hoigen ...` command in README.md and docs/ parses
+docs-check: install
+	$(BIN)/python -m hoigen.docgen --commands
 
 bench: install
 	$(BIN)/python -m benchmarks.bench
