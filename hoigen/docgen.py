@@ -350,6 +350,9 @@ def hoigen_argv(tokens: tuple[str, ...]) -> tuple[str, ...] | None:
     for k in range(len(toks) - 1):
         if toks[k] == "-m" and toks[k + 1] == "hoigen":
             return tuple(toks[k + 2 :])
+    for tok in toks:  # a quoted command, e.g. sbatch --wrap "hoigen render ..."
+        if tok.startswith("hoigen "):
+            return hoigen_argv(tuple(shlex.split(tok, comments=True)))
     return None
 
 
