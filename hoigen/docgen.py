@@ -177,8 +177,8 @@ def cli_markdown() -> str:
     lines += ["| command | what it does |", "| --- | --- |"]
     commands = walk(root)
     for path, cmd in commands:
-        anchor = "-".join(path)
-        lines.append(f"| [`{' '.join(path)}`](#{anchor}) | {_cell(inspect.cleandoc(cmd.help or '').split(chr(10))[0])} |")
+        first = _cell(inspect.cleandoc(cmd.help or "").split("\n")[0])
+        lines.append(f"| [`{' '.join(path)}`](#{'-'.join(path)}) | {first} |")
     lines.append("")
     for path, cmd in commands:
         lines += [f"## {' '.join(path)}", ""]
@@ -245,8 +245,9 @@ def schema_markdown() -> str:
     doc = inspect.cleandoc(c.__doc__ or "")
     if "Map encodings" in doc:
         lines += ["", _markdown("Map encodings" + doc.split("Map encodings", 1)[1])]
-    lines += ["", "## ann.json fields", "", "Dotted paths into `ann.json`; an array's shape is given as rows x columns.",
-              "", "| field | JSON type | shape | " + " | ".join(stages) + " |",
+    lines += ["", "## ann.json fields", "",
+              "Dotted paths into `ann.json`; an array's shape is given as rows x columns.", "",
+              "| field | JSON type | shape | " + " | ".join(stages) + " |",
               "| --- | --- | --- | " + " | ".join("---" for _ in stages) + " |"]  # fmt: skip
     per_stage = {s: c.ann_fields(s) for s in stages}
     names: list[str] = []
@@ -299,7 +300,9 @@ FENCE = re.compile(r"^(\s*)(```+|~~~+)\s*(.*)$")
 
 
 def doc_blocks(path: Path) -> list[DocBlock]:
-    """Every fenced block of a Markdown file, split into shell commands (``\\`` joined, comments dropped, ``&&``/``;``)."""
+    """Every fenced block of a Markdown file, split into shell commands.
+
+    Lines ending in a backslash are joined, ``#`` comments dropped, ``&&``/``;``/``|`` separate commands."""
     blocks, lines = [], Path(path).read_text().splitlines()
     i = 0
     while i < len(lines):
