@@ -171,8 +171,24 @@ def _main(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    verbose: int = typer.Option(
+        0, "--verbose", "-v", count=True, help="Show library INFO lines (-vv: DEBUG); hidden by default."
+    ),
+    log_level: str | None = typer.Option(
+        None, "--log-level", metavar="<debug|info|warning|error>",
+        help="Log level of hoigen's and the libraries' lines (beats -v). [default: warning]",
+    ),
 ) -> None:
-    """hoigen: synthetic 3D hand-object interaction data."""
+    """hoigen: synthetic 3D hand-object interaction data.
+
+    Warnings, hoigen's and the libraries' (diffusers, transformers, trimesh, Python warnings), print
+    on stderr as one line each: warning: <where>: <message>.
+    """
+    from hoigen.logs import LEVELS, configure, level_for
+
+    if log_level is not None and log_level.lower() not in LEVELS:
+        raise UsageError(f"--log-level must be one of {', '.join(LEVELS)}, got {log_level!r}")
+    configure(level_for(verbose, log_level))
 
 
 @app.command()
