@@ -18,6 +18,7 @@ and ``hoigen.export`` are also the stage packages: calling the package calls its
 from __future__ import annotations
 
 import importlib
+import os
 import types
 from typing import Any
 
@@ -59,3 +60,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["__version__", *_STAGE_PACKAGES, *_LAZY]
+
+
+if os.environ.get("HOIGEN_LOG_LEVEL"):  # a worker process of a CLI run: the CLI's warning format and level
+    from hoigen.logs import configure_from_env
+
+    configure_from_env()

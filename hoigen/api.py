@@ -122,13 +122,20 @@ def ingest_dexycb(root: PathLike, out: PathLike = "out/dexycb", options: Any = N
     return run(IngestStage(Path(root), opts), Path(out), common)
 
 
-def conditions_for(objects: Path | None, synth: SynthOptions, work: Path, common: Common) -> Path:
+def conditions_for(
+    objects: Path | None, synth: SynthOptions, work: Path, common: Common,
+    grasp_options: GraspOptions | None = None, render_options: RenderOptions | None = None,
+) -> Path:  # fmt: skip
     """Grasp and render into ``work`` for ``synthesize --objects``; returns the render folder.
 
-    Conditions are rendered at the synthesis size (at least 256 px, so the annotations stay useful)."""
-    size = max(synth.image_size(), CONDITION_MIN_SIZE)
-    say(grasp(objects, work / "grasp", run_options=common), common.quiet)
-    say(render(work / "grasp", work / "render", RenderOptions(size=size), common), common.quiet)
+    ``grasp_options``/``render_options`` are the stages' options (default: their defaults); without a
+    render size the conditions are rendered at the synthesis size (at least 256 px, so the annotations
+    stay useful)."""
+    render_options = render_options or RenderOptions()
+    if render_options.size is None:
+        render_options = replace(render_options, size=max(synth.image_size(), CONDITION_MIN_SIZE))
+    say(grasp(objects, work / "grasp", grasp_options, common), common.quiet)
+    say(render(work / "grasp", work / "render", render_options, common), common.quiet)
     return work / "render"
 
 

@@ -21,7 +21,17 @@ from hoigen.errors import HoigenError
 from hoigen.export.options import ExportOptions
 from hoigen.grasp.options import GraspOptions
 from hoigen.ingest.options import IngestOptions
-from hoigen.options import Common, FieldType, UsageError, build, default_text, field_types, flag_of, spec_of
+from hoigen.options import (
+    Common,
+    FieldType,
+    OptionError,
+    UsageError,
+    build,
+    default_text,
+    field_types,
+    flag_of,
+    spec_of,
+)
 from hoigen.render.options import RenderOptions
 
 app = typer.Typer(
@@ -56,14 +66,33 @@ QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or status li
 ALL_RUN = (Common, None)  # every run option: --seed, --workers, --shard-index, --num-shards, --quiet
 
 
-def with_options(**groups: type | tuple[type, tuple[str, ...] | None]) -> Callable[[Callable], Callable]:
+class Group(typing.NamedTuple):
+    """An options group of a command: ``cls``'s fields (all, or ``names``) as flags.
+
+    A field whose name another parameter already takes gets ``prefix`` (``size`` -> ``render_size``, flag
+    ``--render-size``); ``default_text`` replaces a field's shown default where this command's differs."""
+
+    cls: type
+    names: tuple[str, ...] | None = None
+    prefix: str = ""
+    default_text: dict[str, str] = {}
+
+
+def _group(spec: type | tuple) -> Group:
+    if isinstance(spec, Group):
+        return spec
+    return Group(*spec) if isinstance(spec, tuple) else Group(spec)
+
+
+def with_options(**groups: type | tuple[type, tuple[str, ...] | None] | Group) -> Callable[[Callable], Callable]:
     """Give a command one CLI flag per option field; the command receives the built options objects.
 
     ``@with_options(opts=SynthOptions, common=(Common, ("seed", "quiet")))`` replaces the function's
     parameters ``opts`` and ``common`` by flags for the fields (all, or those named), with help text
     and the default from the field's :func:`hoigen.options.option` metadata. A flag not given is
     left out, so the dataclass default applies; the objects are checked like recipes (one-line
-    errors naming the flag, exit 2).
+    errors naming the flag, exit 2). A :class:`Group` can take a subset of another stage's fields,
+    prefixed where a name clashes (``synthesize --objects`` takes grasp and render options this way).
     """
 
     def decorate(fn: Callable) -> Callable:
@@ -72,26 +101,33 @@ def with_options(**groups: type | tuple[type, tuple[str, ...] | None]) -> Callab
         own = [p.replace(annotation=hints.get(n, p.annotation)) for n, p in sig.parameters.items() if n not in groups]
         taken = {p.name for p in own}
         generated: list[Parameter] = []
-        members: dict[str, list[str]] = {}
+        members: dict[str, dict[str, str]] = {}  # group -> {parameter name: field name}
         for group, spec in groups.items():
-            cls, names = spec if isinstance(spec, tuple) else (spec, None)
-            members[group] = []
-            kinds = field_types(cls)
-            for f in fields(cls):
-                if not spec_of(f).cli or (names is not None and f.name not in names):
+            g = _group(spec)
+            members[group] = {}
+            kinds = field_types(g.cls)
+            for f in fields(g.cls):
+                if not spec_of(f).cli or (g.names is not None and f.name not in g.names):
                     continue
-                if f.name in taken:
-                    raise TypeError(f"{fn.__name__}: option {f.name} of {cls.__name__} clashes with another parameter")
-                taken.add(f.name)
-                members[group].append(f.name)
-                generated.append(_parameter(f, kinds[f.name]))
+                name = f.name
+                if name in taken and g.prefix:
+                    name = g.prefix + name
+                if name in taken:
+                    raise TypeError(f"{fn.__name__}: option {f.name} of {g.cls.__name__} clashes with another option")
+                taken.add(name)
+                members[group][name] = f.name
+                generated.append(_parameter(f, kinds[f.name], name, g.default_text.get(f.name)))
 
         @functools.wraps(fn)
         def command(**kwargs: Any) -> Any:
             for group, spec in groups.items():
-                cls = spec[0] if isinstance(spec, tuple) else spec
-                given = {n: kwargs.pop(n) for n in members[group]}
-                kwargs[group] = build(cls, {k: v for k, v in given.items() if v is not None and v != []})
+                given = {field_name: kwargs.pop(name) for name, field_name in members[group].items()}
+                given = {k: v for k, v in given.items() if v is not None and v != []}
+                try:
+                    kwargs[group] = build(_group(spec).cls, given)
+                except OptionError as exc:  # name the flag as this command spells it
+                    renamed = {f: n for n, f in members[group].items()}.get(exc.name, exc.name)
+                    raise OptionError(renamed, exc.problem) from None
             return fn(**kwargs)
 
         params = own + generated
@@ -102,25 +138,26 @@ def with_options(**groups: type | tuple[type, tuple[str, ...] | None]) -> Callab
     return decorate
 
 
-def _parameter(f: Any, kind: FieldType) -> Parameter:
+def _parameter(f: Any, kind: FieldType, name: str | None = None, shown: str | None = None) -> Parameter:
     """The typer option of one options field: its flag(s), help text with the default, env var."""
     spec = spec_of(f)
-    if spec.flag:
+    name = name or f.name
+    if spec.flag and name == f.name:
         decls = [spec.flag]
     elif kind.base is bool and spec.pair:
-        decls = [f"{flag_of(f.name)}/--no-{f.name.replace('_', '-')}"]
+        decls = [f"{flag_of(name)}/--no-{name.replace('_', '-')}"]
     else:
-        decls = [flag_of(f.name)]
-    if spec.short:
+        decls = [flag_of(name)]
+    if spec.short and name == f.name:
         decls.append(spec.short)
-    shown = default_text(f)
+    shown = shown if shown is not None else default_text(f)
     text = spec.help + (f" [default: {shown}]" if shown else "")
     annotation = list[kind.base] if kind.is_list else kind.base  # type: ignore[name-defined]
     metavar = f"<{'|'.join(spec.choices)}>" if spec.choices else None
     if kind.is_list:  # "--categories mug,bowl", or a repeatable flag
         metavar = f"<{kind.base.__name__},...>" if spec.split else f"<{kind.base.__name__}> (repeatable)"
     option = typer.Option(None, *decls, help=text, envvar=spec.envvar, show_default=False, metavar=metavar)
-    return Parameter(f.name, Parameter.KEYWORD_ONLY, default=option, annotation=annotation | None)
+    return Parameter(name, Parameter.KEYWORD_ONLY, default=option, annotation=annotation | None)
 
 
 def _version(value: bool) -> None:
@@ -134,8 +171,24 @@ def _main(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    verbose: int = typer.Option(
+        0, "--verbose", "-v", count=True, help="Show library INFO lines (-vv: DEBUG); hidden by default."
+    ),
+    log_level: str | None = typer.Option(
+        None, "--log-level", metavar="<debug|info|warning|error>",
+        help="Log level of hoigen's and the libraries' lines (beats -v). [default: warning]",
+    ),
 ) -> None:
-    """hoigen: synthetic 3D hand-object interaction data."""
+    """hoigen: synthetic 3D hand-object interaction data.
+
+    Warnings, hoigen's and the libraries' (diffusers, transformers, trimesh, Python warnings), print
+    on stderr as one line each: warning: <where>: <message>.
+    """
+    from hoigen.logs import LEVELS, configure, level_for
+
+    if log_level is not None and log_level.lower() not in LEVELS:
+        raise UsageError(f"--log-level must be one of {', '.join(LEVELS)}, got {log_level!r}")
+    configure(level_for(verbose, log_level))
 
 
 @app.command()
@@ -189,8 +242,16 @@ def render(
     api.say(api.render(in_dir, out, opts, common), common.quiet)
 
 
+# The grasp and render options the headline `synthesize --objects` passes to the stages it runs first.
+HEADLINE_GRASP = ("categories", "category", "up", "units", "scale", "grasps", "frames", "side", "mano_dir")
+HEADLINE_RENDER = Group(
+    RenderOptions, ("views", "size", "camera"), prefix="render_",
+    default_text={"size": "the synthesis size, at least 256"},
+)  # fmt: skip
+
+
 @app.command()
-@with_options(opts=SynthOptions, common=ALL_RUN)
+@with_options(opts=SynthOptions, common=ALL_RUN, grasp_opts=(GraspOptions, HEADLINE_GRASP), render_opts=HEADLINE_RENDER)
 def synthesize(
     in_dir: Path | None = typer.Option(
         None,
@@ -202,6 +263,8 @@ def synthesize(
     out: Path = typer.Option(Path("out/synth"), "--out", help="Output folder."),
     opts: SynthOptions = None,  # type: ignore[assignment]
     common: Common = None,  # type: ignore[assignment]
+    grasp_opts: GraspOptions = None,  # type: ignore[assignment]
+    render_opts: RenderOptions = None,  # type: ignore[assignment]
 ) -> None:
     """Paint images on the rendered conditions with the HOI diffusion model.
 
@@ -213,14 +276,23 @@ def synthesize(
     --model and --controlnet take a local diffusers folder or a hub id (looked up in the Hugging Face
     cache first; the hub is asked only when reachable); --model also takes a .safetensors/.ckpt file.
 
-    Example: hoigen synthesize --objects ycb/ --prompts prompts.txt --out out/synth
+    Without --in, grasp and render run first into OUT/work with the grasp options (--grasps, --frames,
+    --units, --scale, --up, --category, --categories, --side, --mano-dir) and render options (--views,
+    --camera, and --render-size: --size is the painted image's).
+
+    Example: hoigen synthesize --objects ycb/ --prompts prompts.txt --grasps 4 --views 2 --out out/synth
     """
+    from dataclasses import replace
+
     from hoigen import api
 
     if in_dir is None:
-        in_dir = api.conditions_for(objects, opts, out / "work", common)
+        in_dir = api.conditions_for(objects, opts, out / "work", common, grasp_opts, render_opts)
     elif objects is not None:
         raise UsageError("pass either --in (render output) or --objects (a mesh folder), not both")
+    elif replace(grasp_opts, mano_dir=None) != GraspOptions() or render_opts != RenderOptions():  # env: no flag
+        raise UsageError("grasp and render options (--grasps, --views, --render-size, ...) apply only when "
+                         "synthesize runs grasp and render first: drop them, or --in")
     api.say(api.synthesize(in_dir, out, opts, common), common.quiet)
 
 

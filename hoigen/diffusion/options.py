@@ -96,9 +96,26 @@ class SynthOptions:
     fps: int = option(8, "Frame rate of the mp4s.", min=1)
     compile: bool = option(False, "torch.compile the UNet (CUDA; slow first batch).")
     tiled_vae: bool = option(False, "Decode big images tile by tile (less GPU memory).")
+    min_pck: float | None = option(
+        None,
+        "Filter: a hand detector checks each painted image against its labels; an image whose PCK@--pck-at is "
+        "below this is repainted with the next derived seed (up to --max-tries), and a sample whose image never "
+        "agrees is dropped (docs/guides/evaluate.md, Filtering).",
+        min=0,
+        max=1,
+        default_text="off",
+    )
+    pck_at: float = option(0.2, "The PCK --min-pck reads: 0.05, 0.1 or 0.2 of the labelled hand box diagonal.")
+    max_tries: int = option(3, "Paintings per image under --min-pck (the first is the unfiltered image).", min=1)
+    filter_detector: str = option(
+        "mediapipe",
+        "Hand detector for --min-pck: mediapipe (MediaPipe Hands), or module:factory, a callable returning "
+        "image -> detections (this runs your Python code, like --caption-hook).",
+    )
 
     def __post_init__(self) -> None:
         validate(self)
+        self._check_filter()
         if self.condition_scales is not None:
             from hoigen.diffusion.conditions import parse_condition_scales
 
@@ -132,6 +149,16 @@ class SynthOptions:
                 f"must lie below --control-end (--control-start/--control-end: 0 <= start < end <= 1), got "
                 f"{self.control_start} and {self.control_end}",
             )
+
+    def _check_filter(self) -> None:
+        """--pck-at names a measured PCK; --min-pck paints stills (a clip's frames share one seed)."""
+        from hoigen.imgeval.agreement import PCK_THRESHOLDS
+
+        if self.pck_at not in PCK_THRESHOLDS:
+            named = ", ".join(f"{t:g}" for t in PCK_THRESHOLDS)
+            raise OptionError("pck_at", f"must be one of {named}, got {self.pck_at:g}")
+        if self.min_pck is not None and self.video:
+            raise OptionError("min_pck", "filters still images; leave out --video (a clip's frames share one seed)")
 
     def image_size(self) -> int:
         """The image size: as given, else 64 for the tiny stand-in and 512 for real weights."""

@@ -19,15 +19,18 @@ stage hands batch k to the shard writer, which encodes the images and writes the
 
 from __future__ import annotations
 
+import json
+import math
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -47,6 +50,7 @@ BACKGROUNDS = (
     "on a marble countertop",
 )
 VIDEO_DIR = "videos"
+FILTER_DIR = "filter_stats"  # per-shard counts of the --min-pck filter, summed into run.json by finalize
 
 
 def resolve_device(device: str) -> str:
@@ -139,9 +143,15 @@ class SynthStage(Stage):
         tasks = input_tasks(self.in_dir, ("render",))
         templates = load_prompts(opts.prompts) if opts.prompts is not None else list(DEFAULT_PROMPTS)
         _, model_info = pipeline_for(opts)  # fail early on missing weights
+        if opts.min_pck is not None:
+            _detector(opts.filter_detector)  # and on a missing detector (one line naming what to install)
         extra = {OBJECTS_KEY: str(objects_dir_of(self.in_dir)), "diffusion_model": model_info}
         config = {**record(opts), "prompt_templates": templates}
         return Plan(tasks, opts, config, in_dir=self.in_dir, extra=extra, inputs=SynthInputs(tuple(templates)))
+
+    def finalize(self, out_dir: Path, plan: Plan, summary: Any, common: Common) -> None:
+        if summary.complete and self.options.min_pck is not None:
+            record_filter(out_dir, plan, common.quiet)
 
 
 def job_conditions(samples: list[Sample], opts: SynthOptions) -> list[torch.Tensor]:
@@ -177,43 +187,188 @@ class _Job:
     anchor: int | None = None
     video: str | None = None
     init: torch.Tensor | None = None  # shade images for --init shade
+    tries: list[int] = field(default_factory=list)  # each item's try (--min-pck repaints); empty: all first tries
+
+
+class _Painted(NamedTuple):
+    """One finished image: the picture, its prompt and seed, and under --min-pck its try and check."""
+
+    image: np.ndarray
+    prompt: str
+    seed: int
+    attempt: int = 0
+    check: dict[str, Any] | None = None
 
 
 def synth_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample]:
-    """Add ``image.jpg``, ``prompt.txt`` and ``gen.json`` (and ``image_{j}.jpg`` ...) to every render sample."""
+    """Add ``image.jpg``, ``prompt.txt`` and ``gen.json`` (and ``image_{j}.jpg`` ...) to every render sample.
+
+    With ``min_pck`` each painted image is checked against its labels (:func:`hoigen.imgeval.verdict`); a
+    failed image is queued again with its next try's seed (ahead of new samples, so samples finish in
+    order), and a sample with an image that failed every try is dropped. The batches, and so the bytes,
+    depend only on the input and the options."""
     opts: SynthOptions = ctx.options
     if opts.video:
         yield from _video_stage(list(samples), ctx)
         return
     per = opts.images_per_condition
-    batch_size = opts.batch_size
-    pending: list[Sample] = []  # samples whose images are not all painted yet, in input order
-    results: dict[int, dict[int, tuple[np.ndarray, str, int]]] = {}
+    source = iter(samples)
+    pending: list[Sample] = []  # samples whose images are not all final yet, in input order
+    fresh: deque[tuple[int, int, int]] = deque()  # (sample index, image number, try) not painted yet
+    retry: deque[tuple[int, int, int]] = deque()
+    results: dict[int, dict[int, _Painted]] = {}
+    read = 0  # samples taken from the input
     base = 0  # global index of pending[0]
+    counts = FilterCounts() if opts.min_pck is not None else None
 
-    def jobs() -> Iterator[tuple[_Job, list[torch.Tensor]]]:
-        items: list[tuple[int, int]] = []
-        for index, sample in enumerate(samples):
+    def next_job() -> tuple[_Job, list[torch.Tensor]] | None:
+        nonlocal read
+        items: list[tuple[int, int, int]] = []
+        while len(items) < opts.batch_size:
+            if retry or fresh:
+                items.append((retry or fresh).popleft())
+                continue
+            sample = next(source, None)
+            if sample is None:
+                break
             pending.append(sample)
-            for j in range(per):
-                items.append((index, j))
-                if len(items) == batch_size:
-                    yield _still_job(items, pending, base, ctx)
-                    items = []
-        if items:
-            yield _still_job(items, pending, base, ctx)
+            fresh.extend((read, j, 0) for j in range(per))
+            read += 1
+        return _still_job(items, pending, base, ctx) if items else None
 
     saved: dict[int, dict[str, np.ndarray]] = {}
-    for job, conds, images in _overlapped(jobs(), ctx):
-        for n, ((index, j), image, prompt, seed) in enumerate(
-            zip(job.items, images, job.prompts, job.seeds, strict=True)
+    for job, conds, images in _overlapped(next_job, ctx):
+        tries = job.tries or [0] * len(job.items)
+        for n, ((index, j), attempt, image, prompt, seed) in enumerate(
+            zip(job.items, tries, images, job.prompts, job.seeds, strict=True)
         ):
-            results.setdefault(index, {})[j] = (image, prompt, seed)
+            check = None
+            if counts is not None:
+                check = check_image(image, pending[index - base], opts)
+                if check["verdict"] == "fail" and attempt + 1 < opts.max_tries:
+                    retry.append((index, j, attempt + 1))
+                    continue
+            results.setdefault(index, {})[j] = _Painted(image, prompt, seed, attempt, check)
             if j == 0 and opts.save_conditions:
                 saved[index] = _saved_maps(conds, opts, n)
         while pending and len(results.get(base, {})) == per:
-            yield _finish(pending.pop(0), results.pop(base), ctx, members=saved.pop(base, None))
+            sample, painted, members = pending.pop(0), results.pop(base), saved.pop(base, None)
             base += 1
+            if counts is not None and not counts.add(sample, painted):
+                continue  # dropped: an image never agreed with the labels
+            yield _finish(sample, painted, ctx, members=members)
+    if counts is not None:
+        counts.write(Path(ctx.out_dir), ctx.shard)
+
+
+# --- the --min-pck filter -------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=2)
+def _detector(spec: str) -> Any:
+    """The filter's detector (cached per process; MediaPipe is imported only here)."""
+    from hoigen.imgeval.detectors import load_detector
+
+    return load_detector(spec)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN -> None (shard JSON allows no NaN), recursively."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def check_image(image: np.ndarray, sample: Sample, opts: SynthOptions) -> dict[str, Any]:
+    """The filter's look at one painted image: the agreement row and its verdict (pass, fail or unjudged)."""
+    from hoigen.imgeval.agreement import agreement, verdict
+
+    row = agreement(image, sample["ann.json"], _detector(opts.filter_detector))
+    return {"verdict": verdict(row, float(opts.min_pck or 0.0), opts.pck_at), "agreement": _json_safe(row)}
+
+
+@dataclass
+class FilterCounts:
+    """Per object: samples seen, kept, dropped, kept after a repaint, unjudged images, and paintings made."""
+
+    objects: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, sample: Sample, painted: dict[int, _Painted]) -> bool:
+        """Count one finished sample; True when it is kept (no image failed every try)."""
+        obj = str(sample["ann.json"].get("object", {}).get("id") or sample["__key__"].split("_")[0])
+        row = self.objects.setdefault(obj, dict.fromkeys(COUNT_NAMES, 0))
+        kept = all(p.check is None or p.check["verdict"] != "fail" for p in painted.values())
+        row["samples"] += 1
+        row["kept" if kept else "dropped"] += 1
+        row["repainted"] += int(kept and any(p.attempt > 0 for p in painted.values()))
+        row["unjudged"] += sum(p.check is not None and p.check["verdict"] == "unjudged" for p in painted.values())
+        row["paintings"] += sum(p.attempt + 1 for p in painted.values())
+        return kept
+
+    def write(self, out_dir: Path, shard: int) -> None:
+        """``OUT/filter_stats/shard-NNNNNN.json`` (atomic; written before the shard is published)."""
+        from hoigen.data.atomic import atomic_write_bytes
+
+        folder = out_dir / FILTER_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        data = json.dumps({"objects": self.objects}, sort_keys=True).encode() + b"\n"
+        atomic_write_bytes(folder / f"shard-{shard:06d}.json", data)
+
+
+COUNT_NAMES = ("samples", "kept", "dropped", "repainted", "unjudged", "paintings")
+
+
+def filter_summary(out_dir: Path, shards: Iterable[int]) -> dict[str, Any]:
+    """The filter counts of ``shards`` summed per object and in total."""
+    per_object: dict[str, dict[str, int]] = {}
+    for shard in sorted(shards):
+        path = Path(out_dir) / FILTER_DIR / f"shard-{shard:06d}.json"
+        if not path.exists():
+            continue
+        for obj, row in json.loads(path.read_text())["objects"].items():
+            mine = per_object.setdefault(obj, dict.fromkeys(COUNT_NAMES, 0))
+            for name in COUNT_NAMES:
+                mine[name] += int(row.get(name, 0))
+    totals = {name: sum(r[name] for r in per_object.values()) for name in COUNT_NAMES}
+    return {**totals, "per_object": dict(sorted(per_object.items()))}
+
+
+def record_filter(out_dir: Path, plan: Plan, quiet: bool = False) -> dict[str, Any]:
+    """Add the filter's settings and kept/dropped counts per object to ``run.json``; print one line."""
+    from hoigen.data.atomic import atomic_write_bytes
+    from hoigen.data.contract import RUN_FILE, read_run_json
+    from hoigen.data.progress import info
+    from hoigen.imgeval.agreement import MIN_VISIBLE_JOINTS
+    from hoigen.imgeval.detectors import detector_name
+
+    opts: SynthOptions = plan.options
+    stats = filter_summary(out_dir, (t.index for t in plan.tasks))
+    run = read_run_json(out_dir)
+    run["image_filter"] = {
+        "min_pck": opts.min_pck,
+        "pck_at": opts.pck_at,
+        "max_tries": opts.max_tries,
+        "detector": detector_name(_detector(opts.filter_detector), opts.filter_detector),
+        "rule": f"kept when PCK@{opts.pck_at:g} >= {opts.min_pck:g} within {opts.max_tries} tries; images whose "
+        f"labelled hand has fewer than {MIN_VISIBLE_JOINTS} visible joints are not judged (kept)",
+        **stats,
+    }
+    data = json.dumps(run, indent=2, sort_keys=True, default=str).encode() + b"\n"
+    atomic_write_bytes(Path(out_dir) / RUN_FILE, data)
+    line = (
+        f"synthesize filter: kept {stats['kept']} of {stats['samples']} samples, dropped {stats['dropped']}, "
+        f"{stats['repainted']} kept after a repaint ({stats['paintings']} paintings)"
+    )
+    if stats["samples"] and not stats["kept"]:
+        sys.stderr.write(f"warning: synthesize: no image agreed with its labels ({line}); the output holds no samples; "
+                         "try more --max-tries, a lower --min-pck, or check the model\n")
+    else:
+        info(line, quiet)
+    return stats
 
 
 def _saved_maps(conds: list[torch.Tensor], opts: SynthOptions, n: int) -> dict[str, np.ndarray]:
@@ -228,22 +383,37 @@ def _init_images(samples: list[Sample], opts: SynthOptions) -> torch.Tensor | No
     return init_tensor(samples, int(opts.size)) if opts.init == "shade" else None
 
 
-def _still_job(items: list[tuple[int, int]], pending: list[Sample], base: int, ctx: StageContext) -> tuple:
-    samples = [pending[index - base] for index, _ in items]
+def image_seed(seed: int, key: str, j: int = 0, attempt: int = 0) -> int:
+    """The diffusion seed of image ``j`` of sample ``key``, try ``attempt`` (image 0 keeps the seeds of
+    single-image runs, try 0 those of unfiltered runs; a repaint adds ``"try", attempt``)."""
+    names: tuple[Any, ...] = (key,) if j == 0 else (key, j)
+    if attempt:
+        names = (*names, "try", attempt)
+    return derive_seed(seed, "synthesize", *names)
+
+
+def _still_job(items: list[tuple[int, int, int]], pending: list[Sample], base: int, ctx: StageContext) -> tuple:
+    samples = [pending[index - base] for index, _, _ in items]
     conds = job_conditions(samples, ctx.options)
     prompts, seeds = [], []
-    for s, (_, j) in zip(samples, items, strict=True):
+    for s, (_, j, attempt) in zip(samples, items, strict=True):
         key = s["__key__"]
-        names = (key,) if j == 0 else (key, j)  # image 0 keeps the seeds of single-image runs
+        names = (key,) if j == 0 else (key, j)  # a repaint keeps its prompt: only the seed changes
         prompts.append(sample_prompt(ctx.inputs.prompt_templates, s, ctx.rng(*names)))
-        seeds.append(derive_seed(ctx.seed, "synthesize", *names))
-    return _Job(list(items), prompts, seeds, init=_init_images(samples, ctx.options)), conds
+        seeds.append(image_seed(ctx.seed, key, j, attempt))
+    job = _Job([(i, j) for i, j, _ in items], prompts, seeds, init=_init_images(samples, ctx.options),
+               tries=[t for _, _, t in items])  # fmt: skip
+    return job, conds
 
 
 def _overlapped(
-    jobs: Iterator[tuple[_Job, list[torch.Tensor]]], ctx: StageContext
+    next_job: Callable[[], tuple[_Job, list[torch.Tensor]] | None], ctx: StageContext
 ) -> Iterator[tuple[_Job, list[torch.Tensor], list]]:
-    """Run each job's diffusion in a helper thread, one job ahead of the consumer."""
+    """Run each job's diffusion in a helper thread, one job ahead of the consumer.
+
+    ``next_job`` returns the next job, or None when it has none now; the consumer may queue more
+    work (the filter's repaints) while handling a result, so the run ends only when ``next_job``
+    has nothing and no job is in flight."""
     from hoigen.diffusion.prompts import TruncationWarner
 
     opts: SynthOptions = ctx.options
@@ -281,13 +451,18 @@ def _overlapped(
 
     try:
         ahead: tuple[_Job, list[torch.Tensor], Future] | None = None
-        for job, conds in jobs:
-            future = pool.submit(paint, job, conds)
+        while True:
+            nxt = next_job()
+            if nxt is None:
+                if ahead is None:
+                    break
+                done, ahead = ahead, None
+                yield done[0], done[1], done[2].result()
+                continue
+            future = pool.submit(paint, *nxt)
             if ahead is not None:
                 yield ahead[0], ahead[1], ahead[2].result()
-            ahead = (job, conds, future)
-        if ahead is not None:
-            yield ahead[0], ahead[1], ahead[2].result()
+            ahead = (nxt[0], nxt[1], future)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -327,26 +502,46 @@ def _gen_record(ctx: StageContext) -> dict[str, Any]:
 
 def _finish(
     sample: Sample,
-    images: dict[int, tuple[np.ndarray, str, int]],
+    images: dict[int, _Painted],
     ctx: StageContext,
     members: dict[str, np.ndarray] | None = None,
     **extra: Any,
 ) -> Sample:
-    """The output sample: the render sample plus its images, prompts, ``gen.json`` (and ``cond_*.png``)."""
+    """The output sample: the render sample plus its images, prompts, ``gen.json`` (and ``cond_*.png``).
+
+    Under --min-pck, ``gen.json`` also holds ``filter`` (the settings), and per image its ``try`` (0 = first
+    painting), ``verdict`` and ``agreement`` row (image 0's at the top level too)."""
     out = {k: v for k, v in sample.items() if k != "__shard__"}
     out.update(members or {})
     listing = []
     for j in sorted(images):
-        image, prompt, seed = images[j]
+        painted = images[j]
         image_name, prompt_name = image_fields(j)
-        out[image_name] = image
-        out[prompt_name] = prompt
-        listing.append({"image": image_name, "prompt": prompt_name, "seed": seed})
+        out[image_name] = painted.image
+        out[prompt_name] = painted.prompt
+        entry: dict[str, Any] = {"image": image_name, "prompt": prompt_name, "seed": painted.seed}
+        if painted.check is not None:
+            entry.update({"try": painted.attempt, **painted.check})
+        listing.append(entry)
     gen = {**_gen_record(ctx), "seed": listing[0]["seed"], **extra}
+    if images[min(images)].check is not None:
+        gen.update({k: listing[0][k] for k in ("try", "verdict", "agreement")})
+        gen["filter"] = _filter_record(ctx.options)
     if len(listing) > 1:
         gen["images"] = listing
     out["gen.json"] = gen
     return out
+
+
+def _filter_record(opts: SynthOptions) -> dict[str, Any]:
+    from hoigen.imgeval.detectors import detector_name
+
+    return {
+        "min_pck": opts.min_pck,
+        "pck_at": opts.pck_at,
+        "max_tries": opts.max_tries,
+        "detector": detector_name(_detector(opts.filter_detector), opts.filter_detector),
+    }
 
 
 # --- videos -------------------------------------------------------------------------------------
@@ -359,7 +554,7 @@ def _video_stage(samples: list[Sample], ctx: StageContext) -> Iterator[Sample]:
     per = opts.images_per_condition
     groups = trajectory_groups([s["__key__"] for s in samples])
 
-    def jobs() -> Iterator[tuple[_Job, list[torch.Tensor]]]:
+    def video_jobs() -> Iterator[tuple[_Job, list[torch.Tensor]]]:
         for group in groups:
             first = samples[group[0]]
             trajectory = trajectory_id(first["__key__"])
@@ -375,17 +570,18 @@ def _video_stage(samples: list[Sample], ctx: StageContext) -> Iterator[Sample]:
                 job = _Job([(i, j) for i in group], [prompt] * len(group), [seed] * len(group), anchor, video, init)
                 yield job, conds
 
-    results: dict[int, dict[int, tuple[np.ndarray, str, int]]] = {}
+    results: dict[int, dict[int, _Painted]] = {}
     videos: dict[int, dict[str, Any]] = {}
     video_root = Path(ctx.out_dir) / VIDEO_DIR
     saved: dict[int, dict[str, np.ndarray]] = {}
-    for job, conds, images in _overlapped(jobs(), ctx):
+    jobs = video_jobs()
+    for job, conds, images in _overlapped(lambda: next(jobs, None), ctx):
         frames = [samples[i]["ann.json"].get("trajectory", {}).get("frame", n) for n, (i, _) in enumerate(job.items)]
         _write_frames(video_root / str(job.video), frames, images)
         write_mp4(video_root / f"{job.video}.mp4", images, fps=opts.fps)
         anchor_key = samples[job.items[job.anchor or 0][0]]["__key__"]
         for (i, j), image, prompt, seed in zip(job.items, images, job.prompts, job.seeds, strict=True):
-            results.setdefault(i, {})[j] = (image, prompt, seed)
+            results.setdefault(i, {})[j] = _Painted(image, prompt, seed)
             if j == 0 and opts.save_conditions:
                 saved[i] = _saved_maps(conds, opts, job.items.index((i, j)))
             if j == 0:

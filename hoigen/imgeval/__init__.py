@@ -7,6 +7,14 @@
 - :mod:`hoigen.imgeval.clipscore` — CLIPScore with a user-supplied CLIP folder.
 """
 
-from hoigen.imgeval.agreement import PCK_THRESHOLDS, Detection, Detector, agreement, summarize
+from hoigen.imgeval.agreement import (
+    MIN_VISIBLE_JOINTS,
+    PCK_THRESHOLDS,
+    Detection,
+    Detector,
+    agreement,
+    summarize,
+    verdict,
+)
 
-__all__ = ["PCK_THRESHOLDS", "Detection", "Detector", "agreement", "summarize"]
+__all__ = ["MIN_VISIBLE_JOINTS", "PCK_THRESHOLDS", "Detection", "Detector", "agreement", "summarize", "verdict"]

@@ -178,3 +178,26 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out["mean_error_px"] = _nanmean([r["mean_error_px"] for r in detected])
     out["pck_over"] = "detected images (PCK, mean error and handedness agreement ignore missed images)"
     return out
+
+
+#: The labelled hand is "visible enough" to be judged when at least this many of its 21 joints are visible.
+MIN_VISIBLE_JOINTS = 11
+#: Verdicts of :func:`verdict`.
+PASS, FAIL, UNJUDGED = "pass", "fail", "unjudged"
+
+
+def verdict(row: dict[str, Any], min_pck: float, pck_at: float = 0.2,
+            min_visible: int = MIN_VISIBLE_JOINTS) -> str:  # fmt: skip
+    """Does an agreement row (:func:`agreement`) pass the filter ``PCK@pck_at >= min_pck``?
+
+    The rule: a labelled hand with fewer than ``min_visible`` visible joints (hidden, or out of the
+    frame) cannot be judged, so the image is :data:`UNJUDGED` (kept as it is, whatever was detected).
+    Otherwise no detection is a :data:`FAIL`, and a detection passes when its PCK at ``pck_at`` (a
+    fraction of the labelled hand box diagonal, over the visible joints) is at least ``min_pck``.
+    """
+    if row["visible_joints"] < min_visible:
+        return UNJUDGED
+    if not row["detected"]:
+        return FAIL
+    value = row[pck_name(pck_at)]
+    return PASS if value == value and value >= min_pck else FAIL
