@@ -12,8 +12,8 @@ import yaml
 from clirun import exit_code
 
 from hoigen.data.shards import list_shards, read_shard
+from hoigen.geometry.normals import encode_normals, normals_from_depth
 from hoigen.hand.skeleton import draw_skeleton
-from hoigen.ingest.normals import encode_normals, normals_from_depth
 from hoigen.render.cameras import CAMERA_PRESETS, preset_intrinsics
 
 SERIAL = "836212060125"  # the camera of render's "dexycb" preset

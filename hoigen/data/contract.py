@@ -101,7 +101,7 @@ def normal_colour(normals: np.ndarray) -> np.ndarray:
     """Unit camera-frame (OpenCV) normals -> float RGB in the "normalbae" convention: 127.5 - 127.5 n.
 
     The one definition of the normal colouring, shared by the renderer and by conditions made from
-    real depth (:mod:`hoigen.ingest.normals`); round and clip to store it as ``normal.png``."""
+    real depth (:mod:`hoigen.geometry.normals`); round and clip to store it as ``normal.png``."""
     return 127.5 - 127.5 * normals
 
 
