@@ -106,7 +106,9 @@ def train(
     opts, common = _resolve(TrainOptions, options, run_options, overrides)
     tasks = input_tasks(Path(inp), ("synthesize", "render", "ingest"))
     stats = train_from_shards([t.source for t in tasks], Path(out), opts, common.seed, common.quiet)
-    line = f"train: {stats['steps']} steps, loss {stats['first_loss']:.4f} -> {stats['last_loss']:.4f} -> {out}"
+    first, last = stats["first_loss"], stats["last_loss"]
+    curve = f"loss {first:.4f} -> {last:.4f}" if first is not None else "scenery steps only"
+    line = f"train: {stats['steps']} steps, {curve} -> {out}"
     if stats.get("process_index", 0) != 0:
         line = ""  # one line per run, from the main process
     return RunSummary("train", Path(out), len(tasks), len(tasks), message=line, stats=stats)

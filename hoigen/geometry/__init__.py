@@ -6,3 +6,7 @@ function, so a model trained on estimated normals is fed the same kind at synthe
 :mod:`hoigen.geometry.crop` crops images to a square (centred, or around the hand-object box) with
 the intrinsics and 2D points following.
 """
+
+#: ``--crop`` of ingest and train: ``none`` (the frame, or its centred square with a size) or ``hoi``
+#: (the square around the hand-object box, :func:`hoigen.geometry.crop.hoi_crop`).
+CROP_MODES = ("none", "hoi")

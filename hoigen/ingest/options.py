@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from hoigen.geometry import CROP_MODES
 from hoigen.options import option, validate
-
-CROP_CHOICES = ("none", "hoi")  # hoigen.geometry.crop: centre_crop, hoi_crop
 
 
 @dataclass(frozen=True)
@@ -22,7 +21,7 @@ class IngestOptions:
         "none",
         "hoi: crop each frame to the square around the hand and grasped object (their box + 10%, padded; the "
         "original HOIDiffusion data), scaled to --size when given; none: the centred square with --size.",
-        choices=CROP_CHOICES,
+        choices=CROP_MODES,
     )
     frame_step: int = option(1, "Keep every N-th frame.", min=1)
     subjects: list[str] | None = option(None, "Comma-separated subject folders.", split=",", default_text="all")
