@@ -22,7 +22,7 @@ from typing import Any
 
 from hoigen.data.progress import info
 from hoigen.data.runner import RunSummary, run
-from hoigen.diffusion.options import SynthOptions, TrainOptions
+from hoigen.diffusion.options import BackgroundOptions, SynthOptions, TrainOptions
 from hoigen.export.options import ExportOptions
 from hoigen.grasp.options import GraspOptions
 from hoigen.options import Common, build
@@ -112,6 +112,19 @@ def train(
     if stats.get("process_index", 0) != 0:
         line = ""  # one line per run, from the main process
     return RunSummary("train", Path(out), len(tasks), len(tasks), message=line, stats=stats)
+
+
+def backgrounds(
+    out: PathLike = "out/scenery", options: BackgroundOptions | None = None,
+    run_options: Common | None = None, **overrides: Any,
+) -> RunSummary:  # fmt: skip
+    """Scenery prompts -> a background buffer folder (images + captions.txt) for :func:`train`'s ``bg_dir``."""
+    from hoigen.diffusion.backgrounds import write_backgrounds
+
+    opts, common = _resolve(BackgroundOptions, options, run_options, overrides)
+    record = write_backgrounds(Path(out), opts, common.seed, common.quiet)
+    line = f"backgrounds: {record['images']} images from {record['model'].get('model')} -> {out}"
+    return RunSummary("backgrounds", Path(out), 0, 0, message=line, stats=record)
 
 
 def ingest_dexycb(root: PathLike, out: PathLike = "out/dexycb", options: Any = None,

@@ -265,3 +265,37 @@ class TrainOptions:
     def uses_background(self) -> bool:
         """Whether scenery batches are ever drawn (swap with a probability > 0, or loss with a weight > 0)."""
         return self.swap_prob > 0 or self.loss_weight > 0
+
+
+@dataclass(frozen=True)
+class BackgroundOptions:
+    """``hoigen backgrounds``: the background buffer (scenery images + captions) painted by the base model."""
+
+    prompts: Path | None = option(
+        None, "Scenery prompts, one per line (# comments), e.g. written by an LLM as in the paper.",
+        default_text="required",
+    )  # fmt: skip
+    model: str = option(
+        TINY_MODEL,
+        "Base text-to-image model: a diffusers Stable Diffusion folder, a hub id, or a single-file .safetensors/.ckpt.",
+        default_text="tiny-random, an offline stand-in",
+    )
+    model_config: str | None = option(None, "Diffusers SD folder or hub id giving a single-file --model its configs.")
+    images_per_prompt: int = option(1, "Images per prompt, each with its own seed.", min=1)
+    steps: int = option(50, "Denoising steps.", min=1)
+    guidance: float = option(7.5, "Classifier-free guidance scale.")
+    size: int | None = option(None, "Image size.", min=8, default_text=f"{REAL_SIZE}, {TINY_SIZE} for tiny-random")
+    negative_prompt: str | None = option(None, "Negative prompt.")
+    batch_size: int = option(4, "Images per diffusion batch.", min=1)
+    device: str = option("auto", "cpu, cuda or auto.")
+    dtype: str = option("auto", "auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16.")
+    scheduler: str = option("ddim", "Sampler: ddim, unipc or dpm++.", choices=SCHEDULER_NAMES)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def image_size(self) -> int:
+        """The image size: as given, else 64 for the tiny stand-in and 512 for real weights."""
+        if self.size:
+            return self.size
+        return TINY_SIZE if self.model in ("", TINY_MODEL) else REAL_SIZE
