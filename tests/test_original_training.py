@@ -318,3 +318,32 @@ def test_validate_understands_ingest_output(tmp_path, capsys):
     assert "member normal.png is missing" in problems
     assert "ann.json hand.hand_pose is null and hand.pose_pca is not 45 numbers" in problems
     assert any("camera.K has shape" in p for p in problems)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_swap_mode_resumes_exactly(tmp_path):
+    """The scenery steps are a function of (seed, step), so a resumed run swaps the same steps, same losses."""
+    options = TrainOptions(steps=6, lr=1e-3, bg_prob=0.4, checkpoint_every=3, keep_checkpoints=1)
+
+    def sources() -> tuple[ExampleBatches, ExampleBatches]:
+        return (ExampleBatches(_examples(4, 0, "a hand grasping a mug"), 2, seed=0),
+                ExampleBatches(_examples(4, 7, "a quiet forest"), 2, seed=0, name="background"))  # fmt: skip
+
+    data, scenery = sources()
+    whole = ControlNetTrainer(build_tiny_pipeline(0), options, tmp_path / "whole", seed=3).train(data, scenery)
+
+    def crash(entry: dict) -> None:
+        if entry["step"] == 5:
+            raise _Stop
+
+    data, scenery = sources()
+    with pytest.raises(_Stop):
+        ControlNetTrainer(build_tiny_pipeline(0), options, tmp_path / "cut", seed=3).train(data, scenery, log=crash)
+    data, scenery = sources()
+    resumed = ControlNetTrainer(build_tiny_pipeline(0), options, tmp_path / "cut", seed=3).train(data, scenery)
+    assert resumed["resumed_at_step"] == 3 and 0 < len(whole["bg_steps"]) < 6
+    for key in ("bg_steps", "losses", "bg_losses"):
+        assert resumed[key] == whole[key], key
