@@ -22,7 +22,7 @@ from typing import Any
 
 from hoigen.data.progress import info
 from hoigen.data.runner import RunSummary, run
-from hoigen.diffusion.options import SynthOptions, TrainOptions
+from hoigen.diffusion.options import BackgroundOptions, SynthOptions, TrainOptions
 from hoigen.export.options import ExportOptions
 from hoigen.grasp.options import GraspOptions
 from hoigen.options import Common, build
@@ -106,10 +106,25 @@ def train(
     opts, common = _resolve(TrainOptions, options, run_options, overrides)
     tasks = input_tasks(Path(inp), ("synthesize", "render", "ingest"))
     stats = train_from_shards([t.source for t in tasks], Path(out), opts, common.seed, common.quiet)
-    line = f"train: {stats['steps']} steps, loss {stats['first_loss']:.4f} -> {stats['last_loss']:.4f} -> {out}"
+    first, last = stats["first_loss"], stats["last_loss"]
+    curve = f"loss {first:.4f} -> {last:.4f}" if first is not None else "scenery steps only"
+    line = f"train: {stats['steps']} steps, {curve} -> {out}"
     if stats.get("process_index", 0) != 0:
         line = ""  # one line per run, from the main process
     return RunSummary("train", Path(out), len(tasks), len(tasks), message=line, stats=stats)
+
+
+def backgrounds(
+    out: PathLike = "out/scenery", options: BackgroundOptions | None = None,
+    run_options: Common | None = None, **overrides: Any,
+) -> RunSummary:  # fmt: skip
+    """Scenery prompts -> a background buffer folder (images + captions.txt) for :func:`train`'s ``bg_dir``."""
+    from hoigen.diffusion.backgrounds import write_backgrounds
+
+    opts, common = _resolve(BackgroundOptions, options, run_options, overrides)
+    record = write_backgrounds(Path(out), opts, common.seed, common.quiet)
+    line = f"backgrounds: {record['images']} images from {record['model'].get('model')} -> {out}"
+    return RunSummary("backgrounds", Path(out), 0, 0, message=line, stats=record)
 
 
 def ingest_dexycb(root: PathLike, out: PathLike = "out/dexycb", options: Any = None,

@@ -16,7 +16,7 @@ import typer
 
 from hoigen import __version__
 from hoigen.data.progress import info
-from hoigen.diffusion.options import SynthOptions, TrainOptions
+from hoigen.diffusion.options import BackgroundOptions, SynthOptions, TrainOptions
 from hoigen.errors import HoigenError
 from hoigen.export.options import ExportOptions
 from hoigen.grasp.options import GraspOptions
@@ -470,6 +470,26 @@ def train(
     from hoigen import api
 
     api.say(api.train(in_dir, out, opts, common), common.quiet)
+
+
+@app.command()
+@with_options(opts=BackgroundOptions, common=(Common, ("seed", "quiet")))
+def backgrounds(
+    out: Path = typer.Option(Path("out/scenery"), "--out", help="New folder for the images and captions.txt."),
+    opts: BackgroundOptions = None,  # type: ignore[assignment]
+    common: Common = None,  # type: ignore[assignment]
+) -> None:
+    """Paint the background buffer for hoigen train --bg-dir: scenery images from text with the base model.
+
+    One image per prompt line (x --images-per-prompt) as OUT/bg-NNNNNN.png, their prompts in
+    OUT/captions.txt, the model and settings in OUT/backgrounds.json. The paper made its buffer with
+    the pretrained Stable Diffusion from LLM-written scenery prompts.
+
+    Example: hoigen backgrounds --prompts scenery.txt --model runwayml/stable-diffusion-v1-5 --out scenery/
+    """
+    from hoigen import api
+
+    api.say(api.backgrounds(out, opts, common), common.quiet)
 
 
 @ingest_app.command("dexycb")

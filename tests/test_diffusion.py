@@ -204,7 +204,7 @@ def test_train_saves_and_reloads(tmp_path):
     unet_before = _state(pipe.unet)
     logged = []
     out = tmp_path / "trained"
-    options = TrainOptions(steps=3, lr=1e-3, bg_every=2)
+    options = TrainOptions(steps=3, lr=1e-3, bg_mode="loss", bg_every=2)
     stats = ControlNetTrainer(pipe, options, out, seed=3).train(
         _batches(2, 0), bg_batches=_batches(1, 9), log=logged.append
     )

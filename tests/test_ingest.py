@@ -12,8 +12,8 @@ import yaml
 from clirun import exit_code
 
 from hoigen.data.shards import list_shards, read_shard
+from hoigen.geometry.normals import encode_normals, normals_from_depth
 from hoigen.hand.skeleton import draw_skeleton
-from hoigen.ingest.normals import encode_normals, normals_from_depth
 from hoigen.render.cameras import CAMERA_PRESETS, preset_intrinsics
 
 SERIAL = "836212060125"  # the camera of render's "dexycb" preset
@@ -181,7 +181,7 @@ def test_ingest_crops_like_render_and_converts_mano(dexycb, tmp_path):
         cv2.imwrite(str(scenery / f"bg{i}.jpg"), np.full((40, 40, 3), 60 * i, np.uint8))
     model = tmp_path / "model"
     args = ("train", "--in", out, "--steps", "2", "--size", "32", "--batch-size", "2", "--out", model, "-q")
-    assert exit_code(*args, "--bg-dir", scenery, "--bg-every", "2", "--threads", "1") == 0
+    assert exit_code(*args, "--bg-dir", scenery, "--bg-mode", "loss", "--bg-every", "2", "--threads", "1") == 0
     record = json.loads((model / "hoigen_train.json").read_text())
     assert record["data"]["samples"] == 2 and record["data"]["captions"] == {"fallback": 2}
     assert record["data"]["background_images"] == 2 and len(record["bg_losses"]) == 1

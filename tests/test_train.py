@@ -75,11 +75,11 @@ class _Recorder:
 def test_bg_weight_zero_never_draws_background(tmp_path, monkeypatch):
     data = ExampleBatches(_examples(2), 2, seed=0)
     off = _Recorder()
-    options = TrainOptions(steps=3, lr=1e-3, bg_every=1, bg_weight=0.0, checkpoint_every=0)
+    options = TrainOptions(steps=3, lr=1e-3, bg_mode="loss", bg_every=1, bg_weight=0.0, checkpoint_every=0)
     stats = ControlNetTrainer(build_tiny_pipeline(0), options, tmp_path / "off").train(data, bg_batches=off)
     assert off.drawn == [] and stats["bg_losses"] == [] and stats["bg_weight"] == 0.0
     on = _Recorder()
-    options = TrainOptions(steps=4, lr=1e-3, bg_every=2, bg_weight=1.0, checkpoint_every=0)
+    options = TrainOptions(steps=4, lr=1e-3, bg_mode="loss", bg_every=2, bg_weight=1.0, checkpoint_every=0)
     stats = ControlNetTrainer(build_tiny_pipeline(0), options, tmp_path / "on").train(data, bg_batches=on)
     assert on.drawn == [0, 1] and len(stats["bg_losses"]) == 2
 
@@ -92,7 +92,8 @@ def test_bg_weight_zero_never_draws_background(tmp_path, monkeypatch):
     monkeypatch.setattr(train_data, "background_examples", no_reading)
     monkeypatch.setattr(train_data, "shard_examples", lambda shards, size, *a: _examples(2))
     opts = TrainOptions(
-        steps=1, batch_size=2, size=SIZE, bg_dir=tmp_path / "scenery", bg_weight=0.0, checkpoint_every=0
+        steps=1, batch_size=2, size=SIZE, bg_dir=tmp_path / "scenery", bg_mode="loss", bg_weight=0.0,
+        checkpoint_every=0,
     )
     stats = train_data.train_from_shards([tmp_path / "shard-000000.tar"], tmp_path / "cli", opts, 0, True)
     assert stats["bg_losses"] == [] and stats["data"]["background_images"] == 0
@@ -105,7 +106,7 @@ class _Stop(Exception):
 def test_resume_reproduces_the_uninterrupted_loss_curve_exactly(tmp_path):
     """Bit-identical on CPU: same losses, same weights, same CSV as a run that never stopped."""
     options = TrainOptions(
-        steps=7, lr=1e-3, bg_every=2, text_dropout=0.5,
+        steps=7, lr=1e-3, bg_mode="loss", bg_every=2, text_dropout=0.5,
         checkpoint_every=3, keep_checkpoints=2, ema_decay=0.9, lr_scheduler="cosine",
     )
     examples = _examples(6)
@@ -259,7 +260,7 @@ def test_train_recipes_are_valid():
     assert tiny.train is not None and tiny.train.steps <= 300 and tiny.train.model == "tiny-random"
     paper = load_recipe(ROOT / "recipes" / "train-dexycb.yaml")
     assert paper.train.lr == 1e-5 and paper.train.size == 512 and paper.train.steps == 50000
-    assert paper.train.bg_weight == 1.0 and paper.train.text_dropout == 0.1
+    assert paper.train.bg_mode == "loss" and paper.train.loss_weight == 1.0 and paper.train.text_dropout == 0.1
 
 
 def test_shard_examples_decode_on_access_like_synthesis_does(tmp_path):

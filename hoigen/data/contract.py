@@ -51,11 +51,15 @@ GEN = "gen.json"
 GRASP_FIELDS = (ANN,)
 RENDER_FIELDS = (NORMAL, SEG, SKELETON, DEPTH, NOCS, SHADE, AMODAL)
 SYNTH_FIELDS = (IMAGE, PROMPT, GEN)
+#: Members of a ``hoigen ingest`` sample (a real capture: the photo, its depth and the conditions).
+INGEST_FIELDS = (ANN, IMAGE, DEPTH, SEG, NORMAL, SKELETON)
+INGEST = "ingest"
 #: Every member a finished sample of a stage holds.
 STAGE_FIELDS = {
     "grasp": GRASP_FIELDS,
     "render": GRASP_FIELDS + RENDER_FIELDS,
     "synthesize": GRASP_FIELDS + RENDER_FIELDS + SYNTH_FIELDS,
+    INGEST: INGEST_FIELDS,
 }
 #: PNG member -> (dtype, channels: 0 = 2-D).
 PNG_MODES = {
@@ -101,7 +105,7 @@ def normal_colour(normals: np.ndarray) -> np.ndarray:
     """Unit camera-frame (OpenCV) normals -> float RGB in the "normalbae" convention: 127.5 - 127.5 n.
 
     The one definition of the normal colouring, shared by the renderer and by conditions made from
-    real depth (:mod:`hoigen.ingest.normals`); round and clip to store it as ``normal.png``."""
+    real depth (:mod:`hoigen.geometry.normals`); round and clip to store it as ``normal.png``."""
     return 127.5 - 127.5 * normals
 
 
@@ -168,13 +172,19 @@ RENDER_ANN: dict[str, Any] = {
     "hand.joints2d": (21, 2),
     "hand.joints_visible": (21,),
 }
+#: ann.json fields ingest may leave null: ``hand.hand_pose`` without MANO files (``hand.pose_pca`` [45]
+#: then holds DexYCB's PCA coefficients), the object's mesh fields when the release has no model mesh.
+INGEST_NULLABLE = ("hand.hand_pose", "object.mesh_sha256", "object.nocs_from_mesh")
 #: Fields of ``gen.json``.
 GEN_FIELDS = ("model", "seed", "steps", "guidance")
 
 
 def ann_fields(stage: str) -> dict[str, Any]:
-    """The ann.json fields a sample of ``stage`` holds (render and synthesize add the camera and 2D joints)."""
+    """The ann.json fields a sample of ``stage`` holds (render and synthesize add the camera and 2D joints;
+    ingest has those but no grasp metrics)."""
     spec = dict(GRASP_ANN)
-    if stage in ("render", "synthesize"):
+    if stage in ("render", "synthesize", INGEST):
         spec.update(RENDER_ANN)
+    if stage == INGEST:
+        del spec["grasp"]
     return spec

@@ -5,7 +5,9 @@ Checks, and reports every problem as one line (``<file>: <key>: <what>``):
 - the folder has ``run.json`` naming its stage, and every shard ``0..shards-1`` it promises;
 - no temporary files (``*.tmp-<pid>``) are left, and no shard is truncated or corrupt;
 - every sample has every member its stage writes (grasp: ``ann.json``; render: + the seven maps;
-  synthesize: + ``image.jpg``, ``prompt.txt``, ``gen.json``), keys are well formed and unique, and
+  synthesize: + ``image.jpg``, ``prompt.txt``, ``gen.json``; ingest: ``ann.json``, ``image.jpg``,
+  ``depth.png``, ``seg.png``, ``normal.png``, ``skeleton.png``, its ann.json the render fields without
+  grasp metrics, where :data:`~hoigen.data.contract.INGEST_NULLABLE` may be null), keys are well formed and unique, and
   ``ann.json.key`` equals the sample key;
 - ``ann.json`` has the contract's fields with their shapes (MANO parameters, 21 joints, 4x4 poses,
   3x3 K, ...), all numbers finite;
@@ -28,6 +30,8 @@ from hoigen.data.codec import decode_field
 from hoigen.data.contract import (
     GEN_FIELDS,
     INDEX_FILE,
+    INGEST,
+    INGEST_NULLABLE,
     PNG_MODES,
     STAGE_FIELDS,
     ann_fields,
@@ -76,10 +80,13 @@ def check_ann(ann: Any, key: str, stage: str) -> Iterator[str]:
     if not isinstance(ann, dict):
         yield "ann.json is not a JSON object"
         return
+    nullable = INGEST_NULLABLE if stage == INGEST else ()
     for dotted, shape in ann_fields(stage).items():
         found, value = _get(ann, dotted)
         if not found:
             yield f"ann.json has no field {dotted}"
+        elif value is None and dotted in nullable:
+            continue
         elif shape == "str":
             if not isinstance(value, str):
                 yield f"ann.json {dotted} is not a string"
@@ -101,6 +108,21 @@ def check_ann(ann: Any, key: str, stage: str) -> Iterator[str]:
     found, obj_id = _get(ann, "object.id")
     if found and isinstance(obj_id, str) and not key.startswith(obj_id + "_"):
         yield f"ann.json object.id {obj_id!r} does not match the key"
+    if stage == INGEST:
+        yield from check_ingest_ann(ann)
+
+
+def check_ingest_ann(ann: dict[str, Any]) -> Iterator[str]:
+    """What ingest's ann.json adds to the render fields: a null ``hand.hand_pose`` needs ``hand.pose_pca`` [45]."""
+    found, pose = _get(ann, "hand.hand_pose")
+    if found and pose is None:
+        _, pca = _get(ann, "hand.pose_pca")
+        try:
+            ok = np.asarray(pca, dtype=np.float64).shape == (45,)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            yield "ann.json hand.hand_pose is null and hand.pose_pca is not 45 numbers"
 
 
 def _check_key(key: str, stage: str) -> Iterator[str]:

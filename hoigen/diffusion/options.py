@@ -11,10 +11,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hoigen.errors import HoigenError
+from hoigen.geometry import CROP_MODES
 from hoigen.options import REAL_SIZE, TINY_SIZE, OptionError, flag_of, option, validate
 
 SCHEDULER_NAMES = ("ddim", "unipc", "dpm++")  # hoigen.diffusion.schedulers.make_scheduler builds each
 TINY_MODEL = "tiny-random"  # the offline stand-in pipeline (hoigen.diffusion.tiny)
+# Background regularisation (hoigen.diffusion.train): "swap" is the original code's, the default because
+# it is what trained the published checkpoints and costs nothing extra (a scenery step replaces an HOI
+# step: same compute and memory per step, whereas "loss" runs two batches through one backward pass
+# on its background steps, doubling their activation memory); "loss" is the paper's eq. 3 form.
+BG_MODES = ("swap", "loss")
+DEFAULT_BG_PROB = 0.1  # the original code's reg_prob
+DEFAULT_BG_EVERY = 10
+DEFAULT_BG_WEIGHT = 1.0  # the paper's lambda
 
 
 @contextmanager
@@ -185,10 +194,41 @@ class TrainOptions:
     batch_size: int = option(4, "Batch size per process (the original code: 8 per GPU).", min=1)
     size: int = option(TINY_SIZE, "Training resolution (512 for Stable Diffusion 1.5; 64 suits the tiny stand-in).",
                        min=1)  # fmt: skip
-    text_dropout: float = option(0.1, "Prompt dropout for classifier-free guidance.", min=0, max=1)
-    bg_dir: Path | None = option(None, "Background buffer: a folder of scenery images.")
-    bg_every: int = option(10, "A background batch every N steps.", min=1)
-    bg_weight: float = option(1.0, "Background regularisation weight (lambda of the paper's eq. 3; 0: none).", min=0)
+    text_dropout: float = option(
+        0.0,
+        "Prompt dropout (a prompt becomes \"\" with this probability, for classifier-free guidance). The original "
+        "code defines it but never uses it, so none by default; the base model keeps its unconditional branch.",
+        min=0,
+        max=1,
+    )
+    bg_dir: Path | None = option(
+        None, "Background buffer: a folder of scenery images with captions.txt (hoigen backgrounds writes one)."
+    )
+    bg_mode: str = option(
+        "swap",
+        "Background regularisation: swap (the original code: with probability --bg-prob a step trains on a whole "
+        "batch of scenery with blank conditions and its captions, no HOI loss that step) or loss (the paper's eq. 3: "
+        "every --bg-every steps --bg-weight x a scenery batch's loss is added).",
+        choices=BG_MODES,
+    )
+    bg_prob: float | None = option(
+        None, "--bg-mode swap: probability that a step is a scenery step.", min=0, max=1,
+        default_text=f"{DEFAULT_BG_PROB} (swap mode only)",
+    )  # fmt: skip
+    bg_every: int | None = option(
+        None, "--bg-mode loss: a background batch every N steps.", min=1,
+        default_text=f"{DEFAULT_BG_EVERY} (loss mode only)",
+    )  # fmt: skip
+    bg_weight: float | None = option(
+        None, "--bg-mode loss: weight of the background loss (lambda of the paper's eq. 3; 0: none).", min=0,
+        default_text=f"{DEFAULT_BG_WEIGHT} (loss mode only)",
+    )  # fmt: skip
+    crop: str = option(
+        "none",
+        "hoi: crop each training example to the square around the hand and object (seg.png's box + 10%, padded) "
+        "before scaling to --size, as the original code does; none: the whole image.",
+        choices=CROP_MODES,
+    )
     captions: Path | None = option(None, "Captions file: .json {key: caption}, .jsonl, or key<TAB>caption lines.")
     caption_hook: str | None = option(
         None,
@@ -215,3 +255,74 @@ class TrainOptions:
 
     def __post_init__(self) -> None:
         validate(self)
+        other = {"swap": ("bg_every", "bg_weight"), "loss": ("bg_prob",)}[self.bg_mode]
+        for name in other:
+            if getattr(self, name) is not None:
+                mode = "loss" if self.bg_mode == "swap" else "swap"
+                instead = "--bg-prob" if self.bg_mode == "swap" else "--bg-every/--bg-weight"
+                raise OptionError(
+                    name, f"applies to --bg-mode {mode} only (--bg-mode {self.bg_mode} uses {instead}); "
+                    f"pass --bg-mode {mode} or drop it",
+                )  # fmt: skip
+        if self.bg_prob is not None and self.bg_prob >= 1:
+            raise OptionError("bg_prob", f"must be below 1 (1 never trains on the HOI data), got {self.bg_prob}")
+
+    @property
+    def swap_prob(self) -> float:
+        """The probability of a scenery step (0 unless ``bg_mode`` is swap)."""
+        if self.bg_mode != "swap":
+            return 0.0
+        return DEFAULT_BG_PROB if self.bg_prob is None else self.bg_prob
+
+    @property
+    def loss_every(self) -> int:
+        """Steps between background batches in loss mode (0 unless ``bg_mode`` is loss)."""
+        if self.bg_mode != "loss":
+            return 0
+        return DEFAULT_BG_EVERY if self.bg_every is None else self.bg_every
+
+    @property
+    def loss_weight(self) -> float:
+        """The background loss weight in loss mode (0 unless ``bg_mode`` is loss)."""
+        if self.bg_mode != "loss":
+            return 0.0
+        return DEFAULT_BG_WEIGHT if self.bg_weight is None else self.bg_weight
+
+    @property
+    def uses_background(self) -> bool:
+        """Whether scenery batches are ever drawn (swap with a probability > 0, or loss with a weight > 0)."""
+        return self.swap_prob > 0 or self.loss_weight > 0
+
+
+@dataclass(frozen=True)
+class BackgroundOptions:
+    """``hoigen backgrounds``: the background buffer (scenery images + captions) painted by the base model."""
+
+    prompts: Path | None = option(
+        None, "Scenery prompts, one per line (# comments), e.g. written by an LLM as in the paper.",
+        default_text="required",
+    )  # fmt: skip
+    model: str = option(
+        TINY_MODEL,
+        "Base text-to-image model: a diffusers Stable Diffusion folder, a hub id, or a single-file .safetensors/.ckpt.",
+        default_text="tiny-random, an offline stand-in",
+    )
+    model_config: str | None = option(None, "Diffusers SD folder or hub id giving a single-file --model its configs.")
+    images_per_prompt: int = option(1, "Images per prompt, each with its own seed.", min=1)
+    steps: int = option(50, "Denoising steps.", min=1)
+    guidance: float = option(7.5, "Classifier-free guidance scale.")
+    size: int | None = option(None, "Image size.", min=8, default_text=f"{REAL_SIZE}, {TINY_SIZE} for tiny-random")
+    negative_prompt: str | None = option(None, "Negative prompt.")
+    batch_size: int = option(4, "Images per diffusion batch.", min=1)
+    device: str = option("auto", "cpu, cuda or auto.")
+    dtype: str = option("auto", "auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16.")
+    scheduler: str = option("ddim", "Sampler: ddim, unipc or dpm++.", choices=SCHEDULER_NAMES)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def image_size(self) -> int:
+        """The image size: as given, else 64 for the tiny stand-in and 512 for real weights."""
+        if self.size:
+            return self.size
+        return TINY_SIZE if self.model in ("", TINY_MODEL) else REAL_SIZE

@@ -6,14 +6,25 @@ UNet, whose blocks receive the ControlNet's residuals computed from the 9-channe
 ControlNet learns; VAE and text encoder stay frozen; the UNet stays frozen except, with
 ``train_unet_attention``, its attention layers (``attn1`` self- and ``attn2`` cross-attention).
 
-Two regularisers from the paper:
+Two regularisers:
 
-- text dropout: each prompt is replaced by "" with probability ``text_dropout`` (classifier-free
-  guidance needs the unconditional branch);
-- background regularisation (paper eq. 3): every ``bg_every`` steps a batch from the background
-  buffer (scenery images, blank = all-zero conditions, their own captions) adds
-  ``bg_weight * L_bg`` to the loss, so the model keeps painting diverse backgrounds from text.
-  With ``bg_weight`` 0 (or no buffer) no background batch is ever drawn.
+- text dropout: each prompt is replaced by "" with probability ``text_dropout`` (default 0: the
+  original code defines it but never uses it; the base model already has its unconditional branch);
+- background regularisation, so the model keeps painting diverse backgrounds from text, with
+  batches from the background buffer (scenery images, blank = all-zero conditions, their own
+  captions), in one of two forms (``bg_mode``):
+
+  - ``swap`` (default; the original code): before each step a draw seeded by (seed, step), the same
+    on every process, decides with probability ``bg_prob`` (0.1) that the whole step is a scenery
+    step: the background batch replaces the HOI batch, and only its loss is optimised (no HOI loss
+    that step). Same compute and memory per step as a plain step.
+  - ``loss`` (the paper's eq. 3): every ``bg_every`` steps a background batch adds
+    ``bg_weight * L_bg`` to that step's HOI loss. In expectation the background's share of the
+    gradient is ``bg_weight / bg_every`` per step against swap's ``p / (1 - p)`` (0.1 vs 0.11 at the
+    defaults).
+
+  With no buffer, ``bg_prob`` 0 or ``bg_weight`` 0 no background batch is ever drawn. The steps that
+  used one are listed in ``hoigen_train.json`` (``bg_steps``).
 
 The trainer (:class:`ControlNetTrainer`) takes the typed ``TrainOptions`` (the same object the CLI
 and recipes build) plus the pipeline, the data and the run seed. Engineering: ``accelerate`` runs it
@@ -312,18 +323,19 @@ class ControlNetTrainer:
 
         ``batches`` yields dicts with ``image`` (B, 3, H, W) in [-1, 1], ``conditions`` (B, 9, H, W)
         in [0, 1] and ``prompt`` (B strings): a ``train_data.ExampleBatches``, a list (cycled) or a
-        one-shot iterator (ends training early). ``bg_batches`` (conditions ignored: blank) is used
-        at every ``bg_every``-th step when given and ``bg_weight`` > 0. ``validation``: examples
+        one-shot iterator (ends training early). ``bg_batches`` (conditions ignored: blank), when
+        given, is used at the scenery steps (``bg_mode`` swap: batch ``step - 1``) or every
+        ``bg_every``-th step (loss: batch ``step // bg_every - 1``). ``validation``: examples
         (``conditions``, ``prompt``) painted every ``validate_every`` steps. ``log`` gets each step's
         entry. Returns the statistics also written to ``out_dir/hoigen_train.json`` (written last:
         its presence marks a complete save).
         """
         opts = self.options
-        self.use_bg = bg_batches is not None and opts.bg_weight > 0
+        self.use_bg = bg_batches is not None and opts.uses_background
         source = _Source(batches, "training data")
         background = _Source(bg_batches, "background buffer") if self.use_bg else None
         self._setup()
-        start, losses, bg_losses = self._resume()
+        start, losses, bg_losses, self.bg_steps = self._resume()
         main = self.accelerator.is_main_process
         csv_log = _Log(self.out_dir, start, main)
         started = time.perf_counter()
@@ -335,7 +347,7 @@ class ControlNetTrainer:
             for module in (self.controlnet, self.unet):
                 self.accelerator.unwrap_model(module).requires_grad_(False)
                 self.accelerator.unwrap_model(module).eval()
-        if not losses:
+        if not losses and not bg_losses:
             raise HoigenError("training data: no training batches; give at least one sample")
         return self._save(start, done, losses, bg_losses, time.perf_counter() - started)
 
@@ -389,13 +401,14 @@ class ControlNetTrainer:
         self.optimizer, self.scheduler = optimizer, scheduler
         self.objective = _Objective(pipe, controlnet, unet, self.seed, opts.text_dropout, device, weight_dtype)
 
-    def _resume(self) -> tuple[int, list[float], list[float]]:
-        """(start step, losses, background losses) of the checkpoint to resume from, or (0, [], [])."""
+    def _resume(self) -> tuple[int, list[float], list[float], list[int]]:
+        """(start step, losses, background losses, background steps) of the checkpoint to resume from,
+        or (0, [], [], [])."""
         from hoigen.diffusion.checkpoint import find_resume, load_checkpoint
 
         self.resumed_from = find_resume(self.out_dir, self.options.resume)
         if self.resumed_from is None:
-            return 0, [], []
+            return 0, [], [], []
         state = load_checkpoint(self.accelerator, self.resumed_from)
         if state.get("seed") != self.seed:
             raise HoigenError(
@@ -408,7 +421,7 @@ class ControlNetTrainer:
                 f"{self.resumed_from}: this checkpoint is at step {start}, past --steps {self.options.steps}; "
                 "ask for more steps, or pass --resume never to start again"
             )
-        return start, list(state["losses"]), list(state["bg_losses"])
+        return start, list(state["losses"]), list(state["bg_losses"]), list(state.get("bg_steps", []))
 
     def _loop(
         self,
@@ -433,19 +446,26 @@ class ControlNetTrainer:
         with make_progress(self.quiet or not main) as progress:
             bar = progress.add_task("train", total=opts.steps, completed=start, status="")
             for step in range(start + 1, opts.steps + 1):
-                batch = source.get(step - 1, rank, world)
-                if batch is None:
-                    break
-                _check_batch(batch, "training", need_conditions=True)
-                loss = objective.loss(batch, blank=False, stream="data", step=step, rank=rank)
-                total = loss
-                bg_loss = None
-                if background is not None and step % opts.bg_every == 0:
-                    bg_batch = background.get(step // opts.bg_every - 1, rank, world)
-                    if bg_batch is not None:
-                        _check_batch(bg_batch, "background", need_conditions=False)
-                        bg_loss = objective.loss(bg_batch, blank=True, stream="background", step=step, rank=rank)
-                        total = loss + opts.bg_weight * bg_loss
+                loss = bg_loss = None
+                bg_batch = background.get(step - 1, rank, world) if self._swap_step(background, step) else None
+                if bg_batch is not None:  # a scenery step (swap mode): the whole batch is background
+                    _check_batch(bg_batch, "background", need_conditions=False)
+                    bg_loss = objective.loss(bg_batch, blank=True, stream="background", step=step, rank=rank)
+                    total = bg_loss
+                else:
+                    batch = source.get(step - 1, rank, world)
+                    if batch is None:
+                        break
+                    _check_batch(batch, "training", need_conditions=True)
+                    loss = objective.loss(batch, blank=False, stream="data", step=step, rank=rank)
+                    total = loss
+                    every = opts.loss_every
+                    if background is not None and every and step % every == 0:
+                        bg_batch = background.get(step // every - 1, rank, world)
+                        if bg_batch is not None:
+                            _check_batch(bg_batch, "background", need_conditions=False)
+                            bg_loss = objective.loss(bg_batch, blank=True, stream="background", step=step, rank=rank)
+                            total = loss + opts.loss_weight * bg_loss
                 self.optimizer.zero_grad(set_to_none=True)
                 accelerator.backward(total)
                 if opts.max_grad_norm > 0:
@@ -455,17 +475,23 @@ class ControlNetTrainer:
                 if self.ema is not None:
                     self.ema.update()
                 done = step
-                losses.append(float(accelerator.reduce(loss.detach(), "mean")))
-                entry: dict[str, Any] = {"step": step, "loss": losses[-1]}
+                entry: dict[str, Any] = {"step": step}
+                if loss is not None:
+                    losses.append(float(accelerator.reduce(loss.detach(), "mean")))
+                    entry["loss"] = losses[-1]
                 if bg_loss is not None:
                     bg_losses.append(float(accelerator.reduce(bg_loss.detach(), "mean")))
+                    self.bg_steps.append(step)
                     entry["bg_loss"] = bg_losses[-1]
                 csv_log.write(
                     {**entry, "lr": self.scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 3)}
                 )
-                progress.update(bar, advance=1, status=f"loss {losses[-1]:.4f}")
+                progress.update(bar, advance=1, status=f"loss {losses[-1]:.4f}" if losses else "scenery step")
                 if opts.checkpoint_every and step % opts.checkpoint_every == 0:
-                    state = {"step": step, "seed": self.seed, "losses": losses, "bg_losses": bg_losses, "lr": opts.lr}
+                    state = {
+                        "step": step, "seed": self.seed, "losses": losses, "bg_losses": bg_losses,
+                        "bg_steps": self.bg_steps, "lr": opts.lr,
+                    }  # fmt: skip
                     save_checkpoint(accelerator, self.out_dir, step, state, opts.keep_checkpoints)
                 if opts.validate_every and validation and step % opts.validate_every == 0 and main:
                     _validate(
@@ -475,6 +501,13 @@ class ControlNetTrainer:
                 if log is not None:
                     log(entry)
         return done
+
+    def _swap_step(self, background: _Source | None, step: int) -> bool:
+        """Whether ``step`` is a scenery step (swap mode): a draw seeded by (seed, step), alike on every rank."""
+        if background is None or self.options.swap_prob <= 0:
+            return False
+        draw = np.random.default_rng(derive_seed(self.seed, "train", "swap", step)).random()
+        return bool(draw < self.options.swap_prob)
 
     def _save(self, start: int, done: int, losses: list[float], bg_losses: list[float], seconds: float) -> dict:
         """Put the trained (EMA) weights into the pipeline, save it with its record; the statistics."""
@@ -493,14 +526,17 @@ class ControlNetTrainer:
             "lr": opts.lr,
             "seed": self.seed,
             "text_dropout": opts.text_dropout,
-            "bg_every": opts.bg_every if self.use_bg else 0,
-            "bg_weight": opts.bg_weight if self.use_bg else 0.0,
+            "bg_mode": opts.bg_mode,
+            "bg_prob": opts.swap_prob if self.use_bg else 0.0,
+            "bg_every": opts.loss_every if self.use_bg else 0,
+            "bg_weight": opts.loss_weight if self.use_bg else 0.0,
             "prediction_type": self.objective.prediction_type,
-            "first_loss": losses[0],
-            "last_loss": losses[-1],
-            "mean_loss": float(np.mean(losses)),
+            "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None,
+            "mean_loss": float(np.mean(losses)) if losses else None,
             "losses": losses,
             "bg_losses": bg_losses,
+            "bg_steps": self.bg_steps,
             "seconds": round(seconds, 3),
             "seconds_per_step": round(seconds / trained_steps, 4) if trained_steps else None,
             "resumed_from": str(self.resumed_from) if self.resumed_from is not None else None,

@@ -5,9 +5,13 @@ output; for render shards ``shade.png`` stands in, and ``hoigen_train.json`` rec
 9-channel conditions (``hoigen.diffusion.conditions.stack_conditions``, the same function synthesis
 uses) and its caption (``hoigen.diffusion.captions``: captions file, ``prompt.txt``, hook, fallback).
 
+With ``crop="hoi"`` (``--crop hoi``, the original code's data) each example is first cropped to
+the square around its hand-object box (``seg.png``'s hand and object pixels, grown by 10% and padded
+to a square: :func:`crop_to_hoi`), the target image and the condition maps alike.
+
 The background buffer is a folder of scenery images trained with blank conditions (the paper's
-background regularisation); a ``captions.txt`` beside them (``filename<TAB>caption``) gives their
-prompts, else "a photo of a scene".
+background regularisation; ``hoigen backgrounds`` writes one); a ``captions.txt`` beside them
+(``filename<TAB>caption``) gives their prompts, else "a photo of a scene".
 
 Batches are a pure function of (seed, step): :class:`ExampleBatches` draws step ``s``'s batch from
 the permutation of epoch ``s // batches_per_epoch``, so the data position of a resumed run is just
@@ -60,10 +64,18 @@ class ShardExamples(Sequence):
     not the data set. ``info[i]`` has its key, prompt, caption source and target field.
     """
 
-    def __init__(self, shards: list[Path], size: int, captions: dict[str, str] | None = None, hook: Any = None):
+    def __init__(
+        self,
+        shards: list[Path],
+        size: int,
+        captions: dict[str, str] | None = None,
+        hook: Any = None,
+        crop: str = "none",
+    ) -> None:
         from hoigen.data.codec import decode_field
 
         self.size = int(size)
+        self.crop = crop
         self._decode = decode_field
         self.entries: list[tuple[Path, str, dict[str, tuple[int, int]]]] = []
         self.info: list[dict[str, str]] = []
@@ -105,11 +117,32 @@ class ShardExamples(Sequence):
 
         meta = self.info[i]
         maps = self._read(i, [meta["target"], "normal.png", "seg.png", "skeleton.png"])
+        if self.crop == "hoi":
+            maps = crop_to_hoi(maps)
         return {
             **meta,
             "image": image_tensor(maps[meta["target"]], self.size),
             "conditions": stack_conditions(maps["normal.png"], maps["seg.png"], maps["skeleton.png"], self.size),
         }
+
+
+def crop_to_hoi(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The maps cropped to the square around the hand-object box of ``seg.png`` (padded with 0 past the
+    frame; :func:`hoigen.geometry.crop.hoi_crop`), unscaled: the example's resize makes them ``size``.
+    Colour images are area-resized, label maps nearest, when the target image's size differs from
+    the maps' (e.g. a photo at another resolution); a sample without hand or object pixels is kept whole."""
+    from hoigen.geometry.crop import hoi_crop
+
+    seg = maps["seg.png"]
+    window = hoi_crop(seg)
+    if window is None:
+        return maps
+    out = {}
+    for name, image in maps.items():
+        if image.shape[:2] != seg.shape:
+            image = cv2.resize(image, (seg.shape[1], seg.shape[0]), interpolation=cv2.INTER_AREA)
+        out[name] = window.apply(image, nearest=name in ("seg.png", "skeleton.png"))
+    return out
 
 
 def _members(shard: Path) -> dict[str, dict[str, tuple[int, int]]]:
@@ -135,9 +168,10 @@ def shard_examples(
     size: int,
     captions: dict[str, str] | None = None,
     hook: Any = None,
+    crop: str = "none",
 ) -> ShardExamples:
     """Every sample of ``shards`` as a training example (decoded on access; see :class:`ShardExamples`)."""
-    return ShardExamples(shards, size, captions, hook)
+    return ShardExamples(shards, size, captions, hook, crop)
 
 
 def background_examples(folder: Path, size: int) -> list[dict[str, Any]]:
@@ -216,8 +250,8 @@ def train_from_shards(shards: list[Path], out: Path, opts: TrainOptions, seed: i
         torch.set_num_threads(opts.threads)
     captions = load_captions(opts.captions) if opts.captions is not None else None
     hook = load_caption_hook(opts.caption_hook) if opts.caption_hook else None
-    examples = shard_examples(shards, opts.size, captions, hook)
-    use_bg = opts.bg_dir is not None and opts.bg_weight > 0
+    examples = shard_examples(shards, opts.size, captions, hook, opts.crop)
+    use_bg = opts.bg_dir is not None and opts.uses_background
     bg = background_examples(opts.bg_dir, opts.size) if use_bg else None
     pipe, _ = load_pipeline(opts.model, opts.controlnet, dtype="float32")
     described = getattr(examples, "info", examples)  # ShardExamples: without decoding images
@@ -231,6 +265,7 @@ def train_from_shards(shards: list[Path], out: Path, opts: TrainOptions, seed: i
         "captions": sources,
         "background_images": len(bg) if bg else 0,
         "background_dir": str(opts.bg_dir) if use_bg else None,
+        "crop": opts.crop,
     }
     trainer = ControlNetTrainer(pipe, opts, Path(out), seed=seed, quiet=quiet, data=data)
     return trainer.train(

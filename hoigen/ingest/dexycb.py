@@ -8,7 +8,7 @@ training conditions match the ones synthesis paints on:
   21 joints come in hoigen's common order: wrist, then thumb, index, middle, ring, little, each
   from MCP to tip), drawn at the output size;
 - ``seg.png``: 0 background, 1 hand, 2 the grasped object, 3, 4, ... the other objects;
-- ``normal.png``: :mod:`hoigen.ingest.normals` from the aligned depth, per hand/object region,
+- ``normal.png``: :mod:`hoigen.geometry.normals` from the aligned depth, per hand/object region,
   coloured as render's; background (0, 0, 0) like render's, which draws only hand and object.
 
 Files and fields read (layout and keys as in NVlabs/dex-ycb-toolkit, ``dex_ycb_toolkit/dex_ycb.py``,
@@ -46,7 +46,12 @@ pose relative to the flat hand, hoigen's convention) = PCA coefficients x ``hand
 ``dexycb`` keeps the source (subject, sequence, serial, frame, raw ``pose_m``).
 
 With ``size`` the frame is cropped to its centred square and scaled to ``size`` x ``size``, and the
-intrinsics and 2D joints follow (as ``hoigen render --camera dexycb --size S`` does).
+intrinsics and 2D joints follow (as ``hoigen render --camera dexycb --size S`` does). With
+``crop="hoi"`` (``--crop hoi``, the original HOIDiffusion data) the window is instead the square
+around the hand and the grasped object (:func:`hoigen.geometry.crop.hoi_crop`: their box grown by 10%
+and padded to a square; black, no depth, background outside the frame), scaled to ``size`` when
+given; a frame whose label shows neither falls back to the centred square. The normals are computed
+after the crop, from the cropped depth and the new K. ``dexycb.crop`` records mode, offset, side, scale.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ from hoigen.data.contract import SEG_HAND, SEG_OBJECT, decode_depth
 from hoigen.data.runner import Plan, Stage, StageContext, Task
 from hoigen.data.schema import Sample, sample_key
 from hoigen.errors import HoigenError
+from hoigen.geometry.crop import SquareCrop, centre_crop, hoi_crop
 from hoigen.ingest.options import IngestOptions
 from hoigen.options import record
 
@@ -207,32 +213,6 @@ def _mano_pca(mano_dir: str, side: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(data["hands_components"], dtype=np.float64)[:45], np.asarray(data["hands_mean"], np.float64)
 
 
-def square_crop(width: int, height: int, size: int | None) -> tuple[int, int, float]:
-    """(x offset, y offset, scale) of the centred-square crop scaled to ``size`` (None: (0, 0, 1))."""
-    if size is None:
-        return 0, 0, 1.0
-    side = min(width, height)
-    return (width - side) // 2, (height - side) // 2, int(size) / side
-
-
-def crop_intrinsics(K: np.ndarray, off_x: int, off_y: int, scale: float) -> np.ndarray:
-    """K after the crop and scale (pixel centres at integers: u' = s (u - off + 0.5) - 0.5)."""
-    out = np.array(K, dtype=np.float64)
-    out[0, 0], out[1, 1] = scale * K[0, 0], scale * K[1, 1]
-    out[0, 2] = scale * (K[0, 2] - off_x + 0.5) - 0.5
-    out[1, 2] = scale * (K[1, 2] - off_y + 0.5) - 0.5
-    return out
-
-
-def _crop(image: np.ndarray, off_x: int, off_y: int, scale: float, size: int | None, nearest: bool) -> np.ndarray:
-    if size is None:
-        return image
-    side = min(image.shape[0], image.shape[1])
-    square = image[off_y : off_y + side, off_x : off_x + side]
-    interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
-    return cv2.resize(square, (int(size), int(size)), interpolation=interpolation)
-
-
 def seg_from_dexycb(seg: np.ndarray, ycb_ids: list[int], grasp_index: int) -> np.ndarray:
     """DexYCB labels (0, YCB id, 255 hand) -> hoigen's (0, 1 hand, 2 grasped object, 3.. others)."""
     out = np.zeros(seg.shape, dtype=np.uint8)
@@ -245,12 +225,28 @@ def seg_from_dexycb(seg: np.ndarray, ycb_ids: list[int], grasp_index: int) -> np
     return out
 
 
+def frame_crop(seg: np.ndarray, width: int, height: int, size: int | None, crop: str) -> SquareCrop | None:
+    """The frame's crop: ``hoi`` the square around the hand and grasped object (``seg``: hoigen labels),
+    ``none`` the centred square when ``size`` is given, else None (the full frame)."""
+    if crop == "hoi":
+        window = hoi_crop(seg, size)
+        if window is not None:
+            return window
+    return centre_crop(width, height, size) if size is not None else None
+
+
+def _crop_record(window: SquareCrop | None, crop: str) -> dict[str, Any]:
+    if window is None:
+        return {"mode": crop, "offset": [0, 0], "side": None, "scale": 1.0}
+    return {"mode": crop, "offset": [window.x0, window.y0], "side": window.side, "scale": window.scale}
+
+
 def convert_frame(
-    ref: dict[str, Any], size: int | None, mano_dir: str | None, objects: dict[str, Any]
+    ref: dict[str, Any], size: int | None, mano_dir: str | None, objects: dict[str, Any], crop: str = "none"
 ) -> Sample | None:
     """One DexYCB frame as a hoigen sample (None when the frame has no annotated hand)."""
+    from hoigen.geometry.normals import encode_normals, normals_from_depth
     from hoigen.hand.skeleton import draw_skeleton
-    from hoigen.ingest.normals import encode_normals, normals_from_depth
 
     folder = Path(ref["root"]) / ref["sequence"] / ref["serial"]
     frame = int(ref["frame"])
@@ -274,16 +270,23 @@ def convert_frame(
     if color is None or depth is None:
         raise HoigenError(f"{folder}: color_{frame:06d}.jpg or aligned_depth_to_color_{frame:06d}.png unreadable")
     height, width = depth.shape
-    off_x, off_y, scale = square_crop(width, height, size)
-    K = crop_intrinsics(np.array(_intrinsics(ref["root"], ref["serial"])), off_x, off_y, scale)
-    out_w, out_h = (width, height) if size is None else (int(size), int(size))
-
-    rgb = _crop(cv2.cvtColor(color, cv2.COLOR_BGR2RGB), off_x, off_y, scale, size, nearest=False)
-    depth = _crop(depth, off_x, off_y, scale, size, nearest=True).astype(np.uint16)
-    seg = _crop(seg_from_dexycb(fields["seg"], ref["ycb_ids"], ref["grasp_index"]), off_x, off_y, scale, size, True)
+    seg_full = seg_from_dexycb(fields["seg"], ref["ycb_ids"], ref["grasp_index"])
+    window = frame_crop(seg_full, width, height, size, crop)
+    K = np.array(_intrinsics(ref["root"], ref["serial"]), dtype=np.float64)
+    rgb = cv2.cvtColor(color, cv2.COLOR_BGR2RGB)
+    seg = seg_full
     joints2d_raw = fields["joint_2d"].reshape(21, 2).astype(np.float64)
     annotated = np.all(joints2d_raw != -1, axis=1)
-    joints2d = np.where(annotated[:, None], scale * (joints2d_raw - [off_x, off_y] + 0.5) - 0.5, -1.0)
+    joints2d = joints2d_raw
+    if window is not None:
+        K = window.intrinsics(K)
+        rgb = window.apply(rgb)
+        depth = window.apply(depth, nearest=True)
+        seg = window.apply(seg_full, nearest=True)
+        joints2d = window.points(joints2d_raw)
+    depth = depth.astype(np.uint16)
+    out_h, out_w = seg.shape
+    joints2d = np.where(annotated[:, None], joints2d, -1.0)
     inside = (joints2d[:, 0] >= -0.5) & (joints2d[:, 0] < out_w - 0.5) & (joints2d[:, 1] >= -0.5)
     visible = annotated & inside & (joints2d[:, 1] < out_h - 0.5)
     normals, defined = normals_from_depth(decode_depth(depth), K, labels=seg)
@@ -335,7 +338,7 @@ def convert_frame(
             "ycb_ids": ref["ycb_ids"],
             "ycb_grasp_ind": ref["grasp_index"],
             "pose_m": pose_m.tolist(),
-            "crop": {"offset": [off_x, off_y], "scale": scale},
+            "crop": _crop_record(window, crop),
         },
     }
     return {
@@ -366,7 +369,7 @@ def ingest_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sampl
     opts: IngestOptions = ctx.options
     mano_dir = str(opts.mano_dir) if opts.mano_dir is not None else None
     for ref in samples:
-        sample = convert_frame(ref, opts.size, mano_dir, ctx.inputs.object_info)
+        sample = convert_frame(ref, opts.size, mano_dir, ctx.inputs.object_info, opts.crop)
         if sample is not None:
             yield sample
 

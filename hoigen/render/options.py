@@ -8,6 +8,7 @@ from hoigen.options import REAL_SIZE, option, validate
 
 # "random" (a drawn field of view) or a real camera's intrinsics (hoigen.render.cameras.CAMERA_PRESETS)
 CAMERA_CHOICES = ("random", "nocs-camera", "nocs-real275", "dexycb")
+NORMALS_CHOICES = ("rendered", "estimated")  # estimated: hoigen.geometry.normals on the rendered depth
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,13 @@ class RenderOptions:
         "Camera draws per trajectory view to get every frame in view; a view seeing nothing is then skipped "
         "with a logged reason.",
         min=1,
+    )
+
+    normals: str = option(
+        "rendered",
+        "normal.png: rendered (the meshes' shading normals) or estimated (from the rendered depth, by the same "
+        "function as DexYCB ingest; the original HOIDiffusion estimated normals from depth at training and synthesis).",
+        choices=NORMALS_CHOICES,
     )
 
     def __post_init__(self) -> None:

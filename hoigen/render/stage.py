@@ -12,7 +12,8 @@ the same hand model that made them.
 ``--camera`` picks the intrinsics: ``random`` (a horizontal field of view drawn in 45-55 deg, square
 ``--size`` images, default 512) or a preset of :data:`hoigen.render.cameras.CAMERA_PRESETS`
 (native size, e.g. 640x480, unless ``--size`` is given; see
-:func:`hoigen.render.cameras.preset_intrinsics`).
+:func:`hoigen.render.cameras.preset_intrinsics`). ``--normals estimated`` replaces the rendered
+``normal.png`` by normals estimated from the rendered ``depth.png`` (:func:`estimated_normals`).
 """
 
 from __future__ import annotations
@@ -180,12 +181,24 @@ def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sampl
                     asset.mesh.vertices, asset.mesh.faces, camera.world_to_cam @ np.asarray(obj_ann["pose"]),
                     camera.K, result.mask_object_full, renderer.znear,
                 )
-                yield _rendered_sample(key, ann, result, view, preset, framing, full)
+                normal = estimated_normals(result) if opts.normals == "estimated" else result.normal
+                yield _rendered_sample(key, ann, result, view, preset, framing, full, normal)
+
+
+def estimated_normals(result: Any) -> np.ndarray:
+    """``normal.png`` estimated from the rendered depth, per hand/object region (``--normals estimated``):
+    :func:`hoigen.geometry.normals.normals_from_depth`, the function DexYCB ingest uses on sensor depth."""
+    from hoigen.data.contract import decode_depth
+    from hoigen.geometry.normals import encode_normals, normals_from_depth
+
+    normals, defined = normals_from_depth(decode_depth(result.depth), result.camera.K, labels=result.seg)
+    return encode_normals(normals, defined)
 
 
 def _rendered_sample(
-    key: str, ann: dict, result: Any, view: int, preset: str, framing: Any, full: dict[str, Any]
-) -> Sample:
+    key: str, ann: dict, result: Any, view: int, preset: str, framing: Any, full: dict[str, Any],
+    normal: np.ndarray,
+) -> Sample:  # fmt: skip
     """One output sample: the input annotation plus camera, 2D joints, visibility, boxes and maps.
 
     Boxes of empty masks are ``[0, 0, 0, 0]`` (never null, so every sample has the same schema);
@@ -221,7 +234,7 @@ def _rendered_sample(
                 "in_view": round(framing.seen, 4),
             },
         },
-        "normal.png": result.normal,
+        "normal.png": normal,
         "seg.png": result.seg,
         "skeleton.png": result.skeleton,
         "depth.png": result.depth,

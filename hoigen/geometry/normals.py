@@ -1,6 +1,8 @@
 """Surface normals from a depth image, coloured like render's ``normal.png``.
 
-Real captures have no meshes, so their normal condition comes from the depth: every pixel is
+Real captures have no meshes, so their normal condition comes from the depth (DexYCB ingest; and
+``hoigen render --normals estimated`` runs the same function on the rendered depth, as the original
+HOIDiffusion code estimated normals from depth for training and synthesis alike): every pixel is
 back-projected to a camera-frame point ``P = depth * K^-1 [u, v, 1]``; the points of each region
 (hand, object: the segmentation's labels, so no normal mixes two surfaces across a silhouette) are
 smoothed with a ``window`` x ``window`` box filter that counts only that region's valid pixels;
