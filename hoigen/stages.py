@@ -31,10 +31,10 @@ REAL_SIZE = 512
 
 
 def synth_size(opts: SynthOptions) -> int:
-    """The image size: as given, else 64 for the tiny stand-in and 512 for real weights."""
+    """The image size: as given, else 64 for the tiny stand-ins (tiny-random, tiny-trained) and 512 for real weights."""
     if opts.size:
         return opts.size
-    return TINY_SIZE if opts.model in (None, "", "tiny-random") else REAL_SIZE
+    return TINY_SIZE if opts.model in (None, "", "tiny-random", "tiny-trained") else REAL_SIZE
 
 
 def input_tasks(in_dir: Path, produced_by: tuple[str, ...]) -> list[Task]:

@@ -61,6 +61,7 @@ class TrainSettings:
     lr_scheduler: str = "constant"  # any diffusers.optimization scheduler name
     lr_warmup_steps: int = 0
     train_unet_attention: bool = False
+    train_unet: bool = False  # the whole UNet learns too (training a tiny model from scratch: tiny_build)
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"  # no | fp16 | bf16
     use_8bit_adam: bool = False
@@ -346,13 +347,15 @@ def train_controlnet(
         module.eval()
     _place(pipe.vae, device, weight_dtype)
     _place(pipe.text_encoder, device, weight_dtype)
-    _place(unet, device, torch.float32 if settings.train_unet_attention else weight_dtype)
+    unet_learns = settings.train_unet_attention or settings.train_unet
+    _place(unet, device, torch.float32 if unet_learns else weight_dtype)
     _place(controlnet, device, torch.float32)
     controlnet.requires_grad_(True)
     controlnet.train()
     parameters = [p for p in controlnet.parameters() if p.requires_grad]
-    if settings.train_unet_attention:
-        for _, p in unet_attention_parameters(unet):
+    if unet_learns:
+        named = unet.named_parameters() if settings.train_unet else unet_attention_parameters(unet)
+        for _, p in named:
             p.requires_grad_(True)
             parameters.append(p)
     if settings.gradient_checkpointing:
@@ -366,7 +369,7 @@ def train_controlnet(
         num_warmup_steps=settings.lr_warmup_steps * world,
         num_training_steps=steps * world,
     )
-    if settings.train_unet_attention:
+    if unet_learns:
         controlnet, unet, optimizer, scheduler = accelerator.prepare(controlnet, unet, optimizer, scheduler)
     else:
         controlnet, optimizer, scheduler = accelerator.prepare(controlnet, optimizer, scheduler)
@@ -478,7 +481,8 @@ def train_controlnet(
         "process_index": rank,
         "device": str(device),
         "settings": asdict(settings),
-        "trained": ["controlnet"] + (["unet attention"] if settings.train_unet_attention else []),
+        "trained": ["controlnet"]
+        + (["unet"] if settings.train_unet else ["unet attention"] if settings.train_unet_attention else []),
         "ema": ema is not None,
         "options": options,
         "base": base,
