@@ -2,12 +2,13 @@
 #   make demo   install, then run recipes/quickstart.yaml (procedural objects -> NOCS export + contact sheet)
 #   make test   install, then lint and run the test suite
 #   make docs   regenerate the CLI and ann.json references in docs/reference/ from the code
+#   make tiny-trained   rebuild the shipped tiny-trained stand-in (render data, train VAE, ControlNet + UNet)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hoigen-installed
 
-.PHONY: install demo test lint docs docs-check bench soak clean
+.PHONY: install demo test lint docs docs-check bench soak clean tiny-trained
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +42,12 @@ docs-check: install
 
 bench: install
 	$(BIN)/python -m benchmarks.bench
+
+# the tiny-trained stand-in, bit for bit on one machine (~15 CPU-minutes): render recipes/tiny-trained.yaml
+# (seed 1), train the VAE, then the ControlNet + UNet, and write hoigen/diffusion/assets/tiny-trained/
+tiny-trained: install
+	$(BIN)/hoigen run recipes/tiny-trained.yaml --quiet
+	MKL_CBWR=COMPATIBLE $(BIN)/python -m hoigen.diffusion.tiny_build out/tiny-trained/render --work out/tiny-trained/work
 
 # long memory soak (minutes; not part of CI)
 soak: install

@@ -16,6 +16,13 @@ from hoigen.options import REAL_SIZE, TINY_SIZE, OptionError, flag_of, option, v
 
 SCHEDULER_NAMES = ("ddim", "unipc", "dpm++")  # hoigen.diffusion.schedulers.make_scheduler builds each
 TINY_MODEL = "tiny-random"  # the offline stand-in pipeline (hoigen.diffusion.tiny)
+TINY_TRAINED_MODEL = "tiny-trained"  # the stand-in with shipped weights trained on hoigen renders
+TINY_MODELS = ("", TINY_MODEL, TINY_TRAINED_MODEL)  # the models painting at TINY_SIZE by default
+
+
+def default_image_size(model: str) -> int:
+    """The image size when none is given: 64 for the tiny stand-ins, 512 for real weights."""
+    return TINY_SIZE if model in TINY_MODELS else REAL_SIZE
 # Background regularisation (hoigen.diffusion.train): "swap" is the original code's, the default because
 # it is what trained the published checkpoints and costs nothing extra (a scenery step replaces an HOI
 # step: same compute and memory per step, whereas "loss" runs two batches through one backward pass
@@ -66,7 +73,7 @@ class SynthOptions:
     lora: list[str] = option([], "LoRA, repeatable: ID|DIR|FILE[:SCALE].")
     steps: int = option(50, "Denoising steps (DDIM 50 and guidance 7.5: the original release).", min=1)
     guidance: float = option(7.5, "Classifier-free guidance scale.")
-    size: int | None = option(None, "Image size.", min=1, default_text=f"{REAL_SIZE}, {TINY_SIZE} for tiny-random")
+    size: int | None = option(None, "Image size.", min=1, default_text=f"{REAL_SIZE}, {TINY_SIZE} for the tiny models")
     negative_prompt: str | None = option(None, "Negative prompt.")
     batch_size: int = option(4, "Images per diffusion batch.", min=1)
     device: str = option("auto", "cpu, cuda or auto.")
@@ -170,10 +177,8 @@ class SynthOptions:
             raise OptionError("min_pck", "filters still images; leave out --video (a clip's frames share one seed)")
 
     def image_size(self) -> int:
-        """The image size: as given, else 64 for the tiny stand-in and 512 for real weights."""
-        if self.size:
-            return self.size
-        return TINY_SIZE if self.model in ("", TINY_MODEL) else REAL_SIZE
+        """The image size: as given, else ``default_image_size(model)``."""
+        return self.size or default_image_size(self.model)
 
     def resolved(self) -> SynthOptions:
         """These options with the image size filled in (what the stage and run.json see)."""
@@ -192,7 +197,7 @@ class TrainOptions:
     steps: int = option(100, "Optimisation steps.", min=1)
     lr: float = option(1e-5, "Learning rate (the paper's: AdamW 1e-5 in the original code).")
     batch_size: int = option(4, "Batch size per process (the original code: 8 per GPU).", min=1)
-    size: int = option(TINY_SIZE, "Training resolution (512 for Stable Diffusion 1.5; 64 suits the tiny stand-in).",
+    size: int = option(TINY_SIZE, "Training resolution (512 for Stable Diffusion 1.5; 64 suits the tiny models).",
                        min=1)  # fmt: skip
     text_dropout: float = option(
         0.0,
@@ -236,6 +241,9 @@ class TrainOptions:
         "hoigen's process (the only input that is code, not data); name only modules you would run yourself.",
     )
     train_unet_attention: bool = option(False, "Also train the UNet's attention layers.")
+    train_unet: bool = option(
+        False, "Also train the whole UNet, for models trained from scratch such as tiny-trained."
+    )
     gradient_checkpointing: bool = option(False, "Trade compute for memory.")
     mixed_precision: str = option("no", "no, fp16 or bf16.")
     use_8bit_adam: bool = option(False, "8-bit AdamW (needs bitsandbytes).", flag="--use-8bit-adam/--no-8bit-adam")
@@ -311,7 +319,7 @@ class BackgroundOptions:
     images_per_prompt: int = option(1, "Images per prompt, each with its own seed.", min=1)
     steps: int = option(50, "Denoising steps.", min=1)
     guidance: float = option(7.5, "Classifier-free guidance scale.")
-    size: int | None = option(None, "Image size.", min=8, default_text=f"{REAL_SIZE}, {TINY_SIZE} for tiny-random")
+    size: int | None = option(None, "Image size.", min=8, default_text=f"{REAL_SIZE}, {TINY_SIZE} for the tiny models")
     negative_prompt: str | None = option(None, "Negative prompt.")
     batch_size: int = option(4, "Images per diffusion batch.", min=1)
     device: str = option("auto", "cpu, cuda or auto.")
@@ -322,7 +330,5 @@ class BackgroundOptions:
         validate(self)
 
     def image_size(self) -> int:
-        """The image size: as given, else 64 for the tiny stand-in and 512 for real weights."""
-        if self.size:
-            return self.size
-        return TINY_SIZE if self.model in ("", TINY_MODEL) else REAL_SIZE
+        """The image size: as given, else ``default_image_size(model)``."""
+        return self.size or default_image_size(self.model)

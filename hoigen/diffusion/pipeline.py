@@ -3,6 +3,8 @@
 ``load_pipeline`` resolves a model name to a ``diffusers.StableDiffusionControlNetPipeline``:
 
 - ``None`` / ``"tiny-random"``: the tiny offline stand-in (``hoigen.diffusion.tiny``), random weights;
+- ``"tiny-trained"``: the tiny stand-in with the weights shipped in the package, trained offline on
+  hoigen renders (``hoigen.diffusion.tiny_build``); it paints shaded renders, not photos;
 - a folder that ``hoigen train`` saved (``model_index.json`` naming a ``controlnet``): loaded whole;
 - a Stable Diffusion folder or hub id: its components, plus the ControlNet from ``controlnet``
   (a ControlNet folder or hub id, or the whole folder ``hoigen train`` wrote: its ``controlnet/``
@@ -59,7 +61,7 @@ from hoigen.diffusion.backend import (
 )
 from hoigen.diffusion.checkpoint import TRAIN_RECORD
 from hoigen.diffusion.conditions import CONDITIONING_CHANNELS, scale_conditions
-from hoigen.diffusion.tiny import TINY_MODEL_NAME, build_tiny_pipeline
+from hoigen.diffusion.tiny import TINY_MODEL_NAME, TINY_TRAINED_NAME, build_tiny_pipeline, load_tiny_trained
 from hoigen.errors import HoigenError
 
 DEFAULT_STEPS = 50  # DDIM steps of the original HOIDiffusion sampler
@@ -209,6 +211,14 @@ def load_pipeline(
         if controlnet is not None:
             pipe.controlnet = _load_controlnet(controlnet)
             info["note"] = "tiny stand-in base model with random weights, not Stable Diffusion; ControlNet loaded"
+    elif model == TINY_TRAINED_NAME:
+        pipe, record = load_tiny_trained()
+        info["kind"] = TINY_TRAINED_NAME
+        info["note"] = record["note"]
+        info["weights_sha256"] = record["weights_sha256"]
+        if controlnet is not None:
+            pipe.controlnet = _load_controlnet(controlnet)
+            info["note"] = record["note"] + "; ControlNet loaded"
     elif _is_local(model) and _is_saved_controlnet_pipeline(Path(model).expanduser()):
         pipe = _from_pretrained(
             StableDiffusionControlNetPipeline.from_pretrained,
@@ -221,7 +231,7 @@ def load_pipeline(
         if record is not None:
             base = record.get("base") or {}
             info["base"] = base
-            tiny_base = base.get("kind") in (TINY_MODEL_NAME, "tiny-trained")
+            tiny_base = base.get("kind") in (TINY_MODEL_NAME, TINY_TRAINED_NAME)
             info["kind"] = "tiny-trained" if tiny_base else "trained"
         else:
             info["kind"] = "pretrained"
@@ -564,6 +574,8 @@ def _load_base(spec: ModelSpec) -> tuple[dict[str, Any], str]:
     model = spec.model
     if model == TINY_MODEL_NAME:
         return dict(build_tiny_pipeline(seed=0).components), TINY_MODEL_NAME
+    if model == TINY_TRAINED_NAME:
+        return dict(load_tiny_trained()[0].components), TINY_TRAINED_NAME
     if _is_single_file(model):
         return dict(_load_single_file(model, spec.model_config).components), "single-file"
     if _is_local(model) and _is_saved_controlnet_pipeline(Path(model).expanduser()):
@@ -594,7 +606,7 @@ def load_synthesis_pipeline(
         raise HoigenError("--adapter and --controlnet cannot be combined (no diffusers pipeline takes both); pick one")
     if spec.img2img and (spec.adapters or spec.unconditioned):
         raise HoigenError("--init shade paints with ControlNet img2img; use it with --controlnet, not --adapter/none")
-    bare_real = spec.model != TINY_MODEL_NAME and not (
+    bare_real = spec.model not in (TINY_MODEL_NAME, TINY_TRAINED_NAME) and not (
         _is_local(spec.model) and _is_saved_controlnet_pipeline(Path(spec.model).expanduser())
     )
     if bare_real and _is_local(spec.model) and not Path(spec.model).expanduser().exists():

@@ -1,15 +1,25 @@
-"""A tiny Stable-Diffusion + ControlNet pipeline built from configs, offline, with seeded random weights.
+"""Tiny Stable-Diffusion + ControlNet pipelines built from configs, offline.
 
-It stands in for Stable Diffusion 1.5 + a trained HOI ControlNet where no model hub is reachable:
-same classes, same call path, same condition tensor, a few hundred thousand parameters. Its images
-are noise-like until it is trained (``hoigen.diffusion.train``); every output made with it is
-labelled ``tiny-random`` (see ``hoigen.diffusion.pipeline.load_pipeline``).
+They stand in for Stable Diffusion 1.5 + a trained HOI ControlNet where no model hub is reachable:
+same classes, same call path, same condition tensor, a few hundred thousand parameters per module.
+Two architectures (``TinyArch``), each with its own name in every output made with it:
+
+- ``tiny-random`` (``TINY_RANDOM``): seeded random weights; its images are noise-like (tests use it);
+- ``tiny-trained`` (``TINY_TRAINED``): VAE factor 4 (16x16 latents at 64 px) and v-prediction; its
+  weights were trained offline on hoigen renders (``hoigen.diffusion.tiny_build``, ``make
+  tiny-trained``) and ship in ``hoigen/diffusion/assets/tiny-trained/`` (``load_tiny_trained``).
+  It paints plain shaded renders (``shade.png``) that follow the conditions, never photos.
 
 The tokenizer is a byte-level CLIP BPE with no merges (one token per UTF-8 byte, 514 tokens), built
 in code, so prompts are truncated at about 75 characters.
 """
 
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,6 +36,10 @@ from hoigen.diffusion.backend import (
 from hoigen.diffusion.conditions import CONDITIONING_CHANNELS
 
 TINY_MODEL_NAME = "tiny-random"
+TINY_TRAINED_NAME = "tiny-trained"
+TINY_TRAINED_DIR = Path(__file__).parent / "assets" / TINY_TRAINED_NAME
+TINY_TRAINED_WEIGHTS = "weights.safetensors"
+TINY_TRAINED_RECORD = "tiny_trained.json"
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -35,6 +49,25 @@ HIDDEN = 32
 VAE_CHANNELS = (32, 32, 64, 64)
 # The ControlNet's condition encoder must downsample the condition image to the latent resolution.
 CONDITION_EMBEDDING_CHANNELS = (16, 16, 32, 32)
+
+
+@dataclass(frozen=True)
+class TinyArch:
+    """The configs of one tiny pipeline (the parts that differ between tiny-random and tiny-trained)."""
+
+    name: str
+    vae_channels: tuple[int, ...]  # one entry per VAE level; the VAE factor is 2 ** (levels - 1)
+    vae_groups: int  # GroupNorm groups of the VAE (divides every VAE channel count)
+    condition_channels: tuple[int, ...]  # the ControlNet's condition encoder, one entry per VAE level
+    unet_sample_size: int
+    prediction_type: str = "epsilon"
+    timestep_spacing: str = "leading"  # diffusers' default; "trailing" starts few-step sampling at t = 999
+
+
+TINY_RANDOM = TinyArch(TINY_MODEL_NAME, VAE_CHANNELS, 32, CONDITION_EMBEDDING_CHANNELS, 32)
+# 64 px images -> 16x16 latents (enough for a hand's silhouette); v-prediction keeps the first of few
+# DDIM steps well posed (epsilon-prediction divides its error by sqrt(alpha_bar) ~ 0.07 there).
+TINY_TRAINED = TinyArch(TINY_TRAINED_NAME, (16, 32, 64), 16, (16, 32, 32), 16, "v_prediction", "trailing")
 
 
 def _byte_to_char() -> dict[int, str]:
@@ -64,13 +97,13 @@ def build_tiny_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS)
 
 
-def build_tiny_pipeline(seed: int = 0) -> StableDiffusionControlNetPipeline:
-    """Build the tiny pipeline; the same seed gives the same weights (global RNG state is left untouched)."""
+def build_tiny_pipeline(seed: int = 0, arch: TinyArch = TINY_RANDOM) -> StableDiffusionControlNetPipeline:
+    """Build a tiny pipeline; the same seed and arch give the same weights (global RNG state is left untouched)."""
     tokenizer = build_tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
-            sample_size=32,
+            sample_size=arch.unet_sample_size,
             in_channels=4,
             out_channels=4,
             block_out_channels=(32, 64),
@@ -84,12 +117,12 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionControlNetPipeline:
         vae = AutoencoderKL(
             in_channels=3,
             out_channels=3,
-            block_out_channels=VAE_CHANNELS,
-            down_block_types=("DownEncoderBlock2D",) * len(VAE_CHANNELS),
-            up_block_types=("UpDecoderBlock2D",) * len(VAE_CHANNELS),
+            block_out_channels=arch.vae_channels,
+            down_block_types=("DownEncoderBlock2D",) * len(arch.vae_channels),
+            up_block_types=("UpDecoderBlock2D",) * len(arch.vae_channels),
             latent_channels=4,
             layers_per_block=1,
-            norm_num_groups=32,
+            norm_num_groups=arch.vae_groups,
             sample_size=64,
         )
         text_encoder = CLIPTextModel(
@@ -108,7 +141,7 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionControlNetPipeline:
         controlnet = ControlNetModel.from_unet(
             unet,
             conditioning_channels=CONDITIONING_CHANNELS,
-            conditioning_embedding_out_channels=CONDITION_EMBEDDING_CHANNELS,
+            conditioning_embedding_out_channels=arch.condition_channels,
         )
     scheduler = DDIMScheduler(
         num_train_timesteps=1000,
@@ -118,6 +151,7 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionControlNetPipeline:
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
+        **_non_default(prediction_type=arch.prediction_type, timestep_spacing=arch.timestep_spacing),
     )
     pipe = StableDiffusionControlNetPipeline(
         vae=vae,
@@ -133,8 +167,52 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionControlNetPipeline:
     for module in (unet, vae, text_encoder, controlnet):
         module.eval()
     pipe.set_progress_bar_config(disable=True)
-    pipe.hoigen_info = {"model": TINY_MODEL_NAME, "kind": TINY_MODEL_NAME, "seed": seed}
+    pipe.hoigen_info = {"model": arch.name, "kind": arch.name, "seed": seed}
     return pipe
+
+
+def _non_default(**kwargs: str) -> dict[str, str]:
+    """Only the scheduler settings that differ from diffusers' defaults: tiny-random's config stays as it was."""
+    defaults = {"prediction_type": "epsilon", "timestep_spacing": "leading"}
+    return {k: v for k, v in kwargs.items() if v != defaults[k]}
+
+
+def tiny_modules(pipe: StableDiffusionControlNetPipeline) -> dict[str, torch.nn.Module]:
+    """The pipeline's weighted modules by name (what the tiny-trained asset stores)."""
+    return {"vae": pipe.vae, "text_encoder": pipe.text_encoder, "unet": pipe.unet, "controlnet": pipe.controlnet}
+
+
+def load_tiny_trained(
+    folder: Path | str = TINY_TRAINED_DIR,
+) -> tuple[StableDiffusionControlNetPipeline, dict[str, Any]]:
+    """The tiny-trained pipeline: the ``TINY_TRAINED`` architecture with the weights stored in ``folder``.
+
+    Returns (pipe, record): the record is the asset's ``tiny_trained.json`` (how it was trained, the
+    weights' sha256, the learning measure). Raises ``HoigenError`` when the asset is missing.
+    """
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    from hoigen.errors import HoigenError
+
+    folder = Path(folder)
+    weights, record_path = folder / TINY_TRAINED_WEIGHTS, folder / TINY_TRAINED_RECORD
+    if not weights.is_file() or not record_path.is_file():
+        raise HoigenError(
+            f"{folder}: the tiny-trained weights are missing; rebuild them with `make tiny-trained` "
+            "or use --model tiny-random"
+        )
+    record = json.loads(record_path.read_text())
+    pipe = build_tiny_pipeline(seed=int(record.get("seed", 0)), arch=TINY_TRAINED)
+    state = load_file(str(weights))
+    for name, module in tiny_modules(pipe).items():
+        part = {k.split(".", 1)[1]: v.float() for k, v in state.items() if k.split(".", 1)[0] == name}
+        module.load_state_dict(part, strict=True)
+    pipe.vae.register_to_config(scaling_factor=float(record["vae_scaling_factor"]))
+    pipe.hoigen_info = {"model": TINY_TRAINED_NAME, "kind": TINY_TRAINED_NAME, "seed": record.get("seed", 0)}
+    record = {**record, "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    return pipe, record
 
 
 # --- fixtures for the real-weights paths (tests, benchmarks): tiny random models of the real classes ----
@@ -238,3 +316,5 @@ def ldm_state_dict(pipe) -> dict[str, torch.Tensor]:  # noqa: ANN001 - any pipel
     for key, value in pipe.text_encoder.state_dict().items():  # the original CLIP keys start text_model.
         out["cond_stage_model.transformer." + (key if key.startswith("text_model.") else "text_model." + key)] = value
     return out
+
+

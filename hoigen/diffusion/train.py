@@ -4,7 +4,8 @@ The objective is the standard latent-diffusion one: encode the target image with
 at a random timestep, and regress the noise (or the velocity, for v-prediction schedulers) from the
 UNet, whose blocks receive the ControlNet's residuals computed from the 9-channel conditions. The
 ControlNet learns; VAE and text encoder stay frozen; the UNet stays frozen except, with
-``train_unet_attention``, its attention layers (``attn1`` self- and ``attn2`` cross-attention).
+``train_unet_attention``, its attention layers (``attn1`` self- and ``attn2`` cross-attention), or,
+with ``train_unet``, all of it (a model trained from scratch: ``hoigen.diffusion.tiny_build``).
 
 Two regularisers:
 
@@ -70,7 +71,7 @@ WEIGHT_DECAY = 1e-2  # AdamW weight decay (no option)
 VALIDATION_GUIDANCE = 7.5  # guidance of the validation images (no option)
 #: The options recorded under "settings" in hoigen_train.json, in this order (the constants above too).
 RECORDED_SETTINGS = (
-    "max_grad_norm", "weight_decay", "lr_scheduler", "lr_warmup_steps", "train_unet_attention",
+    "max_grad_norm", "weight_decay", "lr_scheduler", "lr_warmup_steps", "train_unet_attention", "train_unet",
     "gradient_checkpointing", "mixed_precision", "use_8bit_adam", "ema_decay", "checkpoint_every",
     "keep_checkpoints", "resume", "validate_every", "validation_images", "validation_steps", "validation_guidance",
 )
@@ -370,13 +371,15 @@ class ControlNetTrainer:
             module.eval()
         _place(pipe.vae, device, weight_dtype)
         _place(pipe.text_encoder, device, weight_dtype)
-        _place(unet, device, torch.float32 if opts.train_unet_attention else weight_dtype)
+        unet_learns = opts.train_unet_attention or opts.train_unet
+        _place(unet, device, torch.float32 if unet_learns else weight_dtype)
         _place(controlnet, device, torch.float32)
         controlnet.requires_grad_(True)
         controlnet.train()
         parameters = [p for p in controlnet.parameters() if p.requires_grad]
-        if opts.train_unet_attention:
-            for _, p in unet_attention_parameters(unet):
+        if unet_learns:
+            named = unet.named_parameters() if opts.train_unet else unet_attention_parameters(unet)
+            for _, p in named:
                 p.requires_grad_(True)
                 parameters.append(p)
         if opts.gradient_checkpointing:
@@ -390,7 +393,7 @@ class ControlNetTrainer:
             num_warmup_steps=opts.lr_warmup_steps * self.world,
             num_training_steps=opts.steps * self.world,
         )
-        if opts.train_unet_attention:
+        if unet_learns:
             controlnet, unet, optimizer, scheduler = accelerator.prepare(controlnet, unet, optimizer, scheduler)
         else:
             controlnet, optimizer, scheduler = accelerator.prepare(controlnet, optimizer, scheduler)
@@ -545,7 +548,8 @@ class ControlNetTrainer:
             "process_index": self.rank,
             "device": str(self.device),
             "settings": {k: constants[k] if k in constants else getattr(opts, k) for k in RECORDED_SETTINGS},
-            "trained": ["controlnet"] + (["unet attention"] if opts.train_unet_attention else []),
+            "trained": ["controlnet"]
+            + (["unet"] if opts.train_unet else ["unet attention"] if opts.train_unet_attention else []),
             "ema": self.ema is not None,
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
             "base": self.base,
