@@ -102,6 +102,7 @@ def with_options(**groups: type | tuple[type, tuple[str, ...] | None] | Group) -
         taken = {p.name for p in own}
         generated: list[Parameter] = []
         members: dict[str, dict[str, str]] = {}  # group -> {parameter name: field name}
+        fields_by_flag: dict[str, tuple[Any, str | None]] = {}  # parameter name -> (field, shown default)
         for group, spec in groups.items():
             g = _group(spec)
             members[group] = {}
@@ -116,6 +117,7 @@ def with_options(**groups: type | tuple[type, tuple[str, ...] | None] | Group) -
                     raise TypeError(f"{fn.__name__}: option {f.name} of {g.cls.__name__} clashes with another option")
                 taken.add(name)
                 members[group][name] = f.name
+                fields_by_flag[name] = (f, g.default_text.get(f.name))
                 generated.append(_parameter(f, kinds[f.name], name, g.default_text.get(f.name)))
 
         @functools.wraps(fn)
@@ -133,6 +135,7 @@ def with_options(**groups: type | tuple[type, tuple[str, ...] | None] | Group) -
         params = own + generated
         command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params}
+        command.option_fields = fields_by_flag  # type: ignore[attr-defined]  # for hoigen.docgen
         return command
 
     return decorate

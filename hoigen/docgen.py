@@ -58,11 +58,15 @@ def walk(group: Any | None = None, prefix: tuple[str, ...] = ("hoigen",)) -> lis
     return out
 
 
-def option_fields(cmd: Any) -> dict[str, dataclasses.Field]:
-    """The options-dataclass field behind each generated flag of ``cmd`` (``hoigen.cli.with_options``)."""
-    from hoigen.options import META_KEY
-
-    return {f.name: f for cls in _option_classes(cmd) for f in dataclasses.fields(cls) if META_KEY in f.metadata}
+def option_fields(cmd: Any) -> dict[str, tuple[dataclasses.Field, str | None]]:
+    """The options-dataclass field behind each generated flag of ``cmd``, by parameter name, with the
+    command's own shown default where it differs (as :func:`hoigen.cli.with_options` built them)."""
+    fn = cmd.callback
+    while fn is not None:
+        if hasattr(fn, "option_fields"):
+            return dict(fn.option_fields)
+        fn = getattr(fn, "__wrapped__", None)
+    return {}
 
 
 def _option_classes(cmd: Any) -> list[type]:
@@ -119,12 +123,12 @@ def describe(cmd: Any) -> list[ParamDoc]:
             flags = f"`{p.name.upper()}`" + (" ..." if p.nargs == -1 else "")
         help_ = re.sub(r"\s*\[default: [^\]]*\]\s*$", "", p.help or "")
         allowed = []
-        f = fields_.get(p.name)
+        f, shown = fields_.get(p.name, (None, None))
         if f is not None:
             spec = spec_of(f)
             kind = kinds[f.name]
             type_ = _type_name(list[kind.base] if kind.is_list else kind.base)  # type: ignore[name-defined]
-            default = default_text(f) or ""
+            default = (shown if shown is not None else default_text(f)) or ""
             if spec.choices:
                 allowed.append("one of " + ", ".join(f"`{c}`" for c in spec.choices))
             if spec.min is not None and spec.max is not None:
