@@ -251,6 +251,10 @@ class Common:
     shard_index: int | None = option(None, "This process's rank (default: RANK or SLURM_ARRAY_TASK_ID).")
     num_shards: int | None = option(None, "Number of ranks (default: WORLD_SIZE or SLURM_ARRAY_TASK_COUNT).")
     quiet: bool = option(False, "No progress bars or status lines.", short="-q", pair=False, default_text="")
+    overwrite: bool = option(
+        False, "When --out holds another run of this stage (other options or input), remove that run's files "
+        "and start afresh (default: refuse).", pair=False, default_text="",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         validate(self)
