@@ -122,7 +122,8 @@ def input_tasks(in_dir: Path, produced_by: tuple[str, ...]) -> list[Task]:
                 f"{in_dir}: {len(extra)} shards beyond the {expected} its run.json records ({_names(extra)}); "
                 "they belong to no run: delete them, or rerun the stage that wrote the folder with --overwrite"
             )
-    return [Task(shard_index(p), p, checksum=part_checksum(part_path(in_dir, p.name))) for p in shards]
+    expects = stage if stage in ("grasp", "render", "synthesize", "ingest") else "grasp"  # its ann.json schema
+    return [Task(shard_index(p), p, expects, part_checksum(part_path(in_dir, p.name))) for p in shards]
 
 
 def _names(names: list[str]) -> str:

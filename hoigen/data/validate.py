@@ -30,7 +30,7 @@ from hoigen.data.contract import (
     INDEX_FILE,
     PNG_MODES,
     STAGE_FIELDS,
-    ann_fields,
+    ann_problems,
     read_run_json,
 )
 from hoigen.data.index import PARTS_DIR
@@ -62,45 +62,9 @@ class Report:
         return f"{self.folder}: {len(self.problems)} problems in {self.shards} shards ({self.samples} samples read)"
 
 
-def _get(ann: dict[str, Any], dotted: str) -> tuple[bool, Any]:
-    value: Any = ann
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return False, None
-        value = value[part]
-    return True, value
-
-
 def check_ann(ann: Any, key: str, stage: str) -> Iterator[str]:
-    """Problems of one ``ann.json`` (missing fields, wrong shapes, non-finite numbers)."""
-    if not isinstance(ann, dict):
-        yield "ann.json is not a JSON object"
-        return
-    for dotted, shape in ann_fields(stage).items():
-        found, value = _get(ann, dotted)
-        if not found:
-            yield f"ann.json has no field {dotted}"
-        elif shape == "str":
-            if not isinstance(value, str):
-                yield f"ann.json {dotted} is not a string"
-        elif shape == "dict":
-            if not isinstance(value, dict):
-                yield f"ann.json {dotted} is not an object"
-        else:
-            try:
-                arr = np.asarray(value, dtype=np.float64)
-            except (TypeError, ValueError):
-                yield f"ann.json {dotted} is not numeric"
-                continue
-            if arr.shape != shape:
-                yield f"ann.json {dotted} has shape {list(arr.shape)}, expected {list(shape)}"
-            elif not np.isfinite(arr).all():
-                yield f"ann.json {dotted} holds NaN or infinity"
-    if ann.get("key") not in (None, key):
-        yield f"ann.json key {ann.get('key')!r} differs from the sample key"
-    found, obj_id = _get(ann, "object.id")
-    if found and isinstance(obj_id, str) and not key.startswith(obj_id + "_"):
-        yield f"ann.json object.id {obj_id!r} does not match the key"
+    """Problems of one ``ann.json`` (the schema and its value ranges: :func:`hoigen.data.contract.ann_problems`)."""
+    return ann_problems(ann, key, stage)
 
 
 def _check_key(key: str, stage: str) -> Iterator[str]:
