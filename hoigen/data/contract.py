@@ -57,6 +57,7 @@ STAGE_FIELDS = {
     "grasp": GRASP_FIELDS,
     "render": GRASP_FIELDS + RENDER_FIELDS,
     "synthesize": GRASP_FIELDS + RENDER_FIELDS + SYNTH_FIELDS,
+    "ingest": (ANN, IMAGE, DEPTH, SEG, NORMAL, SKELETON),  # real data: no shade, nocs or amodal maps
 }
 #: PNG member -> (dtype, channels: 0 = 2-D).
 PNG_MODES = {
