@@ -230,3 +230,220 @@ def test_run_stage_parts_match_a_rebuilt_part(tmp_path: Path) -> None:
     build_index(out)
     assert part.read_bytes() == written
     assert np.isfinite(part_checksum(part)[0])
+
+
+# --- 3-6. a real chain: decoding, the ann.json schema, validate of every folder, no tracebacks ---------
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """grasp -> render -> synthesize -> export (nocs, bop, coco) at tiny sizes."""
+    import os
+
+    from hoigen import api
+
+    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+    root = tmp_path_factory.mktemp("chain")
+    api.grasp(None, root / "grasp", categories=["mug"], grasps=1, frames=2, quiet=True)
+    api.render(root / "grasp", root / "render", views=2, size=32, quiet=True)
+    api.synthesize(root / "render", root / "synth", steps=1, size=32, quiet=True)
+    for fmt in ("nocs", "bop", "coco"):
+        api.export(root / "synth", root / fmt, format=fmt, quiet=True)
+    return root
+
+
+def copy_of(folder: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(folder, tmp_path / folder.name))
+
+
+def test_validate_understands_every_folder(chain: Path, capsys) -> None:
+    from hoigen.data.validate import validate
+
+    for name in ("grasp", "render", "synth", "nocs", "bop", "coco"):
+        report = validate(chain / name)
+        assert report.ok, (name, report.problems)
+    assert validate(chain / "bop").summary().startswith(f"ok: {chain / 'bop'}: export folder (bop)")
+    assert validate(chain / "nocs").samples >= 4 * 4  # color, coord, depth, mask per image, all decoded
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda d: next((d / "objects").glob("*.ply")).unlink(), ".ply: missing (listed in"),
+        (lambda d: (d / "objects.parquet").unlink(), "objects.parquet: missing; rerun the hoigen grasp command"),
+        (lambda d: cut(next((d / "objects").glob("*.ply"))), ".ply: sha256 differs"),
+    ],
+    ids=["ply-missing", "parquet-missing", "ply-truncated"],
+)
+def test_validate_checks_the_objects(chain: Path, tmp_path: Path, damage, expected: str) -> None:
+    from hoigen.data.validate import validate
+
+    grasp = copy_of(chain / "grasp", tmp_path)
+    damage(grasp)
+    report = validate(grasp)
+    assert any(expected in p for p in report.problems), report.problems
+
+
+def test_validate_export_advice_fits_an_export(chain: Path, tmp_path: Path) -> None:
+    from hoigen.data.validate import validate
+
+    nocs = copy_of(chain / "nocs", tmp_path)
+    color = sorted(nocs.rglob("*_color.png"))[0]
+    color.unlink()
+    report = validate(nocs)
+    assert any(f"{color}: missing" in p for p in report.problems), report.problems
+    (nocs / RUN_FILE).unlink()
+    report = validate(nocs)
+    assert any("the export was interrupted; rerun the export command" in p for p in report.problems)
+    assert not any("merge" in p for p in report.problems)
+
+
+def corrupt_jpeg(data: bytes) -> bytes:
+    """The JPEG with one bit flipped where libjpeg notices (searched from the middle, deterministic)."""
+    from hoigen.data.codec import decode_field
+
+    for pos in range(len(data) // 2, len(data) - 2):
+        bad = bytearray(data)
+        bad[pos] ^= 0x40
+        try:
+            decode_field("image.jpg", bytes(bad))
+        except HoigenError:
+            return bytes(bad)
+    raise AssertionError("no flip was noticed")
+
+
+def rewrite(shard: Path, change) -> None:
+    """Change a shard's samples and record its new checksum, as if its stage had written it so."""
+    from hoigen.data.index import file_checksum, rows_from_shard, write_part
+    from hoigen.data.shards import read_shard, write_shard
+
+    samples = [{k: v for k, v in s.items() if k != "__shard__"} for s in read_shard(shard, decode=False)]
+    change(samples)
+    shard.unlink()
+    write_shard(shard, samples)
+    write_part(shard.parent, shard.name, rows_from_shard(shard), file_checksum(shard))
+
+
+def test_corrupt_image_member_is_an_error(chain: Path, tmp_path: Path) -> None:
+    from hoigen.data.codec import decode_field, encode_field
+    from hoigen.data.validate import validate
+
+    png = bytearray(encode_field("seg.png", np.arange(64, dtype=np.uint8).reshape(8, 8)))
+    png[-20] ^= 0x01  # inside the IDAT data (IEND and the IDAT CRC are the last 16 bytes)
+    with pytest.raises(HoigenError, match=r"s1: member seg.png is not valid .png \(CRC error in chunk 'IDAT'"):
+        decode_field("seg.png", bytes(png), "s1")
+    synth = copy_of(chain / "synth", tmp_path)
+    shard = synth / "shard-000000.tar"
+
+    def damage(samples: list) -> None:
+        samples[0]["image.jpg"] = corrupt_jpeg(samples[0]["image.jpg"])
+
+    rewrite(shard, damage)
+    report = validate(synth)
+    assert any("member image.jpg is not valid .jpg (Corrupt JPEG data" in p for p in report.problems), report.problems
+    with pytest.raises(HoigenError) as err:
+        list(Task(0, shard).samples())
+    assert f"{shard}: member image.jpg is not valid .jpg" in one_line(err)
+
+
+def set_field(dotted: str, value: Any):
+    def change(samples: list) -> None:
+        ann = json.loads(samples[0]["ann.json"])
+        node = ann
+        *path, last = dotted.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value(node[last]) if callable(value) else value
+        samples[0]["ann.json"] = json.dumps(ann).encode()
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("hand.betas", lambda v: [1e308, *v[1:]], "hand.betas holds 1e+308, outside -5..5"),
+        ("hand.hand_pose", lambda v: [-1e300, *v[1:]], "hand.hand_pose holds -1e+300, outside"),
+        ("trajectory.frame", -7, "trajectory.frame -7 is outside 0..1"),
+        ("camera.width", 0, "camera.width holds 0, outside 1..16384"),
+        ("object.pose", lambda v: (2 * np.asarray(v)).tolist(), "object.pose last row is not 0 0 0 1"),
+        ("camera.world_to_cam", lambda v: np.diag([1, 1, -1, 1.0]).tolist(), "world_to_cam is a reflection"),
+        ("camera.K", lambda v: np.zeros((3, 3)).tolist(), "camera.K is not a camera matrix"),
+    ],
+    ids=["betas", "hand-pose", "frame", "camera-size", "pose-scaled", "pose-reflection", "camera-K"],
+)
+def test_ann_values_out_of_range_are_refused(chain: Path, tmp_path: Path, field: str, value, expected: str) -> None:
+    from hoigen.data.validate import validate
+
+    render = copy_of(chain / "render", tmp_path)
+    rewrite(render / "shard-000000.tar", set_field(field, value))
+    report = validate(render)
+    assert any(expected in p for p in report.problems), report.problems
+    with pytest.raises(HoigenError) as err:  # a stage reading it refuses it too (checksums match: the values lie)
+        toy(tmp_path / "next", in_dir=render)
+    assert expected in one_line(err) and "the input shard is damaged" in one_line(err)
+
+
+def test_export_with_deleted_input_index_leaves_the_input_alone(chain: Path, tmp_path: Path) -> None:
+    from hoigen import api
+
+    synth = copy_of(chain / "synth", tmp_path)
+    (synth / INDEX_FILE).unlink()
+    before = folder_bytes(synth)
+    api.export(synth, tmp_path / "nocs", format="nocs", quiet=True)
+    assert folder_bytes(synth) == before
+    own = {"run.json", "README.md", ".run-start.json"}
+    got = {k: v for k, v in folder_bytes(tmp_path / "nocs").items() if k not in own}
+    assert got == {k: v for k, v in folder_bytes(chain / "nocs").items() if k not in own}
+
+
+def test_bad_inputs_are_one_line_not_a_traceback(chain: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    synth = copy_of(chain / "synth", tmp_path)
+    cut(synth / INDEX_FILE)
+    cases: list[tuple[tuple, int, str]] = [
+        (("export", "--in", synth, "--out", tmp_path / "x"), 1, "index.parquet: unreadable"),
+        (("grasp", "--seed", "-1", "--out", tmp_path / "g"), 2, "--seed must be in 0.."),
+        (
+            ("render", "--in", chain / "grasp", "--out", tmp_path / "r", "--size", "100000"),
+            2,
+            "--size must be in 1..8192",
+        ),
+        (("render", "--in", chain / "grasp", "--out", tmp_path / "r", "--size", "0"), 2, "--size must be in 1..8192"),
+        (("synthesize", "--in", chain / "render", "--out", tmp_path / "s", "--size", "100000"), 2, "1..2048"),
+    ]
+    for recipe, text, want in [
+        ("grasp:\n  grasps: two\n", "grasps must be an integer", 2),
+        ("render: [1, 2]\n", "a section must be a mapping", 2),
+        ("grasp:\n  grasps: 1.7\n", "grasps must be an integer, got 1.7", 2),
+        ("seed: -1\n", "seed must be in 0..", 2),
+    ]:
+        path = tmp_path / f"r{len(cases)}.yaml"
+        path.write_text(recipe)
+        cases.append((("run", path, "--out", tmp_path / "rr"), want, text))
+    for args, code, text in cases:
+        got, err = run_hoigen(*args, "--quiet", capsys=capsys) if args[0] != "run" else run_hoigen(*args, capsys=capsys)
+        assert (got, err.count("\n")) == (code, 1) and err.startswith("error: ") and text in err, (args, got, err)
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    got, err = run_hoigen("render", "--in", chain / "grasp", "--out", tmp_path / "w", "--quiet", capsys=capsys)
+    assert got == 2 and err.count("\n") == 1 and "WORLD_SIZE='abc' is not an integer" in err
+
+
+def test_gl_and_memory_failures_are_one_line_naming_the_size(tmp_path: Path) -> None:
+    from hoigen.data.runner import resource_error
+
+    gl_error = type("GLError", (Exception,), {"__module__": "OpenGL.error"})
+    ctx = StageContext("render", 0, type("O", (), {"size": 8192, "supersample": 4})(), tmp_path, shard=3)
+    err = resource_error(gl_error("GL_OUT_OF_MEMORY"), ctx)
+    assert err is not None and "\n" not in str(err)
+    assert "shard-000003.tar: the GL renderer failed at --size 8192 x --supersample 4" in str(err)
+    err = resource_error(MemoryError(), replace_options(ctx, 2048))
+    assert "out of memory at --size 2048 (MemoryError)" in str(err)
+    assert resource_error(ValueError("x"), ctx) is None
+
+
+def replace_options(ctx: StageContext, size: int) -> StageContext:
+    from dataclasses import replace
+
+    return replace(ctx, options=type("O", (), {"size": size})())

@@ -287,7 +287,11 @@ def ann_problems(ann: Any, key: str, stage: str) -> Iterator[str]:
         if dotted in arrays and (arrays[dotted] != np.round(arrays[dotted])).any():
             yield f"ann.json {dotted} is not a whole number"
     for dotted in ("hand.global_orient", "hand.hand_pose"):
-        if dotted in arrays and (np.linalg.norm(arrays[dotted].reshape(-1, 3), axis=1) > MAX_ANGLE).any():
+        if (
+            dotted in arrays
+            and (np.abs(arrays[dotted]) <= MAX_ANGLE).all()
+            and (np.linalg.norm(arrays[dotted].reshape(-1, 3), axis=1) > MAX_ANGLE).any()
+        ):
             yield f"ann.json {dotted} turns a joint by more than 2 pi"
     for dotted in (*RIGID_POSES, *SIMILARITY_POSES):
         if dotted in arrays and (problem := _pose_problem(arrays[dotted], dotted in RIGID_POSES)):

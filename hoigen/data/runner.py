@@ -70,7 +70,7 @@ from hoigen.data.progress import info, make_progress, warn
 from hoigen.data.schema import Sample, derive_seed, index_row
 from hoigen.data.shards import ShardWriter, list_shards, read_shard, remove_partial, shard_index, shard_name
 from hoigen.errors import HoigenError
-from hoigen.options import Common
+from hoigen.options import Common, UsageError
 from hoigen.options import record as options_record
 
 
@@ -219,20 +219,31 @@ class RunSummary:
         )
 
 
+def _env_int(name: str, default: str | None = None) -> int:
+    """An integer environment variable (a usage error, naming it, when it is not one)."""
+    text = os.environ.get(name, default)
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise UsageError(
+            f"{name}={text!r} is not an integer; fix or unset it (or pass --shard-index/--num-shards)"
+        ) from None
+
+
 def resolve_split(shard_index: int | None = None, num_shards: int | None = None) -> tuple[int, int]:
     """(rank, world): flags first, then torchrun, then Slurm array variables, else (0, 1)."""
     if num_shards is not None or shard_index is not None:
         rank, world = shard_index or 0, num_shards or 1
     elif "WORLD_SIZE" in os.environ:
-        rank, world = int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"])
+        rank, world = _env_int("RANK", "0"), _env_int("WORLD_SIZE")
     elif "SLURM_ARRAY_TASK_COUNT" in os.environ:
-        first = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
-        rank = int(os.environ["SLURM_ARRAY_TASK_ID"]) - first
-        world = int(os.environ["SLURM_ARRAY_TASK_COUNT"])
+        first = _env_int("SLURM_ARRAY_TASK_MIN", "0")
+        rank = _env_int("SLURM_ARRAY_TASK_ID") - first
+        world = _env_int("SLURM_ARRAY_TASK_COUNT")
     else:
         rank, world = 0, 1
     if world < 1 or not 0 <= rank < world:
-        raise HoigenError(f"shard split rank {rank} of {world} is invalid; use 0 <= --shard-index < --num-shards")
+        raise UsageError(f"shard split rank {rank} of {world} is invalid; use 0 <= --shard-index < --num-shards")
     return rank, world
 
 
@@ -253,10 +264,35 @@ def run_task(fn: StageFn, task: Task, ctx: StageContext, on_sample: Callable[[],
         write_part(ctx.out_dir, name, rows, file_checksum(writer.tmp))
         kill_point("shard-part")
         writer.publish()
-    except BaseException:
+    except BaseException as exc:
         writer.abort()
+        failure = resource_error(exc, ctx)
+        if failure is not None:
+            raise failure from None
         raise
     return writer.count
+
+
+def resource_error(exc: BaseException, ctx: StageContext) -> HoigenError | None:
+    """A one-line error for a run that asked for more than the machine gives (memory, a GL framebuffer),
+    naming the image size; None for any other exception."""
+    kind = type(exc)
+    text = " ".join(str(exc).split())
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        what = "out of memory"
+    elif kind.__module__.split(".")[0] == "OpenGL" or (
+        kind.__module__ == "cv2" and any(w in text.lower() for w in ("memory", "alloc"))
+    ):
+        what = f"the {'GL renderer' if kind.__module__.startswith('OpenGL') else 'image library'} failed"
+    else:
+        return None
+    size = getattr(ctx.options, "size", None)
+    ss = getattr(ctx.options, "supersample", 1) or 1
+    at = f" at --size {size}" + (f" x --supersample {ss}" if ss > 1 else "") if size else ""
+    return HoigenError(
+        f"{ctx.out_dir / shard_name(ctx.shard)}: {what}{at} ({kind.__name__}); finished shards are kept; "
+        "use a smaller --size (or --supersample, --batch-size, --workers) in another --out, or --overwrite"
+    )
 
 
 def _die_with_parent(main_pid: int) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hoigen.errors import HoigenError
-from hoigen.options import REAL_SIZE, TINY_SIZE, OptionError, option, validate
+from hoigen.options import MAX_SYNTH_SIZE, REAL_SIZE, TINY_SIZE, OptionError, option, validate
 
 SCHEDULER_NAMES = ("ddim", "unipc", "dpm++")  # hoigen.diffusion.schedulers.make_scheduler builds each
 TINY_MODEL = "tiny-random"  # the offline stand-in pipeline (hoigen.diffusion.tiny)
@@ -26,7 +26,9 @@ class SynthOptions:
     controlnet: str | None = option(None, "Folder or hub id of the HOI ControlNet.")
     steps: int = option(50, "Denoising steps (DDIM 50 and guidance 7.5: the original release).", min=1)
     guidance: float = option(7.5, "Classifier-free guidance scale.")
-    size: int | None = option(None, "Image size.", min=1, default_text=f"{REAL_SIZE}, {TINY_SIZE} for tiny-random")
+    size: int | None = option(
+        None, "Image size.", min=1, max=MAX_SYNTH_SIZE, default_text=f"{REAL_SIZE}, {TINY_SIZE} for tiny-random"
+    )
     negative_prompt: str | None = option(None, "Negative prompt.")
     batch_size: int = option(4, "Images per diffusion batch.", min=1)
     device: str = option("auto", "cpu, cuda or auto.")
@@ -94,7 +96,7 @@ class TrainOptions:
     lr: float = option(1e-5, "Learning rate (the paper's: AdamW 1e-5 in the original code).")
     batch_size: int = option(4, "Batch size per process (the original code: 8 per GPU).", min=1)
     size: int = option(TINY_SIZE, "Training resolution (512 for Stable Diffusion 1.5; 64 suits the tiny stand-in).",
-                       min=1)  # fmt: skip
+                       min=1, max=MAX_SYNTH_SIZE)  # fmt: skip
     text_dropout: float = option(0.1, "Prompt dropout for classifier-free guidance.", min=0, max=1)
     bg_dir: Path | None = option(None, "Background buffer: a folder of scenery images.")
     bg_every: int = option(10, "A background batch every N steps.", min=1)
