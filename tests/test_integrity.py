@@ -209,12 +209,17 @@ def test_reading_an_index_never_writes_the_input(made) -> None:
     assert not (src / INDEX_FILE).exists()
 
 
-def test_corrupt_input_index_is_one_line(made) -> None:
+def test_damaged_input_index_is_never_trusted(made) -> None:
     src, _ = made
+    table = read_index(src)
     cut(src / INDEX_FILE)
+    assert read_index(src).equals(table)  # joined from the verified parts
+    flip(part_path(src, "shard-000001.tar"), 0.3)
     with pytest.raises(HoigenError) as err:
         read_index(src)
-    assert "index.parquet: unreadable" in one_line(err) and "hoigen merge" in one_line(err)
+    assert "shard-000001.parquet: damaged index part" in one_line(err)
+    with pytest.raises(HoigenError, match="missing or damaged index part, so shard-000001.tar cannot be verified"):
+        toy(src.parent / "next", in_dir=src)
 
 
 def test_run_stage_parts_match_a_rebuilt_part(tmp_path: Path) -> None:
@@ -403,7 +408,7 @@ def test_bad_inputs_are_one_line_not_a_traceback(chain: Path, tmp_path: Path, ca
     synth = copy_of(chain / "synth", tmp_path)
     cut(synth / INDEX_FILE)
     cases: list[tuple[tuple, int, str]] = [
-        (("export", "--in", synth, "--out", tmp_path / "x"), 1, "index.parquet: unreadable"),
+        (("export", "--in", synth, "--out", tmp_path / "x", "--format", "yolo"), 2, "--format must be one of"),
         (("grasp", "--seed", "-1", "--out", tmp_path / "g"), 2, "--seed must be in 0.."),
         (
             ("render", "--in", chain / "grasp", "--out", tmp_path / "r", "--size", "100000"),
@@ -425,6 +430,9 @@ def test_bad_inputs_are_one_line_not_a_traceback(chain: Path, tmp_path: Path, ca
     for args, code, text in cases:
         got, err = run_hoigen(*args, "--quiet", capsys=capsys) if args[0] != "run" else run_hoigen(*args, capsys=capsys)
         assert (got, err.count("\n")) == (code, 1) and err.startswith("error: ") and text in err, (args, got, err)
+    damaged_index = (synth / INDEX_FILE).read_bytes()  # cut above: exporting never trusts (nor rewrites) it
+    assert run_hoigen("export", "--in", synth, "--out", tmp_path / "x", "--quiet")[0] == 0
+    assert (synth / INDEX_FILE).read_bytes() == damaged_index
     monkeypatch.setenv("WORLD_SIZE", "abc")
     got, err = run_hoigen("render", "--in", chain / "grasp", "--out", tmp_path / "w", "--quiet", capsys=capsys)
     assert got == 2 and err.count("\n") == 1 and "WORLD_SIZE='abc' is not an integer" in err

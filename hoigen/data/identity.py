@@ -59,6 +59,12 @@ def input_fingerprint(in_dir: Path | None) -> str | None:
         return None
     run = _read_json(Path(in_dir) / RUN_FILE) or {}
     if isinstance(run.get("fingerprint"), str):
+        fields = {k: run.get(k) for k in ("stage", "seed", "config", "input_fingerprint")}
+        if fingerprint_of(fields) != run["fingerprint"]:  # the record itself was changed since it was written
+            raise HoigenError(
+                f"{Path(in_dir) / RUN_FILE}: damaged (its fingerprint does not match its stage, seed and options); "
+                f"rerun the stage that wrote {in_dir} with --overwrite"
+            )
         return run["fingerprint"]
     return fingerprint_of({k: run.get(k) for k in ("stage", "seed", "config")})
 

@@ -30,8 +30,15 @@ PARTS_DIR = "_index"
 VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "smplx", "trimesh", "pyrender", "webdataset")
 
 
-#: Schema metadata keys of an index part: the published shard's size in bytes and its sha256.
-SIZE_KEY, SHA_KEY = b"hoigen.shard_size", b"hoigen.shard_sha256"
+#: Schema metadata keys of an index part: the published shard's size in bytes and its sha256, and a
+#: sha256 of the part's own rows (so a damaged part is never trusted either).
+SIZE_KEY, SHA_KEY, ROWS_KEY = b"hoigen.shard_size", b"hoigen.shard_sha256", b"hoigen.rows_sha256"
+
+
+def rows_digest(table: pa.Table) -> str:
+    """A sha256 of a table's rows (canonical JSON of ``to_pylist``)."""
+    text = json.dumps(table.to_pylist(), sort_keys=True, default=str, allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _table_bytes(rows: list[dict[str, Any]] | pa.Table, meta: dict[bytes, bytes] | None = None) -> bytes:
@@ -63,17 +70,33 @@ def write_part(out_dir: Path, shard: str, rows: list[dict[str, Any]], checksum: 
     """Write the index rows of one shard (before the shard itself is published) with its size and sha256."""
     path = part_path(out_dir, shard)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = None if checksum is None else {SIZE_KEY: str(checksum[0]).encode(), SHA_KEY: checksum[1].encode()}
-    atomic_write_bytes(path, _table_bytes(rows, meta))
+    table = pa.Table.from_pylist(rows) if rows else pa.table({"key": pa.array([], pa.string())})
+    meta = {ROWS_KEY: rows_digest(table).encode()}
+    if checksum is not None:
+        meta.update({SIZE_KEY: str(checksum[0]).encode(), SHA_KEY: checksum[1].encode()})
+    atomic_write_bytes(path, _table_bytes(table, meta))
+
+
+def read_part(part: Path) -> tuple[pa.Table, tuple[int, str] | None] | None:
+    """An index part's rows and the (size, sha256) it records for its shard; None when it is missing,
+    unreadable, its rows no longer match their recorded digest, or its bytes are not what writing them gives."""
+    try:
+        table = pq.read_table(part)
+        meta = table.schema.metadata or {}
+        if meta.get(ROWS_KEY, b"").decode() != rows_digest(table.replace_schema_metadata(None)):
+            return None
+        checksum = (int(meta[SIZE_KEY]), meta[SHA_KEY].decode()) if SHA_KEY in meta else None
+        if _table_bytes(table, dict(meta)) != Path(part).read_bytes():
+            return None  # damage outside the rows (statistics, padding): parts are written deterministically
+    except (OSError, KeyError, ValueError, UnicodeDecodeError, pa.ArrowException):
+        return None
+    return table.replace_schema_metadata(None), checksum
 
 
 def part_checksum(part: Path) -> tuple[int, str] | None:
-    """The (size, sha256) an index part records for its shard; None when absent or unreadable."""
-    try:
-        meta = pq.read_schema(part).metadata or {}
-        return int(meta[SIZE_KEY]), meta[SHA_KEY].decode()
-    except (OSError, KeyError, ValueError, pa.ArrowException):
-        return None
+    """The (size, sha256) an intact index part records for its shard; None when absent or damaged."""
+    got = read_part(part) if Path(part).exists() else None
+    return None if got is None else got[1]
 
 
 def shard_problem(shard: Path, folder: Path | None = None) -> str | None:
@@ -83,7 +106,7 @@ def shard_problem(shard: Path, folder: Path | None = None) -> str | None:
     part = part_path(folder or shard.parent, shard.name)
     want = part_checksum(part) if part.exists() else None
     if want is None:
-        return f"no checksum for it in {part}"
+        return f"{part} is missing or damaged"
     size, sha = file_checksum(shard)
     if size != want[0]:
         return f"{size} bytes, its index part says {want[0]}"
@@ -106,18 +129,14 @@ def _joined(out_dir: Path, write_parts: bool) -> pa.Table:
                 tables.append(pa.Table.from_pylist(rows_from_shard(shard)))
                 continue
             write_part(out_dir, shard.name, rows_from_shard(shard), file_checksum(shard))
-        if not part.stat().st_size:
-            continue
-        try:
-            table = pq.read_table(part)
-        except (OSError, pa.ArrowException) as exc:
+        got = read_part(part)
+        if got is None:
             raise HoigenError(
-                f"{part}: unreadable index part ({' '.join(str(exc).split())}); delete it and {shard.name}, "
-                "then rerun the stage that wrote them"
-            ) from None
-        if table.num_rows:
-            tables.append(table.replace_schema_metadata(None))
-    tables = [t for t in tables if t.num_rows]
+                f"{part}: damaged index part (unreadable, or its rows differ from their digest); rerun the "
+                f"command that wrote {out_dir} (it remakes {shard.name} and its part)"
+            )
+        if got[0].num_rows:
+            tables.append(got[0])
     if not tables:
         return pa.table({"key": pa.array([], pa.string())})
     return pa.concat_tables(tables, promote_options="default")
@@ -132,10 +151,12 @@ def build_index(out_dir: Path) -> pa.Table:
 
 
 def read_index(folder: Path) -> pa.Table:
-    """A folder's index (its ``index.parquet``; without one, joined in memory: reading never writes)."""
-    path = Path(folder) / INDEX_FILE
-    if not path.exists():
-        return _joined(Path(folder), write_parts=False)
+    """A folder's index, joined in memory from its index parts (each checked against its digest), so a
+    damaged ``index.parquet`` is never trusted and reading never writes; without parts, ``index.parquet``."""
+    folder = Path(folder)
+    if (folder / PARTS_DIR).is_dir() or not (folder / INDEX_FILE).exists():
+        return _joined(folder, write_parts=False)
+    path = folder / INDEX_FILE
     try:
         return pq.read_table(path)
     except (OSError, pa.ArrowException) as exc:

@@ -104,6 +104,11 @@ def input_tasks(in_dir: Path, produced_by: tuple[str, ...]) -> list[Task]:
     if not shards:
         raise HoigenError(f"{in_dir}: no shards (shard-*.tar) found; run hoigen {produced_by[0]} into it first")
     run = read_input_run_json(in_dir)
+    if not run:
+        raise HoigenError(
+            f"{in_dir / RUN_FILE}: missing, so the folder's shards cannot be verified; rerun the hoigen "
+            f"{produced_by[0]} command that wrote {in_dir} (or point --in at a stage's output folder)"
+        )
     stage = run.get("stage")
     if stage is not None and stage not in produced_by:
         raise HoigenError(f"{in_dir}: holds '{stage}' output, but this stage reads {' or '.join(produced_by)} output")
@@ -123,7 +128,16 @@ def input_tasks(in_dir: Path, produced_by: tuple[str, ...]) -> list[Task]:
                 "they belong to no run: delete them, or rerun the stage that wrote the folder with --overwrite"
             )
     expects = stage if stage in ("grasp", "render", "synthesize", "ingest") else "grasp"  # its ann.json schema
-    return [Task(shard_index(p), p, expects, part_checksum(part_path(in_dir, p.name))) for p in shards]
+    tasks = []
+    for p in shards:
+        checksum = part_checksum(part_path(in_dir, p.name))
+        if checksum is None and run.get("fingerprint"):  # folders of this version record one for every shard
+            raise HoigenError(
+                f"{part_path(in_dir, p.name)}: missing or damaged index part, so {p.name} cannot be verified; "
+                f"rerun the stage that wrote {in_dir} (the same command remakes both)"
+            )
+        tasks.append(Task(shard_index(p), p, expects, checksum))
+    return tasks
 
 
 def _names(names: list[str]) -> str:
