@@ -455,3 +455,17 @@ def replace_options(ctx: StageContext, size: int) -> StageContext:
     from dataclasses import replace
 
     return replace(ctx, options=type("O", (), {"size": size})())
+
+
+def test_validate_understands_an_ingest_folder(tmp_path: Path) -> None:
+    from test_ingest import make_fake_dexycb
+
+    from hoigen import api
+    from hoigen.data.validate import validate
+
+    out = tmp_path / "dexycb"
+    api.ingest_dexycb(make_fake_dexycb(tmp_path / "root"), out, quiet=True)
+    report = validate(out)
+    assert report.ok and report.stage == "ingest" and report.samples == 2, report.problems
+    rewrite(out / "shard-000000.tar", set_field("hand.betas", lambda v: [9.0, *v[1:]]))
+    assert any("hand.betas holds 9, outside -5..5" in p for p in validate(out).problems)

@@ -174,9 +174,15 @@ RENDER_ANN: dict[str, Any] = {
 GEN_FIELDS = ("model", "seed", "steps", "guidance")
 
 
-#: ann.json fields of ``hoigen ingest`` samples (real data: a mesh may be unknown, no grasp metrics).
+#: ann.json fields of ``hoigen ingest`` samples (real data: a mesh may be unknown, no grasp metrics, and
+#: the full ``hand_pose`` only with MANO's PCA basis at hand: ``pose_pca`` always).
 INGEST_ANN: dict[str, Any] = {
-    **{k: v for k, v in GRASP_ANN.items() if k not in ("grasp", "object.mesh_sha256", "object.nocs_from_mesh")},
+    **{
+        k: v
+        for k, v in GRASP_ANN.items()
+        if k not in ("grasp", "object.mesh_sha256", "object.nocs_from_mesh", "hand.hand_pose")
+    },
+    "hand.pose_pca": (45,),
     **RENDER_ANN,
 }
 
@@ -198,6 +204,7 @@ def ann_fields(stage: str) -> dict[str, Any]:
 #: positions are in metres within :data:`MAX_METRES` of the world origin; pixel coordinates within
 #: :data:`MAX_PIXELS` of the image (2D joints may lie outside it); image sizes 1..:data:`MAX_IMAGE_SIDE`.
 MAX_BETA = 5.0
+MAX_PCA = 20.0  # MANO's pose PCA coefficients (DexYCB's lie within about +-5)
 MAX_ANGLE = 2 * np.pi
 MAX_METRES = 100.0
 MAX_PIXELS = 1e5
@@ -208,6 +215,7 @@ ANN_RANGES: dict[str, tuple[float, float]] = {
     "hand.betas": (-MAX_BETA, MAX_BETA),
     "hand.global_orient": (-MAX_ANGLE, MAX_ANGLE),
     "hand.hand_pose": (-MAX_ANGLE, MAX_ANGLE),
+    "hand.pose_pca": (-MAX_PCA, MAX_PCA),
     "hand.transl": (-MAX_METRES, MAX_METRES),
     "hand.joints3d": (-MAX_METRES, MAX_METRES),
     "hand.joints2d": (-MAX_PIXELS, MAX_PIXELS),
