@@ -321,7 +321,7 @@ def convert_hoidiffusion(
 
 
 @app.command()
-@with_options(opts=ExportOptions, common=(Common, ("quiet",)))
+@with_options(opts=ExportOptions, common=(Common, ("quiet", "overwrite")))
 def export(
     in_dir: Path = typer.Option(Path("out/synth"), "--in", help="Synthesize (or render) output folder."),
     out: Path = typer.Option(Path("out/nocs"), "--out", help="Dataset folder."),

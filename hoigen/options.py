@@ -27,6 +27,8 @@ META_KEY = "hoigen"
 # random render camera) at 512 px.
 TINY_SIZE = 64
 REAL_SIZE = 512
+MAX_SIZE = 8192  # the largest render side an option accepts (larger ones exhaust GL framebuffers and memory)
+MAX_SYNTH_SIZE = 2048  # the largest diffusion image side (4x SD 1.5's; at 8192 the tiny stand-in alone needs >100 GB)
 
 
 class OptionError(HoigenError):
@@ -246,11 +248,17 @@ def default_text(f: dataclasses.Field) -> str | None:
 class Common:
     """What every stage run takes besides its options: the seed, local workers, the rank split, quietness."""
 
-    seed: int = option(0, "Run seed; every sample's seed derives from it and the sample key.")
-    workers: int = option(1, "Local worker processes (shards are split between them).")
-    shard_index: int | None = option(None, "This process's rank (default: RANK or SLURM_ARRAY_TASK_ID).")
-    num_shards: int | None = option(None, "Number of ranks (default: WORLD_SIZE or SLURM_ARRAY_TASK_COUNT).")
+    seed: int = option(0, "Run seed; every sample's seed derives from it and the sample key.", min=0, max=2**63 - 1)
+    workers: int = option(1, "Local worker processes (shards are split between them).", min=1, max=1024)
+    shard_index: int | None = option(None, "This process's rank (default: RANK or SLURM_ARRAY_TASK_ID).", min=0)
+    num_shards: int | None = option(
+        None, "Number of ranks (default: WORLD_SIZE or SLURM_ARRAY_TASK_COUNT).", min=1
+    )  # fmt: skip
     quiet: bool = option(False, "No progress bars or status lines.", short="-q", pair=False, default_text="")
+    overwrite: bool = option(
+        False, "When --out holds another run of this stage (other options or input), remove that run's files "
+        "and start afresh (default: refuse).", pair=False, default_text="",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         validate(self)

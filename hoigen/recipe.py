@@ -16,7 +16,7 @@ import yaml
 from hoigen.diffusion.options import SynthOptions, TrainOptions
 from hoigen.export.options import ExportOptions
 from hoigen.grasp.options import GraspOptions
-from hoigen.options import OptionError, UsageError, check_keys, coerce, field_types
+from hoigen.options import Common, OptionError, UsageError, check_keys, coerce, field_types
 from hoigen.render.options import RenderOptions
 
 SECTIONS: dict[str, type] = {
@@ -80,6 +80,10 @@ def load_recipe(path: Path) -> Recipe:
                 head[key] = coerce(data[key], kind, key)
             except OptionError as exc:
                 raise UsageError(f"{path}: {exc.name} {exc.problem}") from None
+    try:  # seed and workers are checked as the run options are (ranges included)
+        Common(**{k: v for k, v in head.items() if k in ("seed", "workers")})
+    except OptionError as exc:
+        raise UsageError(f"{path}: {exc.name} {exc.problem}") from None
     recipe = Recipe(**{"name": path.stem, **head})
     for section, cls in SECTIONS.items():
         if section in data:

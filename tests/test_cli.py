@@ -185,6 +185,7 @@ def test_bad_inputs_exit_nonzero_with_one_line(
     (tmp_path / "meshes" / "bad.obj").write_text("this is not a mesh\n")
     (tmp_path / "render").mkdir()
     (tmp_path / "render" / "shard-000000.tar").write_bytes(b"")
+    (tmp_path / "render" / "run.json").write_text('{"stage": "render"}')  # an input needs its record
     (tmp_path / "bad.yaml").write_text("grasps: {}\n")
     code, err = hoigen(*make_args(tmp_path), capsys=capsys)
     lines = [line for line in err.strip().splitlines() if line]

@@ -23,8 +23,11 @@ def _ann(key: str, frame: int) -> dict:
     return {
         "key": key,
         "hand": {"side": "right", "model": "test-hand", "global_orient": [0.0] * 3, "hand_pose": [0.0] * 45,
-                 "betas": [0.0] * 10, "transl": [0.0] * 3, "joints3d": [[0.0] * 3] * 21},
+                 "betas": [0.0] * 10, "transl": [0.0] * 3, "joints3d": [[0.0] * 3] * 21,
+                 "joints2d": [[0.0] * 2] * 21, "joints_visible": [True] * 21},
         "object": {"id": "mug-1", "category": "mug", "mesh_sha256": "0" * 64, "pose": eye, "nocs_from_mesh": eye},
+        "camera": {"K": [[SIZE, 0, SIZE / 2], [0, SIZE, SIZE / 2], [0, 0, 1]], "world_to_cam": eye, "width": SIZE,
+                   "height": SIZE},
         "trajectory": {"frame": frame, "frames": 3},
         "grasp": {},
     }

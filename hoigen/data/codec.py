@@ -10,6 +10,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import struct
+import sys
+import tempfile
+import threading
+import zlib
 from typing import Any
 
 import cv2
@@ -60,6 +67,56 @@ def encode_field(name: str, value: Any) -> bytes:
     raise TypeError(f"{name}: no encoder for .{ext} (pass bytes)")
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_DECODE_LOCK = threading.Lock()
+#: What libjpeg and libpng print for data they decode anyway ("Corrupt JPEG data: ...", "Premature end of
+#: JPEG file", "libpng warning: ...") or give up on; captured from file descriptor 2 while decoding.
+DECODER_SAYS = re.compile(r"JPEG|libpng|jpeg|Huffman|marker", re.IGNORECASE)
+
+
+def check_png_chunks(data: bytes) -> None:
+    """A ValueError when a PNG's chunk layout or any chunk's CRC is wrong, or it does not end with IEND."""
+    pos, end = len(PNG_SIGNATURE), len(data)
+    while pos + 12 <= end:
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        if pos + 12 + length > end:
+            raise ValueError(f"chunk {kind!r} runs past the end of the data (truncated)")
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        if zlib.crc32(data[pos + 4 : pos + 8 + length]) != crc:
+            raise ValueError(f"CRC error in chunk {kind.decode('latin-1')!r} at byte {pos}")
+        if kind == b"IEND":
+            return
+        pos += 12 + length
+    raise ValueError("no IEND chunk (truncated)")
+
+
+def strict_imdecode(data: bytes, flags: int) -> np.ndarray:
+    """``cv2.imdecode`` that treats what libjpeg/libpng only warn about (corrupt data, a premature
+    end, a bad CRC) as errors: a ValueError naming it. PNG chunk CRCs are checked first."""
+    if data[:8] == PNG_SIGNATURE:
+        check_png_chunks(data)
+    with _DECODE_LOCK, tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(captured.fileno(), 2)
+            arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        said = captured.read()
+    complaints = [line for line in said.decode("utf-8", "replace").splitlines() if DECODER_SAYS.search(line)]
+    if said and not complaints:
+        os.write(2, said)  # someone else's output (a progress bar) written meanwhile: pass it on
+    if complaints:
+        raise ValueError(" ".join(" ".join(complaints).split())[:200])
+    if arr is None:
+        raise ValueError("not a valid image")
+    return arr
+
+
 def decode_field(name: str, data: bytes, where: str = "") -> Any:
     """Decode one tar member; ``where`` names the shard in error messages."""
     ext = name.rsplit(".", 1)[-1]
@@ -68,9 +125,7 @@ def decode_field(name: str, data: bytes, where: str = "") -> Any:
             return json.loads(data.decode("utf-8"))
         if ext in ("png", "jpg", "jpeg"):
             check_png_size(data, f"{where}: member {name}")
-            arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-            if arr is None:
-                raise ValueError("not a valid image")
+            arr = strict_imdecode(data, cv2.IMREAD_UNCHANGED)
             if arr.ndim == 3:
                 arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
             return arr

@@ -24,6 +24,7 @@ Map encodings (pixel centres at integer coordinates, camera in the OpenCV conven
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ STAGE_FIELDS = {
     "grasp": GRASP_FIELDS,
     "render": GRASP_FIELDS + RENDER_FIELDS,
     "synthesize": GRASP_FIELDS + RENDER_FIELDS + SYNTH_FIELDS,
-    INGEST: INGEST_FIELDS,
+    INGEST: INGEST_FIELDS,  # real data: no shade, nocs or amodal maps
 }
 #: PNG member -> (dtype, channels: 0 = 2-D).
 PNG_MODES = {
@@ -172,19 +173,150 @@ RENDER_ANN: dict[str, Any] = {
     "hand.joints2d": (21, 2),
     "hand.joints_visible": (21,),
 }
-#: ann.json fields ingest may leave null: ``hand.hand_pose`` without MANO files (``hand.pose_pca`` [45]
-#: then holds DexYCB's PCA coefficients), the object's mesh fields when the release has no model mesh.
-INGEST_NULLABLE = ("hand.hand_pose", "object.mesh_sha256", "object.nocs_from_mesh")
 #: Fields of ``gen.json``.
 GEN_FIELDS = ("model", "seed", "steps", "guidance")
 
 
+#: ann.json fields of ``hoigen ingest`` samples (real data: a mesh may be unknown, no grasp metrics, and
+#: the full ``hand_pose`` only with MANO's PCA basis at hand: ``pose_pca`` always).
+INGEST_ANN: dict[str, Any] = {
+    **{
+        k: v
+        for k, v in GRASP_ANN.items()
+        if k not in ("grasp", "object.mesh_sha256", "object.nocs_from_mesh", "hand.hand_pose")
+    },
+    "hand.pose_pca": (45,),
+    **RENDER_ANN,
+}
+
+
 def ann_fields(stage: str) -> dict[str, Any]:
     """The ann.json fields a sample of ``stage`` holds (render and synthesize add the camera and 2D joints;
-    ingest has those but no grasp metrics)."""
-    spec = dict(GRASP_ANN)
-    if stage in ("render", "synthesize", INGEST):
-        spec.update(RENDER_ANN)
+    ingest: :data:`INGEST_ANN`)."""
     if stage == INGEST:
-        del spec["grasp"]
+        return dict(INGEST_ANN)
+    spec = dict(GRASP_ANN)
+    if stage in ("render", "synthesize"):
+        spec.update(RENDER_ANN)
     return spec
+
+
+# ---------------------------------------------------------------------- ann.json value ranges
+#: Bounds on ann.json numbers (every number must also be finite). MANO's shape coefficients ``betas``
+#: are in standard deviations of its shape space (real hands lie within about +-3); axis-angle
+#: rotations (``global_orient`` and each joint's 3 values in ``hand_pose``) turn by at most 2 pi;
+#: positions are in metres within :data:`MAX_METRES` of the world origin; pixel coordinates within
+#: :data:`MAX_PIXELS` of the image (2D joints may lie outside it); image sizes 1..:data:`MAX_IMAGE_SIDE`.
+MAX_BETA = 5.0
+MAX_PCA = 20.0  # MANO's pose PCA coefficients (DexYCB's lie within about +-5)
+MAX_ANGLE = 2 * np.pi
+MAX_METRES = 100.0
+MAX_PIXELS = 1e5
+MAX_IMAGE_SIDE = 16384
+RIGID_TOL = 1e-3  # |R^T R - I| and |det R - 1| of a rigid pose
+#: dotted field -> (low, high) for every element.
+ANN_RANGES: dict[str, tuple[float, float]] = {
+    "hand.betas": (-MAX_BETA, MAX_BETA),
+    "hand.global_orient": (-MAX_ANGLE, MAX_ANGLE),
+    "hand.hand_pose": (-MAX_ANGLE, MAX_ANGLE),
+    "hand.pose_pca": (-MAX_PCA, MAX_PCA),
+    "hand.transl": (-MAX_METRES, MAX_METRES),
+    "hand.joints3d": (-MAX_METRES, MAX_METRES),
+    "hand.joints2d": (-MAX_PIXELS, MAX_PIXELS),
+    "hand.joints_visible": (0, 1),
+    "camera.width": (1, MAX_IMAGE_SIDE),
+    "camera.height": (1, MAX_IMAGE_SIDE),
+    "trajectory.frames": (1, 1e6),
+}
+#: 4x4 poses that must be rigid (rotation and translation, last row 0 0 0 1) or a similarity (scale > 0).
+RIGID_POSES = ("object.pose", "camera.world_to_cam")
+SIMILARITY_POSES = ("object.nocs_from_mesh",)
+INTEGER_FIELDS = ("camera.width", "camera.height", "trajectory.frame", "trajectory.frames")
+
+
+def _get(ann: dict[str, Any], dotted: str) -> tuple[bool, Any]:
+    value: Any = ann
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False, None
+        value = value[part]
+    return True, value
+
+
+def _pose_problem(m: np.ndarray, rigid: bool) -> str | None:
+    if np.abs(m[3] - (0, 0, 0, 1)).max() > RIGID_TOL:
+        return "last row is not 0 0 0 1"
+    if np.abs(m[:3, 3]).max() > MAX_METRES:
+        return f"translation beyond {MAX_METRES:g} m"
+    r = m[:3, :3]
+    det = float(np.linalg.det(r))
+    if det <= 0:
+        return "is a reflection or degenerate (det <= 0)"
+    scale = det ** (1 / 3) if not rigid else 1.0
+    if np.abs(r.T @ r - scale**2 * np.eye(3)).max() > RIGID_TOL * max(scale**2, 1e-12) or (
+        rigid and abs(det - 1) > RIGID_TOL
+    ):
+        return "is not a rotation" + ("" if rigid else " times a scale")
+    return None
+
+
+def ann_problems(ann: Any, key: str, stage: str) -> Iterator[str]:
+    """Every problem of one ``ann.json`` of ``stage``: missing fields, wrong shapes or types, non-finite
+    numbers, values out of :data:`ANN_RANGES`, poses that are not rigid, a frame outside the trajectory,
+    a camera matrix that is not one; the one schema stages (reading input) and ``hoigen validate`` check."""
+    if not isinstance(ann, dict):
+        yield "ann.json is not a JSON object"
+        return
+    arrays: dict[str, np.ndarray] = {}
+    for dotted, shape in ann_fields(stage).items():
+        found, value = _get(ann, dotted)
+        if not found:
+            yield f"ann.json has no field {dotted}"
+        elif shape == "str":
+            if not isinstance(value, str):
+                yield f"ann.json {dotted} is not a string"
+        elif shape == "dict":
+            if not isinstance(value, dict):
+                yield f"ann.json {dotted} is not an object"
+        else:
+            try:
+                arr = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError, OverflowError):
+                yield f"ann.json {dotted} is not numeric"
+                continue
+            if arr.shape != shape:
+                yield f"ann.json {dotted} has shape {list(arr.shape)}, expected {list(shape)}"
+            elif not np.isfinite(arr).all():
+                yield f"ann.json {dotted} holds NaN or infinity"
+            else:
+                arrays[dotted] = arr
+    for dotted, (low, high) in ANN_RANGES.items():
+        arr = arrays.get(dotted)
+        if arr is not None and ((arr < low).any() or (arr > high).any()):
+            worst = arr.flat[int(np.argmax(np.maximum(low - arr, arr - high)))]
+            yield f"ann.json {dotted} holds {worst:g}, outside {low:g}..{high:g}"
+    for dotted in INTEGER_FIELDS:
+        if dotted in arrays and (arrays[dotted] != np.round(arrays[dotted])).any():
+            yield f"ann.json {dotted} is not a whole number"
+    for dotted in ("hand.global_orient", "hand.hand_pose"):
+        if (
+            dotted in arrays
+            and (np.abs(arrays[dotted]) <= MAX_ANGLE).all()
+            and (np.linalg.norm(arrays[dotted].reshape(-1, 3), axis=1) > MAX_ANGLE).any()
+        ):
+            yield f"ann.json {dotted} turns a joint by more than 2 pi"
+    for dotted in (*RIGID_POSES, *SIMILARITY_POSES):
+        if dotted in arrays and (problem := _pose_problem(arrays[dotted], dotted in RIGID_POSES)):
+            yield f"ann.json {dotted} {problem}"
+    if "trajectory.frame" in arrays and "trajectory.frames" in arrays:
+        frame, frames = arrays["trajectory.frame"], arrays["trajectory.frames"]
+        if not 0 <= frame < frames:
+            yield f"ann.json trajectory.frame {frame:g} is outside 0..{frames - 1:g}"
+    k = arrays.get("camera.K")
+    if k is not None and (k[0, 0] <= 0 or k[1, 1] <= 0 or np.abs(k[2] - (0, 0, 1)).max() > 1e-9 or k[1, 0] != 0):
+        yield "ann.json camera.K is not a camera matrix (fx, fy > 0, last row 0 0 1)"
+    if ann.get("key") not in (None, key):
+        yield f"ann.json key {ann.get('key')!r} differs from the sample key"
+    found, obj_id = _get(ann, "object.id")
+    if found and isinstance(obj_id, str) and not key.startswith(obj_id + "_"):
+        yield f"ann.json object.id {obj_id!r} does not match the key"

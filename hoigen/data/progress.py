@@ -32,3 +32,8 @@ def info(message: str, quiet: bool = False) -> None:
     """A status line on stderr (stdout stays free for data)."""
     if not quiet:
         console.print(message)
+
+
+def warn(message: str) -> None:
+    """A warning line on stderr, shown even with --quiet (something was found and repaired)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)

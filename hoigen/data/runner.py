@@ -46,13 +46,31 @@ import numpy as np
 from hoigen.data.atomic import remove_stale_tmp
 from hoigen.data.contract import ANN, INDEX_FILE, RUN_FILE, read_run_json
 from hoigen.data.faults import kill_point
-from hoigen.data.index import PARTS_DIR, build_index, write_part, write_run_json
+from hoigen.data.identity import (
+    check_not_input,
+    check_out,
+    fingerprint_of,
+    identity,
+    input_fingerprint,
+    remove_own_files,
+    write_start,
+)
+from hoigen.data.index import (
+    PARTS_DIR,
+    build_index,
+    file_checksum,
+    part_checksum,
+    part_path,
+    shard_problem,
+    write_part,
+    write_run_json,
+)
 from hoigen.data.lock import FolderLock, fingerprint, folder_lock, remove_dead_locks
-from hoigen.data.progress import info, make_progress
+from hoigen.data.progress import info, make_progress, warn
 from hoigen.data.schema import Sample, derive_seed, index_row
 from hoigen.data.shards import ShardWriter, list_shards, read_shard, remove_partial, shard_index, shard_name
 from hoigen.errors import HoigenError
-from hoigen.options import Common
+from hoigen.options import Common, UsageError
 from hoigen.options import record as options_record
 
 
@@ -63,10 +81,13 @@ class Task:
     index: int
     source: Path | tuple[Sample, ...]
     expects: str = "grasp"  # the stage whose ann.json fields input samples must have (contract.ann_fields)
+    checksum: tuple[int, str] | None = None  # an input shard's (size, sha256) from its folder's index part
 
     def samples(self) -> Iterator[Sample]:
-        """The input samples; a shard's samples are checked against the contract's base fields first."""
+        """The input samples; a shard is checked against its checksum, its samples against the contract."""
         if isinstance(self.source, Path):
+            if self.checksum is not None:
+                verify_input(self.source, self.checksum)
             for sample in read_shard(self.source):
                 check_input(sample, self.source, self.expects)
                 yield sample
@@ -82,10 +103,72 @@ def input_tasks(in_dir: Path, produced_by: tuple[str, ...]) -> list[Task]:
     shards = list_shards(in_dir)
     if not shards:
         raise HoigenError(f"{in_dir}: no shards (shard-*.tar) found; run hoigen {produced_by[0]} into it first")
-    stage = read_run_json(in_dir).get("stage")
+    run = read_input_run_json(in_dir)
+    if not run:
+        raise HoigenError(
+            f"{in_dir / RUN_FILE}: missing, so the folder's shards cannot be verified; rerun the hoigen "
+            f"{produced_by[0]} command that wrote {in_dir} (or point --in at a stage's output folder)"
+        )
+    stage = run.get("stage")
     if stage is not None and stage not in produced_by:
         raise HoigenError(f"{in_dir}: holds '{stage}' output, but this stage reads {' or '.join(produced_by)} output")
-    return [Task(shard_index(p), p) for p in shards]  # checked against the base (grasp) fields every stage keeps
+    expected = run.get("shards")
+    if isinstance(expected, int) and not isinstance(expected, bool):
+        have = {shard_index(p) for p in shards}
+        missing = [shard_name(i) for i in range(expected) if i not in have]
+        extra = sorted(shard_name(i) for i in have if not 0 <= i < expected)
+        if missing:
+            raise HoigenError(
+                f"{in_dir}: {len(missing)} of {expected} shards are missing; finish that stage first (rerun its "
+                f"command, or the missing ranks: {_names(missing)}), then rerun this one"
+            )
+        if extra:
+            raise HoigenError(
+                f"{in_dir}: {len(extra)} shards beyond the {expected} its run.json records ({_names(extra)}); "
+                "they belong to no run: delete them, or rerun the stage that wrote the folder with --overwrite"
+            )
+    expects = stage if stage in ("grasp", "render", "synthesize", "ingest") else "grasp"  # its ann.json schema
+    tasks = []
+    for p in shards:
+        checksum = part_checksum(part_path(in_dir, p.name))
+        if checksum is None and run.get("fingerprint"):  # folders of this version record one for every shard
+            raise HoigenError(
+                f"{part_path(in_dir, p.name)}: missing or damaged index part, so {p.name} cannot be verified; "
+                f"rerun the stage that wrote {in_dir} (the same command remakes both)"
+            )
+        tasks.append(Task(shard_index(p), p, expects, checksum))
+    return tasks
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def read_input_run_json(in_dir: Path) -> dict[str, Any]:
+    """An input folder's run.json ({} when absent); a damaged one is one line."""
+    try:
+        run = read_run_json(in_dir)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise HoigenError(
+            f"{in_dir / RUN_FILE}: unreadable ({' '.join(str(exc).split())}); rerun the stage that wrote {in_dir}"
+        ) from None
+    if not isinstance(run, dict):
+        raise HoigenError(f"{in_dir / RUN_FILE}: not a JSON object; rerun the stage that wrote {in_dir}")
+    return run
+
+
+def verify_input(shard: Path, checksum: tuple[int, str]) -> None:
+    """A one-line error when an input shard's bytes differ from what its folder's index part records."""
+    try:
+        size, sha = file_checksum(shard)
+    except OSError as exc:
+        raise HoigenError(f"{shard}: cannot read ({exc.strerror}); rerun the stage that wrote it") from None
+    if (size, sha) != tuple(checksum):
+        what = f"{size} bytes, the index part says {checksum[0]}" if size != checksum[0] else "sha256 differs"
+        raise HoigenError(
+            f"{shard}: truncated or corrupt shard (changed since it was written: {what}); delete it and rerun "
+            "the stage that wrote it"
+        )
 
 
 def check_input(sample: Sample, shard: Path, expects: str) -> None:
@@ -150,20 +233,31 @@ class RunSummary:
         )
 
 
+def _env_int(name: str, default: str | None = None) -> int:
+    """An integer environment variable (a usage error, naming it, when it is not one)."""
+    text = os.environ.get(name, default)
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise UsageError(
+            f"{name}={text!r} is not an integer; fix or unset it (or pass --shard-index/--num-shards)"
+        ) from None
+
+
 def resolve_split(shard_index: int | None = None, num_shards: int | None = None) -> tuple[int, int]:
     """(rank, world): flags first, then torchrun, then Slurm array variables, else (0, 1)."""
     if num_shards is not None or shard_index is not None:
         rank, world = shard_index or 0, num_shards or 1
     elif "WORLD_SIZE" in os.environ:
-        rank, world = int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"])
+        rank, world = _env_int("RANK", "0"), _env_int("WORLD_SIZE")
     elif "SLURM_ARRAY_TASK_COUNT" in os.environ:
-        first = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
-        rank = int(os.environ["SLURM_ARRAY_TASK_ID"]) - first
-        world = int(os.environ["SLURM_ARRAY_TASK_COUNT"])
+        first = _env_int("SLURM_ARRAY_TASK_MIN", "0")
+        rank = _env_int("SLURM_ARRAY_TASK_ID") - first
+        world = _env_int("SLURM_ARRAY_TASK_COUNT")
     else:
         rank, world = 0, 1
     if world < 1 or not 0 <= rank < world:
-        raise HoigenError(f"shard split rank {rank} of {world} is invalid; use 0 <= --shard-index < --num-shards")
+        raise UsageError(f"shard split rank {rank} of {world} is invalid; use 0 <= --shard-index < --num-shards")
     return rank, world
 
 
@@ -181,13 +275,38 @@ def run_task(fn: StageFn, task: Task, ctx: StageContext, on_sample: Callable[[],
             if on_sample is not None:
                 on_sample()
         writer.finish()
-        write_part(ctx.out_dir, name, rows)
+        write_part(ctx.out_dir, name, rows, file_checksum(writer.tmp))
         kill_point("shard-part")
         writer.publish()
-    except BaseException:
+    except BaseException as exc:
         writer.abort()
+        failure = resource_error(exc, ctx)
+        if failure is not None:
+            raise failure from None
         raise
     return writer.count
+
+
+def resource_error(exc: BaseException, ctx: StageContext) -> HoigenError | None:
+    """A one-line error for a run that asked for more than the machine gives (memory, a GL framebuffer),
+    naming the image size; None for any other exception."""
+    kind = type(exc)
+    text = " ".join(str(exc).split())
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        what = "out of memory"
+    elif kind.__module__.split(".")[0] == "OpenGL" or (
+        kind.__module__ == "cv2" and any(w in text.lower() for w in ("memory", "alloc"))
+    ):
+        what = f"the {'GL renderer' if kind.__module__.startswith('OpenGL') else 'image library'} failed"
+    else:
+        return None
+    size = getattr(ctx.options, "size", None)
+    ss = getattr(ctx.options, "supersample", 1) or 1
+    at = f" at --size {size}" + (f" x --supersample {ss}" if ss > 1 else "") if size else ""
+    return HoigenError(
+        f"{ctx.out_dir / shard_name(ctx.shard)}: {what}{at} ({kind.__name__}); finished shards are kept; "
+        "use a smaller --size (or --supersample, --batch-size, --workers) in another --out, or --overwrite"
+    )
 
 
 def _die_with_parent(main_pid: int) -> None:
@@ -261,6 +380,19 @@ def _run_pool(fn: StageFn, todo: list[Task], ctx: StageContext, workers: int, do
     pool.shutdown(wait=True)
 
 
+def drop_damaged(shard: Path, quiet: bool = False) -> bool:
+    """Resume: delete a finished shard whose bytes no longer match its index part (it is made again)."""
+    if not shard.exists():
+        return False
+    problem = shard_problem(shard)
+    if problem is None:
+        return False
+    warn(f"{shard}: damaged since it was written ({problem}); making it again")
+    shard.unlink(missing_ok=True)
+    part_path(shard.parent, shard.name).unlink(missing_ok=True)
+    return True
+
+
 def clean_folder(out_dir: Path, lock: FolderLock) -> None:
     """Delete locks of dead runs and, unless another rank is live, temporary files they left."""
     remove_dead_locks(out_dir)
@@ -297,6 +429,7 @@ def run_stage(
         mine = [t for t in tasks if t.index % world == rank]
         for t in mine:
             remove_partial(out_dir, t.index)
+            drop_damaged(out_dir / shard_name(t.index), quiet)
         todo = [t for t in mine if not (out_dir / shard_name(t.index)).exists()]
         summary = RunSummary(
             ctx.stage, out_dir, len(tasks), len(mine), shards_skipped=len(mine) - len(todo), rank=rank, world=world
@@ -375,15 +508,29 @@ def run(stage: Stage, out_dir: Path, common: Common | None = None) -> RunSummary
     """Run ``stage`` into ``out_dir``: plan, lock, clean, prepare, shards (or the sink), finalize."""
     common = common or Common()
     out_dir = Path(out_dir)
+    check_not_input(out_dir, getattr(stage, "in_dir", None))
     plan = stage.plan(out_dir, common)
     seed = common.seed if plan.seed is None else plan.seed
+    ident = identity(stage.name, seed, plan.record, input_fingerprint(plan.in_dir))
+    run_fp = fingerprint_of(ident)
+    stale = check_out(out_dir, plan.in_dir, ident, common.overwrite)  # before anything is written
     ctx = StageContext(stage.name, seed, plan.options, out_dir, in_dir=plan.in_dir, inputs=plan.inputs)
-    extra = {"input": str(plan.in_dir) if plan.in_dir else None, **plan.extra}
+    extra = {
+        "input": str(plan.in_dir) if plan.in_dir else None, "fingerprint": run_fp,
+        "input_fingerprint": ident["input_fingerprint"], **plan.extra,
+    }  # fmt: skip
     if stage.transform is None:
-        with folder_lock(out_dir, 0, 1, fingerprint(stage.name, seed, plan.record)):
+        with folder_lock(out_dir, 0, 1, run_fp):
+            if stale:
+                remove_own_files(out_dir, stage.name)
+                info(f"{stage.name}: --overwrite: removed the earlier run's files from {out_dir}", common.quiet)
+            write_start(out_dir, ident, run_fp)
             return _run_sink(stage, plan, ctx, extra, common)
     rank, world = resolve_split(common.shard_index, common.num_shards)
-    with folder_lock(out_dir, rank, world, fingerprint(stage.name, seed, plan.record)):
+    with folder_lock(out_dir, rank, world, run_fp) as lock:
+        if stale and not lock.others_alive():  # a live rank of this run has already started afresh
+            remove_own_files(out_dir, stage.name)
+            info(f"{stage.name}: --overwrite: removed the earlier run's files from {out_dir}", common.quiet)
         summary = run_stage(
             stage.transform, plan.tasks, ctx, run_extra=extra, workers=common.workers, shard_index=rank,
             num_shards=world, quiet=common.quiet, record=plan.record, prepare=lambda: stage.prepare(out_dir, plan),

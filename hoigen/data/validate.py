@@ -6,8 +6,8 @@ Checks, and reports every problem as one line (``<file>: <key>: <what>``):
 - no temporary files (``*.tmp-<pid>``) are left, and no shard is truncated or corrupt;
 - every sample has every member its stage writes (grasp: ``ann.json``; render: + the seven maps;
   synthesize: + ``image.jpg``, ``prompt.txt``, ``gen.json``; ingest: ``ann.json``, ``image.jpg``,
-  ``depth.png``, ``seg.png``, ``normal.png``, ``skeleton.png``, its ann.json the render fields without
-  grasp metrics, where :data:`~hoigen.data.contract.INGEST_NULLABLE` may be null), keys are well formed and unique, and
+  ``depth.png``, ``seg.png``, ``normal.png``, ``skeleton.png``, its ann.json
+  :data:`~hoigen.data.contract.INGEST_ANN`), keys are well formed and unique, and
   ``ann.json.key`` equals the sample key;
 - ``ann.json`` has the contract's fields with their shapes (MANO parameters, 21 joints, 4x4 poses,
   3x3 K, ...), all numbers finite;
@@ -30,14 +30,16 @@ from hoigen.data.codec import decode_field
 from hoigen.data.contract import (
     GEN_FIELDS,
     INDEX_FILE,
-    INGEST,
-    INGEST_NULLABLE,
+    OBJECTS_FILE,
+    OBJECTS_KEY,
     PNG_MODES,
+    RUN_FILE,
     STAGE_FIELDS,
-    ann_fields,
+    ann_problems,
     read_run_json,
 )
-from hoigen.data.index import PARTS_DIR
+from hoigen.data.identity import START_FILE
+from hoigen.data.index import PARTS_DIR, shard_problem
 from hoigen.data.lock import LOCK_GLOB, held_by_live_process
 from hoigen.data.schema import OBJECT_ID_RE, Sample
 from hoigen.data.shards import list_shards, read_shard, shard_index, shard_name
@@ -53,12 +55,15 @@ class Report:
     shards: int = 0
     samples: int = 0
     problems: list[str] = field(default_factory=list)
+    detail: str | None = None  # the ok line's description (export folders)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def summary(self) -> str:
+        if self.ok and self.detail:
+            return f"ok: {self.folder}: {self.detail}"
         if self.ok:
             return (
                 f"ok: {self.folder}: {self.stage} folder, {self.shards} shards, {self.samples} samples, index matches"
@@ -66,63 +71,9 @@ class Report:
         return f"{self.folder}: {len(self.problems)} problems in {self.shards} shards ({self.samples} samples read)"
 
 
-def _get(ann: dict[str, Any], dotted: str) -> tuple[bool, Any]:
-    value: Any = ann
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return False, None
-        value = value[part]
-    return True, value
-
-
 def check_ann(ann: Any, key: str, stage: str) -> Iterator[str]:
-    """Problems of one ``ann.json`` (missing fields, wrong shapes, non-finite numbers)."""
-    if not isinstance(ann, dict):
-        yield "ann.json is not a JSON object"
-        return
-    nullable = INGEST_NULLABLE if stage == INGEST else ()
-    for dotted, shape in ann_fields(stage).items():
-        found, value = _get(ann, dotted)
-        if not found:
-            yield f"ann.json has no field {dotted}"
-        elif value is None and dotted in nullable:
-            continue
-        elif shape == "str":
-            if not isinstance(value, str):
-                yield f"ann.json {dotted} is not a string"
-        elif shape == "dict":
-            if not isinstance(value, dict):
-                yield f"ann.json {dotted} is not an object"
-        else:
-            try:
-                arr = np.asarray(value, dtype=np.float64)
-            except (TypeError, ValueError):
-                yield f"ann.json {dotted} is not numeric"
-                continue
-            if arr.shape != shape:
-                yield f"ann.json {dotted} has shape {list(arr.shape)}, expected {list(shape)}"
-            elif not np.isfinite(arr).all():
-                yield f"ann.json {dotted} holds NaN or infinity"
-    if ann.get("key") not in (None, key):
-        yield f"ann.json key {ann.get('key')!r} differs from the sample key"
-    found, obj_id = _get(ann, "object.id")
-    if found and isinstance(obj_id, str) and not key.startswith(obj_id + "_"):
-        yield f"ann.json object.id {obj_id!r} does not match the key"
-    if stage == INGEST:
-        yield from check_ingest_ann(ann)
-
-
-def check_ingest_ann(ann: dict[str, Any]) -> Iterator[str]:
-    """What ingest's ann.json adds to the render fields: a null ``hand.hand_pose`` needs ``hand.pose_pca`` [45]."""
-    found, pose = _get(ann, "hand.hand_pose")
-    if found and pose is None:
-        _, pca = _get(ann, "hand.pose_pca")
-        try:
-            ok = np.asarray(pca, dtype=np.float64).shape == (45,)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            yield "ann.json hand.hand_pose is null and hand.pose_pca is not 45 numbers"
+    """Problems of one ``ann.json`` (the schema and its value ranges: :func:`hoigen.data.contract.ann_problems`)."""
+    return ann_problems(ann, key, stage)
 
 
 def _check_key(key: str, stage: str) -> Iterator[str]:
@@ -132,8 +83,8 @@ def _check_key(key: str, stage: str) -> Iterator[str]:
         yield f"key is not object_grasp_frame{'' if stage == 'grasp' else '_view'}"
 
 
-def check_sample(raw: Sample, stage: str) -> Iterator[str]:
-    """Problems of one undecoded sample of ``stage``."""
+def check_sample(raw: Sample, stage: str, objects: dict[str, str] | None = None) -> Iterator[str]:
+    """Problems of one undecoded sample of ``stage`` (``objects``: id -> mesh sha256 of the folder's objects)."""
     key = raw["__key__"]
     yield from _check_key(key, stage)
     members = {k for k in raw if not k.startswith("__")}
@@ -148,6 +99,13 @@ def check_sample(raw: Sample, stage: str) -> Iterator[str]:
     ann = decoded.get("ann.json")
     if ann is not None:
         yield from check_ann(ann, key, stage)
+    if objects is not None and isinstance(ann, dict) and isinstance(ann.get("object"), dict):
+        obj = ann["object"]
+        if obj.get("id") not in objects:
+            if stage != "ingest":
+                yield f"object {obj.get('id')!r} is not in objects.parquet"
+        elif obj.get("mesh_sha256") not in (None, objects[obj["id"]]):
+            yield f"ann.json object.mesh_sha256 differs from objects.parquet's for {obj['id']!r}"
     cam = ann.get("camera", {}) if isinstance(ann, dict) else {}
     size = (cam.get("height"), cam.get("width"))
     for name, (dtype, channels) in PNG_MODES.items():
@@ -170,6 +128,27 @@ def check_sample(raw: Sample, stage: str) -> Iterator[str]:
         yield "prompt.txt is empty"
 
 
+def _objects_check(folder: Path, stage: str, run: dict[str, Any], problems: list[str]) -> dict[str, str] | None:
+    """Check the folder's objects (``objects.parquet`` with every ``objects/<id>.ply`` and its sha256, or the
+    folder ``run.json`` points to); returns id -> sha256 (None when they cannot be read)."""
+    from hoigen.objects import read_objects
+
+    if stage in ("grasp",) or (folder / OBJECTS_FILE).exists():
+        where = folder
+    elif run.get(OBJECTS_KEY):
+        where = Path(run[OBJECTS_KEY])
+    else:
+        return None
+    if not (where / OBJECTS_FILE).exists():
+        problems.append(f"{where / OBJECTS_FILE}: missing; rerun the hoigen {stage} command that wrote {where}")
+        return None
+    try:
+        return {oid: asset.sha256 for oid, asset in read_objects(where).items()}
+    except HoigenError as exc:
+        problems.append(str(exc))
+        return None
+
+
 def _index_rows(folder: Path) -> tuple[list[tuple[str, str]] | None, str | None]:
     import pyarrow.parquet as pq
 
@@ -190,12 +169,24 @@ def validate(folder: Path) -> Report:
     if not folder.is_dir():
         raise HoigenError(f"{folder}: not a folder; point hoigen validate at a stage's output folder")
     problems = report.problems
-    run = read_run_json(folder)
+    try:
+        run = read_run_json(folder)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        problems.append(f"{folder / RUN_FILE}: unreadable ({' '.join(str(exc).split())}); rerun with --overwrite")
+        run = {}
+    if not isinstance(run, dict):
+        problems.append(f"{folder / RUN_FILE}: not a JSON object; rerun with --overwrite")
+        run = {}
     stage = run.get("stage")
+    if stage == "export" or (stage is None and (folder / START_FILE).exists()):
+        report.stage = "export"
+        validate_export(folder, run, report)
+        return report
     if stage not in STAGE_FIELDS:
         problems.append(f"{folder / 'run.json'}: missing or names no shard stage ({stage!r}); is this a stage folder?")
         stage = "grasp"
     report.stage = stage
+    objects = _objects_check(folder, stage, run, problems)
     for p in sorted([*folder.iterdir(), *(folder / PARTS_DIR).glob("*")]):
         if is_tmp(p):
             problems.append(f"{p}: temporary file left by an interrupted write; rerun the same command to clean it")
@@ -213,6 +204,9 @@ def validate(folder: Path) -> Report:
             problems.append(f"{folder}: {len(missing)} of {expected} shards missing ({', '.join(missing[:5])}{more})")
     seen: dict[str, str] = {}
     for path in shards:
+        damage = shard_problem(path)
+        if damage is not None:
+            problems.append(f"{path}: does not match its index part ({damage}); rerun the same command to remake it")
         try:
             for raw in read_shard(path, decode=False):
                 report.samples += 1
@@ -220,7 +214,7 @@ def validate(folder: Path) -> Report:
                 if key in seen:
                     problems.append(f"{path}: {key}: duplicate key (also in {seen[key]})")
                 seen[key] = path.name
-                problems.extend(f"{path}: {key}: {p}" for p in check_sample(raw, stage))
+                problems.extend(f"{path}: {key}: {p}" for p in check_sample(raw, stage, objects))
         except HoigenError as exc:
             problems.append(str(exc))
     rows, err = _index_rows(folder)
@@ -238,6 +232,79 @@ def validate(folder: Path) -> Report:
             if indexed[key] != seen[key]:
                 problems.append(f"{folder / INDEX_FILE}: row {key} says {indexed[key]}, the sample is in {seen[key]}")
     return report
+
+
+NOCS_SUFFIXES = ("_color.png", "_coord.png", "_depth.png", "_mask.png", "_meta.txt", "_hand.json", "_camera.json")
+
+
+def _export_expected(folder: Path, fmt: str, problems: list[str]) -> list[Path]:
+    """The files an export's own lists name (nocs: <split>_list.txt; bop: scene_gt.json; coco: annotations/)."""
+    import json
+
+    wanted: list[Path] = []
+    if fmt == "nocs":
+        for lst in sorted(folder.glob("*_list.txt")):
+            for line in lst.read_text(errors="replace").split():
+                wanted += [folder / (line + suffix) for suffix in NOCS_SUFFIXES]
+    for gt in sorted(folder.glob("*/*/scene_gt.json")) if fmt == "bop" else []:
+        try:
+            ims = json.loads(gt.read_text())
+        except ValueError:
+            continue  # reported as unreadable JSON below
+        for im in ims if isinstance(ims, dict) else []:
+            name = f"{int(im):06d}"
+            wanted += [gt.parent / "rgb" / f"{name}.png", gt.parent / "depth" / f"{name}.png"]
+            wanted += [gt.parent / sub / f"{name}_000000.png" for sub in ("mask", "mask_visib")]
+    for ann in sorted((folder / "annotations").glob("*.json")) if fmt == "coco" else []:
+        try:
+            data = json.loads(ann.read_text())
+            wanted += [folder / "images" / ann.stem / img["file_name"] for img in data["images"]]
+        except (ValueError, KeyError, TypeError):
+            problems.append(f"{ann}: not a COCO annotation file; rerun the export command that wrote {folder}")
+    if not wanted:
+        problems.append(f"{folder}: the {fmt} export lists no images; rerun the export command that wrote it")
+    return wanted
+
+
+def validate_export(folder: Path, run: dict[str, Any], report: Report) -> None:
+    """An export folder: complete (run.json, written last), every listed file present, every image and JSON
+    file decodes, no temporary file left. Advice: rerun the export command (an export is never merged)."""
+    import json
+
+    problems = report.problems
+    if not run:
+        problems.append(
+            f"{folder / RUN_FILE}: missing: the export was interrupted; rerun the export command that wrote {folder}"
+        )
+    start = folder / START_FILE
+    if run and start.exists():
+        try:
+            started = json.loads(start.read_text()).get("fingerprint")
+        except (ValueError, AttributeError):
+            started = None
+        if started != run.get("fingerprint"):
+            problems.append(f"{start}: another export run started here after {RUN_FILE} was written; rerun the export")
+    fmt = str((run.get("config") or {}).get("format", "?"))
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".lock-"))
+    for p in files:
+        if is_tmp(p):
+            problems.append(f"{p}: temporary file left by an interrupted write; rerun the export command")
+            continue
+        ext = p.suffix.lower()
+        if ext not in (".png", ".jpg", ".jpeg", ".json"):
+            continue
+        try:
+            decode_field(p.name, p.read_bytes(), str(p.parent))
+        except HoigenError as exc:
+            problems.append(str(exc).split(";")[0] + f"; rerun the export command that wrote {folder}")
+        if ext != ".json":
+            report.samples += 1
+    present = set(files)
+    missing = [p for p in (_export_expected(folder, fmt, problems) if run else []) if p not in present]
+    for p in missing[:MAX_LISTED]:
+        problems.append(f"{p}: missing (its export list names it); rerun the export command that wrote {folder}")
+    report.shards = len(files)
+    report.detail = f"export folder ({fmt}), {len(files)} files, {report.samples} images decoded"
 
 
 def format_report(report: Report) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hoigen.errors import HoigenError
 from hoigen.geometry import CROP_MODES
-from hoigen.options import REAL_SIZE, TINY_SIZE, OptionError, flag_of, option, validate
+from hoigen.options import MAX_SYNTH_SIZE, REAL_SIZE, TINY_SIZE, OptionError, flag_of, option, validate
 
 SCHEDULER_NAMES = ("ddim", "unipc", "dpm++")  # hoigen.diffusion.schedulers.make_scheduler builds each
 TINY_MODEL = "tiny-random"  # the offline stand-in pipeline (hoigen.diffusion.tiny)
@@ -73,7 +73,9 @@ class SynthOptions:
     lora: list[str] = option([], "LoRA, repeatable: ID|DIR|FILE[:SCALE].")
     steps: int = option(50, "Denoising steps (DDIM 50 and guidance 7.5: the original release).", min=1)
     guidance: float = option(7.5, "Classifier-free guidance scale.")
-    size: int | None = option(None, "Image size.", min=1, default_text=f"{REAL_SIZE}, {TINY_SIZE} for the tiny models")
+    size: int | None = option(
+        None, "Image size.", min=1, max=MAX_SYNTH_SIZE, default_text=f"{REAL_SIZE}, {TINY_SIZE} for the tiny models"
+    )
     negative_prompt: str | None = option(None, "Negative prompt.")
     batch_size: int = option(4, "Images per diffusion batch.", min=1)
     device: str = option("auto", "cpu, cuda or auto.")
@@ -198,7 +200,7 @@ class TrainOptions:
     lr: float = option(1e-5, "Learning rate (the paper's: AdamW 1e-5 in the original code).")
     batch_size: int = option(4, "Batch size per process (the original code: 8 per GPU).", min=1)
     size: int = option(TINY_SIZE, "Training resolution (512 for Stable Diffusion 1.5; 64 suits the tiny models).",
-                       min=1)  # fmt: skip
+                       min=1, max=MAX_SYNTH_SIZE)  # fmt: skip
     text_dropout: float = option(
         0.0,
         "Prompt dropout (a prompt becomes \"\" with this probability, for classifier-free guidance). The original "

@@ -12,11 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hoigen.data.contract import read_run_json
 from hoigen.data.index import read_index
 from hoigen.data.progress import info
 from hoigen.data.runner import Plan, RunSummary, Stage, StageContext, Task, input_tasks
-from hoigen.errors import HoigenError
 from hoigen.export.options import ExportOptions
 from hoigen.options import Common, record
 
@@ -35,13 +33,7 @@ class ExportStage(Stage):
         from hoigen.objects import read_objects
 
         tasks = input_tasks(self.in_dir, ("synthesize", "render"))
-        expected = read_run_json(self.in_dir).get("shards")
-        if isinstance(expected, int) and len(tasks) < expected:
-            # the image plan (scenes, splits) depends on every key: a partial export would not match the full one
-            raise HoigenError(
-                f"{self.in_dir}: {expected - len(tasks)} of {expected} shards are missing; finish that stage first "
-                "(rerun its command, or the missing ranks) and then export"
-            )
+        # input_tasks refuses missing shards: the image plan (scenes, splits) depends on every key
         self.keys = read_index(self.in_dir).column("key").to_pylist()
         self.objects = read_objects(objects_dir_of(self.in_dir))
         return Plan(tasks, self.options, record(self.options), in_dir=self.in_dir, seed=0, total=len(self.keys))

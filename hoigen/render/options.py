@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hoigen.options import REAL_SIZE, option, validate
+from hoigen.options import MAX_SIZE, REAL_SIZE, option, validate
 
 # "random" (a drawn field of view) or a real camera's intrinsics (hoigen.render.cameras.CAMERA_PRESETS)
 CAMERA_CHOICES = ("random", "nocs-camera", "nocs-real275", "dexycb")
@@ -19,6 +19,7 @@ class RenderOptions:
         "Square image side S in pixels. With a preset, S centre-crops the native frame to a square and scales it "
         "(K follows).",
         min=1,
+        max=MAX_SIZE,
         default_text=f"{REAL_SIZE} with --camera random, the preset's native size (640x480) with a preset",
     )
     supersample: int = option(1, "Render N times larger and area-average the normal and shade maps.", min=1)
