@@ -76,7 +76,7 @@ def test_headline_synthesize_takes_grasp_and_render_options(tmp_path, capsys) ->
 @pytest.mark.parametrize(
     ("args", "code_wanted", "text"),
     [
-        (("--render-size", "0"), 2, "error: --render-size must be at least 1, got 0"),
+        (("--render-size", "0"), 2, "error: --render-size must be in 1..8192, got 0"),
         (("--grasps", "0"), 2, "error: --grasps must be at least 1, got 0"),
         (("--units", "furlong"), 2, "error: --units must be one of"),
         (("--in", "somewhere", "--views", "3"), 2, "apply only when synthesize runs grasp and render first"),

@@ -75,7 +75,7 @@ def test_every_doc_command_parses(command: DocCommand) -> None:
         (["grasp", "--grasps", "two"], "--grasps"),
         (["grasp", "--graps", "2"], "No such option"),
         (["grasp", "--side", "middle"], "--side must be one of"),
-        (["render", "--size", "0"], "--size must be at least 1"),
+        (["render", "--size", "0"], "--size must be in 1..8192"),
         (["eval", "pose", "preds.json"], "Missing argument"),
         (["sythesize", "--in", "x"], "No such command"),
         (["export", "--format", "nocs", "--val-fraction", "1.5"], "--val-fraction"),

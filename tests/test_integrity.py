@@ -431,7 +431,7 @@ def test_bad_inputs_are_one_line_not_a_traceback(chain: Path, tmp_path: Path, ca
         got, err = run_hoigen(*args, "--quiet", capsys=capsys) if args[0] != "run" else run_hoigen(*args, capsys=capsys)
         assert (got, err.count("\n")) == (code, 1) and err.startswith("error: ") and text in err, (args, got, err)
     damaged_index = (synth / INDEX_FILE).read_bytes()  # cut above: exporting never trusts (nor rewrites) it
-    assert run_hoigen("export", "--in", synth, "--out", tmp_path / "x", "--quiet")[0] == 0
+    assert run_hoigen("export", "--in", synth, "--out", tmp_path / "x", "--quiet", capsys=capsys)[0] == 0
     assert (synth / INDEX_FILE).read_bytes() == damaged_index
     monkeypatch.setenv("WORLD_SIZE", "abc")
     got, err = run_hoigen("render", "--in", chain / "grasp", "--out", tmp_path / "w", "--quiet", capsys=capsys)

@@ -316,7 +316,7 @@ def test_validate_understands_ingest_output(tmp_path, capsys):
     broken["ann.json"] = json.dumps(ann).encode()
     problems = list(check_sample(broken, "ingest"))
     assert "member normal.png is missing" in problems
-    assert "ann.json hand.hand_pose is null and hand.pose_pca is not 45 numbers" in problems
+    assert "ann.json hand.pose_pca has shape [3], expected [45]" in problems
     assert any("camera.K has shape" in p for p in problems)
 
 

@@ -54,6 +54,8 @@ def _ann(key: str, frame: int, visible: int) -> dict:
                  "bbox": [6, 8, 26, 24]},
         "object": {"id": key.split("_")[0], "category": "mug", "mesh_sha256": "0" * 64,
                    "pose": eye, "nocs_from_mesh": eye},
+        "camera": {"K": [[SIZE, 0, SIZE / 2], [0, SIZE, SIZE / 2], [0, 0, 1]], "world_to_cam": eye, "width": SIZE,
+                   "height": SIZE},
         "trajectory": {"frame": frame, "frames": 3},
         "grasp": {},
     }

@@ -197,9 +197,10 @@ def estimated_normals(result: Any) -> np.ndarray:
 
 def _rendered_sample(
     key: str, ann: dict, result: Any, view: int, preset: str, framing: Any, full: dict[str, Any],
-    normal: np.ndarray,
+    normal: np.ndarray | None = None,
 ) -> Sample:  # fmt: skip
-    """One output sample: the input annotation plus camera, 2D joints, visibility, boxes and maps.
+    """One output sample: the input annotation plus camera, 2D joints, visibility, boxes and maps
+    (``normal``: the normal map to store, default the rendered one).
 
     Boxes of empty masks are ``[0, 0, 0, 0]`` (never null, so every sample has the same schema);
     ``object.silhouette`` is :func:`hoigen.render.silhouette.silhouette` (the unclipped silhouette)."""
@@ -234,7 +235,7 @@ def _rendered_sample(
                 "in_view": round(framing.seen, 4),
             },
         },
-        "normal.png": normal,
+        "normal.png": result.normal if normal is None else normal,
         "seg.png": result.seg,
         "skeleton.png": result.skeleton,
         "depth.png": result.depth,
