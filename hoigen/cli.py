@@ -559,12 +559,16 @@ def inspect(
 
 @app.command()
 def validate(
-    folder: Path = typer.Argument(..., help="A stage's output folder (grasp, render or synthesize)."),
+    folder: Path = typer.Argument(
+        ..., help="Any folder hoigen writes: grasp, render, synthesize or ingest output, or a nocs/bop/coco export."
+    ),
 ) -> None:
-    """Check every shard of a stage folder against the shard contract; list every problem.
+    """Check a folder hoigen wrote against the shard contract (or its export layout); list every problem.
 
-    Checks members per stage, ann.json fields and shapes, PNG sizes and modes, index rows against the
-    shards, missing shards and leftover temporary files. Exit 0 with one OK line, else 1.
+    Stage folders: members per stage, ann.json fields, shapes and value ranges, every member decoded,
+    shard checksums against the index, objects/ with their sha256s, missing shards and leftover
+    temporary files. Exports: every listed file present and decodable, and a complete run. Exit 0
+    with one OK line, else 1.
 
     Example: hoigen validate out/render
     """
