@@ -354,3 +354,23 @@ __all__ = [
     "reconstructor_for",
     "safe_torch_load",
 ]
+
+
+def load_user_callable(spec: str, flag: str, form: str) -> Any:
+    """Import ``module:name`` and return that callable: the one way hoigen runs user code (``--caption-hook``,
+    ``--filter-detector``); every other input is data. ``form`` is the expected spelling for the error line,
+    e.g. ``"module:function, e.g. mycaptions:caption"``."""
+    import importlib
+
+    module_name, _, name = spec.partition(":")
+    if not module_name or not name:
+        raise HoigenError(f"{flag} {spec!r}: write {form}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise HoigenError(f"{flag} {spec!r}: cannot import {module_name} ({error}); check PYTHONPATH") from None
+    target = getattr(module, name, None)
+    if not callable(target):
+        raise HoigenError(f"{flag} {spec!r}: {module_name} has no callable {name}")
+    return target
+

@@ -23,7 +23,6 @@ Captions file formats (chosen by suffix):
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -79,17 +78,9 @@ def load_caption_hook(spec: str) -> CaptionHook:
 
     This runs user code by design (the module's top level on import, the function per sample);
     every other input hoigen reads is data and is never executed (README, "Trust")."""
-    module_name, _, name = spec.partition(":")
-    if not module_name or not name:
-        raise HoigenError(f"--caption-hook {spec!r}: write it as module:function, e.g. mycaptions:caption")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise HoigenError(f"--caption-hook {spec!r}: cannot import {module_name} ({error}); check PYTHONPATH") from None
-    hook = getattr(module, name, None)
-    if not callable(hook):
-        raise HoigenError(f"--caption-hook {spec!r}: {module_name} has no function {name}")
-    return hook
+    from hoigen.trust import load_user_callable
+
+    return load_user_callable(spec, "--caption-hook", "it as module:function, e.g. mycaptions:caption")
 
 
 def caption_for(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 from hoigen.errors import HoigenError
 from hoigen.imgeval.agreement import Detector
 
@@ -19,16 +17,10 @@ def load_detector(spec: str, flag: str = "--filter-detector") -> Detector:
         from hoigen.imgeval.mediapipe_hands import MediaPipeHands
 
         return MediaPipeHands()
-    module_name, _, name = spec.partition(":")
-    if not module_name or not name:
-        raise HoigenError(f"{flag} {spec!r}: write mediapipe, or module:factory (e.g. mydetector:make)")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise HoigenError(f"{flag} {spec!r}: cannot import {module_name} ({error}); check PYTHONPATH") from None
-    factory = getattr(module, name, None)
-    if not callable(factory):
-        raise HoigenError(f"{flag} {spec!r}: {module_name} has no callable {name}")
+    from hoigen.trust import load_user_callable
+
+    factory = load_user_callable(spec, flag, "mediapipe, or module:factory (e.g. mydetector:make)")
+    name = spec.partition(":")[2]
     detector = factory()
     if not callable(detector):
         raise HoigenError(f"{flag} {spec!r}: {name}() returned {type(detector).__name__}, not a detector")
