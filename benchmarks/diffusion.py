@@ -164,23 +164,7 @@ def runners(scale: BenchScale, fused: Any, multi: Any) -> tuple[Any, Any]:
         generate(fused, conds, prompts, seeds, steps=scale.steps, guidance=7.5)
         _sync(scale.device)
 
-    maps = [conds[:, 3 * i : 3 * i + 3].to(scale.device, scale.dtype) for i in range(3)]
-
-    def run_multi() -> None:
-        with torch.inference_mode():
-            multi(
-                prompt=prompts,
-                image=maps,
-                height=scale.size,
-                width=scale.size,
-                num_inference_steps=scale.steps,
-                guidance_scale=7.5,
-                controlnet_conditioning_scale=[1.0, 1.0, 1.0],
-                generator=[torch.Generator().manual_seed(s) for s in seeds],
-                output_type="np",
-            )
-        _sync(scale.device)
-
+    run_multi = _three_map_runner(scale, multi, "controlnet_conditioning_scale")
     return run_fused, run_multi
 
 
@@ -246,10 +230,16 @@ def build_multi_adapter(scale: BenchScale, fused: StableDiffusionControlNetPipel
 
 def adapter_runner(scale: BenchScale, pipe: Any) -> Any:
     """A callable painting one batch with the MultiAdapter pipeline (same prompts, seeds, steps, size)."""
+    return _three_map_runner(scale, pipe, "adapter_conditioning_scale")
+
+
+def _three_map_runner(scale: BenchScale, pipe: Any, scale_arg: str) -> Any:
+    """A callable painting one batch with a pipeline fed the three condition maps apart (MultiControlNet or
+    MultiAdapter; ``scale_arg`` names its per-model weight argument), on :func:`_inputs`."""
     conds, prompts, seeds = _inputs(scale)
     maps = [conds[:, 3 * i : 3 * i + 3].to(scale.device, scale.dtype) for i in range(3)]
 
-    def run_adapters() -> None:
+    def run() -> None:
         with torch.inference_mode():
             pipe(
                 prompt=prompts,
@@ -258,13 +248,13 @@ def adapter_runner(scale: BenchScale, pipe: Any) -> Any:
                 width=scale.size,
                 num_inference_steps=scale.steps,
                 guidance_scale=7.5,
-                adapter_conditioning_scale=[1.0, 1.0, 1.0],
                 generator=[torch.Generator().manual_seed(s) for s in seeds],
                 output_type="np",
+                **{scale_arg: [1.0, 1.0, 1.0]},
             )
         _sync(scale.device)
 
-    return run_adapters
+    return run
 
 
 def adapter_rows(
