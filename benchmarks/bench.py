@@ -2,16 +2,20 @@
 
 Each row times a baseline and a candidate in the same run, interleaved, and prints the median
 seconds of each and their ratio (baseline / candidate; > 1 means the candidate is faster).
+After the table, every row also prints one machine-readable line, ``BENCH <key> ratio=<x>`` (plus
+``rate=<x>`` where a rate is the row's figure), for scripts: ``make bench | grep ^BENCH``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -19,6 +23,42 @@ from hoigen.data.progress import console
 from hoigen.grasp.options import GraspOptions
 from hoigen.options import Common
 from hoigen.render.options import RenderOptions
+
+
+class Row(NamedTuple):
+    """One bench row: a baseline and a candidate timed side by side (a plain 3-tuple is a Row without key)."""
+
+    name: str
+    base: float
+    cand: float
+    key: str | None = None  # the BENCH line's name; None: derived from ``name``
+    rate: float | None = None  # the row's rate where a rate is its figure (e.g. accepted grasps per CPU-second)
+
+    @property
+    def ratio(self) -> float:
+        return self.base / self.cand if self.cand else float("inf")
+
+
+def bench_key(name: str) -> str:
+    """A BENCH line name from a row's description: its text before the first ':' as a lowercase slug."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.split(":")[0].lower()).strip("-")
+    return slug or "row"
+
+
+def bench_lines(rows: Iterable[tuple]) -> list[str]:
+    """The machine-readable lines of ``rows``: ``BENCH <key> ratio=<x>[ rate=<x>]``, keys made unique."""
+    lines, seen = [], {}
+    for raw in rows:
+        row = Row(*raw)
+        key = row.key or bench_key(row.name)
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] > 1:
+            key = f"{key}-{seen[key]}"
+        line = f"BENCH {key} ratio={row.ratio:.3f}"
+        if row.rate is not None:
+            line += f" rate={row.rate:.3f}"
+        lines.append(line)
+    return lines
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> list[float]:
@@ -279,9 +319,12 @@ def main() -> None:
     table = Table(title="hoigen bench (median seconds; ratio = baseline / candidate)")
     for col in ("benchmark", "baseline s", "candidate s", "ratio"):
         table.add_column(col)
-    for name, base, cand in rows:
-        table.add_row(name, f"{base:.3f}", f"{cand:.3f}", f"{base / cand:.2f}x")
+    for raw in rows:
+        row = Row(*raw)
+        table.add_row(row.name, f"{row.base:.3f}", f"{row.cand:.3f}", f"{row.ratio:.2f}x")
     console.print(table)
+    for line in bench_lines(rows):
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
