@@ -236,6 +236,7 @@ def test_contract_encodings_round_trip() -> None:
     assert np.round(facing).tolist() == [128, 128, 255]
     hand, obj = np.array([True, True, False, False]), np.array([True, False, True, False])
     assert contract.amodal_bits(hand, obj).tolist() == [3, 1, 2, 0]
+
     assert set(contract.STAGE_FIELDS["synthesize"]) == set(contract.PNG_MODES) | {"ann.json", "image.jpg",
                                                                                    "prompt.txt", "gen.json"}
 
@@ -270,3 +271,21 @@ def test_input_check_takes_the_stage_it_expects(tmp_path) -> None:
     check_input(sample, tmp_path / "shard-000000.tar", "grasp")
     with pytest.raises(HoigenError, match="no field camera.K"):
         check_input(sample, tmp_path / "shard-000000.tar", "render")
+
+
+
+def test_amodal_bits_round_trip_with_table_and_distractors():
+    from hoigen.data import contract
+
+    rng = np.random.default_rng(0)
+    ids = [contract.SEG_TABLE] + [contract.distractor_seg_id(k) for k in range(contract.MAX_DISTRACTORS)]
+    masks = {i: rng.random((6, 7)) > 0.5 for i in [contract.SEG_HAND, contract.SEG_OBJECT, *ids]}
+    for chosen in (ids[:3], ids[:6], ids):  # table + 2 (uint8), table + 5 (uint8 limit), table + 13 (uint16)
+        extras = {i: masks[i] for i in chosen}
+        bits = contract.amodal_bits(masks[contract.SEG_HAND], masks[contract.SEG_OBJECT], extras)
+        assert bits.dtype == (np.uint8 if max(chosen) <= 8 else np.uint16)
+        back = contract.amodal_masks(bits)
+        for seg_id in [contract.SEG_HAND, contract.SEG_OBJECT, *chosen]:
+            assert np.array_equal(back[seg_id], masks[seg_id]), seg_id
+    old = contract.amodal_masks(np.array([[3, 1, 2, 0]], dtype=np.uint8))  # a shard from before tables
+    assert sorted(old) == [contract.SEG_HAND, contract.SEG_OBJECT]

@@ -7,10 +7,15 @@ Every stage that writes or reads shards (grasp, render, synthesize, ingest, expo
 
 Map encodings (pixel centres at integer coordinates, camera in the OpenCV convention):
 
-- ``seg.png`` uint8: :data:`SEG_BACKGROUND` 0, :data:`SEG_HAND` 1, :data:`SEG_OBJECT` 2 (visible
-  surface only).
-- ``amodal.png`` uint8 bits: :data:`AMODAL_HAND_BIT` (1) where the hand covers the pixel when drawn
-  alone, :data:`AMODAL_OBJECT_BIT` (2) likewise for the object.
+- ``seg.png`` uint8, one id per instance (visible surface only): :data:`SEG_BACKGROUND` 0,
+  :data:`SEG_HAND` 1, :data:`SEG_OBJECT` 2 (the grasped object), :data:`SEG_TABLE` 3 (the support
+  plane), :data:`SEG_FIRST_DISTRACTOR` + k for the k-th other object on the table (k <
+  :data:`MAX_DISTRACTORS`). Shards from before tables and distractors hold only 0, 1 and 2 and read
+  the same way (one object, no table).
+- ``amodal.png`` bits, one per instance: bit ``seg_id - 1`` (:func:`amodal_bit`) is set where that
+  instance covers the pixel when drawn alone: :data:`AMODAL_HAND_BIT` (1) the hand,
+  :data:`AMODAL_OBJECT_BIT` (2) the grasped object, 4 the table, 8 << k distractor k. uint8 while
+  every id is below 9, else uint16 (:func:`amodal_dtype`); :func:`amodal_masks` decodes either.
 - ``depth.png`` uint16 millimetres = round(z * 1000) clipped to 0..65535, z the camera-frame depth
   in metres; 0 = no surface (:func:`encode_depth`, :func:`decode_depth`).
 - ``nocs.png`` uint8 RGB = round((nocs_xyz + 0.5) * 255), 0 outside the visible object
@@ -65,7 +70,7 @@ STAGE_FIELDS = {
 #: PNG member -> (dtype, channels: 0 = 2-D).
 PNG_MODES = {
     SEG: ("uint8", 0),
-    AMODAL: ("uint8", 0),
+    AMODAL: ("uint8", 0),  # uint16 with more than five distractors (amodal_dtype)
     DEPTH: ("uint16", 0),
     NORMAL: ("uint8", 3),
     NOCS: ("uint8", 3),
@@ -75,7 +80,30 @@ PNG_MODES = {
 
 # ---------------------------------------------------------------------- label values
 SEG_BACKGROUND, SEG_HAND, SEG_OBJECT = 0, 1, 2
+SEG_TABLE = 3  # the support plane the grasped object and the distractors stand on
+SEG_FIRST_DISTRACTOR = 4  # distractor k (0-based) has seg id SEG_FIRST_DISTRACTOR + k
+MAX_DISTRACTORS = 13  # amodal.png holds one bit per instance in 16 bits: hand, object, table + 13
 AMODAL_HAND_BIT, AMODAL_OBJECT_BIT = 1, 2
+
+
+def distractor_seg_id(k: int) -> int:
+    """``seg.png`` id of the k-th (0-based) distractor."""
+    if not 0 <= k < MAX_DISTRACTORS:
+        raise ValueError(f"distractor index {k} outside 0..{MAX_DISTRACTORS - 1}")
+    return SEG_FIRST_DISTRACTOR + k
+
+
+def amodal_bit(seg_id: int) -> int:
+    """The ``amodal.png`` bit of the instance with ``seg.png`` id ``seg_id`` (>= 1)."""
+    if not 1 <= seg_id < SEG_FIRST_DISTRACTOR + MAX_DISTRACTORS:
+        raise ValueError(f"seg id {seg_id} has no amodal bit")
+    return 1 << (seg_id - 1)
+
+
+def amodal_dtype(seg_ids: Any) -> type:
+    """uint8 when every id's bit fits in 8 bits (at most five distractors), else uint16."""
+    return np.uint8 if max(list(seg_ids) or [1]) <= 8 else np.uint16
+
 
 # ---------------------------------------------------------------------- map encodings
 DEPTH_PER_METRE = 1000.0  # depth.png units: millimetres
@@ -110,12 +138,30 @@ def normal_colour(normals: np.ndarray) -> np.ndarray:
     return 127.5 - 127.5 * normals
 
 
-def amodal_bits(hand_full: np.ndarray, object_full: np.ndarray) -> np.ndarray:
-    """``amodal.png`` uint8 from the two full (amodal) masks."""
-    return (
-        np.asarray(hand_full).astype(np.uint8) * AMODAL_HAND_BIT
-        | np.asarray(object_full).astype(np.uint8) * AMODAL_OBJECT_BIT
-    ).astype(np.uint8)
+def amodal_bits(
+    hand_full: np.ndarray, object_full: np.ndarray, extras: dict[int, np.ndarray] | None = None
+) -> np.ndarray:
+    """``amodal.png`` from the full (amodal) masks of the hand, the grasped object and ``extras``
+    (seg id -> mask: the table and distractors); dtype :func:`amodal_dtype`."""
+    masks = {SEG_HAND: hand_full, SEG_OBJECT: object_full, **(extras or {})}
+    dtype = amodal_dtype(masks)
+    out = np.zeros(np.shape(hand_full), dtype=dtype)
+    for seg_id, mask in masks.items():
+        out |= np.asarray(mask).astype(dtype) * dtype(amodal_bit(seg_id))
+    return out
+
+
+def amodal_masks(amodal: np.ndarray) -> dict[int, np.ndarray]:
+    """``amodal.png`` (uint8 or uint16) -> {seg id: full mask} for every instance whose bit is set
+    somewhere, plus the hand and the grasped object always (possibly empty)."""
+    amodal = np.asarray(amodal).astype(np.uint32)
+    present = int(np.bitwise_or.reduce(amodal, axis=None)) if amodal.size else 0
+    out = {SEG_HAND: (amodal & AMODAL_HAND_BIT) > 0, SEG_OBJECT: (amodal & AMODAL_OBJECT_BIT) > 0}
+    for seg_id in range(SEG_TABLE, SEG_FIRST_DISTRACTOR + MAX_DISTRACTORS):
+        bit = amodal_bit(seg_id)
+        if present & bit:
+            out[seg_id] = (amodal & bit) > 0
+    return out
 
 
 # ---------------------------------------------------------------------- the objects folder
