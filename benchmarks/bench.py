@@ -310,7 +310,9 @@ def main() -> None:
     elif "--grasp" in sys.argv[1:] or os.environ.get("HOIGEN_BENCH_ONLY") == "grasp":
         rows = bench_grasp()
     else:
-        rows = [bench_renderer_reuse(), bench_full_vs_bare(), bench_renderer_memory(), bench_workers()]
+        from benchmarks.render import bench_render
+
+        rows = [bench_renderer_reuse(), *bench_render(), bench_renderer_memory(), bench_workers()]
         rows += [bench_worker_start(), bench_huge_mesh()]
         rows += bench_synthesis()
         rows += bench_grasp()

@@ -1,8 +1,9 @@
 """Annotations of a rendered frame from its exact surfaces: joint visibility and boxes (no GL).
 
 - Joint visibility (:func:`joint_visibility`): a joint is *unhidden* when it is inside the image
-  (u in [-0.5, W-0.5), v likewise), in front of the camera (z > znear) and not behind the object's
-  surface at its pixel by more than ``visibility_tolerance`` (default 1 cm). It is
+  (u in [-0.5, W-0.5), v likewise), in front of the camera (z > znear) and not behind any other
+  instance's surface (object, table, distractor) at its pixel by more than
+  ``visibility_tolerance`` (default 1 cm). It is
   *self-occluded* when it lies deeper than the hand's own nearest surface at its pixel (the hand
   drawn alone, so the object does not count) by more than max(``self_occlusion_tolerance``
   (default 1.5 cm, about a finger's thickness), clearance + 5 mm), where clearance is the joint's
@@ -15,6 +16,8 @@
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -47,16 +50,17 @@ def joint_visibility(
     joints2d: np.ndarray,
     joints_z: np.ndarray,
     cam: Camera,
-    object_depth: np.ndarray,
-    hand_depth: np.ndarray,
+    depth_at: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
     clearance: np.ndarray,
     *,
     znear: float,
     visibility_tolerance: float,
     self_occlusion_tolerance: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(in the image and not hidden by the object, self-occluded), both (21,) bool; the depth
-    images are each mesh's exact depth alone (inf where it does not cover the pixel)."""
+    """(in the image and not hidden by another surface, self-occluded), both (21,) bool.
+
+    ``depth_at(rows, cols)`` gives, at those pixels, the nearest depth of every non-hand instance
+    together and of the hand alone (each inf where it does not cover the pixel)."""
     finite = np.all(np.isfinite(joints2d), axis=1)
     u, v = np.where(finite[:, None], joints2d, -1e9).T
     inside = (
@@ -71,10 +75,9 @@ def joint_visibility(
     col = np.clip(np.round(u[inside]).astype(np.int64), 0, cam.width - 1)
     row = np.clip(np.round(v[inside]).astype(np.int64), 0, cam.height - 1)
     z = joints_z[inside]
-    surface = object_depth.reshape(cam.height, cam.width)[row, col]
+    surface, skin = depth_at(row, col)
     unhidden = inside.copy()
     unhidden[inside] = z <= surface + visibility_tolerance
-    skin = hand_depth.reshape(cam.height, cam.width)[row, col]
     tolerance = np.maximum(self_occlusion_tolerance, clearance[inside] + 0.005)
     self_occluded[inside] = z > skin + tolerance
     return unhidden, self_occluded

@@ -1,10 +1,16 @@
-"""The OpenGL backend: which PyOpenGL platform pyrender runs on, chosen before pyrender is imported.
+"""The OpenGL backend: which renderer draws (:func:`renderer_kind`) and which PyOpenGL platform
+pyrender runs on, chosen before pyrender is imported.
+
+``HOIGEN_GL``: ``egl`` (default) = the raw-GL renderer (:mod:`hoigen.render.gl`, moderngl over
+EGL); ``pyrender`` = the pyrender renderer (:mod:`hoigen.render.pyrender_renderer`) on EGL;
+``osmesa`` / ``pyglet`` = the pyrender renderer on that PyOpenGL platform. pyrender is also used
+for asset previews and the baseline pass of ``make bench``.
 
 PyOpenGL reads ``PYOPENGL_PLATFORM`` once, at its first import, so the choice must be made before
 anything imports ``OpenGL`` or ``pyrender``. Every pyrender import in hoigen therefore goes through
 :func:`import_pyrender`.
 
-Choice, in order: env ``HOIGEN_GL``, env ``PYOPENGL_PLATFORM``, else ``"egl"``.
+PyOpenGL platform, in order: ``HOIGEN_GL`` if it names one, env ``PYOPENGL_PLATFORM``, else ``"egl"``.
 
 Why EGL by default: pyrender 0.1.45 pins PyOpenGL 3.1.0, whose OSMesa path fails to import; EGL
 works headless both on CPU-only machines (Mesa llvmpipe) and on GPU boxes (vendor EGL). ``osmesa``
@@ -36,11 +42,22 @@ from hoigen.errors import HoigenError
 
 DEFAULT_PLATFORM = "egl"
 KNOWN_PLATFORMS = ("egl", "osmesa", "pyglet")
+HOIGEN_GL_VALUES = ("egl", "pyrender", "osmesa", "pyglet")
+
+
+def renderer_kind() -> str:
+    """``"gl"`` (the raw-GL renderer) or ``"pyrender"``, from ``HOIGEN_GL`` (module docstring)."""
+    value = (os.environ.get("HOIGEN_GL") or "egl").strip().lower()
+    if value not in HOIGEN_GL_VALUES:
+        raise HoigenError(f"HOIGEN_GL: unknown value {value!r}; use one of {', '.join(HOIGEN_GL_VALUES)}")
+    return "gl" if value == "egl" else "pyrender"
 
 
 def gl_platform() -> str:
-    """The PyOpenGL platform hoigen renders with (see the module docstring for the order)."""
-    value = os.environ.get("HOIGEN_GL") or os.environ.get("PYOPENGL_PLATFORM") or DEFAULT_PLATFORM
+    """The PyOpenGL platform pyrender renders with (see the module docstring for the order)."""
+    chosen = (os.environ.get("HOIGEN_GL") or "").strip().lower()
+    chosen = "" if chosen == "pyrender" else chosen
+    value = chosen or os.environ.get("PYOPENGL_PLATFORM") or DEFAULT_PLATFORM
     value = value.strip().lower()
     if value not in KNOWN_PLATFORMS:
         raise HoigenError(

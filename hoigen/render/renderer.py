@@ -1,25 +1,24 @@
 """Render one hand-object frame into condition maps and annotations, with one reused GL context.
 
-This module holds the GL state and passes; the exact surface maths behind the maps is
-:mod:`hoigen.render.surface` (no GL), joint visibility and boxes are :mod:`hoigen.render.annotate`,
-and the map encodings are the shard contract's (:mod:`hoigen.data.contract`).
+The default path rasterises with raw OpenGL (:mod:`hoigen.render.gl`: moderngl over EGL, headless;
+Mesa llvmpipe on CPU-only machines); ``HOIGEN_GL=pyrender`` (or osmesa, pyglet: pyrender on that
+PyOpenGL platform) selects the older pyrender path
+(:mod:`hoigen.render.pyrender_renderer`: face ids plus exact float64 ray-triangle hits), which
+gives the same maps (checks in tests/test_render_gl.py). :func:`make_renderer` picks one. Joint
+visibility and boxes are :mod:`hoigen.render.annotate`; the map encodings are the shard contract's
+(:mod:`hoigen.data.contract`).
 
-Passes (pyrender, one ``OffscreenRenderer`` for the renderer's lifetime):
+A frame (:class:`SceneSpec`) holds the hand, the grasped object and ``extras``
+(:class:`Instance`: the table, distractors). Two passes per frame (:mod:`hoigen.render.gl`):
 
-1. *face-id passes* (flat, unlit, no MSAA, both faces drawn), one per mesh instance alone (the
-   grasped object, the hand, and every ``SceneSpec.extras`` instance: table, distractors): every
-   triangle gets a unique 24-bit colour (:mod:`hoigen.render.surface`); face ids span every mesh
-   of the frame (object 1..F_o, then the extras in order, then the hand). From them, per pixel,
-   the exact hit point on that triangle is computed by intersecting the pixel's ray with the
-   triangle's plane. Each pass alone gives its mesh's amodal (full) mask; per pixel the nearest of
-   the exact hits is the visible surface (the depth test done in float64 instead of the depth
-   buffer; ties: object, hand, extras in that order). ``seg``, ``depth``, ``nocs`` and ``normal``
-   all come from these hits, so they agree with each other and with the meshes to float
-   precision, and each mesh's own exact depth gives joint visibility (a joint is hidden by any
-   non-hand surface). No depth buffer is read back.
-2. (with supersampling only) a face-id pass of both meshes at s times the size, for the normals.
-3. *shade pass*: lit colour render (hand skin colour, object grey, a directional light at the
-   camera looking along its axis, plus ambient light), black background.
+1. *visible pass* (depth test on a 32-bit float depth buffer; no MSAA; both faces drawn): per
+   pixel centre the nearest surface (ties: object, hand, extras in that order); the rasteriser
+   interpolates the camera-frame position, shading normal and NOCS coordinate at the pixel centre
+   (exact ray-triangle values up to float32 rounding: affine over each triangle), and writes the
+   shaded colour, seg id, encoded normal and NOCS, and the camera z.
+2. *amodal pass* (no depth test): each instance's full coverage (its pixels if it were drawn
+   alone: same rasteriser, same pixel-centre rule), and the nearest depth of the hand and of the
+   other instances at the joints' pixels (joint visibility).
 
 Maps in :class:`RenderResult` (H, W = camera size; pixel centres at integer coordinates):
 
@@ -37,204 +36,109 @@ Maps in :class:`RenderResult` (H, W = camera size; pixel centres at integer coor
   A surface facing the camera squarely is (128, 128, 255). Background = ``normal_background``,
   default (0, 0, 0) (a "zero condition", and distinguishable from any surface, whose B >= 128).
   Normals are smooth shading normals (area-weighted, split at edges sharper than ``crease_deg``),
-  interpolated barycentrically at the exact hit point; ``crease_deg=None`` gives flat face normals.
+  interpolated barycentrically at the hit point; ``crease_deg=None`` gives flat face normals.
   Back faces are flipped, and interpolated normals that would point away from the camera near
   silhouettes are bent just enough to face it.
-- ``shade`` uint8 RGB plain shaded render; its silhouette equals ``seg != 0`` at supersample 1.
+- ``shade`` uint8 RGB plain shaded render (Lambert, ambient plus directional lights, gamma 2.2;
+  colours per kind: hand, object, table); its silhouette equals ``seg != 0`` at supersample 1.
 - ``skeleton`` uint8 RGB, :func:`hoigen.hand.skeleton.draw_skeleton` of the visible joints.
 - ``joints2d`` (21,2) float64 pixels = :func:`hoigen.render.cameras.project` of ``joints3d``.
-- ``joints_visible`` (21,) bool: inside the image, in front of the camera, not behind the object's
-  surface at the joint's pixel by more than ``visibility_tolerance`` (default 1 cm), and not
-  self-occluded; ``joints_self_occluded`` (21,) bool (rules in :mod:`hoigen.render.annotate`).
+- ``joints_visible`` (21,) bool: inside the image, in front of the camera, not behind any non-hand
+  surface (object, table, distractor) at the joint's pixel by more than ``visibility_tolerance``
+  (default 1 cm), and not self-occluded; ``joints_self_occluded`` (21,) bool (rules in
+  :mod:`hoigen.render.annotate`).
 - ``mask_hand``, ``mask_object`` (H,W) bool = ``seg == 1``, ``seg == 2`` (visible surface).
-- ``mask_hand_full``, ``mask_object_full`` (H,W) bool: amodal masks, every pixel the mesh covers
-  when rendered alone (so ``mask_hand`` is a subset of ``mask_hand_full``); same rasteriser, same
-  pixel-centre sampling as ``seg``.
-- ``full_masks`` {seg id: amodal mask} for every instance (hand and object included);
-  ``amodal`` packs them (:func:`hoigen.data.contract.amodal_bits`); :meth:`RenderResult.instance_boxes`
-  gives per seg id the amodal and visible boxes and pixel counts.
-- :meth:`RenderResult.bboxes`: :func:`hoigen.render.annotate.mask_bbox` boxes ``[x0, y0, x1, y1]``
-  (x1, y1 exclusive), None for an empty mask; visible boxes from the visible masks, amodal boxes
-  from the full masks (clipped to the image).
+- ``full_masks`` {seg id: amodal mask} for every instance (hand and object included), every
+  pixel the mesh covers when rendered alone; ``mask_hand_full``, ``mask_object_full`` are the
+  first two; ``amodal`` packs them (:func:`hoigen.data.contract.amodal_bits`).
+- :meth:`RenderResult.instance_boxes` per seg id: amodal and visible boxes and pixel counts;
+  :meth:`RenderResult.bboxes`: :func:`hoigen.render.annotate.mask_bbox` boxes ``[x0, y0, x1, y1]``
+  (x1, y1 exclusive), None for an empty mask, of the hand and the object.
 
-The skeleton is drawn for joints in the image and not hidden by the object; self-occluded joints
-are drawn too (the skeleton conditions the hand's pose, which a curled finger still has).
+The skeleton is drawn for joints in the image and not hidden by another surface; self-occluded
+joints are drawn too (the skeleton conditions the hand's pose, which a curled finger still has).
 
 Supersampling (``supersample=s``): ``normal`` and ``shade`` are rendered at s times the size and
 area-averaged down (anti-aliased edges blend toward the background). ``seg``, masks, ``depth``,
 ``nocs`` and visibility are exact point samples at the native pixel centres (their own pass at
 native size), never blended.
 
-Caching: rigid meshes' pyrender meshes and geometry (object, extras) are kept (LRU, ``cache_size``)
-keyed by ``mesh_key`` (of the SceneSpec or the Instance) or, if None, by the mesh object itself
-(``id`` plus an identity check), and by their first face id.
-Do not modify a cached ``trimesh.Trimesh`` in place; pass a new mesh or a new key instead. The
-hand mesh is rebuilt every call.
+Caching: rigid meshes (object, extras) are uploaded once and kept (LRU, ``cache_size``) keyed by
+``mesh_key`` (of the SceneSpec or the Instance) or, if None, by the mesh object itself (``id`` plus
+an identity check). Do not modify a cached ``trimesh.Trimesh`` in place; pass a new mesh or a new
+key instead. The hand's vertex buffer is rewritten every frame (its edge topology is cached per
+face array).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import trimesh
 
 from hoigen.data.contract import (
-    MAX_DISTRACTORS,
     NORMAL_BACKGROUND,
-    SEG_FIRST_DISTRACTOR,
     SEG_HAND,
     SEG_OBJECT,
     SEG_TABLE,
-    amodal_bits,
 )
 from hoigen.errors import HoigenError
 from hoigen.hand.skeleton import draw_skeleton
-from hoigen.render.annotate import joint_clearance, joint_visibility, mask_bbox
-from hoigen.render.backend import import_pyrender, install_raw_readback
-from hoigen.render.cameras import Camera, gl_intrinsics, project, pyrender_pose
-from hoigen.render.surface import (
-    MAX_FACE_ID,
-    MeshSurface,
-    Part,
-    composite,
-    decode_ids,
-    encode_ids,
-    mesh_surface,
-    normal_image,
-    pixel_hits,
-    visible_maps,
+from hoigen.render.annotate import joint_clearance, joint_visibility
+from hoigen.render.cameras import Camera, project
+from hoigen.render.scene import (
+    DEFAULT_LIGHTS,
+    HAND_COLOR,
+    MAX_SEG_ID,
+    OBJECT_COLOR,
+    TABLE_COLOR,
+    Instance,
+    Light,
+    RenderResult,
+    SceneSpec,
+    area_downsample,
+    check_extras,
+    check_supersample,
 )
+from hoigen.render.surface import Topology, corner_normals, face_normals, mesh_topology
 
-HAND_COLOR = (0.80, 0.56, 0.44)  # linear RGB base colour of the shaded hand
-OBJECT_COLOR = (0.55, 0.55, 0.58)  # linear RGB base colour of the shaded objects (grasped and distractors)
-TABLE_COLOR = (0.42, 0.33, 0.24)  # linear RGB base colour of the shaded table (seg id SEG_TABLE)
-MAX_SEG_ID = SEG_FIRST_DISTRACTOR + MAX_DISTRACTORS - 1
+__all__ = ["Instance", "Light", "RenderResult", "Renderer", "SceneSpec", "make_renderer"]
+
+def _check_mesh(vertices: np.ndarray, faces: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    vertices = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
+    if len(faces) == 0:
+        raise HoigenError(f"render: the {kind} mesh has no faces; check the {kind} file")
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        raise HoigenError(f"render: {kind} faces index vertices out of range; check the {kind} mesh")
+    return vertices, faces
 
 
-@dataclass(frozen=True)
-class Instance:
-    """One more mesh in a frame besides the hand and the grasped object (the table, a distractor).
+@dataclass
+class _Mesh:
+    """A mesh on the GPU (:class:`hoigen.render.gl.GLMesh`) and what keeps its cache entry valid."""
 
-    ``seg_id`` is its ``seg.png`` id (:data:`hoigen.data.contract.SEG_TABLE` or a distractor's id,
-    unique in the frame); ``nocs_from_mesh`` None gives it no NOCS (the table). ``mesh_key`` is the
-    cache key of its GL meshes (None: the mesh object itself; see the module docstring)."""
+    gl: Any
+    source: Any = None  # keeps a cached trimesh alive so its id() stays unique
 
-    mesh: trimesh.Trimesh  # in its mesh frame
+
+@dataclass
+class _Draw:
+    """One instance to draw this frame."""
+
+    mesh: _Mesh
     pose: np.ndarray  # (4,4) mesh -> world
     seg_id: int
-    nocs_from_mesh: np.ndarray | None = None  # (4,4) similarity mesh -> NOCS
-    mesh_key: Hashable | None = None
-
-
-@dataclass
-class SceneSpec:
-    """One frame to render. All poses map into the y-up world frame (metres)."""
-
-    hand_vertices: np.ndarray  # (V,3) world
-    hand_faces: np.ndarray  # (F,3)
-    object_mesh: trimesh.Trimesh  # in its mesh frame
-    object_pose: np.ndarray  # (4,4) mesh -> world
-    nocs_from_mesh: np.ndarray  # (4,4) similarity mesh -> NOCS
-    camera: Camera
-    joints3d: np.ndarray  # (21,3) world, common 21 order
-    mesh_key: Hashable | None = None  # cache key for the object's GL meshes; None = the mesh itself
-    extras: tuple[Instance, ...] = ()  # more instances: the table, distractors
-
-
-@dataclass
-class RenderResult:
-    """Condition maps and annotations of one frame (conventions in the module docstring)."""
-
-    normal: np.ndarray
-    seg: np.ndarray
-    depth: np.ndarray
-    depth_m: np.ndarray
-    nocs: np.ndarray
-    shade: np.ndarray
-    skeleton: np.ndarray
-    joints2d: np.ndarray
-    joints_visible: np.ndarray
-    mask_hand: np.ndarray
-    mask_object: np.ndarray
-    camera: Camera = field(repr=False, default=None)  # type: ignore[assignment]
-    mask_hand_full: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
-    mask_object_full: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
-    joints_self_occluded: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
-    full_masks: dict[int, np.ndarray] = field(repr=False, default_factory=dict)  # seg id -> amodal mask
-
-    @property
-    def empty(self) -> bool:
-        """True when neither the hand nor the grasped object covers any pixel (the table and
-        distractors do not count: the frame shows nothing of the grasp)."""
-        return not (self.mask_hand_full.any() or self.mask_object_full.any())
-
-    @property
-    def amodal(self) -> np.ndarray:
-        """``amodal.png`` (:func:`hoigen.data.contract.amodal_bits`): bit ``seg_id - 1`` per instance
-        covering the pixel (amodal); uint8 while every seg id <= 8, else uint16."""
-        extras = {k: m for k, m in self.full_masks.items() if k not in (SEG_HAND, SEG_OBJECT)}
-        return amodal_bits(self.mask_hand_full, self.mask_object_full, extras)
-
-    def instance_boxes(self) -> dict[int, dict[str, Any]]:
-        """Per seg id (hand, object and every extra instance): ``bbox`` (amodal, clipped to the
-        image) and ``bbox_visible`` as :func:`hoigen.render.annotate.mask_bbox` boxes, ``[0, 0, 0, 0]``
-        when empty, and the pixel counts ``px_visible`` and ``px_full``."""
-        full = self.full_masks or {SEG_HAND: self.mask_hand_full, SEG_OBJECT: self.mask_object_full}
-        out = {}
-        for seg_id, mask in full.items():
-            visible = self.seg == seg_id
-            out[seg_id] = {
-                "bbox": mask_bbox(mask) or [0, 0, 0, 0],
-                "bbox_visible": mask_bbox(visible) or [0, 0, 0, 0],
-                "px_visible": int(visible.sum()),
-                "px_full": int(mask.sum()),
-            }
-        return out
-
-    def bboxes(self) -> dict[str, list[int] | None]:
-        """Boxes ``[x0, y0, x1, y1]`` (x1, y1 exclusive) of the visible and full masks, None if empty."""
-        return {
-            "hand": mask_bbox(self.mask_hand_full),
-            "hand_visible": mask_bbox(self.mask_hand),
-            "object": mask_bbox(self.mask_object_full),
-            "object_visible": mask_bbox(self.mask_object),
-        }
-
-
-@dataclass
-class _Geometry:
-    """One mesh's exact surface (CPU side) plus its two pyrender meshes."""
-
-    surface: MeshSurface  # in the mesh's own frame
-    id_mesh: Any
-    shade_mesh: Any
-    source: Any = None  # keeps a cached trimesh alive so its id() stays unique
-    first_id: int = 1  # face ids first_id .. first_id + F - 1
-
-
-@dataclass
-class _Placed:
-    """One mesh instance of the current frame: geometry, mesh -> world pose, seg id, NOCS transform."""
-
-    geo: _Geometry
-    pose: np.ndarray
-    seg_id: int
     nocs_from_mesh: np.ndarray | None
-
-
-def _area_downsample(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over factor x factor blocks (cv2 INTER_AREA is an exact block mean for integer factors)."""
-    h, w = image.shape[0] // factor, image.shape[1] // factor
-    return cv2.resize(image.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+    kind: str  # "hand" | "object" | "table": base colour
 
 
 class Renderer:
-    """Renders :class:`SceneSpec` frames at a fixed size with one reused offscreen GL context."""
+    """Renders :class:`SceneSpec` frames at a fixed size with one reused raw-GL context (module docstring)."""
 
     def __init__(
         self,
@@ -251,15 +155,16 @@ class Renderer:
         object_color: tuple[float, float, float] = OBJECT_COLOR,
         table_color: tuple[float, float, float] = TABLE_COLOR,
         normal_background: tuple[int, int, int] = NORMAL_BACKGROUND,
-        light_intensity: float = 3.0,
         ambient: float = 0.25,
         skeleton_line_width: int | None = None,
         cache_size: int = 32,
     ) -> None:
+        from hoigen.render.gl import shared_core
+
         self.width, self.height = int(width), int(height)
         if self.width < 1 or self.height < 1:
             raise HoigenError(f"render: image size {width}x{height} is empty; use a positive size")
-        self.supersample = self._check_ss(supersample)
+        self.supersample = check_supersample(supersample)
         self.crease_deg = crease_deg
         self.znear, self.zfar = float(znear), float(zfar)
         self.visibility_tolerance = float(visibility_tolerance)
@@ -267,41 +172,30 @@ class Renderer:
         self.normal_background = np.asarray(normal_background, dtype=np.float64)
         self.skeleton_line_width = skeleton_line_width
         self.cache_size = max(1, int(cache_size))
+        self.colors = {"hand": hand_color, "object": object_color, "table": table_color}
+        self.ambient = float(ambient)
         self.renders = 0
-        pr = self._pr = import_pyrender()
-        self._offscreen = pr.OffscreenRenderer(self.width, self.height)
-        self._readback = install_raw_readback(self._offscreen)
-        self._scene = pr.Scene(bg_color=(0.0, 0.0, 0.0, 0.0), ambient_light=(ambient, ambient, ambient))
-        self._camera = pr.IntrinsicsCamera(1.0, 1.0, 0.0, 0.0, znear=self.znear, zfar=self.zfar)
-        self._camera_node = self._scene.add(self._camera)
-        light = pr.DirectionalLight(color=np.ones(3), intensity=light_intensity)
-        self._scene.add(light, parent_node=self._camera_node)
-        self._materials = {
-            "hand": pr.MetallicRoughnessMaterial(
-                baseColorFactor=(*hand_color, 1.0), metallicFactor=0.0, roughnessFactor=0.7
-            ),
-            "object": pr.MetallicRoughnessMaterial(
-                baseColorFactor=(*object_color, 1.0), metallicFactor=0.0, roughnessFactor=0.6
-            ),
-            "table": pr.MetallicRoughnessMaterial(
-                baseColorFactor=(*table_color, 1.0), metallicFactor=0.0, roughnessFactor=0.8
-            ),
-        }
-        self._objects: OrderedDict[Hashable, _Geometry] = OrderedDict()
-        self._placed: dict[Hashable, tuple[_Geometry, tuple[Any, Any]]] = {}  # slot -> geometry, scene nodes
+        self._gl: Any = shared_core()
+        self._meshes: OrderedDict[Hashable, _Mesh] = OrderedDict()
+        self._hand: _Mesh | None = None
+        self._topologies: dict[int, tuple[np.ndarray, Topology]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     @property
-    def offscreen(self) -> Any:
-        """The one ``pyrender.OffscreenRenderer`` this renderer uses (None after :meth:`close`)."""
-        return self._offscreen
+    def context(self) -> Any:
+        """The moderngl context this renderer uses (shared by every Renderer of the process; None
+        after :meth:`close`)."""
+        return None if self._gl is None else self._gl.ctx
 
     def close(self) -> None:
-        """Free the GL context. Safe to call twice."""
-        if self._offscreen is not None:
-            self._offscreen.delete()
-            self._offscreen = None
-        self._objects.clear()
+        """Free this renderer's GPU meshes (the shared context stays). Safe to call twice."""
+        if self._gl is not None:
+            with self._gl.current():
+                for mesh in [*self._meshes.values(), *([self._hand] if self._hand else [])]:
+                    mesh.gl.release()
+            self._meshes.clear()
+            self._hand = None
+            self._gl = None
 
     def __enter__(self) -> Renderer:
         return self
@@ -316,134 +210,157 @@ class Renderer:
             pass
 
     # ------------------------------------------------------------------ meshes
-    @staticmethod
-    def _check_ss(value: int) -> int:
-        ss = int(value)
-        if ss < 1 or ss > 8:
-            raise HoigenError(f"render: supersample={value} is outside 1..8; use 1 (off) to 4")
-        return ss
+    def _buffer(self, vertices: np.ndarray, faces: np.ndarray, topology: Topology | None) -> np.ndarray:
+        from hoigen.render.gl import corner_buffer
 
-    def _geometry(self, vertices: np.ndarray, faces: np.ndarray, first_id: int, kind: str) -> _Geometry:
-        pr = self._pr
-        faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
-        vertices = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
-        if len(faces) and (faces.min() < 0 or faces.max() >= len(vertices)):
-            raise HoigenError(f"render: {kind} faces index vertices out of range; check the {kind} mesh")
-        if first_id + len(faces) > MAX_FACE_ID:
-            raise HoigenError(
-                f"render: {kind} mesh too large ({len(faces)} faces, {MAX_FACE_ID} in all); simplify it"
-            )
-        surface = mesh_surface(vertices, faces, self.crease_deg)
-        positions = surface.triangles.reshape(-1, 3).astype(np.float32)
-        ids = encode_ids(np.arange(first_id, first_id + len(faces)))
-        id_mesh = pr.Mesh([pr.Primitive(positions=positions, color_0=np.repeat(ids, 3, axis=0))])
-        shade_mesh = pr.Mesh(
-            [
-                pr.Primitive(
-                    positions=positions,
-                    normals=surface.shading.reshape(-1, 3).astype(np.float32),
-                    material=self._materials[kind],
-                )
-            ]
-        )
-        return _Geometry(surface, id_mesh, shade_mesh, first_id=first_id)
+        triangles = vertices[faces]
+        corners = corner_normals(vertices, faces, self.crease_deg, topology)
+        return corner_buffer(triangles, corners, face_normals(triangles))
 
-    def _mesh_geometry(self, mesh: trimesh.Trimesh, key: Hashable | None, first_id: int, kind: str) -> _Geometry:
-        """A rigid mesh's geometry from the LRU cache (keyed by ``key`` or the mesh itself, the first
-        face id and the material), built on a miss."""
-        cache_key = (key if key is not None else ("id", id(mesh)), first_id, kind)
-        geo = self._objects.get(cache_key)
-        if geo is not None and (key is not None or geo.source is mesh):
-            self._objects.move_to_end(cache_key)
-            return geo
-        if len(mesh.faces) == 0:
-            raise HoigenError(f"render: the {kind} mesh has no faces; check the {kind} file")
-        geo = self._geometry(mesh.vertices, mesh.faces, first_id, kind)
-        geo.source = mesh
-        self._objects[cache_key] = geo
-        while len(self._objects) > self.cache_size:
-            self._objects.popitem(last=False)
-        return geo
+    def _rigid(self, mesh: trimesh.Trimesh, key: Hashable | None, kind: str) -> _Mesh:
+        """A rigid mesh from the LRU cache (keyed by ``key`` or the mesh itself), uploaded on a miss."""
+        from hoigen.render.gl import GLMesh
 
-    @staticmethod
-    def _check_extras(extras: tuple[Instance, ...]) -> None:
-        seen = {SEG_HAND, SEG_OBJECT}
-        for inst in extras:
-            if not SEG_TABLE <= int(inst.seg_id) <= MAX_SEG_ID or int(inst.seg_id) in seen:
-                raise HoigenError(
-                    f"render: extra instance seg id {inst.seg_id} is taken or outside {SEG_TABLE}..{MAX_SEG_ID}; "
-                    "give the table and each distractor its own id (hoigen.data.contract)"
-                )
-            seen.add(int(inst.seg_id))
+        cache_key = key if key is not None else ("id", id(mesh))
+        cached = self._meshes.get(cache_key)
+        if cached is not None and (key is not None or cached.source is mesh):
+            self._meshes.move_to_end(cache_key)
+            return cached
+        vertices, faces = _check_mesh(mesh.vertices, mesh.faces, kind)
+        entry = _Mesh(GLMesh(self._gl, self._buffer(vertices, faces, None)), mesh)
+        if cached is not None:
+            cached.gl.release()
+        self._meshes[cache_key] = entry
+        while len(self._meshes) > self.cache_size:
+            self._meshes.popitem(last=False)[1].gl.release()
+        return entry
 
-    def _set_node(self, slot: Hashable, geo: _Geometry, pose: np.ndarray | None) -> None:
-        """Put ``geo`` in the scene at ``slot`` (reposition it when it is already there)."""
-        placed = self._placed.get(slot)
-        if placed is not None and placed[0] is geo and pose is not None:
-            for node in placed[1]:
-                self._scene.set_pose(node, pose)
-            return
-        if placed is not None:
-            for node in placed[1]:
-                self._scene.remove_node(node)
-        kw = {} if pose is None else {"pose": pose}
-        self._placed[slot] = (geo, (self._scene.add(geo.id_mesh, **kw), self._scene.add(geo.shade_mesh, **kw)))
+    def _hand_mesh(self, vertices: np.ndarray, faces: np.ndarray) -> _Mesh:
+        """The hand's buffer, rewritten in place (edge topology cached per face array)."""
+        from hoigen.render.gl import GLMesh
 
-    def _place(self, spec: SceneSpec) -> list[_Placed]:
-        """Put every mesh of the frame in the scene; returns them in compositing order (object,
-        hand, extras). Face ids: object 1..F_o, then the extras in order, then the hand."""
-        self._check_extras(tuple(spec.extras))
+        vertices, faces_i = _check_mesh(vertices, faces, "hand")
+        topology = None
+        if self.crease_deg is not None:
+            cached = self._topologies.get(id(faces))
+            if cached is None or cached[0] is not faces:
+                cached = (faces, mesh_topology(vertices, faces_i))
+                self._topologies = {id(faces): cached}
+            topology = cached[1]
+        data = self._buffer(vertices, faces_i, topology)
+        if self._hand is None:
+            self._hand = _Mesh(GLMesh(self._gl, data))
+        else:
+            self._hand.gl.update(data)
+        return self._hand
+
+    def _draws(self, spec: SceneSpec) -> list[_Draw]:
+        """The frame's instances in drawing (tie-breaking) order: object, hand, extras."""
+        extras = tuple(spec.extras)
+        check_extras(extras)
+        if len(extras) + 2 > MAX_SEG_ID:
+            raise HoigenError(f"render: {len(extras)} extra instances; at most {MAX_SEG_ID - 2}")
         pose = np.asarray(spec.object_pose, dtype=np.float64).reshape(4, 4)
-        obj = self._mesh_geometry(spec.object_mesh, spec.mesh_key, 1, "object")
-        self._set_node("object", obj, pose)
-        placed = [_Placed(obj, pose, SEG_OBJECT, np.asarray(spec.nocs_from_mesh, dtype=np.float64).reshape(4, 4))]
-        next_id = 1 + len(obj.surface.triangles)
-        for k, inst in enumerate(spec.extras):
+        draws = [
+            _Draw(self._rigid(spec.object_mesh, spec.mesh_key, "object"), pose, SEG_OBJECT,
+                  np.asarray(spec.nocs_from_mesh, dtype=np.float64).reshape(4, 4), "object"),
+            _Draw(self._hand_mesh(spec.hand_vertices, spec.hand_faces), np.eye(4), SEG_HAND, None, "hand"),
+        ]  # fmt: skip
+        for inst in extras:
             kind = "table" if int(inst.seg_id) == SEG_TABLE else "object"
-            geo = self._mesh_geometry(inst.mesh, inst.mesh_key, next_id, kind)
-            inst_pose = np.asarray(inst.pose, dtype=np.float64).reshape(4, 4)
-            self._set_node(("extra", k), geo, inst_pose)
-            nocs = None if inst.nocs_from_mesh is None else np.asarray(inst.nocs_from_mesh, dtype=np.float64)
-            placed.append(_Placed(geo, inst_pose, int(inst.seg_id), None if nocs is None else nocs.reshape(4, 4)))
-            next_id += len(geo.surface.triangles)
-        for slot in [s for s in self._placed if isinstance(s, tuple) and s[1] >= len(spec.extras)]:
-            for node in self._placed.pop(slot)[1]:
-                self._scene.remove_node(node)
-        hand = self._geometry(spec.hand_vertices, spec.hand_faces, next_id, "hand")
-        self._set_node("hand", hand, None)
-        placed.insert(1, _Placed(hand, np.eye(4), SEG_HAND, None))
-        return placed
+            nocs = None if inst.nocs_from_mesh is None else np.asarray(inst.nocs_from_mesh, np.float64).reshape(4, 4)
+            draws.append(_Draw(self._rigid(inst.mesh, inst.mesh_key, kind),
+                               np.asarray(inst.pose, dtype=np.float64).reshape(4, 4), int(inst.seg_id), nocs, kind))
+        return draws
 
     # ------------------------------------------------------------------ passes
-    def _pass(self, camera: Camera, placed: list[_Placed], ids_of: list[_Placed] | None) -> Any:
-        """One pass: the face ids of ``ids_of`` (flat, unlit), or the shaded colour of every mesh (None)."""
-        pr = self._pr
-        self._offscreen.viewport_width, self._offscreen.viewport_height = camera.width, camera.height
-        fx, fy, cx, cy = gl_intrinsics(camera.K)
-        self._camera.fx, self._camera.fy, self._camera.cx, self._camera.cy = fx, fy, cx, cy
-        self._scene.set_pose(self._camera_node, pyrender_pose(camera.world_to_cam))
-        drawn = {id(p.geo) for p in ids_of or ()}
-        for p in placed:
-            p.geo.id_mesh.is_visible = id(p.geo) in drawn
-            p.geo.shade_mesh.is_visible = ids_of is None
-        self._readback.depth = False  # exact depth comes from the face ids (module docstring)
-        self._readback.rgba = ids_of is not None
-        flags = pr.RenderFlags.SKIP_CULL_FACES
-        if ids_of is not None:
-            return self._offscreen.render(self._scene, flags | pr.RenderFlags.FLAT)[0]
-        return self._offscreen.render(self._scene, flags)[0]
+    def _uniforms(self, prog: Any, camera: Camera, draw: _Draw) -> None:
+        mv = camera.world_to_cam @ draw.pose
+        prog["mv"].write(mv.T.astype(np.float32).tobytes())
+        if "nmat" in prog:
+            prog["nmat"].write(np.linalg.inv(mv[:3, :3]).astype(np.float32).tobytes())  # (A^-1)^T, column-major
+        if "nocs_T" in prog:
+            nocs = np.eye(4) if draw.nocs_from_mesh is None else draw.nocs_from_mesh
+            prog["nocs_T"].write(nocs.T.astype(np.float32).tobytes())
+
+    def _camera(self, prog: Any, camera: Camera) -> None:
+        from hoigen.render.gl import projection
+
+        proj, zmap = projection(camera.K, camera.width, camera.height, self.znear, self.zfar)
+        prog["proj"].value = proj
+        prog["zmap"].value = zmap
+
+    def _visible(self, camera: Camera, draws: list[_Draw], lights: tuple[Light, ...], float_normal: bool) -> Any:
+        """Draw the visible pass into the camera size's targets and return them."""
+        gl = self._gl
+        ctx, prog = gl.ctx, gl.visible
+        targets = gl.targets(camera.width, camera.height, float_normal)
+        targets.visible.use()
+        ctx.disable(ctx.BLEND)
+        ctx.enable(ctx.DEPTH_TEST)
+        targets.visible.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        self._camera(prog, camera)
+        prog["round_normal"].value = 0 if float_normal else 1
+        prog["smooth_normals"].value = 0 if self.crease_deg is None else 1
+        prog["ambient"].value = self.ambient
+        dirs = np.zeros((3, 3), np.float32)
+        cols = np.zeros((3, 3), np.float32)
+        for k, light in enumerate(lights[:3]):
+            d = np.asarray(light.direction, dtype=np.float64)
+            dirs[k] = d / max(np.linalg.norm(d), 1e-12)
+            cols[k] = light.color
+        prog["n_lights"].value = min(len(lights), 3)
+        prog["light_dir"].write(dirs.tobytes())
+        prog["light_color"].write(cols.tobytes())
+        if "textured" in prog:
+            prog["textured"].value = 0
+        # the hand first (usually nearest: fewer fragments shaded behind it), then the object with
+        # "<=" so that it still wins exact ties with the hand, then the extras with "<" (they lose
+        # ties): the tie order object, hand, extras of the module docstring
+        order = [draws[1], draws[0], *draws[2:]] if len(draws) > 1 else draws
+        for k, draw in enumerate(order):
+            ctx.depth_func = "<=" if k == 1 else "<"
+            self._uniforms(prog, camera, draw)
+            prog["seg"].value = float(draw.seg_id)
+            prog["has_nocs"].value = 0 if draw.nocs_from_mesh is None else 1
+            prog["base_color"].value = tuple(self.colors[draw.kind])
+            draw.mesh.gl.vao_visible.render()
+        ctx.depth_func = "<"
+        return targets
+
+    def _amodal(self, camera: Camera, draws: list[_Draw]) -> Any:
+        gl = self._gl
+        ctx, prog = gl.ctx, gl.amodal
+        targets = gl.targets(camera.width, camera.height, False)
+        fbo = targets.amodal[(len(draws) - 1) // 4]
+        fbo.use()
+        ctx.disable(ctx.DEPTH_TEST)
+        ctx.enable(ctx.BLEND)
+        ctx.blend_equation = ctx.MAX
+        fbo.clear(-1e30, -1e30, -1e30, -1e30)
+        self._camera(prog, camera)
+        for slot, draw in enumerate(draws):
+            self._uniforms(prog, camera, draw)
+            prog["slot"].value = slot
+            prog["is_hand"].value = int(draw.seg_id == SEG_HAND)
+            draw.mesh.gl.vao_amodal.render()
+        ctx.blend_equation = ctx.FUNC_ADD
+        ctx.disable(ctx.BLEND)
+        return fbo
 
     @staticmethod
-    def _parts(placed: list[_Placed]) -> list[Part]:
-        parts = []
-        for p in placed:
-            frame_from_world = np.eye(4) if p.seg_id == SEG_HAND else np.linalg.inv(p.pose)
-            parts.append(Part(p.geo.surface, p.geo.first_id, frame_from_world, p.seg_id, p.nocs_from_mesh))
-        return parts
+    def _read(fbo: Any, attachment: int, shape: tuple[int, ...], dtype: type, viewport: tuple | None = None) -> Any:
+        """Read one attachment into a new array of ``shape`` (H, W[, C]); C may be fewer channels
+        than the attachment has (GL drops the rest)."""
+        out = np.empty(shape, dtype=dtype)
+        comps = shape[2] if len(shape) == 3 else 1
+        fbo.read_into(out, viewport=viewport, components=comps, attachment=attachment,
+                      dtype="f4" if dtype == np.float32 else "f1")
+        return out
 
     # ------------------------------------------------------------------ main entry
     def _check(self, spec: SceneSpec) -> Camera:
-        if self._offscreen is None:
+        if self._gl is None:
             raise HoigenError("render: the Renderer was closed; create a new Renderer")
         cam = spec.camera
         if (cam.width, cam.height) != (self.width, self.height):
@@ -453,59 +370,89 @@ class Renderer:
             )
         return cam
 
+    @staticmethod
+    def _lights(spec: SceneSpec) -> tuple[Light, ...]:
+        lights = DEFAULT_LIGHTS if spec.lights is None else tuple(spec.lights)
+        if not 0 < len(lights) <= 3:
+            raise HoigenError(f"render: {len(lights)} lights; use 1 to 3")
+        return lights
+
     def shade_only(self, spec: SceneSpec) -> np.ndarray:
-        """Only the plain shaded colour render (H,W,3) uint8 of a frame: the bare single pass that
-        ``make bench`` compares the full set of passes with."""
+        """Only the plain shaded colour render (H,W,3) uint8 of a frame (one visible pass)."""
         cam = self._check(spec)
-        placed = self._place(spec)
-        return np.ascontiguousarray(self._pass(cam, placed, None))
+        with self._gl.current():
+            return self._shade_only(spec, cam)
+
+    def _shade_only(self, spec: SceneSpec, cam: Camera) -> np.ndarray:
+        targets = self._visible(cam, self._draws(spec), self._lights(spec), False)
+        return self._read(targets.visible, 0, (cam.height, cam.width, 3), np.uint8)
 
     def render(self, spec: SceneSpec, supersample: int | None = None) -> RenderResult:
         """Render all maps and annotations of one frame (see the module docstring)."""
         cam = self._check(spec)
-        ss = self.supersample if supersample is None else self._check_ss(supersample)
-        placed = self._place(spec)
-        parts = self._parts(placed)
+        ss = self.supersample if supersample is None else check_supersample(supersample)
+        with self._gl.current():
+            return self._render(spec, cam, ss)
+
+    def _render(self, spec: SceneSpec, cam: Camera, ss: int) -> RenderResult:
+        draws = self._draws(spec)
+        lights = self._lights(spec)
         h, w = self.height, self.width
 
         if ss > 1:  # anti-aliased normal and shade maps from a larger image
             big = cam.scaled(ss)
-            color_big = self._pass(big, placed, placed)
-            surf_big = pixel_hits(decode_ids(color_big), big, parts, want_nocs=False)
-            normal_big = normal_image(surf_big, big.height, big.width, np.float32, self.normal_background)
-            normal = np.clip(np.round(_area_downsample(normal_big, ss)), 0, 255).astype(np.uint8)
-            shade = np.clip(np.round(_area_downsample(self._pass(big, placed, None), ss)), 0, 255)
-            shade = shade.astype(np.uint8)
+            tb = self._visible(big, draws, lights, True)
+            bh, bw = big.height, big.width
+            normal_big = self._read(tb.visible, 1, (bh, bw, 3), np.float32) * 255.0
+            if self.normal_background.any():
+                normal_big[self._read(tb.visible, 4, (bh, bw), np.uint8) == 0] = self.normal_background
+            normal = np.clip(np.round(area_downsample(normal_big, ss)), 0, 255).astype(np.uint8)
+            shade_big = self._read(tb.visible, 0, (bh, bw, 3), np.uint8)
+            shade = np.clip(np.round(area_downsample(shade_big, ss)), 0, 255).astype(np.uint8)
 
-        # each mesh alone: amodal coverage and exact hits; the nearest exact hit is the visible one
-        alone = [decode_ids(self._pass(cam, placed, [p])) for p in placed]
-        surf = composite(
-            [pixel_hits(ids, cam, [part], want_nocs=True) for ids, part in zip(alone, parts, strict=True)], h * w
-        )
-        seg, depth_m, depth, nocs = visible_maps(
-            surf, [p.seg_id for p in parts], [p.nocs_from_mesh is not None for p in parts], h, w
-        )
+        tv = self._visible(cam, draws, lights, False)
+        seg = self._read(tv.visible, 4, (h, w), np.uint8)
+        nocs = self._read(tv.visible, 2, (h, w, 3), np.uint8)
+        depth_m = self._read(tv.visible, 3, (h, w), np.float32)
         if ss == 1:
-            normal = normal_image(surf, h, w, np.uint8, self.normal_background)
-            shade = np.ascontiguousarray(self._pass(cam, placed, None))
+            normal = self._read(tv.visible, 1, (h, w, 3), np.uint8)
+            if self.normal_background.any():
+                normal[seg == 0] = self.normal_background.astype(np.uint8)
+            shade = self._read(tv.visible, 0, (h, w, 3), np.uint8)
+        mm = depth_m * np.float32(1000.0)  # float32 maths: depth.png = round(depth_m * 1000), 0 stays 0
+        mm += np.float32(0.5)
+        depth = np.minimum(mm, np.float32(65535.0)).astype(np.uint16)
+
+        amodal = self._amodal(cam, draws)
+        full_masks: dict[int, np.ndarray] = {}
+        for a in range((len(draws) + 3) // 4):
+            cov = self._read(amodal, 1 + a, (h, w, 4), np.uint8)
+            for c, draw in enumerate(draws[4 * a : 4 * a + 4]):
+                full_masks[draw.seg_id] = cov[..., c] > 0
 
         joints3d = np.asarray(spec.joints3d, dtype=np.float64).reshape(-1, 3)
         joints2d, joints_z = project(joints3d, cam.K, cam.world_to_cam)
-        t_hand = surf["t"][1]  # compositing order: object, hand, extras
-        t_other = np.min(np.delete(surf["t"], 1, axis=0), axis=0)  # any non-hand surface hides a joint
+        read = self._read
+
+        def depth_at(row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            r0, c0 = int(row.min()), int(col.min())
+            rh, cw = int(row.max()) - r0 + 1, int(col.max()) - c0 + 1
+            negz = read(amodal, 0, (rh, cw, 2), np.float32, viewport=(c0, r0, cw, rh))[row - r0, col - c0]
+            neg = negz.astype(np.float64)
+            z = np.where(neg > -1e29, -neg, np.inf)
+            return z[:, 1], z[:, 0]
+
         unhidden, self_occluded = joint_visibility(
             joints2d,
             joints_z,
             cam,
-            t_other,
-            t_hand,
+            depth_at,
             joint_clearance(joints3d, spec.hand_vertices),
             znear=self.znear,
             visibility_tolerance=self.visibility_tolerance,
             self_occlusion_tolerance=self.self_occlusion_tolerance,
         )
         skeleton = draw_skeleton(joints2d, unhidden, w, h, self.skeleton_line_width)
-        full_masks = {p.seg_id: ids.reshape(h, w) > 0 for p, ids in zip(parts, alone, strict=True)}
         self.renders += 1
         return RenderResult(
             normal=normal,
@@ -525,3 +472,15 @@ class Renderer:
             joints_self_occluded=self_occluded,
             full_masks=full_masks,
         )
+
+
+def make_renderer(width: int, height: int, **kwargs: Any) -> Any:
+    """A :class:`Renderer`, or with ``HOIGEN_GL`` = pyrender/osmesa/pyglet
+    (:func:`hoigen.render.backend.renderer_kind`) a :class:`hoigen.render.pyrender_renderer.PyrenderRenderer`."""
+    from hoigen.render.backend import renderer_kind
+
+    if renderer_kind() == "pyrender":
+        from hoigen.render.pyrender_renderer import PyrenderRenderer
+
+        return PyrenderRenderer(width, height, **kwargs)
+    return Renderer(width, height, **kwargs)

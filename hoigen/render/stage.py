@@ -76,9 +76,9 @@ def _objects(folder: str) -> dict[str, ObjectAsset]:
 
 @cache  # never evicted: deleting a pyrender EGL renderer terminates the shared display
 def _renderer(width: int, height: int, supersample: int = 1) -> Any:
-    from hoigen.render.renderer import Renderer
+    from hoigen.render.renderer import make_renderer
 
-    return Renderer(width, height, supersample=supersample)
+    return make_renderer(width, height, supersample=supersample)
 
 
 def _hand(side: str, model: str, mano_dir: str | None) -> Any:

@@ -52,20 +52,23 @@ def face_normals(triangles: np.ndarray) -> np.ndarray:
     return np.divide(n, length, out=np.zeros_like(n), where=length > 0)
 
 
-def corner_normals(vertices: np.ndarray, faces: np.ndarray, crease_deg: float | None = 45.0) -> np.ndarray:
-    """Shading normals per face corner (F,3,3), smooth across edges and sharp at creases.
+@dataclass(frozen=True)
+class Topology:
+    """Edge adjacency of a mesh's faces (vertices merged by position): corner pairs ``(ci, cj)``
+    (flat corner indices face * 3 + k) that meet at a shared edge, one pair per edge side."""
 
-    Two faces sharing an edge (vertices merged by position) are smoothed together at that edge's
-    corners when their normals differ by less than ``crease_deg``; each smooth group of corners
-    takes the area-weighted mean of its faces' normals. ``crease_deg=None`` gives flat face normals.
-    """
+    n_faces: int
+    ci: np.ndarray
+    cj: np.ndarray
+    vertex_groups: np.ndarray | None = None  # (3F,) merged vertex per corner when, with every edge
+    # smooth, the smooth groups are exactly the corners around each merged vertex (manifold fans)
+
+
+def mesh_topology(vertices: np.ndarray, faces: np.ndarray) -> Topology:
+    """The :class:`Topology` of a mesh; it depends on the faces and on which vertices coincide, so a
+    mesh deformed without making vertices meet (a posed hand) keeps it."""
     vertices = np.asarray(vertices, dtype=np.float64)
     faces = np.asarray(faces, dtype=np.int64)
-    tris = vertices[faces]
-    n_area = np.cross(tris[:, 1] - tris[:, 0], tris[:, 2] - tris[:, 0])
-    n_unit = face_normals(tris)
-    if crease_deg is None or len(faces) == 0:
-        return np.repeat(n_unit[:, None, :], 3, axis=1)
     _, merged = np.unique(vertices, axis=0, return_inverse=True)
     fm = merged.reshape(-1)[faces]
     n_faces = len(faces)
@@ -80,12 +83,62 @@ def corner_normals(vertices: np.ndarray, faces: np.ndarray, crease_deg: float | 
     lo_s, hi_s = lo[order], hi[order]
     same = (lo_s[1:] == lo_s[:-1]) & (hi_s[1:] == hi_s[:-1]) & (lo_s[1:] != hi_s[1:])
     i, j = order[:-1][same], order[1:][same]
-    smooth = np.sum(n_unit[i // 3] * n_unit[j // 3], axis=1) >= np.cos(np.deg2rad(crease_deg))
-    i, j = i[smooth], j[smooth]
-    rows = np.concatenate([c_lo[i], c_hi[i]])
-    cols = np.concatenate([c_lo[j], c_hi[j]])
-    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(3 * n_faces, 3 * n_faces))
-    n_groups, labels = connected_components(graph, directed=False)
+    ci, cj = np.concatenate([c_lo[i], c_hi[i]]), np.concatenate([c_lo[j], c_hi[j]])
+    graph = coo_matrix((np.ones(len(ci)), (ci, cj)), shape=(3 * n_faces, 3 * n_faces))
+    _, labels = connected_components(graph, directed=False)
+    corner_vertex = fm.reshape(-1)
+    # all-smooth groups == merged vertices iff the labelling and the vertex ids define one partition
+    pairs = np.unique(np.stack([labels, corner_vertex], axis=1), axis=0)
+    same_partition = len(pairs) == len(np.unique(labels)) == len(np.unique(corner_vertex))
+    return Topology(n_faces, ci, cj, corner_vertex if same_partition else None)
+
+
+def corner_normals(
+    vertices: np.ndarray, faces: np.ndarray, crease_deg: float | None = 45.0, topology: Topology | None = None
+) -> np.ndarray:
+    """Shading normals per face corner (F,3,3), smooth across edges and sharp at creases.
+
+    Two faces sharing an edge (vertices merged by position) are smoothed together at that edge's
+    corners when their normals differ by less than ``crease_deg``; each smooth group of corners
+    takes the area-weighted mean of its faces' normals. ``crease_deg=None`` gives flat face normals.
+    ``topology``: :func:`mesh_topology` of the mesh, when known (it is computed otherwise).
+    """
+    vertices = np.asarray(vertices, dtype=np.float64)
+    faces = np.asarray(faces, dtype=np.int64)
+    tris = vertices[faces]
+    n_area = np.cross(tris[:, 1] - tris[:, 0], tris[:, 2] - tris[:, 0])
+    length = np.sqrt(np.einsum("ij,ij->i", n_area, n_area))[:, None]
+    n_unit = np.divide(n_area, length, out=np.zeros_like(n_area), where=length > 0)
+    if crease_deg is None or len(faces) == 0:
+        return np.repeat(n_unit[:, None, :], 3, axis=1)
+    topo = mesh_topology(vertices, faces) if topology is None else topology
+    n_faces = len(faces)
+    half = len(topo.ci) // 2
+    fi, fj = topo.ci[:half] // 3, topo.cj[:half] // 3
+    smooth = np.einsum("ij,ij->i", n_unit[fi], n_unit[fj]) >= np.cos(np.deg2rad(crease_deg))
+    smooth2 = np.concatenate([smooth, smooth])
+    if topo.vertex_groups is not None:
+        # smooth pairs join corners at one vertex, so groups only split at vertices with a crease
+        # edge: one group per other vertex, components of the few corners at crease vertices
+        vg = topo.vertex_groups
+        labels = vg.copy()
+        n_groups = int(vg.max()) + 1
+        if not smooth.all():
+            affected = np.zeros(n_groups, dtype=bool)
+            affected[vg[topo.ci[~smooth2]]] = True
+            sub = np.flatnonzero(affected[vg])
+            local = np.full(3 * n_faces, -1)
+            local[sub] = np.arange(len(sub))
+            keep = smooth2 & affected[vg[topo.ci]]
+            rows, cols = local[topo.ci[keep]], local[topo.cj[keep]]
+            graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(sub), len(sub)))
+            n_sub, sub_labels = connected_components(graph, directed=False)
+            labels[sub] = n_groups + sub_labels
+            n_groups += n_sub
+    else:
+        rows, cols = topo.ci[smooth2], topo.cj[smooth2]
+        graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(3 * n_faces, 3 * n_faces))
+        n_groups, labels = connected_components(graph, directed=False)
     corner_area_normals = np.repeat(n_area, 3, axis=0)
     sums = np.stack([np.bincount(labels, corner_area_normals[:, k], n_groups) for k in range(3)], -1)
     out = sums[labels]

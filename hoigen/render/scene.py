@@ -1,0 +1,161 @@
+"""The frame description and result types shared by both renderers (:mod:`hoigen.render.renderer`,
+:mod:`hoigen.render.pyrender_renderer`); their conventions are in :mod:`hoigen.render.renderer`."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import trimesh
+
+from hoigen.data.contract import (
+    MAX_DISTRACTORS,
+    SEG_FIRST_DISTRACTOR,
+    SEG_HAND,
+    SEG_OBJECT,
+    SEG_TABLE,
+    amodal_bits,
+)
+from hoigen.errors import HoigenError
+from hoigen.render.annotate import mask_bbox
+from hoigen.render.cameras import Camera
+
+HAND_COLOR = (0.80, 0.56, 0.44)  # linear RGB base colour of the shaded hand
+OBJECT_COLOR = (0.55, 0.55, 0.58)  # linear RGB base colour of the shaded objects (grasped and distractors)
+TABLE_COLOR = (0.42, 0.33, 0.24)  # linear RGB base colour of the shaded table (seg id SEG_TABLE)
+MAX_SEG_ID = SEG_FIRST_DISTRACTOR + MAX_DISTRACTORS - 1
+
+
+@dataclass(frozen=True)
+class Light:
+    """A directional light of the shade pass, in the camera frame (OpenCV: x right, y down, z forward)."""
+
+    direction: tuple[float, float, float] = (0.0, 0.0, 1.0)  # the way the light travels (default: from the camera)
+    color: tuple[float, float, float] = (0.75, 0.75, 0.75)  # linear RGB intensity
+
+
+DEFAULT_LIGHTS = (Light(),)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One more mesh in a frame besides the hand and the grasped object (the table, a distractor).
+
+    ``seg_id`` is its ``seg.png`` id (:data:`hoigen.data.contract.SEG_TABLE` or a distractor's id,
+    unique in the frame); ``nocs_from_mesh`` None gives it no NOCS (the table). ``mesh_key`` is the
+    cache key of its GL meshes (None: the mesh object itself; see the module docstring)."""
+
+    mesh: trimesh.Trimesh  # in its mesh frame
+    pose: np.ndarray  # (4,4) mesh -> world
+    seg_id: int
+    nocs_from_mesh: np.ndarray | None = None  # (4,4) similarity mesh -> NOCS
+    mesh_key: Hashable | None = None
+
+
+@dataclass
+class SceneSpec:
+    """One frame to render. All poses map into the y-up world frame (metres)."""
+
+    hand_vertices: np.ndarray  # (V,3) world
+    hand_faces: np.ndarray  # (F,3)
+    object_mesh: trimesh.Trimesh  # in its mesh frame
+    object_pose: np.ndarray  # (4,4) mesh -> world
+    nocs_from_mesh: np.ndarray  # (4,4) similarity mesh -> NOCS
+    camera: Camera
+    joints3d: np.ndarray  # (21,3) world, common 21 order
+    mesh_key: Hashable | None = None  # cache key for the object's GL meshes; None = the mesh itself
+    extras: tuple[Instance, ...] = ()  # more instances: the table, distractors
+    lights: tuple[Light, ...] | None = None  # shade pass lights (1..3); None: the renderer's default
+
+
+@dataclass
+class RenderResult:
+    """Condition maps and annotations of one frame (conventions in the module docstring)."""
+
+    normal: np.ndarray
+    seg: np.ndarray
+    depth: np.ndarray
+    depth_m: np.ndarray
+    nocs: np.ndarray
+    shade: np.ndarray
+    skeleton: np.ndarray
+    joints2d: np.ndarray
+    joints_visible: np.ndarray
+    mask_hand: np.ndarray
+    mask_object: np.ndarray
+    camera: Camera = field(repr=False, default=None)  # type: ignore[assignment]
+    mask_hand_full: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
+    mask_object_full: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
+    joints_self_occluded: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
+    full_masks: dict[int, np.ndarray] = field(repr=False, default_factory=dict)  # seg id -> amodal mask
+
+    @property
+    def empty(self) -> bool:
+        """True when neither the hand nor the grasped object covers any pixel (the table and
+        distractors do not count: the frame shows nothing of the grasp)."""
+        return not (self.mask_hand_full.any() or self.mask_object_full.any())
+
+    @property
+    def amodal(self) -> np.ndarray:
+        """``amodal.png`` (:func:`hoigen.data.contract.amodal_bits`): bit ``seg_id - 1`` per instance
+        covering the pixel (amodal); uint8 while every seg id <= 8, else uint16."""
+        extras = {k: m for k, m in self.full_masks.items() if k not in (SEG_HAND, SEG_OBJECT)}
+        return amodal_bits(self.mask_hand_full, self.mask_object_full, extras)
+
+    def instance_boxes(self) -> dict[int, dict[str, Any]]:
+        """Per seg id (hand, object and every extra instance): ``bbox`` (amodal, clipped to the
+        image) and ``bbox_visible`` as :func:`hoigen.render.annotate.mask_bbox` boxes, ``[0, 0, 0, 0]``
+        when empty, and the pixel counts ``px_visible`` and ``px_full``."""
+        full = self.full_masks or {SEG_HAND: self.mask_hand_full, SEG_OBJECT: self.mask_object_full}
+        out = {}
+        for seg_id, mask in full.items():
+            visible = self.seg == seg_id
+            out[seg_id] = {
+                "bbox": mask_bbox(mask) or [0, 0, 0, 0],
+                "bbox_visible": mask_bbox(visible) or [0, 0, 0, 0],
+                "px_visible": int(visible.sum()),
+                "px_full": int(mask.sum()),
+            }
+        return out
+
+    def bboxes(self) -> dict[str, list[int] | None]:
+        """Boxes ``[x0, y0, x1, y1]`` (x1, y1 exclusive) of the visible and full masks, None if empty."""
+        return {
+            "hand": mask_bbox(self.mask_hand_full),
+            "hand_visible": mask_bbox(self.mask_hand),
+            "object": mask_bbox(self.mask_object_full),
+            "object_visible": mask_bbox(self.mask_object),
+        }
+
+
+def area_downsample(image: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over factor x factor blocks (cv2 INTER_AREA is an exact block mean for integer factors)."""
+    h, w = image.shape[0] // factor, image.shape[1] // factor
+    return cv2.resize(image.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+
+
+
+
+def check_supersample(value: int) -> int:
+    """``supersample`` as an int in 1..8, else a :class:`HoigenError`."""
+    ss = int(value)
+    if ss < 1 or ss > 8:
+        raise HoigenError(f"render: supersample={value} is outside 1..8; use 1 (off) to 4")
+    return ss
+
+
+def check_extras(extras: tuple[Instance, ...]) -> None:
+    """Every extra instance has its own seg id in SEG_TABLE..MAX_SEG_ID (one amodal bit each)."""
+    seen = {SEG_HAND, SEG_OBJECT}
+    for inst in extras:
+        if not SEG_TABLE <= int(inst.seg_id) <= MAX_SEG_ID or int(inst.seg_id) in seen:
+            raise HoigenError(
+                f"render: extra instance seg id {inst.seg_id} is taken or outside {SEG_TABLE}..{MAX_SEG_ID}; "
+                "give the table and each distractor its own id (hoigen.data.contract)"
+            )
+        seen.add(int(inst.seg_id))
+
+
