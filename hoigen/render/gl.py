@@ -194,6 +194,22 @@ def corner_buffer(triangles: np.ndarray, corners: np.ndarray, face_unit: np.ndar
     return out
 
 
+ATTRIBUTES = (("in_pos", 3), ("in_normal", 3), ("in_fnormal", 3), ("in_uv", 2))  # float32 each, interleaved
+
+
+def _layout(prog, vbo) -> tuple:  # noqa: ANN001
+    """The vertex-array layout of :func:`corner_buffer` data for ``prog``, skipping attributes the
+    compiled program does not use."""
+    fmt, names = [], []
+    for name, n in ATTRIBUTES:
+        if name in prog:
+            fmt.append(f"{n}f")
+            names.append(name)
+        else:
+            fmt.append(f"{4 * n}x")
+    return (vbo, " ".join(fmt), *names)
+
+
 class GLMesh:
     """One mesh on the GPU: its vertex buffer and a vertex array per program."""
 
@@ -201,9 +217,8 @@ class GLMesh:
         self.gl = gl
         self.vertices = len(data)
         self.vbo = gl.ctx.buffer(data.tobytes())
-        layout = (self.vbo, "3f 3f 3f 2f", "in_pos", "in_normal", "in_fnormal", "in_uv")
-        self.vao_visible = gl.ctx.vertex_array(gl.visible, [layout])
-        self.vao_amodal = gl.ctx.vertex_array(gl.amodal, [(self.vbo, "3f 32x", "in_pos")])
+        self.vao_visible = gl.ctx.vertex_array(gl.visible, [_layout(gl.visible, self.vbo)])
+        self.vao_amodal = gl.ctx.vertex_array(gl.amodal, [_layout(gl.amodal, self.vbo)])
         self.texture = None
 
     def update(self, data: np.ndarray) -> None:

@@ -118,6 +118,17 @@ def _check_mesh(vertices: np.ndarray, faces: np.ndarray, kind: str) -> tuple[np.
     return vertices, faces
 
 
+def _set(prog: Any, name: str, value: Any) -> None:
+    """Set a uniform if the compiled program has it (drivers drop unused ones)."""
+    if name in prog:
+        prog[name].value = value
+
+
+def _write(prog: Any, name: str, data: bytes) -> None:
+    if name in prog:
+        prog[name].write(data)
+
+
 @dataclass
 class _Mesh:
     """A mesh on the GPU (:class:`hoigen.render.gl.GLMesh`) and what keeps its cache entry valid."""
@@ -178,6 +189,7 @@ class Renderer:
         self._gl: Any = shared_core()
         self._meshes: OrderedDict[Hashable, _Mesh] = OrderedDict()
         self._hand: _Mesh | None = None
+        self._hand_last: tuple[np.ndarray, Any] | None = None  # vertices and faces in the hand buffer
         self._topologies: dict[int, tuple[np.ndarray, Topology]] = {}
 
     # ------------------------------------------------------------------ lifecycle
@@ -194,7 +206,7 @@ class Renderer:
                 for mesh in [*self._meshes.values(), *([self._hand] if self._hand else [])]:
                     mesh.gl.release()
             self._meshes.clear()
-            self._hand = None
+            self._hand = self._hand_last = None
             self._gl = None
 
     def __enter__(self) -> Renderer:
@@ -240,6 +252,11 @@ class Renderer:
         from hoigen.render.gl import GLMesh
 
         vertices, faces_i = _check_mesh(vertices, faces, "hand")
+        last = self._hand_last
+        if (self._hand is not None and last is not None and last[1] is faces
+                and np.array_equal(last[0], vertices)):  # fmt: skip
+            return self._hand  # the same hand again (another view of the frame): nothing to rebuild
+        self._hand_last = (vertices.copy(), faces)
         topology = None
         if self.crease_deg is not None:
             cached = self._topologies.get(id(faces))
@@ -276,19 +293,17 @@ class Renderer:
     # ------------------------------------------------------------------ passes
     def _uniforms(self, prog: Any, camera: Camera, draw: _Draw) -> None:
         mv = camera.world_to_cam @ draw.pose
-        prog["mv"].write(mv.T.astype(np.float32).tobytes())
-        if "nmat" in prog:
-            prog["nmat"].write(np.linalg.inv(mv[:3, :3]).astype(np.float32).tobytes())  # (A^-1)^T, column-major
-        if "nocs_T" in prog:
-            nocs = np.eye(4) if draw.nocs_from_mesh is None else draw.nocs_from_mesh
-            prog["nocs_T"].write(nocs.T.astype(np.float32).tobytes())
+        _write(prog, "mv", mv.T.astype(np.float32).tobytes())
+        _write(prog, "nmat", np.linalg.inv(mv[:3, :3]).astype(np.float32).tobytes())  # (A^-1)^T, column-major
+        nocs = np.eye(4) if draw.nocs_from_mesh is None else draw.nocs_from_mesh
+        _write(prog, "nocs_T", nocs.T.astype(np.float32).tobytes())
 
     def _camera(self, prog: Any, camera: Camera) -> None:
         from hoigen.render.gl import projection
 
         proj, zmap = projection(camera.K, camera.width, camera.height, self.znear, self.zfar)
-        prog["proj"].value = proj
-        prog["zmap"].value = zmap
+        _set(prog, "proj", proj)
+        _set(prog, "zmap", zmap)
 
     def _visible(self, camera: Camera, draws: list[_Draw], lights: tuple[Light, ...], float_normal: bool) -> Any:
         """Draw the visible pass into the camera size's targets and return them."""
@@ -300,20 +315,19 @@ class Renderer:
         ctx.enable(ctx.DEPTH_TEST)
         targets.visible.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
         self._camera(prog, camera)
-        prog["round_normal"].value = 0 if float_normal else 1
-        prog["smooth_normals"].value = 0 if self.crease_deg is None else 1
-        prog["ambient"].value = self.ambient
+        _set(prog, "round_normal", 0 if float_normal else 1)
+        _set(prog, "smooth_normals", 0 if self.crease_deg is None else 1)
+        _set(prog, "ambient", self.ambient)
         dirs = np.zeros((3, 3), np.float32)
         cols = np.zeros((3, 3), np.float32)
         for k, light in enumerate(lights[:3]):
             d = np.asarray(light.direction, dtype=np.float64)
             dirs[k] = d / max(np.linalg.norm(d), 1e-12)
             cols[k] = light.color
-        prog["n_lights"].value = min(len(lights), 3)
-        prog["light_dir"].write(dirs.tobytes())
-        prog["light_color"].write(cols.tobytes())
-        if "textured" in prog:
-            prog["textured"].value = 0
+        _set(prog, "n_lights", min(len(lights), 3))
+        _write(prog, "light_dir", dirs.tobytes())
+        _write(prog, "light_color", cols.tobytes())
+        _set(prog, "textured", 0)
         # the hand first (usually nearest: fewer fragments shaded behind it), then the object with
         # "<=" so that it still wins exact ties with the hand, then the extras with "<" (they lose
         # ties): the tie order object, hand, extras of the module docstring
@@ -321,9 +335,9 @@ class Renderer:
         for k, draw in enumerate(order):
             ctx.depth_func = "<=" if k == 1 else "<"
             self._uniforms(prog, camera, draw)
-            prog["seg"].value = float(draw.seg_id)
-            prog["has_nocs"].value = 0 if draw.nocs_from_mesh is None else 1
-            prog["base_color"].value = tuple(self.colors[draw.kind])
+            _set(prog, "seg", float(draw.seg_id))
+            _set(prog, "has_nocs", 0 if draw.nocs_from_mesh is None else 1)
+            _set(prog, "base_color", tuple(self.colors[draw.kind]))
             draw.mesh.gl.vao_visible.render()
         ctx.depth_func = "<"
         return targets
@@ -341,8 +355,8 @@ class Renderer:
         self._camera(prog, camera)
         for slot, draw in enumerate(draws):
             self._uniforms(prog, camera, draw)
-            prog["slot"].value = slot
-            prog["is_hand"].value = int(draw.seg_id == SEG_HAND)
+            _set(prog, "slot", slot)
+            _set(prog, "is_hand", int(draw.seg_id == SEG_HAND))
             draw.mesh.gl.vao_amodal.render()
         ctx.blend_equation = ctx.FUNC_ADD
         ctx.disable(ctx.BLEND)
