@@ -48,14 +48,17 @@ in vec3 in_pos;
 in vec3 in_normal;
 in vec3 in_fnormal;
 in vec2 in_uv;
+in vec3 in_color;
 out vec3 v_cam;
 out vec3 v_normal;
 flat out vec3 v_fnormal;
 out vec3 v_nocs;
 out vec2 v_uv;
+out vec3 v_color;
 void main() {
     vec4 p = mv * vec4(in_pos, 1.0);
     v_cam = p.xyz;
+    v_color = in_color;
     v_normal = nmat * in_normal;
     v_fnormal = nmat * in_fnormal;
     v_nocs = (nocs_T * vec4(in_pos, 1.0)).xyz;
@@ -72,7 +75,8 @@ uniform int round_normal;
 uniform int has_nocs;
 uniform float seg;
 uniform vec3 base_color;
-uniform int textured;
+uniform int textured;        // 1: albedo from the texture (sRGB) at v_uv
+uniform int vertex_colored;  // 1: albedo from the vertex colours (sRGB)
 uniform sampler2D tex;
 uniform float ambient;
 uniform int n_lights;
@@ -83,6 +87,7 @@ in vec3 v_normal;
 flat in vec3 v_fnormal;
 in vec3 v_nocs;
 in vec2 v_uv;
+in vec3 v_color;
 layout(location = 0) out vec4 o_shade;
 layout(location = 1) out vec4 o_normal;
 layout(location = 2) out vec4 o_nocs;
@@ -113,7 +118,9 @@ void main() {
     o_nocs = vec4(has_nocs == 1 ? q : vec3(0.0), 1.0);
     o_seg = seg / 255.0;
     o_z = v_cam.z;
-    vec3 albedo = textured == 1 ? texture(tex, v_uv).rgb : base_color;
+    vec3 albedo = base_color;  // linear
+    if (vertex_colored == 1) albedo = pow(v_color, vec3(2.2));
+    if (textured == 1) albedo = pow(texture(tex, v_uv).rgb, vec3(2.2));
     vec3 light = vec3(ambient);
     for (int i = 0; i < n_lights; i++) light += light_color[i] * max(dot(n, -light_dir[i]), 0.0);
     o_shade = vec4(pow(clamp(albedo * light, 0.0, 1.0), vec3(1.0 / 2.2)), 1.0);
@@ -183,18 +190,20 @@ def projection(K: np.ndarray, width: int, height: int, znear: float, zfar: float
 
 
 def corner_buffer(triangles: np.ndarray, corners: np.ndarray, face_unit: np.ndarray,
-                  uv: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
-    """Interleaved float32 vertex data per face corner: position, shading normal, face normal, uv."""
+                  uv: np.ndarray | None = None, colors: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """Interleaved float32 vertex data per face corner (:data:`ATTRIBUTES`): position, shading
+    normal, face normal, texture uv (F,3,2), sRGB colour in [0, 1] (F,3,3); absent ones are 0."""
     n = len(triangles) * 3
-    out = np.empty((n, 11), dtype=np.float32)
+    out = np.empty((n, 14), dtype=np.float32)
     out[:, 0:3] = triangles.reshape(-1, 3)
     out[:, 3:6] = corners.reshape(-1, 3)
     out[:, 6:9] = np.repeat(face_unit, 3, axis=0)
     out[:, 9:11] = 0.0 if uv is None else uv.reshape(-1, 2)
+    out[:, 11:14] = 0.0 if colors is None else colors.reshape(-1, 3)
     return out
 
 
-ATTRIBUTES = (("in_pos", 3), ("in_normal", 3), ("in_fnormal", 3), ("in_uv", 2))  # float32 each, interleaved
+ATTRIBUTES = (("in_pos", 3), ("in_normal", 3), ("in_fnormal", 3), ("in_uv", 2), ("in_color", 3))  # float32
 
 
 def _layout(prog, vbo) -> tuple:  # noqa: ANN001
@@ -220,6 +229,13 @@ class GLMesh:
         self.vao_visible = gl.ctx.vertex_array(gl.visible, [_layout(gl.visible, self.vbo)])
         self.vao_amodal = gl.ctx.vertex_array(gl.amodal, [_layout(gl.amodal, self.vbo)])
         self.texture = None
+
+    def set_texture(self, image: np.ndarray) -> None:
+        """Attach an sRGB texture (H,W,3|4 uint8, row 0 on top; uv (0, 0) is its bottom-left corner)."""
+        image = np.ascontiguousarray(np.asarray(image, dtype=np.uint8)[::-1, :, :3])
+        self.texture = self.gl.ctx.texture((image.shape[1], image.shape[0]), 3, image.tobytes(), alignment=1)
+        self.texture.build_mipmaps()
+        self.texture.repeat_x = self.texture.repeat_y = True
 
     def update(self, data: np.ndarray) -> None:
         """Rewrite the vertex data (same number of vertices: the faces are fixed), else reallocate."""

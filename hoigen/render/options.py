@@ -9,6 +9,7 @@ from hoigen.options import MAX_SIZE, REAL_SIZE, option, validate
 # "random" (a drawn field of view) or a real camera's intrinsics (hoigen.render.cameras.CAMERA_PRESETS)
 CAMERA_CHOICES = ("random", "nocs-camera", "nocs-real275", "dexycb")
 NORMALS_CHOICES = ("rendered", "estimated")  # estimated: hoigen.geometry.normals on the rendered depth
+LIGHT_CHOICES = ("random", "fixed")  # hoigen.render.scene.sample_lights / DEFAULT_LIGHTS
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,13 @@ class RenderOptions:
         "normal.png: rendered (the meshes' shading normals) or estimated (from the rendered depth, by the same "
         "function as DexYCB ingest; the original HOIDiffusion estimated normals from depth at training and synthesis).",
         choices=NORMALS_CHOICES,
+    )
+
+    lights: str = option(
+        "random",
+        "shade.png lighting: random (1-3 directional lights with seeded directions and tints, fixed along a "
+        "trajectory view) or fixed (one white light from the camera).",
+        choices=LIGHT_CHOICES,
     )
 
     def __post_init__(self) -> None:

@@ -118,6 +118,31 @@ def _check_mesh(vertices: np.ndarray, faces: np.ndarray, kind: str) -> tuple[np.
     return vertices, faces
 
 
+def mesh_appearance(mesh: trimesh.Trimesh, faces: np.ndarray) -> tuple[Any, Any, Any]:
+    """(uv per corner (F,3,2), sRGB colour per corner (F,3,3) in [0, 1], texture image) of a mesh's
+    visuals: a texture (``TextureVisuals`` with uv and an image), else vertex or face colours, else
+    nothing (None each: the renderer's colour for the kind)."""
+    visual = getattr(mesh, "visual", None)
+    kind = getattr(visual, "kind", None)
+    if kind == "texture":
+        uv = getattr(visual, "uv", None)
+        material = getattr(visual, "material", None)
+        image = getattr(material, "image", None) if material is not None else None
+        if image is None and material is not None:
+            image = getattr(material, "baseColorTexture", None)
+        if uv is not None and image is not None and len(uv) == len(mesh.vertices):
+            rgb = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8)
+            return np.asarray(uv, dtype=np.float64)[faces], None, rgb
+        return None, None, None
+    if kind == "vertex":
+        colors = np.asarray(visual.vertex_colors, dtype=np.float64)[:, :3] / 255.0
+        return None, colors[faces], None
+    if kind == "face":
+        colors = np.asarray(visual.face_colors, dtype=np.float64)[:, :3] / 255.0
+        return None, np.repeat(colors[:, None, :], 3, axis=1), None
+    return None, None, None
+
+
 def _set(prog: Any, name: str, value: Any) -> None:
     """Set a uniform if the compiled program has it (drivers drop unused ones)."""
     if name in prog:
@@ -135,6 +160,7 @@ class _Mesh:
 
     gl: Any
     source: Any = None  # keeps a cached trimesh alive so its id() stays unique
+    vertex_colored: bool = False
 
 
 @dataclass
@@ -222,12 +248,13 @@ class Renderer:
             pass
 
     # ------------------------------------------------------------------ meshes
-    def _buffer(self, vertices: np.ndarray, faces: np.ndarray, topology: Topology | None) -> np.ndarray:
+    def _buffer(self, vertices: np.ndarray, faces: np.ndarray, topology: Topology | None,
+                uv: np.ndarray | None = None, colors: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
         from hoigen.render.gl import corner_buffer
 
         triangles = vertices[faces]
         corners = corner_normals(vertices, faces, self.crease_deg, topology)
-        return corner_buffer(triangles, corners, face_normals(triangles))
+        return corner_buffer(triangles, corners, face_normals(triangles), uv, colors)
 
     def _rigid(self, mesh: trimesh.Trimesh, key: Hashable | None, kind: str) -> _Mesh:
         """A rigid mesh from the LRU cache (keyed by ``key`` or the mesh itself), uploaded on a miss."""
@@ -239,7 +266,11 @@ class Renderer:
             self._meshes.move_to_end(cache_key)
             return cached
         vertices, faces = _check_mesh(mesh.vertices, mesh.faces, kind)
-        entry = _Mesh(GLMesh(self._gl, self._buffer(vertices, faces, None)), mesh)
+        uv, colors, image = mesh_appearance(mesh, faces)
+        entry = _Mesh(GLMesh(self._gl, self._buffer(vertices, faces, None, uv, colors)), mesh)
+        entry.vertex_colored = colors is not None
+        if image is not None:
+            entry.gl.set_texture(image)
         if cached is not None:
             cached.gl.release()
         self._meshes[cache_key] = entry
@@ -327,7 +358,6 @@ class Renderer:
         _set(prog, "n_lights", min(len(lights), 3))
         _write(prog, "light_dir", dirs.tobytes())
         _write(prog, "light_color", cols.tobytes())
-        _set(prog, "textured", 0)
         # the hand first (usually nearest: fewer fragments shaded behind it), then the object with
         # "<=" so that it still wins exact ties with the hand, then the extras with "<" (they lose
         # ties): the tie order object, hand, extras of the module docstring
@@ -338,6 +368,12 @@ class Renderer:
             _set(prog, "seg", float(draw.seg_id))
             _set(prog, "has_nocs", 0 if draw.nocs_from_mesh is None else 1)
             _set(prog, "base_color", tuple(self.colors[draw.kind]))
+            texture = draw.mesh.gl.texture
+            _set(prog, "textured", int(texture is not None))
+            _set(prog, "vertex_colored", int(draw.mesh.vertex_colored))
+            if texture is not None:
+                texture.use(0)
+                _set(prog, "tex", 0)
             draw.mesh.gl.vao_visible.render()
         ctx.depth_func = "<"
         return targets

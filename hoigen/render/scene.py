@@ -40,6 +40,21 @@ class Light:
 DEFAULT_LIGHTS = (Light(),)
 
 
+def sample_lights(rng: np.random.Generator) -> tuple[Light, ...]:
+    """1-3 directional lights (``--lights random``): each travels away from the camera side within
+    60 deg of the view axis, with a seeded direction, intensity and a mild colour tint; their
+    intensities share about one white light's worth, so exposure stays similar."""
+    count = int(rng.integers(1, 4))
+    lights = []
+    for _ in range(count):
+        polar, azimuth = np.deg2rad(rng.uniform(0.0, 60.0)), rng.uniform(0.0, 2 * np.pi)
+        direction = (np.sin(polar) * np.cos(azimuth), np.sin(polar) * np.sin(azimuth), np.cos(polar))
+        strength = rng.uniform(0.55, 1.0) / np.sqrt(count)
+        tint = 1.0 + rng.uniform(-0.15, 0.15, 3)
+        lights.append(Light(tuple(float(x) for x in direction), tuple(float(x) for x in strength * tint)))
+    return tuple(lights)
+
+
 @dataclass(frozen=True)
 class Instance:
     """One more mesh in a frame besides the hand and the grasped object (the table, a distractor).

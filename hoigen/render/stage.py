@@ -120,6 +120,7 @@ def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sampl
     from hoigen.render.cameras import camera_sampler, camera_size
     from hoigen.render.framing import frame_trajectory
     from hoigen.render.renderer import SceneSpec
+    from hoigen.render.scene import sample_lights
     from hoigen.render.silhouette import silhouette
 
     opts: RenderOptions = ctx.options
@@ -155,6 +156,8 @@ def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sampl
                 log.warning("render: skipped %s_%04d view %d: %s", ids["object"], ids["grasp"], view, framing.reason)
             else:
                 cameras[view] = framing
+        lights = {view: sample_lights(ctx.rng(ids["object"], ids["grasp"], view, "lights"))
+                  for view in cameras if opts.lights == "random"}  # fmt: skip
         for sample, (hand, vertices) in zip(trajectory, posed, strict=True):
             ann = sample["ann.json"]
             hand_ann, obj_ann = ann["hand"], ann["object"]
@@ -172,6 +175,7 @@ def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sampl
                         camera=camera,
                         joints3d=np.asarray(hand_ann["joints3d"]),
                         mesh_key=asset.id,
+                        lights=lights.get(view),
                     )
                 )
                 if result.empty:
