@@ -79,9 +79,8 @@ uniform int textured;        // 1: albedo from the texture (sRGB) at v_uv
 uniform int vertex_colored;  // 1: albedo from the vertex colours (sRGB)
 uniform sampler2D tex;
 uniform float ambient;
-uniform int n_lights;
 uniform vec3 light_dir[3];   // camera frame, the direction light travels
-uniform vec3 light_color[3];
+uniform vec3 light_color[3]; // zero for unused lights
 in vec3 v_cam;
 in vec3 v_normal;
 flat in vec3 v_fnormal;
@@ -118,12 +117,12 @@ void main() {
     o_nocs = vec4(has_nocs == 1 ? q : vec3(0.0), 1.0);
     o_seg = seg / 255.0;
     o_z = v_cam.z;
-    vec3 albedo = base_color;  // linear
-    if (vertex_colored == 1) albedo = pow(v_color, vec3(2.2));
-    if (textured == 1) albedo = pow(texture(tex, v_uv).rgb, vec3(2.2));
-    vec3 light = vec3(ambient);
-    for (int i = 0; i < n_lights; i++) light += light_color[i] * max(dot(n, -light_dir[i]), 0.0);
-    o_shade = vec4(pow(clamp(albedo * light, 0.0, 1.0), vec3(1.0 / 2.2)), 1.0);
+    // display-space albedo times the light (a surface lit squarely by the default light shows its colour)
+    vec3 albedo = textured == 1 ? texture(tex, v_uv).rgb : (vertex_colored == 1 ? v_color : base_color);
+    vec3 light = ambient + light_color[0] * max(-dot(n, light_dir[0]), 0.0)
+                         + light_color[1] * max(-dot(n, light_dir[1]), 0.0)
+                         + light_color[2] * max(-dot(n, light_dir[2]), 0.0);
+    o_shade = vec4(clamp(albedo * light, 0.0, 1.0), 1.0);
 }
 """
 

@@ -39,8 +39,10 @@ Maps in :class:`RenderResult` (H, W = camera size; pixel centres at integer coor
   interpolated barycentrically at the hit point; ``crease_deg=None`` gives flat face normals.
   Back faces are flipped, and interpolated normals that would point away from the camera near
   silhouettes are bent just enough to face it.
-- ``shade`` uint8 RGB plain shaded render (Lambert, ambient plus directional lights, gamma 2.2;
-  colours per kind: hand, object, table); its silhouette equals ``seg != 0`` at supersample 1.
+- ``shade`` uint8 RGB plain shaded render: the mesh's texture, vertex or face colours, else a
+  colour per kind (hand, object, table), times (ambient + Lambert of ``SceneSpec.lights``, default
+  one light from the camera: a surface facing the camera squarely shows its colour); its
+  silhouette equals ``seg != 0`` at supersample 1.
 - ``skeleton`` uint8 RGB, :func:`hoigen.hand.skeleton.draw_skeleton` of the visible joints.
 - ``joints2d`` (21,2) float64 pixels = :func:`hoigen.render.cameras.project` of ``joints3d``.
 - ``joints_visible`` (21,) bool: inside the image, in front of the camera, not behind any non-hand
@@ -355,7 +357,6 @@ class Renderer:
             d = np.asarray(light.direction, dtype=np.float64)
             dirs[k] = d / max(np.linalg.norm(d), 1e-12)
             cols[k] = light.color
-        _set(prog, "n_lights", min(len(lights), 3))
         _write(prog, "light_dir", dirs.tobytes())
         _write(prog, "light_color", cols.tobytes())
         # the hand first (usually nearest: fewer fragments shaded behind it), then the object with
@@ -367,7 +368,7 @@ class Renderer:
             self._uniforms(prog, camera, draw)
             _set(prog, "seg", float(draw.seg_id))
             _set(prog, "has_nocs", 0 if draw.nocs_from_mesh is None else 1)
-            _set(prog, "base_color", tuple(self.colors[draw.kind]))
+            _set(prog, "base_color", tuple(float(c) ** (1 / 2.2) for c in self.colors[draw.kind]))
             texture = draw.mesh.gl.texture
             _set(prog, "textured", int(texture is not None))
             _set(prog, "vertex_colored", int(draw.mesh.vertex_colored))
