@@ -106,7 +106,7 @@ from hoigen.render.scene import (
     check_extras,
     check_supersample,
 )
-from hoigen.render.surface import Topology, corner_normals, face_normals, mesh_topology
+from hoigen.render.surface import Topology, mesh_normals, mesh_topology
 
 __all__ = ["Instance", "Light", "RenderResult", "Renderer", "SceneSpec", "make_renderer"]
 
@@ -254,9 +254,8 @@ class Renderer:
                 uv: np.ndarray | None = None, colors: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
         from hoigen.render.gl import corner_buffer
 
-        triangles = vertices[faces]
-        corners = corner_normals(vertices, faces, self.crease_deg, topology)
-        return corner_buffer(triangles, corners, face_normals(triangles), uv, colors)
+        triangles, corners, face_unit = mesh_normals(vertices, faces, self.crease_deg, topology)
+        return corner_buffer(triangles, corners, face_unit, uv, colors)
 
     def _rigid(self, mesh: trimesh.Trimesh, key: Hashable | None, kind: str) -> _Mesh:
         """A rigid mesh from the LRU cache (keyed by ``key`` or the mesh itself), uploaded on a miss."""
@@ -472,7 +471,9 @@ class Renderer:
             shade = self._read(tv.visible, 0, (h, w, 3), np.uint8)
         mm = depth_m * np.float32(1000.0)  # float32 maths: depth.png = round(depth_m * 1000), 0 stays 0
         mm += np.float32(0.5)
-        depth = np.minimum(mm, np.float32(65535.0)).astype(np.uint16)
+        if self.zfar * 1000.0 >= 65535.0:
+            np.minimum(mm, np.float32(65535.0), out=mm)
+        depth = mm.astype(np.uint16)
 
         amodal = self._amodal(cam, draws)
         full_masks: dict[int, np.ndarray] = {}

@@ -96,7 +96,17 @@ def mesh_topology(vertices: np.ndarray, faces: np.ndarray) -> Topology:
 def corner_normals(
     vertices: np.ndarray, faces: np.ndarray, crease_deg: float | None = 45.0, topology: Topology | None = None
 ) -> np.ndarray:
-    """Shading normals per face corner (F,3,3), smooth across edges and sharp at creases.
+    """Shading normals per face corner (F,3,3) (:func:`mesh_normals`, which also gives the
+    triangles and unit face normals)."""
+    return mesh_normals(vertices, faces, crease_deg, topology)[1]
+
+
+def mesh_normals(
+    vertices: np.ndarray, faces: np.ndarray, crease_deg: float | None = 45.0, topology: Topology | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Triangles (F,3,3), shading normals per face corner (F,3,3) and unit face normals (F,3).
+
+    Shading normals are smooth across edges and sharp at creases.
 
     Two faces sharing an edge (vertices merged by position) are smoothed together at that edge's
     corners when their normals differ by less than ``crease_deg``; each smooth group of corners
@@ -110,7 +120,7 @@ def corner_normals(
     length = np.sqrt(np.einsum("ij,ij->i", n_area, n_area))[:, None]
     n_unit = np.divide(n_area, length, out=np.zeros_like(n_area), where=length > 0)
     if crease_deg is None or len(faces) == 0:
-        return np.repeat(n_unit[:, None, :], 3, axis=1)
+        return tris, np.repeat(n_unit[:, None, :], 3, axis=1), n_unit
     topo = mesh_topology(vertices, faces) if topology is None else topology
     n_faces = len(faces)
     half = len(topo.ci) // 2
@@ -145,7 +155,7 @@ def corner_normals(
     length = np.linalg.norm(out, axis=1, keepdims=True)
     fallback = np.repeat(n_unit, 3, axis=0)
     out = np.where(length > 1e-12, out / np.maximum(length, 1e-300), fallback)
-    return out.reshape(n_faces, 3, 3)
+    return tris, out.reshape(n_faces, 3, 3), n_unit
 
 
 @dataclass
