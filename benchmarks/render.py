@@ -83,10 +83,10 @@ def bench_render(size: int = 512, frames: int = 12, repeats: int = 5) -> list[Ro
 
 def agreement(size: int = 512, frames: int = 12) -> dict[str, float]:
     """Raw-GL maps vs the pyrender path's exact maps over the bench scenes: seg/amodal pixels that
-    differ, max depth difference (m) where both see the same instance, share of covered pixels
+    differ, max depth difference (m) where both see the same instance and the share over 4.4 um, share of pixels
     whose NOCS / normal differ by more than one level, and the largest difference."""
     old, new = _renderers(size)
-    seg = amodal = pixels = nocs_big = normal_big = 0
+    seg = amodal = pixels = nocs_big = normal_big = depth_big = 0
     depth = nocs_max = normal_max = 0.0
     for spec in bench_specs(size, frames):
         a, b = old.render(spec), new.render(spec)
@@ -94,7 +94,8 @@ def agreement(size: int = 512, frames: int = 12) -> dict[str, float]:
         amodal += int((a.amodal != b.amodal).sum())
         same = (a.seg == b.seg) & (a.seg > 0)
         pixels += int(same.sum())
-        depth = max(depth, float(np.abs(a.depth_m[same].astype(np.float64) - b.depth_m[same]).max()))
+        dz = np.abs(a.depth_m[same].astype(np.float64) - b.depth_m[same])
+        depth, depth_big = max(depth, float(dz.max())), depth_big + int((dz > 4.4e-6).sum())
         dn = np.abs(a.nocs[same].astype(int) - b.nocs[same]).max(axis=1)
         dm = np.abs(a.normal[same].astype(int) - b.normal[same]).max(axis=1)
         nocs_big += int((dn > 1).sum())
@@ -104,6 +105,7 @@ def agreement(size: int = 512, frames: int = 12) -> dict[str, float]:
         "seg_pixels_differing": seg,
         "amodal_pixels_differing": amodal,
         "depth_max_diff_m": depth,
+        "depth_share_over_4.4um": depth_big / max(pixels, 1),
         "nocs_share_off_by_more_than_1": nocs_big / max(pixels, 1),
         "normal_share_off_by_more_than_1": normal_big / max(pixels, 1),
         "nocs_max_diff": nocs_max,

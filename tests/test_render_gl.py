@@ -28,7 +28,9 @@ def test_gl_maps_match_the_exact_maps(pair):
         covered = a.seg > 0
         assert covered.sum() > 500
         diff = np.abs(a.depth_m[covered].astype(np.float64) - b.depth_m[covered])
-        assert np.mean(diff <= 4.4e-6) > 0.999 and diff.max() < 5e-5  # depth-buffer near-ties within a mesh
+        # the rest: depth-buffer near-ties inside one mesh, and edge pixels whose centre ray misses every
+        # triangle (covered by the rasteriser's tie rule; both paths extrapolate a triangle's plane there)
+        assert np.mean(diff <= 4.4e-6) > 0.999 and diff.max() < 5e-4
         assert np.all(np.abs(a.depth.astype(int) - b.depth)[covered] <= 1)
         assert np.all(b.depth[~covered] == 0) and np.all(b.depth_m[~covered] == 0) and np.all(b.nocs[~covered] == 0)
         pixels += int(covered.sum())

@@ -145,6 +145,15 @@ def mesh_appearance(mesh: trimesh.Trimesh, faces: np.ndarray) -> tuple[Any, Any,
     return None, None, None
 
 
+def _closed(mesh: trimesh.Trimesh) -> bool:
+    """True when the mesh is watertight with consistent outward winding: seen from outside, its
+    back faces are always behind a front face (culling them changes no pixel, only saves work)."""
+    try:
+        return bool(mesh.is_watertight and mesh.is_winding_consistent and mesh.volume > 0)
+    except Exception:  # noqa: BLE001 - any doubt: draw both faces
+        return False
+
+
 def _set(prog: Any, name: str, value: Any) -> None:
     """Set a uniform if the compiled program has it (drivers drop unused ones)."""
     if name in prog:
@@ -163,6 +172,7 @@ class _Mesh:
     gl: Any
     source: Any = None  # keeps a cached trimesh alive so its id() stays unique
     vertex_colored: bool = False
+    closed: bool = False  # watertight with outward winding: back faces never show from outside
 
 
 @dataclass
@@ -270,6 +280,7 @@ class Renderer:
         uv, colors, image = mesh_appearance(mesh, faces)
         entry = _Mesh(GLMesh(self._gl, self._buffer(vertices, faces, None, uv, colors)), mesh)
         entry.vertex_colored = colors is not None
+        entry.closed = _closed(mesh)
         if image is not None:
             entry.gl.set_texture(image)
         if cached is not None:
@@ -364,6 +375,7 @@ class Renderer:
         order = [draws[1], draws[0], *draws[2:]] if len(draws) > 1 else draws
         for k, draw in enumerate(order):
             ctx.depth_func = "<=" if k == 1 else "<"
+            self._cull(draw)
             self._uniforms(prog, camera, draw)
             _set(prog, "seg", float(draw.seg_id))
             _set(prog, "has_nocs", 0 if draw.nocs_from_mesh is None else 1)
@@ -376,6 +388,7 @@ class Renderer:
                 _set(prog, "tex", 0)
             draw.mesh.gl.vao_visible.render()
         ctx.depth_func = "<"
+        ctx.disable(ctx.CULL_FACE)
         return targets
 
     def _amodal(self, camera: Camera, draws: list[_Draw]) -> Any:
@@ -390,13 +403,27 @@ class Renderer:
         fbo.clear(-1e30, -1e30, -1e30, -1e30)
         self._camera(prog, camera)
         for slot, draw in enumerate(draws):
+            self._cull(draw)
             self._uniforms(prog, camera, draw)
             _set(prog, "slot", slot)
             _set(prog, "is_hand", int(draw.seg_id == SEG_HAND))
             draw.mesh.gl.vao_amodal.render()
         ctx.blend_equation = ctx.FUNC_ADD
         ctx.disable(ctx.BLEND)
+        ctx.disable(ctx.CULL_FACE)
         return fbo
+
+    def _cull(self, draw: _Draw) -> None:
+        """Cull back faces of closed rigid meshes (the hand is open at the wrist: never culled).
+        With the image's v axis mapped to window y, a face whose outward normal points at the
+        camera winds clockwise in window coordinates."""
+        ctx = self._gl.ctx
+        if draw.mesh.closed and np.linalg.det(draw.pose[:3, :3]) > 0:
+            ctx.enable(ctx.CULL_FACE)
+            ctx.front_face = "cw"
+            ctx.cull_face = "back"
+        else:
+            ctx.disable(ctx.CULL_FACE)
 
     @staticmethod
     def _read(fbo: Any, attachment: int, shape: tuple[int, ...], dtype: type, viewport: tuple | None = None) -> Any:
