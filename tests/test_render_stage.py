@@ -87,3 +87,15 @@ def test_out_of_view_trajectory_is_skipped_with_a_reason(grasp_samples, tmp_path
     assert out == []
     reasons = [r.getMessage() for r in caplog.records if r.name == "hoigen.render"]
     assert len(reasons) == 2 and all("out of view" in r and "3 draws" in r for r in reasons)
+
+
+def test_seeded_lights_per_trajectory_view(grasp_samples, tmp_path):
+    lit = _render(grasp_samples, tmp_path)  # --lights random (default): seeded per trajectory view
+    again = _render(grasp_samples, tmp_path)
+    fixed = _render(grasp_samples, tmp_path, lights="fixed")
+    assert all(np.array_equal(a["shade.png"], b["shade.png"]) for a, b in zip(lit, again, strict=True))
+    assert any(not np.array_equal(a["shade.png"], b["shade.png"]) for a, b in zip(lit, fixed, strict=True))
+    for a, b in zip(lit, fixed, strict=True):  # lights change the shade only
+        for name in ("seg.png", "depth.png", "nocs.png", "normal.png", "amodal.png"):
+            assert np.array_equal(a[name], b[name]), name
+        assert np.array_equal(a["shade.png"].max(axis=2) > 0, a["seg.png"] > 0)
