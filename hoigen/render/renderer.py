@@ -41,8 +41,9 @@ Maps in :class:`RenderResult` (H, W = camera size; pixel centres at integer coor
   silhouettes are bent just enough to face it.
 - ``shade`` uint8 RGB plain shaded render: the mesh's texture, vertex or face colours, else a
   colour per kind (hand, object, table), times (ambient + Lambert of ``SceneSpec.lights``, default
-  one light from the camera: a surface facing the camera squarely shows its colour); its
-  silhouette equals ``seg != 0`` at supersample 1.
+  one light from the camera: a surface facing the camera squarely shows its colour); with the
+  default colours (ambient light keeps them above zero) its silhouette equals ``seg != 0`` at
+  supersample 1.
 - ``skeleton`` uint8 RGB, :func:`hoigen.hand.skeleton.draw_skeleton` of the visible joints.
 - ``joints2d`` (21,2) float64 pixels = :func:`hoigen.render.cameras.project` of ``joints3d``.
 - ``joints_visible`` (21,) bool: inside the image, in front of the camera, not behind any non-hand
