@@ -204,7 +204,8 @@ def place_distractors(
     tries: int = PLACEMENT_TRIES,
 ) -> list[Placement]:
     """Up to ``count`` distractors on ``table`` around ``centre`` (world x, z), each a different one of
-    ``shapes`` (tried in a seeded order; one that finds no free spot in ``tries`` draws is passed over).
+    ``shapes`` (tried in the order given: the caller shuffles them; one that finds no free spot in
+    ``tries`` seeded draws is passed over).
 
     ``obstacles`` are footprints (K, 2) already on the table (the grasped object under each of its
     poses); ``sweep`` (N, 3) is the hand's swept volume (:func:`hand_sweep`). The rules are the module
@@ -212,10 +213,9 @@ def place_distractors(
     placed: list[Placement] = []
     blocked = [np.asarray(o, dtype=np.float64) for o in obstacles]
     sweep = np.asarray(sweep, dtype=np.float64).reshape(-1, 3)
-    for index in rng.permutation(len(shapes)):
+    for index, shape in enumerate(shapes):
         if len(placed) >= count:
             break
-        shape = shapes[int(index)]
         for _ in range(tries):
             r = radius * np.sqrt(rng.uniform())
             angle, yaw = rng.uniform(0, 2 * np.pi, size=2)
@@ -227,7 +227,7 @@ def place_distractors(
             near = sweep[np.hypot(sweep[:, 0] - x, sweep[:, 2] - z) < shape.radius + clearance]
             if shape.near(transform(near, np.linalg.inv(pose)), clearance):
                 continue
-            placed.append(Placement(int(index), pose, foot))
+            placed.append(Placement(index, pose, foot))
             blocked.append(foot)
             break
     return placed
