@@ -195,6 +195,29 @@ def test_validate_passes_and_catches_a_bad_instance(scene, capsys) -> None:
     assert any("table.size" in p for p in problems)
 
 
+def test_many_distractors_widen_amodal_to_16_bits(scene, tmp_path, capsys) -> None:
+    from hoigen.data.codec import encode_field
+    from hoigen.data.validate import check_sample
+
+    grasp, _, _ = scene
+    code, err = hoigen("render", "--in", grasp, "--out", tmp_path / "r", "--size", 32, "--views", 1,
+                       "--distractors", 7, "-q", capsys=capsys)  # fmt: skip
+    assert code == 0, err
+    code, err = hoigen("validate", tmp_path / "r", capsys=capsys)
+    assert code == 0, err
+    s = next(read_shard(list_shards(tmp_path / "r")[0]))
+    ids = [i["seg_id"] for i in s["ann.json"]["instances"]]
+    assert len(ids) > 5 and max(ids) > 8  # more than five distractors placed: bits past 8
+    assert s["amodal.png"].dtype == np.uint16
+    full = amodal_masks(s["amodal.png"])
+    assert set(full) >= set(ids) and all(full[i].sum() == inst["px_full"]
+                                         for i, inst in zip(ids, s["ann.json"]["instances"], strict=True))
+    s["ann.json"]["instances"] = s["ann.json"]["instances"][:2]  # seg.png now holds unnamed ids
+    raw = {k: v if k.startswith("__") else encode_field(k, v) for k, v in s.items()}
+    problems = list(check_sample(raw, "render"))
+    assert any("seg.png holds ids" in p for p in problems) and any("amodal.png" in p for p in problems)
+
+
 def test_no_table_and_usage_errors(scene, tmp_path, capsys) -> None:
     grasp, _, _ = scene
     code, err = hoigen("render", "--in", grasp, "--out", tmp_path / "x", "--no-table", "--distractors", 1,
