@@ -89,7 +89,9 @@ def test_instances_and_table_in_ann(scene) -> None:
         assert (s["seg.png"] == SEG_TABLE).any()
     # the render folder holds its own objects (the grasp's plus the library), and run.json points to it
     run = json.loads((render / "run.json").read_text())
-    assert Path(run["config"]["objects_dir"]) == render.resolve() == objects_dir_of(render)
+    assert Path(run["objects_dir"]) == render.resolve() == objects_dir_of(render)
+    assert Path(run["config"]["objects_dir"]) == grasp.resolve()  # the fingerprint names no output folder
+    assert len(run["config"]["distractor_library"]) == 12
     assert set(read_objects(grasp)) < set(read_objects(render))
 
 

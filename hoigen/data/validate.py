@@ -149,6 +149,12 @@ def check_sample(raw: Sample, stage: str, objects: dict[str, str] | None = None)
                 yield f"object {obj.get('id')!r} is not in objects.parquet"
         elif obj.get("mesh_sha256") not in (None, objects[obj["id"]]):
             yield f"ann.json object.mesh_sha256 differs from objects.parquet's for {obj['id']!r}"
+        listed = ann["instances"] if scene_ids(ann) is not None else []  # well-formed entries only
+        for i, inst in enumerate(listed):
+            if i and inst.get("id") not in objects:  # instances[0] is the object checked above
+                yield f"ann.json instances[{i}].id {inst.get('id')!r} is not in objects.parquet"
+            elif i and inst.get("mesh_sha256") != objects[inst["id"]]:
+                yield f"ann.json instances[{i}].mesh_sha256 differs from objects.parquet's for {inst['id']!r}"
     cam = ann.get("camera", {}) if isinstance(ann, dict) else {}
     size = (cam.get("height"), cam.get("width"))
     modes = dict(PNG_MODES)

@@ -116,10 +116,12 @@ class RenderStage(Stage):
             objects = str(Path(out_dir).resolve())
         library = tuple(a.id for a in self.library)
         inputs = RenderInputs(objects, grasp_config.get("mano_dir"), library)
-        config = {**record(self.options), OBJECTS_KEY: objects, "mano_dir": inputs.mano_dir}
-        extra = {OBJECTS_KEY: objects, "hand_model": upstream.get("hand_model")}
+        # the config (the run's fingerprint, the same for every rank) names the input's objects and the
+        # library, never this folder; run.json's top-level pointer says where the meshes are
+        config = {**record(self.options), OBJECTS_KEY: self.grasp_objects, "mano_dir": inputs.mano_dir}
         if library:
-            extra["distractor_library"] = list(library)
+            config["distractor_library"] = list(library)
+        extra = {OBJECTS_KEY: objects, "hand_model": upstream.get("hand_model")}
         return Plan(tasks, self.options, config, in_dir=self.in_dir, extra=extra, inputs=inputs)
 
     def prepare(self, out_dir: Path, plan: Plan) -> None:
