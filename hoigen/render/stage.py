@@ -53,11 +53,13 @@ from hoigen.options import Common, OptionError, UsageError, record
 from hoigen.render.options import RenderOptions
 
 FRAMING_POINTS = (200, 100)  # object surface points per object pose, hand vertices per frame
+log = logging.getLogger("hoigen.render")
+
+# the embedded distractor library (used when the input folder holds too few other objects)
 LIBRARY_CATEGORIES = ("bottle", "bowl", "can", "mug", "box", "camera")  # no laptop: too large to stand beside
 LIBRARY_PER_CATEGORY = 2
 LIBRARY_SEED = 21  # not a run seed: the library is the same in every run (and differs from grasp's seed-0 objects)
 LIBRARY_PREFIX = "distractor"
-log = logging.getLogger("hoigen.render")
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,13 @@ class RenderStage(Stage):
     def transform(self) -> Any:
         return render_stage
 
+    def prepare(self, out_dir: Path, plan: Plan) -> None:
+        """With library distractors: save the grasp folder's objects plus the library beside the shards."""
+        if self.library:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            save_objects([*_objects(self.grasp_objects).values(), *self.library], out_dir)
+            _objects.cache_clear()  # a folder read before (an earlier run into it) is read again
+
     def plan(self, out_dir: Path, common: Common) -> Plan:
         tasks = input_tasks(self.in_dir, ("grasp",))
         objects = str(objects_dir_of(self.in_dir))
@@ -124,21 +133,9 @@ class RenderStage(Stage):
         extra = {OBJECTS_KEY: objects, "hand_model": upstream.get("hand_model")}
         return Plan(tasks, self.options, config, in_dir=self.in_dir, extra=extra, inputs=inputs)
 
-    def prepare(self, out_dir: Path, plan: Plan) -> None:
-        """With library distractors: save the grasp folder's objects plus the library beside the shards."""
-        if self.library:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            save_objects([*_objects(self.grasp_objects).values(), *self.library], out_dir)
-
-
-def _objects(folder: str) -> dict[str, ObjectAsset]:
-    parquet = Path(folder) / "objects.parquet"
-    return _read_objects(folder, parquet.stat().st_mtime_ns if parquet.exists() else 0)
-
 
 @lru_cache(maxsize=4)
-def _read_objects(folder: str, stamp: int) -> dict[str, ObjectAsset]:
-    """The objects of ``folder`` (``stamp``: the parquet's mtime, so a rewritten folder is read again)."""
+def _objects(folder: str) -> dict[str, ObjectAsset]:
     return read_objects(Path(folder))
 
 
@@ -195,79 +192,6 @@ def _framing_points(asset: ObjectAsset, poses: list[np.ndarray], hand_vertices: 
     parts = [local @ p[:3, :3].T + p[:3, 3] for p in distinct.values()]
     parts += [subsample(v, FRAMING_POINTS[1]) for v in hand_vertices]
     return np.concatenate(parts, axis=0)
-
-
-def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample]:
-    """Grasp samples in, ``views`` rendered samples out per input sample (fewer when a view or a
-    frame shows nothing: see the module docstring)."""
-    from hoigen.render.cameras import camera_sampler, camera_size
-    from hoigen.render.framing import frame_trajectory
-    from hoigen.render.renderer import SceneSpec
-    from hoigen.render.silhouette import silhouette
-
-    opts: RenderOptions = ctx.options
-    inputs: RenderInputs = ctx.inputs
-    preset = opts.camera
-    width, height = camera_size(preset, opts.size)
-    sample_camera = camera_sampler(preset, opts.size)
-    renderer = _renderer(width, height, opts.supersample)
-    objects = _objects(inputs.objects_dir)
-    for trajectory in _trajectories(samples):
-        first = trajectory[0]["ann.json"]
-        asset = objects[first["object"]["id"]]
-        ids = parse_key(trajectory[0]["__key__"])
-        posed = []
-        for sample in trajectory:
-            hand_ann = sample["ann.json"]["hand"]
-            hand = _hand(hand_ann["side"], hand_ann["model"], inputs.mano_dir)
-            out = hand.forward(
-                *(np.asarray(hand_ann[k]) for k in ("global_orient", "hand_pose", "betas", "transl"))
-            )
-            posed.append((hand, out.vertices[0]))
-        points = _framing_points(
-            asset, [s["ann.json"]["object"]["pose"] for s in trajectory], [v for _, v in posed]
-        )
-        scene = _compose(trajectory, asset, [v for _, v in posed], objects, inputs, opts, ctx)
-        focus = np.asarray(first["trajectory"]["focus"], dtype=np.float64)
-        cameras = {}
-        for view in range(opts.views):
-            framing = frame_trajectory(
-                sample_camera, focus, points, ctx.rng(ids["object"], ids["grasp"], view), opts.camera_tries,
-                renderer.znear, renderer.zfar,
-            )
-            if framing.camera is None:
-                log.warning("render: skipped %s_%04d view %d: %s", ids["object"], ids["grasp"], view, framing.reason)
-            else:
-                cameras[view] = framing
-        for sample, (hand, vertices) in zip(trajectory, posed, strict=True):
-            ann = sample["ann.json"]
-            hand_ann, obj_ann = ann["hand"], ann["object"]
-            frame_ids = parse_key(sample["__key__"])
-            for view, framing in cameras.items():
-                camera = framing.camera
-                key = sample_key(frame_ids["object"], frame_ids["grasp"], frame_ids["frame"], view)
-                result = renderer.render(
-                    SceneSpec(
-                        hand_vertices=vertices,
-                        hand_faces=hand.faces,
-                        object_mesh=asset.mesh,
-                        object_pose=np.asarray(obj_ann["pose"]),
-                        nocs_from_mesh=np.asarray(obj_ann["nocs_from_mesh"]),
-                        camera=camera,
-                        joints3d=np.asarray(hand_ann["joints3d"]),
-                        mesh_key=asset.id,
-                        extras=scene.extras,
-                    )
-                )
-                if result.empty:
-                    log.warning("render: skipped %s: neither the hand nor the object covers a pixel", key)
-                    continue
-                full = silhouette(
-                    asset.mesh.vertices, asset.mesh.faces, camera.world_to_cam @ np.asarray(obj_ann["pose"]),
-                    camera.K, result.mask_object_full, renderer.znear,
-                )
-                normal = estimated_normals(result) if opts.normals == "estimated" else result.normal
-                yield _rendered_sample(key, ann, result, view, preset, framing, full, normal, scene)
 
 
 @dataclass(frozen=True)
@@ -348,6 +272,80 @@ def _compose(
         for k, (other, pose) in enumerate(placed):
             extras.append(Instance(other.mesh, pose, distractor_seg_id(k), other.nocs_from_mesh, other.id))
     return Scene(table, tuple(placed), tuple(extras))
+
+
+def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample]:
+    """Grasp samples in, ``views`` rendered samples out per input sample (fewer when a view or a
+    frame shows nothing: see the module docstring)."""
+    from hoigen.render.cameras import camera_sampler, camera_size
+    from hoigen.render.framing import frame_trajectory
+    from hoigen.render.renderer import SceneSpec
+    from hoigen.render.silhouette import silhouette
+
+    opts: RenderOptions = ctx.options
+    inputs: RenderInputs = ctx.inputs
+    preset = opts.camera
+    width, height = camera_size(preset, opts.size)
+    sample_camera = camera_sampler(preset, opts.size)
+    renderer = _renderer(width, height, opts.supersample)
+    objects = _objects(inputs.objects_dir)
+    for trajectory in _trajectories(samples):
+        first = trajectory[0]["ann.json"]
+        asset = objects[first["object"]["id"]]
+        ids = parse_key(trajectory[0]["__key__"])
+        posed = []
+        for sample in trajectory:
+            hand_ann = sample["ann.json"]["hand"]
+            hand = _hand(hand_ann["side"], hand_ann["model"], inputs.mano_dir)
+            out = hand.forward(
+                *(np.asarray(hand_ann[k]) for k in ("global_orient", "hand_pose", "betas", "transl"))
+            )
+            posed.append((hand, out.vertices[0]))
+        points = _framing_points(
+            asset, [s["ann.json"]["object"]["pose"] for s in trajectory], [v for _, v in posed]
+        )
+        focus = np.asarray(first["trajectory"]["focus"], dtype=np.float64)
+        cameras = {}
+        for view in range(opts.views):
+            framing = frame_trajectory(
+                sample_camera, focus, points, ctx.rng(ids["object"], ids["grasp"], view), opts.camera_tries,
+                renderer.znear, renderer.zfar,
+            )
+            if framing.camera is None:
+                log.warning("render: skipped %s_%04d view %d: %s", ids["object"], ids["grasp"], view, framing.reason)
+            else:
+                cameras[view] = framing
+
+        scene = _compose(trajectory, asset, [v for _, v in posed], objects, inputs, opts, ctx)
+        for sample, (hand, vertices) in zip(trajectory, posed, strict=True):
+            ann = sample["ann.json"]
+            hand_ann, obj_ann = ann["hand"], ann["object"]
+            frame_ids = parse_key(sample["__key__"])
+            for view, framing in cameras.items():
+                camera = framing.camera
+                key = sample_key(frame_ids["object"], frame_ids["grasp"], frame_ids["frame"], view)
+                result = renderer.render(
+                    SceneSpec(
+                        hand_vertices=vertices,
+                        hand_faces=hand.faces,
+                        object_mesh=asset.mesh,
+                        object_pose=np.asarray(obj_ann["pose"]),
+                        nocs_from_mesh=np.asarray(obj_ann["nocs_from_mesh"]),
+                        camera=camera,
+                        joints3d=np.asarray(hand_ann["joints3d"]),
+                        mesh_key=asset.id,
+                        extras=scene.extras,
+                    )
+                )
+                if result.empty:
+                    log.warning("render: skipped %s: neither the hand nor the object covers a pixel", key)
+                    continue
+                full = silhouette(
+                    asset.mesh.vertices, asset.mesh.faces, camera.world_to_cam @ np.asarray(obj_ann["pose"]),
+                    camera.K, result.mask_object_full, renderer.znear,
+                )
+                normal = estimated_normals(result) if opts.normals == "estimated" else result.normal
+                yield _rendered_sample(key, ann, result, view, preset, framing, full, normal, scene)
 
 
 def estimated_normals(result: Any) -> np.ndarray:
