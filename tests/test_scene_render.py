@@ -284,3 +284,32 @@ def test_crop_and_conditions_centre_on_hand_and_grasped_object(scene) -> None:
         assert (ade[seg == inst["seg_id"]] == want).all()
     adapter = controls.condition_map(s, "seg", "adapter", SIZE)
     assert not adapter[seg == SEG_TABLE].any() and (adapter[seg >= 4] == SEG_OBJECT_RGB).all()
+
+
+def test_a_no_table_grasp_with_the_table_on_is_a_usage_error(scene, tmp_path, capsys) -> None:
+    import shutil
+
+    from hoigen.data.runner import StageContext
+    from hoigen.options import UsageError
+    from hoigen.render.options import RenderOptions
+    from hoigen.render.stage import RenderInputs, render_stage
+
+    grasp, _, _ = scene
+    samples = [s for shard in list_shards(grasp) for s in read_shard(shard)]
+    for s in samples:
+        s["ann.json"]["support"] = None  # what hoigen grasp --no-table writes
+    opts = RenderOptions(views=1, size=32, distractors=0)
+    ctx = StageContext(stage="render", seed=0, options=opts, out_dir=tmp_path, inputs=RenderInputs(str(grasp), None))
+    with pytest.raises(UsageError, match="--no-table"):
+        list(render_stage(samples, ctx))
+    ctx = StageContext(stage="render", seed=0, options=RenderOptions(views=1, size=32, table=False, distractors=0),
+                       out_dir=tmp_path, inputs=RenderInputs(str(grasp), None))  # fmt: skip
+    assert all(s["ann.json"]["table"] is None for s in render_stage(samples, ctx))
+    # the run-level check: a grasp folder whose run.json records --no-table
+    copy = tmp_path / "grasp"
+    shutil.copytree(grasp, copy)
+    run = json.loads((copy / "run.json").read_text())
+    run["config"]["table"] = False
+    (copy / "run.json").write_text(json.dumps(run))
+    code, err = hoigen("render", "--in", copy, "--out", tmp_path / "r", capsys=capsys)
+    assert code == 2 and "--no-table" in err and err.count("\n") == 1, err
