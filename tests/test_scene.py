@@ -1,4 +1,4 @@
-"""The scene geometry (hoigen.render.scene): table, convex footprints, the hand's sweep, distractor placement."""
+"""The scene geometry (hoigen.render.placement): table, convex footprints, the hand's sweep, distractor placement."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import trimesh
 from hoigen.data.contract import SEG_TABLE
 from hoigen.objects import procedural_objects
 from hoigen.objects.geometry import contains, sample_surface
-from hoigen.render.scene import (
+from hoigen.render.placement import (
     CLEARANCE,
     Shape,
     Table,

@@ -26,7 +26,7 @@ from hoigen.data.shards import ShardWriter, list_shards, read_shard
 from hoigen.objects import read_objects
 from hoigen.objects.geometry import contains, sample_surface, signed_distance
 from hoigen.render.annotate import mask_bbox
-from hoigen.render.scene import TABLE_THICKNESS
+from hoigen.render.placement import TABLE_THICKNESS
 
 SIZE = 96
 

@@ -15,7 +15,7 @@ the same hand model that made them.
 :func:`hoigen.render.cameras.preset_intrinsics`). ``--normals estimated`` replaces the rendered
 ``normal.png`` by normals estimated from the rendered ``depth.png`` (:func:`estimated_normals`).
 
-The scene (:mod:`hoigen.render.scene`, docs/concepts/scenes.md): with the table on (default) the
+The scene (:mod:`hoigen.render.placement`, docs/concepts/scenes.md): with the table on (default) the
 grasped object stands on a table box (seg id 3) at the grasp's ``support.height``; ``--distractors N``
 other objects stand on it around the object, clear of it and of the hand's whole approach, seeded per
 (object, grasp) and the same in every frame and view. They come from the input folder's other objects,
@@ -141,15 +141,15 @@ def _objects(folder: str) -> dict[str, ObjectAsset]:
 
 @lru_cache(maxsize=64)
 def _shape(folder: str, object_id: str, sha256: str) -> Any:
-    """The convex hull of an object (placement geometry, :class:`hoigen.render.scene.Shape`)."""
-    from hoigen.render.scene import Shape
+    """The convex hull of an object (placement geometry, :class:`hoigen.render.placement.Shape`)."""
+    from hoigen.render.placement import Shape
 
     return Shape.of(_objects(folder)[object_id].mesh.vertices)
 
 
 @cache
 def _table_mesh(size: tuple[float, float], thickness: float) -> Any:
-    from hoigen.render.scene import Table
+    from hoigen.render.placement import Table
 
     return Table(0.0, (0.0, 0.0), size, thickness).mesh()
 
@@ -198,7 +198,7 @@ def _framing_points(asset: ObjectAsset, poses: list[np.ndarray], hand_vertices: 
 class Scene:
     """A trajectory's scene besides the hand and the grasped object (the same in every frame and view)."""
 
-    table: Any = None  # hoigen.render.scene.Table, None with --no-table
+    table: Any = None  # hoigen.render.placement.Table, None with --no-table
     distractors: tuple[tuple[ObjectAsset, np.ndarray], ...] = ()  # (asset, pose mesh -> world), seg id 4 + k
     extras: tuple[Any, ...] = ()  # the renderer's Instances: the table, then the distractors
 
@@ -228,9 +228,9 @@ def _compose(
     trajectory: list[Sample], asset: ObjectAsset, hand_vertices: list[np.ndarray], objects: dict[str, ObjectAsset],
     inputs: RenderInputs, opts: RenderOptions, ctx: StageContext,
 ) -> Scene:  # fmt: skip
-    """The table under the grasped object and the distractors around it (:mod:`hoigen.render.scene`)."""
+    """The table under the grasped object and the distractors around it (:mod:`hoigen.render.placement`)."""
     from hoigen.render.renderer import Instance
-    from hoigen.render.scene import footprint, hand_sweep, place_distractors, support_height, table_under, transform
+    from hoigen.render.placement import footprint, hand_sweep, place_distractors, support_height, table_under, transform
 
     if not opts.table:
         return Scene()
