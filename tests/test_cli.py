@@ -55,7 +55,7 @@ def test_render_and_synth_samples_follow_the_contract(chain: Path) -> None:
     assert len(ann["hand"]["hand_pose"]) == 45 and len(ann["hand"]["betas"]) == 10
     assert np.asarray(ann["camera"]["K"]).shape == (3, 3)
     assert sample["depth.png"].dtype == np.uint16 and sample["seg.png"].ndim == 2
-    assert set(np.unique(sample["seg.png"])) <= {0, 1, 2}
+    assert set(np.unique(sample["seg.png"])) <= {0, 1, 3} | {i["seg_id"] for i in ann["instances"]}  # 3: the table
     assert sample["image.jpg"].shape == (64, 64, 3)
     gen = sample["gen.json"]
     assert gen["kind"] == "tiny-random" and gen["steps"] == 2

@@ -83,7 +83,7 @@ def test_out_of_view_trajectory_is_skipped_with_a_reason(grasp_samples, tmp_path
         ann["object"]["pose"] = pose.tolist()
         ann["hand"]["transl"] = (np.asarray(ann["hand"]["transl"]) + 100.0).tolist()
     with caplog.at_level(logging.WARNING, logger="hoigen.render"):
-        out = _render((folder, moved), tmp_path, camera_tries=3)
+        out = _render((folder, moved), tmp_path, camera_tries=3, table=False, distractors=0)  # only the framing logs
     assert out == []
     reasons = [r.getMessage() for r in caplog.records if r.name == "hoigen.render"]
     assert len(reasons) == 2 and all("out of view" in r and "3 draws" in r for r in reasons)

@@ -31,7 +31,9 @@ def unseen(tmp_path_factory) -> Path:
     """Renders the model never saw: another seed (other objects, grasps, cameras) and an unseen category."""
     work = tmp_path_factory.mktemp("unseen")
     api.grasp(None, work / "grasp", categories=UNSEEN_CATEGORIES, grasps=1, frames=2, seed=UNSEEN_SEED, quiet=True)
-    api.render(work / "grasp", work / "render", views=2, size=64, seed=UNSEEN_SEED, quiet=True)
+    api.render(  # the scenes it was trained on: no table, no distractors (recipes/tiny-trained.yaml)
+        work / "grasp", work / "render", views=2, size=64, seed=UNSEEN_SEED, quiet=True, table=False, distractors=0
+    )
     return work / "render"
 
 

@@ -162,7 +162,7 @@ def remove_own_files(out_dir: Path, stage: str) -> None:
     for p in out_dir.glob("shard-*.tar*"):
         p.unlink()
     names = [INDEX_FILE, RUN_FILE, CARD_FILE, START_FILE, "_index"]
-    if (out_dir / OBJECTS_FILE).exists() and stage in ("grasp", "ingest"):
+    if (out_dir / OBJECTS_FILE).exists() and stage in ("grasp", "ingest", "render"):  # render: library distractors
         names += [OBJECTS_FILE, "objects"]
     for name in names:
         p = out_dir / name

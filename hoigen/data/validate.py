@@ -11,8 +11,11 @@ Checks, and reports every problem as one line (``<file>: <key>: <what>``):
   ``ann.json.key`` equals the sample key;
 - ``ann.json`` has the contract's fields with their shapes (MANO parameters, 21 joints, 4x4 poses,
   3x3 K, ...), all numbers finite;
-- every PNG decodes with the mode and size the contract gives (seg/amodal uint8 2-D, depth uint16
-  2-D, the colour maps uint8 RGB, all ``camera.height x camera.width``); ``image.jpg`` is RGB;
+- every PNG decodes with the mode and size the contract gives (seg uint8 2-D, amodal uint8 2-D or
+  uint16 past five distractors, depth uint16 2-D, the colour maps uint8 RGB, all
+  ``camera.height x camera.width``); ``image.jpg`` is RGB;
+- in a scene sample (ann.json ``instances``): ``seg.png`` and ``amodal.png`` hold only the ids of the
+  hand, the table (when ``table`` is set) and the listed instances;
 - ``index.parquet`` holds exactly one row per sample, with the right shard.
 """
 
@@ -28,13 +31,23 @@ import numpy as np
 from hoigen.data.atomic import is_tmp
 from hoigen.data.codec import decode_field
 from hoigen.data.contract import (
+    AMODAL,
     GEN_FIELDS,
     INDEX_FILE,
+    MAX_DISTRACTORS,
     OBJECTS_FILE,
     OBJECTS_KEY,
     PNG_MODES,
     RUN_FILE,
+    SEG,
+    SEG_BACKGROUND,
+    SEG_FIRST_DISTRACTOR,
+    SEG_HAND,
+    SEG_OBJECT,
+    SEG_TABLE,
     STAGE_FIELDS,
+    amodal_bit,
+    amodal_dtype,
     ann_problems,
     read_run_json,
 )
@@ -83,6 +96,36 @@ def _check_key(key: str, stage: str) -> Iterator[str]:
         yield f"key is not object_grasp_frame{'' if stage == 'grasp' else '_view'}"
 
 
+def scene_ids(ann: Any) -> set[int] | None:
+    """The seg ids a scene sample may hold besides background (hand, object, the table when set, every listed
+    instance); None for a sample without ``instances`` (older shards, ingest) or a malformed one."""
+    if not isinstance(ann, dict) or not isinstance(ann.get("instances"), list):
+        return None
+    ids = {SEG_HAND, SEG_OBJECT}
+    if ann.get("table") is not None:
+        ids.add(SEG_TABLE)
+    for inst in ann["instances"]:
+        seg_id = inst.get("seg_id") if isinstance(inst, dict) else None
+        if not isinstance(seg_id, int) or isinstance(seg_id, bool):
+            return None
+        ids.add(seg_id)
+    return ids
+
+
+def _scene_map_problems(decoded: dict[str, Any], ids: set[int]) -> Iterator[str]:
+    """``seg.png``/``amodal.png`` ids that neither the hand, the table nor an instance of ann.json names."""
+    seg = decoded.get(SEG)
+    if isinstance(seg, np.ndarray) and seg.size:
+        stray = sorted(set(np.unique(seg).tolist()) - ids - {SEG_BACKGROUND})
+        if stray:
+            yield f"seg.png holds ids {stray} that no instance, hand or table of ann.json names"
+    amodal = decoded.get(AMODAL)
+    if isinstance(amodal, np.ndarray) and amodal.size:
+        allowed = sum(amodal_bit(i) for i in ids if 1 <= i < SEG_FIRST_DISTRACTOR + MAX_DISTRACTORS)
+        if int(np.bitwise_or.reduce(amodal.astype(np.uint32), axis=None)) & ~allowed:
+            yield "amodal.png sets bits of instances ann.json does not list"
+
+
 def check_sample(raw: Sample, stage: str, objects: dict[str, str] | None = None) -> Iterator[str]:
     """Problems of one undecoded sample of ``stage`` (``objects``: id -> mesh sha256 of the folder's objects)."""
     key = raw["__key__"]
@@ -106,9 +149,20 @@ def check_sample(raw: Sample, stage: str, objects: dict[str, str] | None = None)
                 yield f"object {obj.get('id')!r} is not in objects.parquet"
         elif obj.get("mesh_sha256") not in (None, objects[obj["id"]]):
             yield f"ann.json object.mesh_sha256 differs from objects.parquet's for {obj['id']!r}"
+        listed = ann["instances"] if scene_ids(ann) is not None else []  # well-formed entries only
+        for i, inst in enumerate(listed):
+            if i and inst.get("id") not in objects:  # instances[0] is the object checked above
+                yield f"ann.json instances[{i}].id {inst.get('id')!r} is not in objects.parquet"
+            elif i and inst.get("mesh_sha256") != objects[inst["id"]]:
+                yield f"ann.json instances[{i}].mesh_sha256 differs from objects.parquet's for {inst['id']!r}"
     cam = ann.get("camera", {}) if isinstance(ann, dict) else {}
     size = (cam.get("height"), cam.get("width"))
-    for name, (dtype, channels) in PNG_MODES.items():
+    modes = dict(PNG_MODES)
+    ids = scene_ids(ann)
+    if ids is not None:
+        modes[AMODAL] = (np.dtype(amodal_dtype(ids)).name, 0)
+        yield from _scene_map_problems(decoded, ids)
+    for name, (dtype, channels) in modes.items():
         img = decoded.get(name)
         if img is None or not isinstance(img, np.ndarray):
             continue

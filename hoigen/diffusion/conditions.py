@@ -7,7 +7,9 @@ in [0, 1]:
 
 - channels 0-2: ``normal.png`` (camera-frame normals as RGB),
 - channels 3-5: ``seg.png`` rendered as RGB colours (``seg_to_rgb``; the colours of the original
-  HOIDiffusion code: background black, hand (128, 128, 128), object (153, 51, 51)),
+  HOIDiffusion code: background black, hand (128, 128, 128), the grasped object (153, 51, 51); then
+  the table (seg id 3) :data:`SEG_TABLE_RGB` and distractor k (seg id 4 + k) the k-th of
+  :data:`SEG_EXTRA_OBJECT_RGB`, cycling: docs/concepts/scenes.md),
 - channels 6-8: ``skeleton.png`` (the drawn skeleton, RGB).
 
 A blank condition (all zeros, ``blank_conditions``) stands for "no hand, no object": training pairs
@@ -31,17 +33,18 @@ import cv2
 import numpy as np
 import torch
 
-from hoigen.data.contract import SEG_BACKGROUND, SEG_HAND, SEG_OBJECT
+from hoigen.data.contract import SEG_BACKGROUND, SEG_FIRST_DISTRACTOR, SEG_HAND, SEG_OBJECT, SEG_TABLE
 from hoigen.errors import HoigenError
 
 CONDITION_MAPS = ("normal", "seg", "skeleton")
 CONDITIONING_CHANNELS = 9
 
-# seg id (hoigen.data.contract) -> RGB: background, hand, object as in HOIDiffusion; further objects (3, 4, ...) cycle
-# through the extra colours.
+# seg id (hoigen.data.contract) -> RGB: background, hand, object as in HOIDiffusion; the table its own colour (a dull
+# wood brown, far from every other colour here); distractors (4, 5, ...) cycle through the extra colours.
 SEG_BACKGROUND_RGB = (0, 0, 0)
 SEG_HAND_RGB = (128, 128, 128)
 SEG_OBJECT_RGB = (153, 51, 51)
+SEG_TABLE_RGB = (102, 76, 25)
 SEG_EXTRA_OBJECT_RGB = (
     (51, 102, 153),
     (51, 153, 51),
@@ -60,8 +63,9 @@ def _seg_palette() -> np.ndarray:
     palette[SEG_BACKGROUND] = SEG_BACKGROUND_RGB
     palette[SEG_HAND] = SEG_HAND_RGB
     palette[SEG_OBJECT] = SEG_OBJECT_RGB
-    for seg_id in range(SEG_OBJECT + 1, 256):
-        palette[seg_id] = SEG_EXTRA_OBJECT_RGB[(seg_id - SEG_OBJECT - 1) % len(SEG_EXTRA_OBJECT_RGB)]
+    palette[SEG_TABLE] = SEG_TABLE_RGB
+    for seg_id in range(SEG_FIRST_DISTRACTOR, 256):
+        palette[seg_id] = SEG_EXTRA_OBJECT_RGB[(seg_id - SEG_FIRST_DISTRACTOR) % len(SEG_EXTRA_OBJECT_RGB)]
     return palette
 
 
@@ -69,7 +73,7 @@ SEG_PALETTE = _seg_palette()
 
 
 def seg_to_rgb(seg: np.ndarray) -> np.ndarray:
-    """Colour a (H, W) uint8 segmentation (0 background, 1 hand, 2+ objects) as (H, W, 3) uint8 RGB."""
+    """Colour a (H, W) uint8 segmentation (0 background, 1 hand, 2 object, 3 table, 4+ distractors) as RGB uint8."""
     seg = np.asarray(seg)
     if seg.ndim != 2:
         raise ValueError(f"segmentation must be (H, W), got shape {seg.shape}")

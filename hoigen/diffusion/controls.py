@@ -21,8 +21,9 @@ ControlNet v1.1 (``family="controlnet"``):
   to tip) is OpenPose's hand order.
 - ``seg`` (control_v11p_sd15_seg): ADE20K-150 palette colours: the hand as ``person``
   (150, 5, 61), the object as the ADE20K class of ``ADE_FOR_CATEGORY`` (closest class; categories
-  not listed go to ``box``), further objects likewise. Background: black (0, 0, 0) -- ADE20K has no
-  background class and no class is black; choosing a class (``wall``, ``table``) would ask for it.
+  not listed go to ``box``), every distractor likewise by its own category (ann.json ``instances``),
+  the table (seg id 3) as ``table`` (index 15, (255, 6, 82)). Background: black (0, 0, 0) -- ADE20K
+  has no background class and no class is black; choosing a class (``wall``) would ask for it.
 
 HOIDiffusion's T2I-Adapters (``family="adapter"``; the original ``CoAdapter``'s pose, depth and mask
 adapters, see ``hoigen.diffusion.convert``), as the original training data prepared them:
@@ -36,10 +37,12 @@ adapters, see ``hoigen.diffusion.convert``), as the original training data prepa
   the original ``depth2norm``), multiplied by the hand+object mask (black background) -- hoigen's
   ``normal.png`` with its background forced to 0. The original computed them from MiDaS depth with a
   Sobel filter and a fixed z (2 pi); hoigen's are the true surface normals (same signs, different
-  tilt magnitudes).
+  tilt magnitudes). The mask holds the hand and every object instance (distractors are objects the
+  image must show); the table is background, as everything but hand and object was in the original.
 - ``seg``: the original "mask" image: flat colours, hand (128, 128, 128), object (153, 51, 51) on
   black (``hoigen.diffusion.conditions.seg_to_rgb``; checked against the repository's sample
-  ``static/train/mask.jpg``).
+  ``static/train/mask.jpg``). The original knows two classes: distractors take the object colour,
+  the table is background (black).
 
 ``hoi`` (either family's 9-channel HOI ControlNet from ``hoigen train``) is
 ``hoigen.diffusion.conditions.stack_conditions`` with a blank background.
@@ -55,7 +58,7 @@ import cv2
 import numpy as np
 import torch
 
-from hoigen.data.contract import SEG_BACKGROUND, SEG_HAND, SEG_OBJECT
+from hoigen.data.contract import SEG_BACKGROUND, SEG_HAND, SEG_OBJECT, SEG_TABLE, sample_instances
 from hoigen.diffusion.conditions import CONDITION_MAPS, seg_to_rgb, stack_conditions
 from hoigen.errors import HoigenError
 
@@ -83,12 +86,14 @@ ADE_CLASSES: dict[str, tuple[int, tuple[int, int, int]]] = {
     "vase": (135, (0, 255, 204)),
     "plate": (142, (0, 255, 184)),
     "glass": (147, (25, 194, 194)),
+    "table": (15, (255, 6, 82)),
     "book": (67, (255, 163, 0)),
     "ball": (119, (255, 0, 163)),
     "basket": (112, (92, 255, 0)),
     "bag": (115, (70, 184, 160)),
 }
 ADE_HAND = "person"
+ADE_TABLE = "table"
 ADE_FALLBACK = "box"
 # hoigen object category (or a word in it) -> ADE20K class. NOCS / procedural categories first.
 ADE_FOR_CATEGORY: dict[str, str] = {
@@ -212,22 +217,25 @@ def _rgb(image: np.ndarray) -> np.ndarray:
     return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image[:, :, :3]
 
 
+def _hoi_seg(sample: Mapping[str, Any], size: int) -> np.ndarray:
+    """seg.png at ``size`` with the original's two classes: the table to background, distractors to the object."""
+    seg = _resize(np.asarray(sample["seg.png"]), size, nearest=True)
+    return np.where(seg == SEG_TABLE, SEG_BACKGROUND, np.where(seg > SEG_TABLE, SEG_OBJECT, seg)).astype(np.uint8)
+
+
 def _masked_normal(sample: Mapping[str, Any], size: int) -> np.ndarray:
     normal = _resize(_rgb(sample["normal.png"]), size)
-    seg = _resize(np.asarray(sample["seg.png"]), size, nearest=True)
-    return np.where((seg != SEG_BACKGROUND)[:, :, None], normal, 0).astype(np.uint8)
+    return np.where((_hoi_seg(sample, size) != SEG_BACKGROUND)[:, :, None], normal, 0).astype(np.uint8)
 
 
 def _ade_seg(sample: Mapping[str, Any], size: int) -> np.ndarray:
     seg = _resize(np.asarray(sample["seg.png"]), size, nearest=True)
     palette = np.zeros((256, 3), dtype=np.uint8)
     palette[SEG_HAND] = ade_colour(ADE_HAND)
-    objects = sample["ann.json"].get("objects")
-    categories = [o.get("category", "") for o in objects] if isinstance(objects, list) else []
-    main = ade_colour(ade_class(sample["ann.json"]["object"]["category"]))
-    for seg_id in range(SEG_OBJECT, 256):  # object i of ann.json's objects: label SEG_OBJECT + i
-        index = seg_id - SEG_OBJECT
-        palette[seg_id] = ade_colour(ade_class(categories[index])) if index < len(categories) else main
+    palette[SEG_TABLE] = ade_colour(ADE_TABLE)
+    palette[SEG_TABLE + 1 :] = ade_colour(ADE_FALLBACK)  # a distractor ann.json does not list
+    for inst in sample_instances(sample["ann.json"]):  # the grasped object (seg id 2) and every distractor
+        palette[int(inst["seg_id"])] = ade_colour(ade_class(inst.get("category", "")))
     return palette[seg]
 
 
@@ -251,7 +259,7 @@ def condition_map(sample: Mapping[str, Any], kind: str, family: str, size: int) 
         if kind == "normal":
             return _masked_normal(sample, size)
         if kind == "seg":
-            return seg_to_rgb(_resize(np.asarray(sample["seg.png"]), size, nearest=True))
+            return seg_to_rgb(_hoi_seg(sample, size))
     raise HoigenError(f"no {family} condition of kind {kind!r}; use one of {', '.join(CONTROL_KINDS)}")
 
 
