@@ -164,26 +164,6 @@ def amodal_masks(amodal: np.ndarray) -> dict[int, np.ndarray]:
     return out
 
 
-def sample_instances(ann: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every object instance of a sample, the grasped object first (the table is not an instance).
-
-    ``ann["instances"]`` when the sample has it (render with a table or distractors: each holds
-    ``seg_id``, ``role``, ``id``, ``category``, ``mesh_sha256``, ``pose``, ``nocs_from_mesh``, ``bbox``,
-    ``bbox_visible``, ``px_visible``, ``px_full``); else one instance built from ``ann["object"]`` (older
-    shards, ingest): seg id :data:`SEG_OBJECT`, role ``grasped``, and whichever of the object's
-    ``mesh_sha256``, ``pose``, ``nocs_from_mesh``, ``bbox``, ``bbox_visible`` and ``silhouette`` it has
-    (no pixel counts: read them from the masks). Returns copies; the annotation is not changed."""
-    instances = ann.get("instances")
-    if instances:
-        return [dict(inst) for inst in instances]
-    obj = ann["object"]
-    inst: dict[str, Any] = {"seg_id": SEG_OBJECT, "role": "grasped", "id": obj["id"], "category": obj["category"]}
-    for name in ("mesh_sha256", "pose", "nocs_from_mesh", "bbox", "bbox_visible", "silhouette"):
-        if name in obj:
-            inst[name] = obj[name]
-    return [inst]
-
-
 # ---------------------------------------------------------------------- the objects folder
 #: ``run.json`` config key of a stage folder that points to the folder holding ``objects.parquet``.
 OBJECTS_KEY = "objects_dir"
@@ -324,6 +304,19 @@ def _pose_problem(m: np.ndarray, rigid: bool) -> str | None:
     ):
         return "is not a rotation" + ("" if rigid else " times a scale")
     return None
+
+
+def sample_instances(ann: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every object instance of a sample, the grasped object first: ann.json ``instances``, or for a sample
+    without it (shards from before scenes, ingest) one instance built from ``object`` (seg id 2; boxes and
+    pixel counts only where the sample has them)."""
+    if isinstance(ann.get("instances"), list):
+        return list(ann["instances"])
+    obj = ann.get("object") or {}
+    inst = {"seg_id": SEG_OBJECT, "role": "grasped"}
+    inst.update({k: obj[k] for k in ("id", "category", "mesh_sha256", "pose", "nocs_from_mesh") if k in obj})
+    inst.update({k: obj[k] for k in ("bbox", "bbox_visible") if k in obj})
+    return [inst]
 
 
 def ann_problems(ann: Any, key: str, stage: str) -> Iterator[str]:

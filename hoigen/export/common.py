@@ -271,7 +271,13 @@ def object_instances(sample: Sample, objects: dict[str, ObjectAsset]) -> list[Ob
     seg = np.asarray(sample["seg.png"])
     out: list[ObjectInstance] = []
     seen: set[int] = set()
-    for number, inst in enumerate(sample_instances(ann), start=1):
+    instances = sample_instances(ann)
+    if not instances:
+        raise HoigenError(
+            f"{sample.get('__shard__', '?')}: sample {sample['__key__']} has an empty ann.json instances list; "
+            "rerender its grasp folder"
+        )
+    for number, inst in enumerate(instances, start=1):
         seg_id = inst.get("seg_id")
         if not isinstance(seg_id, int) or seg_id in seen or seg_id not in OBJECT_SEG_IDS:
             raise HoigenError(
