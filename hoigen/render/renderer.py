@@ -6,27 +6,31 @@ and the map encodings are the shard contract's (:mod:`hoigen.data.contract`).
 
 Passes (pyrender, one ``OffscreenRenderer`` for the renderer's lifetime):
 
-1. *face-id passes* (flat, unlit, no MSAA, both faces drawn), one of the object alone and one of
-   the hand alone: every triangle gets a unique 24-bit colour (:mod:`hoigen.render.surface`);
-   object faces are ids 1..F_o, hand faces F_o+1..F_o+F_h. From them, per pixel, the exact hit
-   point on that triangle is computed by intersecting the pixel's ray with the triangle's plane.
-   Each pass alone gives its mesh's amodal (full) mask; per pixel the nearer of the two exact hits
-   is the visible surface (the depth test done in float64 instead of the depth buffer). ``seg``,
-   ``depth``, ``nocs`` and ``normal`` all come from these hits, so they agree with each other and
-   with the meshes to float precision, and each mesh's own exact depth gives joint visibility. No
-   depth buffer is read back.
+1. *face-id passes* (flat, unlit, no MSAA, both faces drawn), one per mesh instance alone (the
+   grasped object, the hand, and every ``SceneSpec.extras`` instance: table, distractors): every
+   triangle gets a unique 24-bit colour (:mod:`hoigen.render.surface`); face ids span every mesh
+   of the frame (object 1..F_o, then the extras in order, then the hand). From them, per pixel,
+   the exact hit point on that triangle is computed by intersecting the pixel's ray with the
+   triangle's plane. Each pass alone gives its mesh's amodal (full) mask; per pixel the nearest of
+   the exact hits is the visible surface (the depth test done in float64 instead of the depth
+   buffer; ties: object, hand, extras in that order). ``seg``, ``depth``, ``nocs`` and ``normal``
+   all come from these hits, so they agree with each other and with the meshes to float
+   precision, and each mesh's own exact depth gives joint visibility (a joint is hidden by any
+   non-hand surface). No depth buffer is read back.
 2. (with supersampling only) a face-id pass of both meshes at s times the size, for the normals.
 3. *shade pass*: lit colour render (hand skin colour, object grey, a directional light at the
    camera looking along its axis, plus ambient light), black background.
 
 Maps in :class:`RenderResult` (H, W = camera size; pixel centres at integer coordinates):
 
-- ``seg`` uint8: 0 background, 1 hand, 2 object (visible surface only).
+- ``seg`` uint8: 0 background, 1 hand, 2 object, else the extra instance's ``seg_id`` (visible
+  surface only; ids as :mod:`hoigen.data.contract` says).
 - ``depth_m`` float32 metres = camera-frame z of the visible surface, 0 where none;
   ``depth`` uint16 = round(depth_m * 1000) millimetres (clipped at 65535), 0 = no surface.
-- ``nocs`` uint8 RGB = round((nocs_xyz + 0.5) * 255) of the visible object surface point, with
-  nocs_xyz = ``nocs_from_mesh`` applied to the point in the object's mesh frame; 0 where the object
-  is not visible (background or hidden by the hand). ``mask_object`` is authoritative for validity.
+- ``nocs`` uint8 RGB = round((nocs_xyz + 0.5) * 255) of the visible surface point of an object
+  instance (grasped or distractor), with nocs_xyz = its ``nocs_from_mesh`` applied to the point in
+  its mesh frame; 0 where no instance with NOCS is visible (background, hand, table). ``seg`` is
+  authoritative for validity.
 - ``normal`` uint8 RGB, the ControlNet v1.1 "normalbae" convention: R = left, G = up,
   B = toward the viewer, i.e. with n the unit normal in the OpenCV camera frame (x right, y down,
   z forward) turned to face the camera (n . ray < 0), RGB = round((0.5 - 0.5 * n) * 255).
@@ -46,6 +50,9 @@ Maps in :class:`RenderResult` (H, W = camera size; pixel centres at integer coor
 - ``mask_hand_full``, ``mask_object_full`` (H,W) bool: amodal masks, every pixel the mesh covers
   when rendered alone (so ``mask_hand`` is a subset of ``mask_hand_full``); same rasteriser, same
   pixel-centre sampling as ``seg``.
+- ``full_masks`` {seg id: amodal mask} for every instance (hand and object included);
+  ``amodal`` packs them (:func:`hoigen.data.contract.amodal_bits`); :meth:`RenderResult.instance_boxes`
+  gives per seg id the amodal and visible boxes and pixel counts.
 - :meth:`RenderResult.bboxes`: :func:`hoigen.render.annotate.mask_bbox` boxes ``[x0, y0, x1, y1]``
   (x1, y1 exclusive), None for an empty mask; visible boxes from the visible masks, amodal boxes
   from the full masks (clipped to the image).
@@ -58,8 +65,9 @@ area-averaged down (anti-aliased edges blend toward the background). ``seg``, ma
 ``nocs`` and visibility are exact point samples at the native pixel centres (their own pass at
 native size), never blended.
 
-Caching: the object's pyrender meshes and geometry are kept (LRU, ``cache_size``) keyed by
-``SceneSpec.mesh_key`` or, if None, by the mesh object itself (``id`` plus an identity check).
+Caching: rigid meshes' pyrender meshes and geometry (object, extras) are kept (LRU, ``cache_size``)
+keyed by ``mesh_key`` (of the SceneSpec or the Instance) or, if None, by the mesh object itself
+(``id`` plus an identity check), and by their first face id.
 Do not modify a cached ``trimesh.Trimesh`` in place; pass a new mesh or a new key instead. The
 hand mesh is rebuilt every call.
 """
@@ -75,7 +83,15 @@ import cv2
 import numpy as np
 import trimesh
 
-from hoigen.data.contract import NORMAL_BACKGROUND, SEG_HAND, SEG_OBJECT, amodal_bits
+from hoigen.data.contract import (
+    MAX_DISTRACTORS,
+    NORMAL_BACKGROUND,
+    SEG_FIRST_DISTRACTOR,
+    SEG_HAND,
+    SEG_OBJECT,
+    SEG_TABLE,
+    amodal_bits,
+)
 from hoigen.errors import HoigenError
 from hoigen.hand.skeleton import draw_skeleton
 from hoigen.render.annotate import joint_clearance, joint_visibility, mask_bbox
@@ -84,6 +100,7 @@ from hoigen.render.cameras import Camera, gl_intrinsics, project, pyrender_pose
 from hoigen.render.surface import (
     MAX_FACE_ID,
     MeshSurface,
+    Part,
     composite,
     decode_ids,
     encode_ids,
@@ -94,7 +111,24 @@ from hoigen.render.surface import (
 )
 
 HAND_COLOR = (0.80, 0.56, 0.44)  # linear RGB base colour of the shaded hand
-OBJECT_COLOR = (0.55, 0.55, 0.58)  # linear RGB base colour of the shaded object
+OBJECT_COLOR = (0.55, 0.55, 0.58)  # linear RGB base colour of the shaded objects (grasped and distractors)
+TABLE_COLOR = (0.42, 0.33, 0.24)  # linear RGB base colour of the shaded table (seg id SEG_TABLE)
+MAX_SEG_ID = SEG_FIRST_DISTRACTOR + MAX_DISTRACTORS - 1
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One more mesh in a frame besides the hand and the grasped object (the table, a distractor).
+
+    ``seg_id`` is its ``seg.png`` id (:data:`hoigen.data.contract.SEG_TABLE` or a distractor's id,
+    unique in the frame); ``nocs_from_mesh`` None gives it no NOCS (the table). ``mesh_key`` is the
+    cache key of its GL meshes (None: the mesh object itself; see the module docstring)."""
+
+    mesh: trimesh.Trimesh  # in its mesh frame
+    pose: np.ndarray  # (4,4) mesh -> world
+    seg_id: int
+    nocs_from_mesh: np.ndarray | None = None  # (4,4) similarity mesh -> NOCS
+    mesh_key: Hashable | None = None
 
 
 @dataclass
@@ -109,6 +143,7 @@ class SceneSpec:
     camera: Camera
     joints3d: np.ndarray  # (21,3) world, common 21 order
     mesh_key: Hashable | None = None  # cache key for the object's GL meshes; None = the mesh itself
+    extras: tuple[Instance, ...] = ()  # more instances: the table, distractors
 
 
 @dataclass
@@ -130,16 +165,36 @@ class RenderResult:
     mask_hand_full: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
     mask_object_full: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
     joints_self_occluded: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
+    full_masks: dict[int, np.ndarray] = field(repr=False, default_factory=dict)  # seg id -> amodal mask
 
     @property
     def empty(self) -> bool:
-        """True when neither mesh covers any pixel (the frame shows nothing)."""
+        """True when neither the hand nor the grasped object covers any pixel (the table and
+        distractors do not count: the frame shows nothing of the grasp)."""
         return not (self.mask_hand_full.any() or self.mask_object_full.any())
 
     @property
     def amodal(self) -> np.ndarray:
-        """uint8 (H,W): bit 0 = hand covers the pixel (amodal), bit 1 = object covers it."""
-        return amodal_bits(self.mask_hand_full, self.mask_object_full)
+        """``amodal.png`` (:func:`hoigen.data.contract.amodal_bits`): bit ``seg_id - 1`` per instance
+        covering the pixel (amodal); uint8 while every seg id <= 8, else uint16."""
+        extras = {k: m for k, m in self.full_masks.items() if k not in (SEG_HAND, SEG_OBJECT)}
+        return amodal_bits(self.mask_hand_full, self.mask_object_full, extras)
+
+    def instance_boxes(self) -> dict[int, dict[str, Any]]:
+        """Per seg id (hand, object and every extra instance): ``bbox`` (amodal, clipped to the
+        image) and ``bbox_visible`` as :func:`hoigen.render.annotate.mask_bbox` boxes, ``[0, 0, 0, 0]``
+        when empty, and the pixel counts ``px_visible`` and ``px_full``."""
+        full = self.full_masks or {SEG_HAND: self.mask_hand_full, SEG_OBJECT: self.mask_object_full}
+        out = {}
+        for seg_id, mask in full.items():
+            visible = self.seg == seg_id
+            out[seg_id] = {
+                "bbox": mask_bbox(mask) or [0, 0, 0, 0],
+                "bbox_visible": mask_bbox(visible) or [0, 0, 0, 0],
+                "px_visible": int(visible.sum()),
+                "px_full": int(mask.sum()),
+            }
+        return out
 
     def bboxes(self) -> dict[str, list[int] | None]:
         """Boxes ``[x0, y0, x1, y1]`` (x1, y1 exclusive) of the visible and full masks, None if empty."""
@@ -159,6 +214,17 @@ class _Geometry:
     id_mesh: Any
     shade_mesh: Any
     source: Any = None  # keeps a cached trimesh alive so its id() stays unique
+    first_id: int = 1  # face ids first_id .. first_id + F - 1
+
+
+@dataclass
+class _Placed:
+    """One mesh instance of the current frame: geometry, mesh -> world pose, seg id, NOCS transform."""
+
+    geo: _Geometry
+    pose: np.ndarray
+    seg_id: int
+    nocs_from_mesh: np.ndarray | None
 
 
 def _area_downsample(image: np.ndarray, factor: int) -> np.ndarray:
@@ -183,11 +249,12 @@ class Renderer:
         self_occlusion_tolerance: float = 0.015,
         hand_color: tuple[float, float, float] = HAND_COLOR,
         object_color: tuple[float, float, float] = OBJECT_COLOR,
+        table_color: tuple[float, float, float] = TABLE_COLOR,
         normal_background: tuple[int, int, int] = NORMAL_BACKGROUND,
         light_intensity: float = 3.0,
         ambient: float = 0.25,
         skeleton_line_width: int | None = None,
-        cache_size: int = 8,
+        cache_size: int = 32,
     ) -> None:
         self.width, self.height = int(width), int(height)
         if self.width < 1 or self.height < 1:
@@ -216,11 +283,12 @@ class Renderer:
             "object": pr.MetallicRoughnessMaterial(
                 baseColorFactor=(*object_color, 1.0), metallicFactor=0.0, roughnessFactor=0.6
             ),
+            "table": pr.MetallicRoughnessMaterial(
+                baseColorFactor=(*table_color, 1.0), metallicFactor=0.0, roughnessFactor=0.8
+            ),
         }
         self._objects: OrderedDict[Hashable, _Geometry] = OrderedDict()
-        self._object_nodes: tuple[Any, Any] | None = None
-        self._object_current: _Geometry | None = None
-        self._hand_nodes: tuple[Any, Any] | None = None
+        self._placed: dict[Hashable, tuple[_Geometry, tuple[Any, Any]]] = {}  # slot -> geometry, scene nodes
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -278,71 +346,100 @@ class Renderer:
                 )
             ]
         )
-        return _Geometry(surface, id_mesh, shade_mesh)
+        return _Geometry(surface, id_mesh, shade_mesh, first_id=first_id)
 
-    def _object_geometry(self, spec: SceneSpec) -> _Geometry:
-        mesh = spec.object_mesh
-        key = spec.mesh_key if spec.mesh_key is not None else ("id", id(mesh))
-        geo = self._objects.get(key)
-        if geo is not None and (spec.mesh_key is not None or geo.source is mesh):
-            self._objects.move_to_end(key)
+    def _mesh_geometry(self, mesh: trimesh.Trimesh, key: Hashable | None, first_id: int, kind: str) -> _Geometry:
+        """A rigid mesh's geometry from the LRU cache (keyed by ``key`` or the mesh itself, the first
+        face id and the material), built on a miss."""
+        cache_key = (key if key is not None else ("id", id(mesh)), first_id, kind)
+        geo = self._objects.get(cache_key)
+        if geo is not None and (key is not None or geo.source is mesh):
+            self._objects.move_to_end(cache_key)
             return geo
         if len(mesh.faces) == 0:
-            raise HoigenError("render: the object mesh has no faces; check the object file")
-        geo = self._geometry(mesh.vertices, mesh.faces, 1, "object")
+            raise HoigenError(f"render: the {kind} mesh has no faces; check the {kind} file")
+        geo = self._geometry(mesh.vertices, mesh.faces, first_id, kind)
         geo.source = mesh
-        self._objects[key] = geo
+        self._objects[cache_key] = geo
         while len(self._objects) > self.cache_size:
             self._objects.popitem(last=False)
         return geo
 
-    def _place(self, spec: SceneSpec) -> tuple[_Geometry, _Geometry]:
-        obj = self._object_geometry(spec)
-        pose = np.asarray(spec.object_pose, dtype=np.float64).reshape(4, 4)
-        if obj is not self._object_current:
-            if self._object_nodes is not None:
-                for node in self._object_nodes:
-                    self._scene.remove_node(node)
-            self._object_nodes = (
-                self._scene.add(obj.id_mesh, pose=pose),
-                self._scene.add(obj.shade_mesh, pose=pose),
-            )
-            self._object_current = obj
-        else:
-            for node in self._object_nodes:
+    @staticmethod
+    def _check_extras(extras: tuple[Instance, ...]) -> None:
+        seen = {SEG_HAND, SEG_OBJECT}
+        for inst in extras:
+            if not SEG_TABLE <= int(inst.seg_id) <= MAX_SEG_ID or int(inst.seg_id) in seen:
+                raise HoigenError(
+                    f"render: extra instance seg id {inst.seg_id} is taken or outside {SEG_TABLE}..{MAX_SEG_ID}; "
+                    "give the table and each distractor its own id (hoigen.data.contract)"
+                )
+            seen.add(int(inst.seg_id))
+
+    def _set_node(self, slot: Hashable, geo: _Geometry, pose: np.ndarray | None) -> None:
+        """Put ``geo`` in the scene at ``slot`` (reposition it when it is already there)."""
+        placed = self._placed.get(slot)
+        if placed is not None and placed[0] is geo and pose is not None:
+            for node in placed[1]:
                 self._scene.set_pose(node, pose)
-        hand = self._geometry(spec.hand_vertices, spec.hand_faces, 1 + len(obj.surface.triangles), "hand")
-        if self._hand_nodes is not None:
-            for node in self._hand_nodes:
+            return
+        if placed is not None:
+            for node in placed[1]:
                 self._scene.remove_node(node)
-        self._hand_nodes = (self._scene.add(hand.id_mesh), self._scene.add(hand.shade_mesh))
-        return obj, hand
+        kw = {} if pose is None else {"pose": pose}
+        self._placed[slot] = (geo, (self._scene.add(geo.id_mesh, **kw), self._scene.add(geo.shade_mesh, **kw)))
+
+    def _place(self, spec: SceneSpec) -> list[_Placed]:
+        """Put every mesh of the frame in the scene; returns them in compositing order (object,
+        hand, extras). Face ids: object 1..F_o, then the extras in order, then the hand."""
+        self._check_extras(tuple(spec.extras))
+        pose = np.asarray(spec.object_pose, dtype=np.float64).reshape(4, 4)
+        obj = self._mesh_geometry(spec.object_mesh, spec.mesh_key, 1, "object")
+        self._set_node("object", obj, pose)
+        placed = [_Placed(obj, pose, SEG_OBJECT, np.asarray(spec.nocs_from_mesh, dtype=np.float64).reshape(4, 4))]
+        next_id = 1 + len(obj.surface.triangles)
+        for k, inst in enumerate(spec.extras):
+            kind = "table" if int(inst.seg_id) == SEG_TABLE else "object"
+            geo = self._mesh_geometry(inst.mesh, inst.mesh_key, next_id, kind)
+            inst_pose = np.asarray(inst.pose, dtype=np.float64).reshape(4, 4)
+            self._set_node(("extra", k), geo, inst_pose)
+            nocs = None if inst.nocs_from_mesh is None else np.asarray(inst.nocs_from_mesh, dtype=np.float64)
+            placed.append(_Placed(geo, inst_pose, int(inst.seg_id), None if nocs is None else nocs.reshape(4, 4)))
+            next_id += len(geo.surface.triangles)
+        for slot in [s for s in self._placed if isinstance(s, tuple) and s[1] >= len(spec.extras)]:
+            for node in self._placed.pop(slot)[1]:
+                self._scene.remove_node(node)
+        hand = self._geometry(spec.hand_vertices, spec.hand_faces, next_id, "hand")
+        self._set_node("hand", hand, None)
+        placed.insert(1, _Placed(hand, np.eye(4), SEG_HAND, None))
+        return placed
 
     # ------------------------------------------------------------------ passes
-    def _pass(self, camera: Camera, obj: _Geometry, hand: _Geometry, kind: str) -> Any:
+    def _pass(self, camera: Camera, placed: list[_Placed], ids_of: list[_Placed] | None) -> Any:
+        """One pass: the face ids of ``ids_of`` (flat, unlit), or the shaded colour of every mesh (None)."""
         pr = self._pr
         self._offscreen.viewport_width, self._offscreen.viewport_height = camera.width, camera.height
         fx, fy, cx, cy = gl_intrinsics(camera.K)
         self._camera.fx, self._camera.fy, self._camera.cx, self._camera.cy = fx, fy, cx, cy
         self._scene.set_pose(self._camera_node, pyrender_pose(camera.world_to_cam))
-        obj.id_mesh.is_visible = kind in ("ids", "object_ids")
-        hand.id_mesh.is_visible = kind in ("ids", "hand_ids")
-        obj.shade_mesh.is_visible = hand.shade_mesh.is_visible = kind == "shade"
+        drawn = {id(p.geo) for p in ids_of or ()}
+        for p in placed:
+            p.geo.id_mesh.is_visible = id(p.geo) in drawn
+            p.geo.shade_mesh.is_visible = ids_of is None
         self._readback.depth = False  # exact depth comes from the face ids (module docstring)
-        self._readback.rgba = kind != "shade"
+        self._readback.rgba = ids_of is not None
         flags = pr.RenderFlags.SKIP_CULL_FACES
-        if kind in ("ids", "object_ids", "hand_ids"):
+        if ids_of is not None:
             return self._offscreen.render(self._scene, flags | pr.RenderFlags.FLAT)[0]
         return self._offscreen.render(self._scene, flags)[0]
 
-    def _hits(
-        self, ids: np.ndarray, camera: Camera, spec: SceneSpec, obj: _Geometry, hand: _Geometry, want_nocs: bool,
-        only: str | None = None,
-    ) -> dict[str, np.ndarray]:
-        """:func:`hoigen.render.surface.pixel_hits` of a face-id image of this frame."""
-        return pixel_hits(
-            ids, camera, obj.surface, hand.surface, spec.object_pose, spec.nocs_from_mesh, want_nocs, only
-        )
+    @staticmethod
+    def _parts(placed: list[_Placed]) -> list[Part]:
+        parts = []
+        for p in placed:
+            frame_from_world = np.eye(4) if p.seg_id == SEG_HAND else np.linalg.inv(p.pose)
+            parts.append(Part(p.geo.surface, p.geo.first_id, frame_from_world, p.seg_id, p.nocs_from_mesh))
+        return parts
 
     # ------------------------------------------------------------------ main entry
     def _check(self, spec: SceneSpec) -> Camera:
@@ -360,53 +457,55 @@ class Renderer:
         """Only the plain shaded colour render (H,W,3) uint8 of a frame: the bare single pass that
         ``make bench`` compares the full set of passes with."""
         cam = self._check(spec)
-        obj, hand = self._place(spec)
-        return np.ascontiguousarray(self._pass(cam, obj, hand, "shade"))
+        placed = self._place(spec)
+        return np.ascontiguousarray(self._pass(cam, placed, None))
 
     def render(self, spec: SceneSpec, supersample: int | None = None) -> RenderResult:
         """Render all maps and annotations of one frame (see the module docstring)."""
         cam = self._check(spec)
         ss = self.supersample if supersample is None else self._check_ss(supersample)
-        obj, hand = self._place(spec)
+        placed = self._place(spec)
+        parts = self._parts(placed)
         h, w = self.height, self.width
 
         if ss > 1:  # anti-aliased normal and shade maps from a larger image
             big = cam.scaled(ss)
-            color_big = self._pass(big, obj, hand, "ids")
-            surf_big = self._hits(decode_ids(color_big), big, spec, obj, hand, want_nocs=False)
+            color_big = self._pass(big, placed, placed)
+            surf_big = pixel_hits(decode_ids(color_big), big, parts, want_nocs=False)
             normal_big = normal_image(surf_big, big.height, big.width, np.float32, self.normal_background)
             normal = np.clip(np.round(_area_downsample(normal_big, ss)), 0, 255).astype(np.uint8)
-            shade = np.clip(np.round(_area_downsample(self._pass(big, obj, hand, "shade"), ss)), 0, 255)
+            shade = np.clip(np.round(_area_downsample(self._pass(big, placed, None), ss)), 0, 255)
             shade = shade.astype(np.uint8)
 
-        # each mesh alone: amodal coverage and exact hits; the nearer exact hit is the visible one
-        object_color = self._pass(cam, obj, hand, "object_ids")
-        hand_color = self._pass(cam, obj, hand, "hand_ids")
-        object_ids, hand_ids = decode_ids(object_color), decode_ids(hand_color)
+        # each mesh alone: amodal coverage and exact hits; the nearest exact hit is the visible one
+        alone = [decode_ids(self._pass(cam, placed, [p])) for p in placed]
         surf = composite(
-            self._hits(object_ids, cam, spec, obj, hand, want_nocs=True, only="object"),
-            self._hits(hand_ids, cam, spec, obj, hand, want_nocs=True, only="hand"),
-            h * w,
+            [pixel_hits(ids, cam, [part], want_nocs=True) for ids, part in zip(alone, parts, strict=True)], h * w
         )
-        seg, depth_m, depth, nocs = visible_maps(surf, h, w)
+        seg, depth_m, depth, nocs = visible_maps(
+            surf, [p.seg_id for p in parts], [p.nocs_from_mesh is not None for p in parts], h, w
+        )
         if ss == 1:
             normal = normal_image(surf, h, w, np.uint8, self.normal_background)
-            shade = np.ascontiguousarray(self._pass(cam, obj, hand, "shade"))
+            shade = np.ascontiguousarray(self._pass(cam, placed, None))
 
         joints3d = np.asarray(spec.joints3d, dtype=np.float64).reshape(-1, 3)
         joints2d, joints_z = project(joints3d, cam.K, cam.world_to_cam)
+        t_hand = surf["t"][1]  # compositing order: object, hand, extras
+        t_other = np.min(np.delete(surf["t"], 1, axis=0), axis=0)  # any non-hand surface hides a joint
         unhidden, self_occluded = joint_visibility(
             joints2d,
             joints_z,
             cam,
-            surf["t_object"],
-            surf["t_hand"],
+            t_other,
+            t_hand,
             joint_clearance(joints3d, spec.hand_vertices),
             znear=self.znear,
             visibility_tolerance=self.visibility_tolerance,
             self_occlusion_tolerance=self.self_occlusion_tolerance,
         )
         skeleton = draw_skeleton(joints2d, unhidden, w, h, self.skeleton_line_width)
+        full_masks = {p.seg_id: ids.reshape(h, w) > 0 for p, ids in zip(parts, alone, strict=True)}
         self.renders += 1
         return RenderResult(
             normal=normal,
@@ -421,7 +520,8 @@ class Renderer:
             mask_hand=seg == SEG_HAND,
             mask_object=seg == SEG_OBJECT,
             camera=cam,
-            mask_hand_full=hand_ids > 0,
-            mask_object_full=object_ids > 0,
+            mask_hand_full=full_masks[SEG_HAND],
+            mask_object_full=full_masks[SEG_OBJECT],
             joints_self_occluded=self_occluded,
+            full_masks=full_masks,
         )

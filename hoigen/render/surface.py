@@ -5,8 +5,8 @@ triangle with a unique flat colour (its *face id*); everything after that happen
 pixel the id names the triangle under the pixel centre; intersecting the pixel's ray with that
 triangle's plane then gives the exact 3D point (depth, NOCS) and its barycentric coordinates
 (smooth normals) without the quantisation of a depth buffer or of 8-bit colour channels
-(:func:`pixel_hits`). Per pixel the nearer of the object's and the hand's hits is the visible
-surface (:func:`composite`), and the maps are encoded as the shard contract says
+(:func:`pixel_hits`). Per pixel the nearest of the instances' hits (each instance drawn alone) is
+the visible surface (:func:`composite`), and the maps are encoded as the shard contract says
 (:func:`visible_maps`, :func:`normal_image`; :mod:`hoigen.data.contract`).
 
 Face ids are 24-bit: RGB = (id & 255, (id >> 8) & 255, (id >> 16) & 255); 0 is the background.
@@ -21,7 +21,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from hoigen.data.contract import SEG_HAND, SEG_OBJECT, encode_depth, encode_nocs, normal_colour
+from hoigen.data.contract import encode_depth, encode_nocs, normal_colour
 from hoigen.render.cameras import Camera
 
 MAX_FACE_ID = (1 << 24) - 1
@@ -181,45 +181,43 @@ def mesh_surface(vertices: np.ndarray, faces: np.ndarray, crease_deg: float | No
     return MeshSurface(triangles, face_planes(triangles), corners, crease_deg is not None)
 
 
-def pixel_hits(
-    ids: np.ndarray,
-    camera: Camera,
-    obj: MeshSurface,
-    hand: MeshSurface,
-    object_pose: np.ndarray,
-    nocs_from_mesh: np.ndarray,
-    want_nocs: bool,
-    only: str | None = None,
-) -> dict[str, np.ndarray]:
+@dataclass
+class Part:
+    """One mesh instance of a frame as the hit maths sees it: its surface (mesh frame), the first
+    face id it was drawn with (faces are ``first_id .. first_id + F - 1``), the world -> mesh frame
+    transform, its ``seg.png`` id and its mesh -> NOCS transform (None: no NOCS, e.g. hand, table)."""
+
+    surface: MeshSurface
+    first_id: int
+    frame_from_world: np.ndarray  # (4,4)
+    seg_id: int
+    nocs_from_mesh: np.ndarray | None = None
+
+
+def pixel_hits(ids: np.ndarray, camera: Camera, parts: list[Part], want_nocs: bool) -> dict[str, np.ndarray]:
     """Exact depth, camera-frame normals (and NOCS) of every covered pixel of a face-id image.
 
-    Object faces are ids 1..F_o, hand faces F_o+1..F_o+F_h (``only="object"|"hand"``: the ids come
-    from that mesh alone, numbered the same way). Returns flat pixel indices ``pix`` (N,)
-    (row * W + col), ``is_object`` (N,), ``depth`` (N,), ``normal`` (N,3) and, with ``want_nocs``,
-    ``nocs`` (N,3) for the object pixels, in the order of ``pix``. Where a ray grazes its
-    triangle's plane, the triangle's centroid stands in for the hit. Normals are interpolated
-    barycentrically, back faces flipped, and normals that would point away from the camera near
-    silhouettes are bent just enough to face it.
+    ``ids`` holds face ids of ``parts`` (every part drawn with its own id range, as :class:`Part`
+    says; ids outside every range are ignored). Returns flat pixel indices ``pix`` (N,)
+    (row * W + col), ``part`` (N,) (index into ``parts``), ``depth`` (N,), ``normal`` (N,3) and, with
+    ``want_nocs``, ``nocs`` (N,3) (zero for parts without NOCS), in the order of ``pix``. Where a ray
+    grazes its triangle's plane, the triangle's centroid stands in for the hit. Normals are
+    interpolated barycentrically, back faces flipped, and normals that would point away from the
+    camera near silhouettes are bent just enough to face it.
     """
     h, w = ids.shape
-    n_obj = len(obj.triangles)
     K_inv = np.linalg.inv(camera.K)
     R, center = camera.world_to_cam[:3, :3], camera.center
     flat = ids.reshape(-1)
-    pose = np.asarray(object_pose, dtype=np.float64).reshape(4, 4)
-    parts = []
-    if only in (None, "object"):
-        covered = (flat >= 1) & (flat <= n_obj) if only is None else flat > 0
-        parts.append((np.flatnonzero(covered), obj, 1, np.linalg.inv(pose)))
-    if only in (None, "hand"):
-        parts.append((np.flatnonzero(flat > n_obj), hand, 1 + n_obj, np.eye(4)))
-    out: dict[str, list[np.ndarray]] = {"pix": [], "is_object": [], "depth": [], "normal": [], "nocs": []}
-    for pix, geo, first, frame_from_world in parts:
+    out: dict[str, list[np.ndarray]] = {"pix": [], "part": [], "depth": [], "normal": [], "nocs": []}
+    for index, part in enumerate(parts):
+        geo, first = part.surface, part.first_id
+        pix = np.flatnonzero((flat >= first) & (flat < first + len(geo.triangles)))
         if len(pix) == 0:
             continue
         face = flat[pix] - first
         rays = np.stack([pix % w, pix // w, np.ones(len(pix))], axis=1).astype(np.float64) @ K_inv.T
-        A, b = frame_from_world[:3, :3], frame_from_world[:3, 3]
+        A, b = part.frame_from_world[:3, :3], part.frame_from_world[:3, 3]
         origin = A @ center + b
         dirs = rays @ (A @ R.T).T  # camera ray -> world -> this mesh's frame
         t, bary, facing = hit_planes(origin, dirs, geo.planes, face)
@@ -246,16 +244,19 @@ def pixel_hits(
             n_cam[bend] -= (cos[bend] + FACING_EPS)[:, None] * ray[bend]
             n_cam[bend] /= np.linalg.norm(n_cam[bend], axis=1, keepdims=True)
         out["pix"].append(pix)
-        out["is_object"].append(np.full(len(pix), geo is obj))
+        out["part"].append(np.full(len(pix), index))
         out["depth"].append(t)
         out["normal"].append(n_cam)
-        if want_nocs and geo is obj:
-            points = origin + t[:, None] * dirs
-            nocs_T = np.asarray(nocs_from_mesh, dtype=np.float64).reshape(4, 4)
-            out["nocs"].append(points @ nocs_T[:3, :3].T + nocs_T[:3, 3])
+        if want_nocs:
+            if part.nocs_from_mesh is None:
+                out["nocs"].append(np.zeros((len(pix), 3)))
+            else:
+                points = origin + t[:, None] * dirs
+                nocs_T = np.asarray(part.nocs_from_mesh, dtype=np.float64).reshape(4, 4)
+                out["nocs"].append(points @ nocs_T[:3, :3].T + nocs_T[:3, 3])
     empty = {
         "pix": np.zeros(0, np.int64),
-        "is_object": np.zeros(0, bool),
+        "part": np.zeros(0, np.int64),
         "depth": np.zeros(0),
         "normal": np.zeros((0, 3)),
         "nocs": np.zeros((0, 3)),
@@ -263,39 +264,41 @@ def pixel_hits(
     return {k: np.concatenate(v) if v else empty[k] for k, v in out.items() if k != "nocs" or want_nocs}
 
 
-def composite(object_surf: dict[str, np.ndarray], hand_surf: dict[str, np.ndarray], n_pixels: int) -> dict:
-    """Per pixel, keep the nearer of the object's and the hand's exact hits (ties: the object).
+def composite(surfs: list[dict[str, np.ndarray]], n_pixels: int) -> dict:
+    """Per pixel, keep the nearest of the parts' exact hits (ties: the earlier part).
 
-    Also returns each mesh's own exact depth per pixel, ``t_object`` and ``t_hand`` (inf where the
-    mesh does not cover the pixel), for joint visibility.
+    ``surfs[k]`` is :func:`pixel_hits` of part k drawn alone (its ``part`` entries are ignored and
+    set to k). Also returns ``t`` (K, n_pixels): each part's own exact depth per pixel (inf where it
+    does not cover the pixel), for amodal masks and joint visibility.
     """
-    t_object = np.full(n_pixels, np.inf)
-    t_object[object_surf["pix"]] = object_surf["depth"]
-    t_hand = np.full(n_pixels, np.inf)
-    t_hand[hand_surf["pix"]] = hand_surf["depth"]
-    keep_object = object_surf["depth"] <= t_hand[object_surf["pix"]]
-    keep_hand = hand_surf["depth"] < t_object[hand_surf["pix"]]
-    out = {
-        k: np.concatenate([object_surf[k][keep_object], hand_surf[k][keep_hand]])
-        for k in ("pix", "is_object", "depth", "normal")
-    }
-    out["nocs"] = object_surf["nocs"][keep_object]
-    out["t_object"], out["t_hand"] = t_object, t_hand
+    t = np.full((len(surfs), n_pixels), np.inf)
+    for k, surf in enumerate(surfs):
+        t[k, surf["pix"]] = surf["depth"]
+    nearest = np.argmin(t, axis=0) if len(surfs) else np.zeros(n_pixels, np.int64)
+    keys = ("pix", "depth", "normal") + (("nocs",) if all("nocs" in s for s in surfs) else ())
+    keep = [nearest[s["pix"]] == k for k, s in enumerate(surfs)]
+    out = {key: np.concatenate([s[key][m] for s, m in zip(surfs, keep, strict=True)]) for key in keys}
+    out["part"] = np.concatenate([np.full(int(m.sum()), k) for k, m in enumerate(keep)]).astype(np.int64)
+    out["t"] = t
     return out
 
 
-def visible_maps(surf: dict[str, np.ndarray], h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def visible_maps(
+    surf: dict[str, np.ndarray], seg_ids: list[int], has_nocs: list[bool], h: int, w: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``seg``, ``depth_m`` (float32 metres), ``depth`` (uint16 mm) and ``nocs`` (uint8 RGB) of a
-    composited surface, encoded as :mod:`hoigen.data.contract` says; 0 where nothing is seen."""
-    pix, is_obj = surf["pix"], surf["is_object"]
+    composited surface, encoded as :mod:`hoigen.data.contract` says; 0 where nothing is seen (and
+    ``nocs`` 0 where the visible part has no NOCS). ``seg_ids``/``has_nocs`` are per part."""
+    pix, part = surf["pix"], surf["part"]
     seg = np.zeros(h * w, dtype=np.uint8)
-    seg[pix] = np.where(is_obj, SEG_OBJECT, SEG_HAND)
+    seg[pix] = np.asarray(seg_ids, dtype=np.uint8)[part]
     depth_m = np.zeros(h * w, dtype=np.float32)
     depth_m[pix] = surf["depth"]
     depth = np.zeros(h * w, dtype=np.uint16)
     depth[pix] = encode_depth(surf["depth"])
     nocs = np.zeros((h * w, 3), dtype=np.uint8)
-    nocs[pix[is_obj]] = encode_nocs(surf["nocs"])
+    with_nocs = np.asarray(has_nocs, dtype=bool)[part]
+    nocs[pix[with_nocs]] = encode_nocs(surf["nocs"][with_nocs])
     return seg.reshape(h, w), depth_m.reshape(h, w), depth.reshape(h, w), nocs.reshape(h, w, 3)
 
 
