@@ -97,7 +97,7 @@ def scene_sample(assets: dict, frame: int = 0, hand_at=(0.015, 0.05, 0.06)) -> t
             "mesh_sha256": a.sha256,
             "pose": pose.tolist(),
             "nocs_from_mesh": a.nocs_from_mesh.tolist(),
-            **{k: boxes[seg_id][k] or [0, 0, 0, 0] if k.startswith("bbox") else boxes[seg_id][k] for k in boxes[seg_id]},
+            **{k: v or [0, 0, 0, 0] if k.startswith("bbox") else v for k, v in boxes[seg_id].items()},
         }
         for a, seg_id, pose in placed
     ]
@@ -233,3 +233,141 @@ def test_nocs_meta_keeps_hidden_instances_the_loader_drops(scene: dict, assets: 
     gt = pickle.loads((tmp_path / "gts/train/results_train_00000_0000.pkl").read_bytes())
     assert list(gt["gt_class_ids"]) == [NOCS_CLASS_IDS["mug"], NOCS_CLASS_IDS["bowl"]]
     assert (tmp_path / "obj_models/train/02942699" / assets["camera"].id / "bbox.txt").exists()
+
+
+# ---------------------------------------------------------------- BOP
+def _ply_vertices(path: Path) -> np.ndarray:
+    lines = path.read_text().splitlines()
+    n = int(next(line for line in lines if line.startswith("element vertex")).split()[-1])
+    start = lines.index("end_header") + 1
+    return np.array([[float(x) for x in row.split()[:3]] for row in lines[start : start + n]])
+
+
+def _dist_im(depth_mm: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """bop_toolkit's ``depth_im_to_dist_im``: distance from the optical centre instead of z."""
+    h, w = depth_mm.shape
+    xs, ys = np.meshgrid(np.arange(w), np.arange(h))
+    return depth_mm * np.sqrt(((xs - K[0, 2]) / K[0, 0]) ** 2 + ((ys - K[1, 2]) / K[1, 1]) ** 2 + 1)
+
+
+def test_bop_lists_every_instance_with_its_own_visibility(scene: dict, tmp_path: Path) -> None:
+    sample, objects, truth = scene["sample"], scene["objects"], scene["truth"]
+    ann = sample["ann.json"]
+    insts = ann["instances"]
+    export_bop(iter([sample]), [sample["__key__"]], tmp_path, objects)
+    folder = tmp_path / "train/000000"
+    names = json.loads((tmp_path / "models/objects.json").read_text())
+    gts = json.loads((folder / "scene_gt.json").read_text())["0"]
+    infos = json.loads((folder / "scene_gt_info.json").read_text())["0"]
+    assert [names[str(g["obj_id"])]["id"] for g in gts] == [i["id"] for i in insts]  # the table is no object
+    models_info = json.loads((tmp_path / "models/models_info.json").read_text())
+    assert sorted(models_info) == sorted(str(g["obj_id"]) for g in gts)
+    K = np.asarray(ann["camera"]["K"])
+    depth = cv2.imread(str(folder / "depth/000000.png"), -1).astype(np.float64)
+    dist_im = _dist_im(depth, K)
+    seg = sample["seg.png"]
+    for gt_id, (g, info, inst) in enumerate(zip(gts, infos, insts, strict=True)):
+        for sub in ("models", "models_eval"):
+            assert (tmp_path / sub / f"obj_{g['obj_id']:06d}.ply").is_file()
+        # the model in its BOP frame, carried by cam_R_m2c / cam_t_m2c, is the instance in the camera (< 1 mm)
+        verts = _ply_vertices(tmp_path / f"models/obj_{g['obj_id']:06d}.ply")
+        R, t = np.reshape(g["cam_R_m2c"], (3, 3)), np.asarray(g["cam_t_m2c"])
+        m2c = mesh_to_cam(ann, inst)
+        asset = objects[inst["id"]]
+        truth_mm = (asset.mesh.vertices @ m2c[:3, :3].T + m2c[:3, 3]) * 1000
+        assert np.abs(verts @ R.T + t - truth_mm).max() < 1.0, inst["id"]
+        full = cv2.imread(str(folder / f"mask/000000_{gt_id:06d}.png"), -1) > 0
+        visib = cv2.imread(str(folder / f"mask_visib/000000_{gt_id:06d}.png"), -1) > 0
+        alone, alone_depth = truth[inst["seg_id"]]
+        assert np.array_equal(full, alone) and np.array_equal(visib, seg == inst["seg_id"])
+        assert not (visib & np.isin(seg, (SEG_HAND, SEG_TABLE))).any()
+        # calc_gt_info's arithmetic on the depth images (bop19 visibility, delta 15 mm): this instance drawn
+        # alone against the scene's depth (the reader itself was not run: bop_toolkit is not on PyPI)
+        dist_gt = _dist_im(np.round(alone_depth * 1000), K)
+        visib_gt = ((dist_gt - dist_im <= 15) | (dist_im == 0)) & (dist_gt > 0)
+        all_px = int((dist_gt > 0).sum())  # inside the image: every instance here is wholly in view
+        assert info["px_count_all"] == all_px == int(full.sum())
+        assert info["px_count_valid"] == int((dist_im[dist_gt > 0] > 0).sum())
+        assert abs(info["px_count_visib"] - int(visib_gt.sum())) <= 0.05 * all_px, inst["id"]
+        assert info["visib_fract"] == pytest.approx(visib_gt.sum() / all_px, abs=0.05)
+        assert info["visib_fract"] == pytest.approx(info["px_count_visib"] / info["px_count_all"], abs=1e-6)
+        ys, xs = np.nonzero(visib)
+        assert info["bbox_visib"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+    assert min(i["visib_fract"] for i in infos) < 0.9  # the hand and the bowl hide part of the mug
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(folder / "scene_gt_coco.json"))
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=[0]))
+    assert [a["category_id"] for a in anns] == [g["obj_id"] for g in gts]
+    for a, inst in zip(anns, insts, strict=True):
+        assert np.array_equal(coco.annToMask(a).astype(bool), seg == inst["seg_id"])
+
+
+# ---------------------------------------------------------------- COCO
+def test_coco_has_one_annotation_per_instance_and_the_hand(scene: dict, assets: dict, tmp_path: Path) -> None:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    hidden_hand, _ = scene_sample(assets, frame=1, hand_at=(0.5, 0.5, 0.5))  # the hand out of view
+    samples = [scene["sample"], hidden_hand]
+    assert export_coco(iter(samples), [s["__key__"] for s in samples], tmp_path, scene["objects"]) == 2
+    gt = COCO(str(tmp_path / "annotations/train.json"))
+    cats = {c["id"]: c["name"] for c in gt.loadCats(gt.getCatIds())}
+    assert sorted(cats.values()) == ["bowl", "camera", "hand", "mug"]  # one per class; no table
+    by_key = {img["key"]: img for img in gt.loadImgs(gt.getImgIds())}
+    for sample in samples:
+        seg = sample["seg.png"]
+        anns = gt.loadAnns(gt.getAnnIds(imgIds=[by_key[sample["__key__"]]["id"]]))
+        hands = [a for a in anns if a["category_id"] == HAND_CATEGORY]
+        objs = [a for a in anns if a["category_id"] != HAND_CATEGORY]
+        assert len(hands) == int((seg == SEG_HAND).any())
+        insts = sample["ann.json"]["instances"]
+        assert [cats[a["category_id"]] for a in objs] == [i["category"] for i in insts]
+        assert [a["object_id"] for a in objs] == [i["id"] for i in insts]
+        for a, inst in zip(objs, insts, strict=True):
+            mask = gt.annToMask(a).astype(bool)
+            assert np.array_equal(mask, seg == inst["seg_id"]) and a["area"] == int(mask.sum()) == inst["px_visible"]
+        union = np.logical_or.reduce([gt.annToMask(a).astype(bool) for a in anns])
+        assert not (union & (seg == SEG_TABLE)).any()
+    dets = [{**a, "score": 1.0} for a in gt.loadAnns(gt.getAnnIds())]
+    ev = COCOeval(gt, gt.loadRes(dets), "segm")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    assert ev.stats[0] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- one code path for old and new samples
+def test_a_one_instance_list_exports_the_same_bytes_as_an_old_sample(tmp_path: Path) -> None:
+    """An old single-object sample and the same sample with an ``instances`` list of its one object give
+    byte-identical NOCS, BOP and COCO exports."""
+    import test_export_formats as tf
+
+    mug = procedural_objects(["mug"])[0]
+    old = tf.render_sample(_renderer(), mug, eye=(0.3, 0.1, 0.12), hand_at=(0.0, 0.02, 0.07))
+    new = {**old, "ann.json": {**old["ann.json"], "instances": sample_instances(old["ann.json"]), "table": None}}
+    for fmt, writer in (("nocs", export_nocs), ("bop", export_bop), ("coco", export_coco)):
+        for name, sample in (("old", old), ("new", new)):
+            writer(iter([sample]), [sample["__key__"]], tmp_path / name / fmt, {mug.id: mug})
+    files = sorted(p.relative_to(tmp_path / "old") for p in (tmp_path / "old").rglob("*") if p.is_file())
+    assert len(files) > 20
+    assert files == sorted(p.relative_to(tmp_path / "new") for p in (tmp_path / "new").rglob("*") if p.is_file())
+    for rel in files:
+        assert (tmp_path / "old" / rel).read_bytes() == (tmp_path / "new" / rel).read_bytes(), rel
+
+
+def test_bad_instances_are_one_line_errors(scene: dict, tmp_path: Path) -> None:
+    sample = scene["sample"]
+    for change, message in (
+        (lambda a: a["instances"][1].update(id="teapot-404"), "teapot-404.*not in objects.parquet"),
+        (lambda a: a["instances"][2].update(seg_id=SEG_TABLE), "seg_id 3"),
+        (lambda a: a["instances"][2].update(seg_id=distractor_seg_id(0)), "each once"),
+        (lambda a: a.update(instances=[]), "empty"),
+    ):
+        ann = json.loads(json.dumps(sample["ann.json"]))
+        change(ann)
+        bad = {**sample, "ann.json": ann}
+        for writer in (export_nocs, export_bop, export_coco):
+            with pytest.raises(HoigenError, match=message):
+                writer(iter([bad]), [bad["__key__"]], tmp_path / "out", scene["objects"])
+    assert not (tmp_path / "out").exists()  # refused before writing anything

@@ -238,10 +238,10 @@ def export_nocs(
     count = 0
     for sample in samples:
         check_renders(sample)
+        insts = object_instances(sample, objects)
         slot = plan[sample["__key__"]]
         image_dir = out_dir / slot.split / f"{slot.scene:05d}"
         image_dir.mkdir(parents=True, exist_ok=True)
-        insts = object_instances(sample, objects)
         export_sample(sample, image_dir, slot.index, insts)
         ann = sample["ann.json"]
         records, boxes = [], []
