@@ -184,11 +184,6 @@ def handle_share(sample: Sample, asset: ObjectAsset, inst: dict[str, Any] | None
     return float(areas[seen].sum() / areas.sum())
 
 
-def visible_mask(sample: Sample, seg_id: int = SEG_OBJECT) -> np.ndarray:
-    """The visible pixels of one instance (default: the grasped object): ``seg.png == seg_id``."""
-    return np.asarray(sample["seg.png"]) == seg_id
-
-
 @dataclass(frozen=True)
 class ImageSlot:
     split: str
@@ -234,12 +229,8 @@ def plan_images(
     return plan
 
 
-def object_of(sample: Sample, objects: dict[str, ObjectAsset]) -> ObjectAsset:
-    """The grasped object's asset of a sample, or a one-line error when its grasp folder's objects are missing."""
-    return _asset(sample, objects, sample["ann.json"]["object"]["id"])
-
-
 def _asset(sample: Sample, objects: dict[str, ObjectAsset], obj_id: str) -> ObjectAsset:
+    """The asset of object ``obj_id``, or a one-line error when the grasp folder's objects lack it."""
     if obj_id not in objects:
         raise HoigenError(
             f"{sample.get('__shard__', '?')}: object '{obj_id}' is not in objects.parquet; "
@@ -257,10 +248,6 @@ class ObjectInstance:
     record: dict[str, Any]  # its ann.json instance (see sample_instances)
     asset: ObjectAsset
     visible: np.ndarray  # (H, W) bool, seg.png == seg_id
-
-    @property
-    def role(self) -> str:
-        return str(self.record.get("role", "grasped" if self.seg_id == SEG_OBJECT else "distractor"))
 
 
 def object_instances(sample: Sample, objects: dict[str, ObjectAsset]) -> list[ObjectInstance]:
