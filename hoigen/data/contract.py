@@ -306,19 +306,6 @@ def _pose_problem(m: np.ndarray, rigid: bool) -> str | None:
     return None
 
 
-def sample_instances(ann: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every object instance of a sample, the grasped object first: ann.json ``instances``, or for a sample
-    without it (shards from before scenes, ingest) one instance built from ``object`` (seg id 2; boxes and
-    pixel counts only where the sample has them)."""
-    if isinstance(ann.get("instances"), list):
-        return list(ann["instances"])
-    obj = ann.get("object") or {}
-    inst = {"seg_id": SEG_OBJECT, "role": "grasped"}
-    inst.update({k: obj[k] for k in ("id", "category", "mesh_sha256", "pose", "nocs_from_mesh") if k in obj})
-    inst.update({k: obj[k] for k in ("bbox", "bbox_visible") if k in obj})
-    return [inst]
-
-
 def ann_problems(ann: Any, key: str, stage: str) -> Iterator[str]:
     """Every problem of one ``ann.json`` of ``stage``: missing fields, wrong shapes or types, non-finite
     numbers, values out of :data:`ANN_RANGES`, poses that are not rigid, a frame outside the trajectory,
