@@ -306,6 +306,121 @@ def _pose_problem(m: np.ndarray, rigid: bool) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------------- scene instances (render's ann.json)
+INSTANCE_ROLES = ("grasped", "distractor")
+#: Fields of each entry of ann.json ``instances`` (render and later; the grasped object first): shape as above.
+INSTANCE_FIELDS: dict[str, Any] = {
+    "seg_id": (),
+    "role": "str",
+    "id": "str",
+    "category": "str",
+    "mesh_sha256": "str",
+    "pose": (4, 4),
+    "nocs_from_mesh": (4, 4),
+    "bbox": (4,),
+    "bbox_visible": (4,),
+    "px_visible": (),
+    "px_full": (),
+}
+
+
+def sample_instances(ann: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every object instance of a sample, the grasped object first: ann.json ``instances``, or for a sample
+    without it (shards from before scenes, ingest) one instance built from ``object`` (seg id 2; boxes and
+    pixel counts only where the sample has them)."""
+    if isinstance(ann.get("instances"), list):
+        return list(ann["instances"])
+    obj = ann.get("object") or {}
+    inst = {"seg_id": SEG_OBJECT, "role": "grasped"}
+    inst.update({k: obj[k] for k in ("id", "category", "mesh_sha256", "pose", "nocs_from_mesh") if k in obj})
+    inst.update({k: obj[k] for k in ("bbox", "bbox_visible") if k in obj})
+    return [inst]
+
+
+def _instance_problems(ann: dict[str, Any]) -> Iterator[str]:
+    """Problems of render's ann.json ``instances`` and ``table`` (both optional: older shards lack them)."""
+    if "table" in ann and ann["table"] is not None:
+        table = ann["table"]
+        if not isinstance(table, dict):
+            yield "ann.json table is neither an object nor null"
+        else:
+            if table.get("seg_id") != SEG_TABLE:
+                yield f"ann.json table.seg_id is {table.get('seg_id')!r}, expected {SEG_TABLE}"
+            try:
+                height = float(table.get("height"))
+                size = np.asarray(table.get("size"), dtype=np.float64)
+            except (TypeError, ValueError):
+                yield "ann.json table.height or table.size is not numeric"
+            else:
+                if not abs(height) <= MAX_METRES:
+                    yield f"ann.json table.height {height:g} is not a height within {MAX_METRES:g} m"
+                if size.shape != (2,) or not np.isfinite(size).all() or (size <= 0).any() or (size > MAX_METRES).any():
+                    yield "ann.json table.size is not two positive lengths in metres"
+    if "instances" not in ann:
+        return
+    instances = ann["instances"]
+    if not isinstance(instances, list) or not instances:
+        yield "ann.json instances is not a non-empty list"
+        return
+    seen: set[Any] = set()
+    width, height = (ann.get("camera") or {}).get("width"), (ann.get("camera") or {}).get("height")
+    for i, inst in enumerate(instances):
+        where = f"ann.json instances[{i}]"
+        if not isinstance(inst, dict):
+            yield f"{where} is not an object"
+            continue
+        arrays: dict[str, np.ndarray] = {}
+        for name, shape in INSTANCE_FIELDS.items():
+            if name not in inst:
+                yield f"{where} has no field {name}"
+            elif shape == "str":
+                if not isinstance(inst[name], str):
+                    yield f"{where}.{name} is not a string"
+            else:
+                try:
+                    arr = np.asarray(inst[name], dtype=np.float64)
+                except (TypeError, ValueError, OverflowError):
+                    yield f"{where}.{name} is not numeric"
+                    continue
+                if arr.shape != shape:
+                    yield f"{where}.{name} has shape {list(arr.shape)}, expected {list(shape)}"
+                elif not np.isfinite(arr).all():
+                    yield f"{where}.{name} holds NaN or infinity"
+                else:
+                    arrays[name] = arr
+        seg_id, role = inst.get("seg_id"), inst.get("role")
+        want_role = "grasped" if i == 0 else "distractor"
+        if role != want_role:
+            yield f"{where}.role is {role!r}, expected {want_role!r} (the grasped object comes first)"
+        if i == 0 and seg_id != SEG_OBJECT:
+            yield f"{where}.seg_id is {seg_id!r}; the grasped object has seg id {SEG_OBJECT}"
+        last = SEG_FIRST_DISTRACTOR + MAX_DISTRACTORS - 1
+        if i > 0 and seg_id not in range(SEG_FIRST_DISTRACTOR, last + 1):
+            yield f"{where}.seg_id is {seg_id!r}; distractors have seg ids {SEG_FIRST_DISTRACTOR}..{last}"
+        if seg_id in seen:
+            yield f"{where}.seg_id {seg_id!r} is used twice"
+        seen.add(seg_id)
+        for name, rigid in (("pose", True), ("nocs_from_mesh", False)):
+            if name in arrays and (problem := _pose_problem(arrays[name], rigid)):
+                yield f"{where}.{name} {problem}"
+        for name in ("bbox", "bbox_visible"):
+            box = arrays.get(name)
+            if box is None:
+                continue
+            if (box != np.round(box)).any() or (box < 0).any() or box[2] < box[0] or box[3] < box[1]:
+                yield f"{where}.{name} is not a pixel box [x0, y0, x1, y1] with x0 <= x1, y0 <= y1"
+            elif isinstance(width, int) and isinstance(height, int) and (box[2] > width or box[3] > height):
+                yield f"{where}.{name} reaches past the {width}x{height} image"
+        counts = [arrays.get(n) for n in ("px_visible", "px_full")]
+        if all(c is not None for c in counts):
+            visible, full = (float(c) for c in counts)  # type: ignore[arg-type]
+            if visible != round(visible) or full != round(full) or not 0 <= visible <= full:
+                yield f"{where} px_visible {visible:g} and px_full {full:g} are not counts with visible <= full"
+    obj_id = (ann.get("object") or {}).get("id")
+    if isinstance(instances[0], dict) and obj_id is not None and instances[0].get("id") != obj_id:
+        yield f"ann.json instances[0].id {instances[0].get('id')!r} is not object.id {obj_id!r}"
+
+
 def ann_problems(ann: Any, key: str, stage: str) -> Iterator[str]:
     """Every problem of one ``ann.json`` of ``stage``: missing fields, wrong shapes or types, non-finite
     numbers, values out of :data:`ANN_RANGES`, poses that are not rigid, a frame outside the trajectory,
@@ -366,3 +481,10 @@ def ann_problems(ann: Any, key: str, stage: str) -> Iterator[str]:
     found, obj_id = _get(ann, "object.id")
     if found and isinstance(obj_id, str) and not key.startswith(obj_id + "_"):
         yield f"ann.json object.id {obj_id!r} does not match the key"
+    if "support" in ann and ann["support"] is not None:
+        support = ann["support"]
+        height = support.get("height") if isinstance(support, dict) else None
+        if not isinstance(height, (int, float)) or isinstance(height, bool) or not abs(height) <= MAX_METRES:
+            yield f"ann.json support is not null or {{\"height\": <world y within {MAX_METRES:g} m>}}"
+    if stage in ("render", "synthesize"):
+        yield from _instance_problems(ann)

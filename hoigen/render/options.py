@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hoigen.options import MAX_SIZE, REAL_SIZE, option, validate
+from hoigen.data.contract import MAX_DISTRACTORS
+from hoigen.options import MAX_SIZE, REAL_SIZE, OptionError, option, validate
 
 # "random" (a drawn field of view) or a real camera's intrinsics (hoigen.render.cameras.CAMERA_PRESETS)
 CAMERA_CHOICES = ("random", "nocs-camera", "nocs-real275", "dexycb")
@@ -42,5 +43,20 @@ class RenderOptions:
         choices=NORMALS_CHOICES,
     )
 
+    table: bool = option(
+        True,
+        "Stand the grasped object on a table (a 1.2 x 0.8 m box at the grasp's support height; depth and seg id 3). "
+        "--no-table: the object floats in empty space (the scenes before tables).",
+    )
+    distractors: int = option(
+        2,
+        "Other objects standing on the table around the grasped object (from the grasp folder's other objects, "
+        "else the embedded procedural library), clear of each other, the object and the hand's whole approach.",
+        min=0,
+        max=MAX_DISTRACTORS,
+    )
+
     def __post_init__(self) -> None:
         validate(self)
+        if self.distractors and not self.table:
+            raise OptionError("distractors", "needs the table (distractors stand on it); drop --no-table or pass 0")
