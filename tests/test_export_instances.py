@@ -371,3 +371,17 @@ def test_bad_instances_are_one_line_errors(scene: dict, tmp_path: Path) -> None:
             with pytest.raises(HoigenError, match=message):
                 writer(iter([bad]), [bad["__key__"]], tmp_path / "out", scene["objects"])
     assert not (tmp_path / "out").exists()  # refused before writing anything
+
+
+def test_bop_takes_an_instances_whole_silhouette_when_render_gives_one(scene: dict, tmp_path: Path) -> None:
+    """A distractor with a ``silhouette`` record (the unclipped count, as ``object.silhouette``) is counted
+    by it; without one, by its amodal mask inside the image."""
+    ann = json.loads(json.dumps(scene["sample"]["ann.json"]))
+    cam_px = ann["instances"][1]["px_full"]
+    ann["instances"][1]["silhouette"] = {"px_count": 2 * cam_px, "bbox": [-20, 30, 80, 53]}
+    sample = {**scene["sample"], "ann.json": ann}
+    export_bop(iter([sample]), [sample["__key__"]], tmp_path, scene["objects"])
+    infos = json.loads((tmp_path / "train/000000/scene_gt_info.json").read_text())["0"]
+    assert infos[1]["px_count_all"] == 2 * cam_px and infos[1]["bbox_obj"] == [-20, 30, 100, 23]
+    assert infos[1]["visib_fract"] == pytest.approx(infos[1]["px_count_visib"] / (2 * cam_px), abs=1e-6)
+    assert infos[2]["px_count_all"] == ann["instances"][2]["px_full"]  # the bowl: no record, the amodal mask
