@@ -13,11 +13,17 @@ Layout (``<out>/``); every length in millimetres, as BOP wants:
   (bop_toolkit remeshes for an even vertex density; this only adds vertices), with their own
   ``models_info.json``.
   **Extension:** ``models/objects.json`` maps obj_id to hoigen's object id and category.
-  obj_ids are 1.. in sorted order of the hoigen object ids of ``objects.parquet``.
+  obj_ids are 1.. in sorted order of the hoigen object ids of ``objects.parquet``; ``models/`` and
+  ``models_eval/`` hold every object any exported instance (grasped or distractor) uses.
 - ``<split>/<scene:06d>/``: one scene per (object, grasp, view) trajectory; image ids are its frames.
+  Ground truth ``gt`` (0-based) of an image is its ``gt``-th object instance in the order of
+  :func:`hoigen.data.contract.sample_instances`: 0 the grasped object, k + 1 distractor k; every
+  instance is listed, visible or not (as BOP lists every annotated object). The hand and the table are
+  not objects: they have no ground truth, and their pixels are outside every ``mask_visib``.
   - ``rgb/<im:06d>.png``, ``depth/<im:06d>.png`` (uint16; depth in mm = value * depth_scale, 1.0).
-  - ``mask/<im:06d>_<gt:06d>.png``: the full (amodal) silhouette of ground truth ``gt``, 255 inside;
-    ``mask_visib/`` its visible part (hand pixels excluded).
+  - ``mask/<im:06d>_<gt:06d>.png``: the full (amodal) silhouette of ground truth ``gt`` in the image
+    (its ``amodal.png`` bit), 255 inside; ``mask_visib/`` its visible part (``seg.png`` == its seg id:
+    pixels of the hand, the table or a nearer object excluded).
   - ``scene_camera.json``: per image ``cam_K`` (3x3 row-wise), ``depth_scale``, ``cam_R_w2c`` and
     ``cam_t_w2c`` (world -> camera, mm).
   - ``scene_gt.json``: per image a list of ``{obj_id, cam_R_m2c (row-wise), cam_t_m2c (mm)}``.
@@ -25,9 +31,10 @@ Layout (``<out>/``); every length in millimetres, as BOP wants:
     empty), ``px_count_all``, ``px_count_valid`` (full mask in the image with depth > 0),
     ``px_count_visib`` (visible mask), ``visib_fract`` = visib / all (0 when all is 0). As in
     bop_toolkit's ``calc_gt_info``, ``px_count_all`` and ``bbox_obj`` cover the whole silhouette,
-    including what falls outside the image (render's ``object.silhouette``, counted on a canvas
-    three times the image size; so ``bbox_obj`` may start below 0). Shards rendered before that
-    field existed fall back to ``amodal.png``, which stops at the image border.
+    including what falls outside the image (the instance's ``silhouette`` record, render's
+    ``object.silhouette`` for the grasped object, counted on a canvas three times the image size; so
+    ``bbox_obj`` may start below 0). Instances without that record (shards rendered before the field
+    existed; distractors rendered without it) fall back to ``amodal.png``, which stops at the border.
   - ``scene_gt_coco.json``: the scene's visible instance masks in COCO form, as bop_toolkit's
     ``calc_gt_coco`` and BlenderProc write it: ``images`` (id = image id, ``file_name``
     ``rgb/<im>.png``), ``categories`` (id = obj_id), ``annotations`` (RLE of ``mask_visib``,
@@ -52,14 +59,14 @@ from hoigen.data.codec import encode_field
 from hoigen.data.schema import Sample
 from hoigen.export.coco import rle
 from hoigen.export.common import (
-    amodal_mask,
+    ObjectInstance,
     bbox_xywh,
+    full_masks,
     full_silhouette,
     hand_record,
     mesh_to_cam,
-    object_of,
+    object_instances,
     plan_images,
-    visible_mask,
 )
 from hoigen.export.nocs import check_renders
 from hoigen.objects import ObjectAsset
@@ -124,9 +131,12 @@ def model_info(asset: ObjectAsset) -> dict[str, Any]:
     return info
 
 
-def gt_info(sample: Sample, amodal: np.ndarray, visible: np.ndarray, depth: np.ndarray) -> dict[str, Any]:
-    """BOP ``scene_gt_info`` of one instance; ``amodal`` is the full mask inside the image."""
-    all_px, box = full_silhouette(sample)
+def gt_info(
+    sample: Sample, amodal: np.ndarray, visible: np.ndarray, depth: np.ndarray, inst: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """BOP ``scene_gt_info`` of one instance (default: the grasped object); ``amodal`` is its full mask
+    inside the image."""
+    all_px, box = full_silhouette(sample, inst, amodal)
     all_px = max(all_px, int(amodal.sum()))  # never fewer than the image holds (old shards: equal)
     visib = int((visible & amodal).sum())
     return {
@@ -136,6 +146,16 @@ def gt_info(sample: Sample, amodal: np.ndarray, visible: np.ndarray, depth: np.n
         "px_count_valid": int((amodal & (depth > 0)).sum()),
         "px_count_visib": visib,
         "visib_fract": round(visib / all_px, 6) if all_px else 0.0,
+    }
+
+
+def scene_gt(ann: dict[str, Any], obj: ObjectInstance, obj_id: int, bop_from: np.ndarray) -> dict[str, Any]:
+    """One ``scene_gt`` entry: the instance's BOP model frame -> camera (rotation row-wise, mm)."""
+    m2c = mesh_to_cam(ann, obj.record) @ np.linalg.inv(bop_from)
+    return {
+        "obj_id": obj_id,
+        "cam_R_m2c": m2c[:3, :3].reshape(-1).round(9).tolist(),
+        "cam_t_m2c": (m2c[:3, 3] * MM).round(6).tolist(),
     }
 
 
@@ -187,8 +207,7 @@ def export_bop(
     for sample in samples:
         check_renders(sample)
         ann = sample["ann.json"]
-        oid = ann["object"]["id"]
-        asset = object_of(sample, objects)
+        insts = object_instances(sample, objects)
         slot = plan[sample["__key__"]]
         folder = out_dir / slot.split / f"{slot.scene:06d}"
         for sub in ("rgb", "depth", "mask", "mask_visib"):
@@ -198,16 +217,20 @@ def export_bop(
         color = sample.get("image.jpg", sample.get("shade.png"))
         if color.shape[:2] != (h, w):
             color = cv2.resize(color, (w, h), interpolation=cv2.INTER_CUBIC)
-        visible = visible_mask(sample)
-        amodal = amodal_mask(sample) | visible
+        full = full_masks(sample)
         im = f"{slot.index:06d}"
         atomic_write_bytes(folder / "rgb" / f"{im}.png", encode_field("x.png", color))
         atomic_write_bytes(folder / "depth" / f"{im}.png", encode_field("x.png", depth.astype(np.uint16)))
-        atomic_write_bytes(folder / "mask" / f"{im}_000000.png", encode_field("x.png", amodal))
-        atomic_write_bytes(folder / "mask_visib" / f"{im}_000000.png", encode_field("x.png", visible))
+        gts, infos = [], []
+        for gt_id, obj in enumerate(insts):
+            amodal = full.get(obj.seg_id, np.zeros_like(obj.visible)) | obj.visible
+            atomic_write_bytes(folder / "mask" / f"{im}_{gt_id:06d}.png", encode_field("x.png", amodal))
+            atomic_write_bytes(folder / "mask_visib" / f"{im}_{gt_id:06d}.png", encode_field("x.png", obj.visible))
+            gts.append(scene_gt(ann, obj, obj_ids[obj.asset.id], bop_frames[obj.asset.id]))
+            infos.append(gt_info(sample, amodal, obj.visible, depth, obj.record))
+            used.add(obj.asset.id)
         K = np.asarray(ann["camera"]["K"], np.float64)
         w2c = np.asarray(ann["camera"]["world_to_cam"], np.float64)
-        m2c = mesh_to_cam(ann) @ np.linalg.inv(bop_frames[oid])
         record = scenes.setdefault(
             (slot.split, slot.scene), {"camera": {}, "gt": {}, "info": {}, "hand": {}, "masks": {}, "obj": {}}
         )
@@ -218,18 +241,12 @@ def export_bop(
             "cam_R_w2c": w2c[:3, :3].reshape(-1).round(9).tolist(),
             "cam_t_w2c": (w2c[:3, 3] * MM).round(6).tolist(),
         }
-        record["gt"][key] = [
-            {
-                "obj_id": obj_ids[oid],
-                "cam_R_m2c": m2c[:3, :3].reshape(-1).round(9).tolist(),
-                "cam_t_m2c": (m2c[:3, 3] * MM).round(6).tolist(),
-            }
-        ]
-        record["info"][key] = [gt_info(sample, amodal, visible, depth)]
+        record["gt"][key] = gts
+        record["info"][key] = infos
         record["hand"][key] = hand_record(ann)
-        record["masks"][key] = [visible]
+        record["masks"][key] = [obj.visible for obj in insts]
         record["size"] = (w, h)
-        record["obj"][key] = [obj_ids[oid]]
+        record["obj"][key] = [g["obj_id"] for g in gts]
         if camera is None:
             camera = {
                 "cx": K[0, 2],
@@ -240,7 +257,6 @@ def export_bop(
                 "height": h,
                 "width": w,
             }
-        used.add(oid)
         count += 1
         if on_sample is not None:
             on_sample()

@@ -20,12 +20,14 @@ The json:
 - ``annotations``: per image, the hand (category 1) when any hand pixel is visible, with
   ``keypoints`` ``[x1, y1, v1, ...]`` (pixel centres at integer coordinates, as the renderer's
   ``joints2d``), ``v`` = 2 where ``joints_visible`` (in the image, not hidden by the object, not
-  self-occluded), 1 where the joint projects into the image but is hidden (by the object or the
-  hand itself), 0 (and x = y = 0) outside the image; ``num_keypoints`` = the count of v > 0; and the
-  object (its category) when any object pixel is visible (with 21 zero keypoints and
-  ``num_keypoints`` 0, so COCOeval's keypoint pass over all categories ignores it). Both carry
-  ``segmentation`` (RLE of the visible mask, ``seg.png``), ``area`` (its pixel count), ``bbox``
-  ``[x, y, w, h]`` of it, and ``iscrowd`` 0; hoigen adds ``object_id`` or ``hand_side``.
+  self-occluded), 1 where the joint projects into the image but is hidden (by an object or the
+  hand itself), 0 (and x = y = 0) outside the image; ``num_keypoints`` = the count of v > 0; then
+  one annotation per object instance with any visible pixel, in the order of
+  :func:`hoigen.data.contract.sample_instances` (the grasped object, then the distractors), category
+  = its object category (with 21 zero keypoints and ``num_keypoints`` 0, so COCOeval's keypoint pass
+  over all categories ignores it). All carry ``segmentation`` (RLE of the visible mask: ``seg.png`` ==
+  the instance's seg id), ``area`` (its pixel count), ``bbox`` ``[x, y, w, h]`` of it, and ``iscrowd``
+  0; hoigen adds ``object_id`` or ``hand_side``. The table is not an object: it has no annotation.
 
 COCO's keypoint evaluation needs one OKS sigma per keypoint (its defaults are for 17 body joints):
 ``COCOeval.params.kpt_oks_sigmas`` must be set to 21 values, e.g. :data:`HAND_OKS_SIGMAS`.
@@ -43,9 +45,9 @@ import numpy as np
 
 from hoigen.data.atomic import atomic_write_bytes
 from hoigen.data.codec import encode_field
-from hoigen.data.contract import SEG_HAND, SEG_OBJECT
+from hoigen.data.contract import SEG_HAND
 from hoigen.data.schema import Sample
-from hoigen.export.common import object_of, plan_images
+from hoigen.export.common import ObjectInstance, object_instances, plan_images
 from hoigen.export.nocs import check_renders
 from hoigen.hand.keypoints import HAND_BONES, HAND_JOINT_NAMES
 from hoigen.objects import ObjectAsset
@@ -92,8 +94,10 @@ def hand_keypoints(ann: dict[str, Any]) -> list[float]:
     return out
 
 
-def annotations(sample: Sample, image_id: int, cat_ids: dict[str, int], asset: ObjectAsset) -> list[dict[str, Any]]:
-    """The hand and object annotations of one image (ids filled in by the caller)."""
+def annotations(
+    sample: Sample, image_id: int, cat_ids: dict[str, int], insts: list[ObjectInstance]
+) -> list[dict[str, Any]]:
+    """The hand and object instance annotations of one image (ids filled in by the caller)."""
     ann, seg = sample["ann.json"], np.asarray(sample["seg.png"])
     out = []
     hand_mask = seg == SEG_HAND
@@ -112,19 +116,20 @@ def annotations(sample: Sample, image_id: int, cat_ids: dict[str, int], asset: O
                 "hand_side": ann["hand"]["side"],
             }
         )
-    obj_mask = seg == SEG_OBJECT
-    if obj_mask.any():
+    for obj in insts:
+        if not obj.visible.any():
+            continue
         out.append(
             {
                 "image_id": image_id,
-                "category_id": cat_ids[asset.category],
+                "category_id": cat_ids[obj.asset.category],
                 "iscrowd": 0,
-                "area": int(obj_mask.sum()),
-                "bbox": box_xywh(obj_mask),
-                "segmentation": rle(obj_mask),
+                "area": int(obj.visible.sum()),
+                "bbox": box_xywh(obj.visible),
+                "segmentation": rle(obj.visible),
                 "keypoints": [0] * (3 * len(HAND_JOINT_NAMES)),  # none: COCOeval's keypoint pass skips it
                 "num_keypoints": 0,
-                "object_id": asset.id,
+                "object_id": obj.asset.id,
             }
         )
     return out
@@ -152,7 +157,7 @@ def export_coco(
     for sample in samples:
         check_renders(sample)
         key, ann = sample["__key__"], sample["ann.json"]
-        asset = object_of(sample, objects)
+        insts = object_instances(sample, objects)
         slot, image_id = plan[key], image_ids[key]
         seg = np.asarray(sample["seg.png"])
         h, w = seg.shape
@@ -170,7 +175,7 @@ def export_coco(
             "key": key,
             "K": np.asarray(ann["camera"]["K"], np.float64).round(6).tolist(),
         }
-        anns[image_id] = annotations(sample, image_id, cat_ids, asset)
+        anns[image_id] = annotations(sample, image_id, cat_ids, insts)
         count += 1
         if on_sample is not None:
             on_sample()

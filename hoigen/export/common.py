@@ -2,10 +2,15 @@
 amodal (full) object mask and silhouette, mug handle visibility, and a deterministic image plan
 (split, scene, index). Export reads what render wrote; it never renders (nor imports hoigen.render).
 
-Poses: ``object.pose`` maps the mesh frame to the world, ``camera.world_to_cam`` the world to the
-OpenCV camera, ``object.nocs_from_mesh`` the mesh frame to the NOCS frame (centred bounding box,
-diagonal 1). Hence ``cam_from_nocs = world_to_cam @ pose @ inv(nocs_from_mesh)`` = s R | t with s the
-bounding-box diagonal in metres.
+Instances: every format exports every object instance of a sample, in the order of
+:func:`hoigen.data.contract.sample_instances` (the grasped object first, then the distractors; a sample
+without ``instances`` is its one ``object``); :func:`object_instances` pairs each with its asset and its
+visible mask (``seg.png == seg_id``). The table is not an object instance and is never exported as one.
+
+Poses: an instance's ``pose`` (``object.pose`` for the grasped object) maps its mesh frame to the
+world, ``camera.world_to_cam`` the world to the OpenCV camera, ``nocs_from_mesh`` the mesh frame to the
+NOCS frame (centred bounding box, diagonal 1). Hence ``cam_from_nocs = world_to_cam @ pose @
+inv(nocs_from_mesh)`` = s R | t with s the bounding-box diagonal in metres.
 """
 
 from __future__ import annotations
@@ -17,22 +22,26 @@ from typing import Any
 
 import numpy as np
 
-from hoigen.data.contract import SEG_OBJECT
+from hoigen.data.contract import MAX_DISTRACTORS, SEG_FIRST_DISTRACTOR, SEG_OBJECT, amodal_masks, sample_instances
 from hoigen.data.schema import Sample, parse_key
 from hoigen.errors import HoigenError
 from hoigen.objects import ObjectAsset
 
+#: seg.png ids of object instances: the grasped object, then the distractors (not the hand, not the table)
+OBJECT_SEG_IDS = (SEG_OBJECT, *range(SEG_FIRST_DISTRACTOR, SEG_FIRST_DISTRACTOR + MAX_DISTRACTORS))
 SCENE_IMAGES = 10  # the NOCS CAMERA loader reads images 0000..0009 of each scene folder
 
 
-def mesh_to_cam(ann: dict[str, Any]) -> np.ndarray:
-    """4x4 mesh frame -> camera frame (metres)."""
-    return np.asarray(ann["camera"]["world_to_cam"], np.float64) @ np.asarray(ann["object"]["pose"], np.float64)
+def mesh_to_cam(ann: dict[str, Any], inst: dict[str, Any] | None = None) -> np.ndarray:
+    """4x4 mesh frame -> camera frame (metres) of instance ``inst`` (default: the grasped ``object``)."""
+    pose = (ann["object"] if inst is None else inst)["pose"]
+    return np.asarray(ann["camera"]["world_to_cam"], np.float64) @ np.asarray(pose, np.float64)
 
 
-def nocs_to_cam(ann: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, float]:
-    """(R, t, s) with ``p_cam = s R p_nocs + t``."""
-    m = mesh_to_cam(ann) @ np.linalg.inv(np.asarray(ann["object"]["nocs_from_mesh"], np.float64))
+def nocs_to_cam(ann: dict[str, Any], inst: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """(R, t, s) with ``p_cam = s R p_nocs + t`` of instance ``inst`` (default: the grasped ``object``)."""
+    nocs_from_mesh = (ann["object"] if inst is None else inst)["nocs_from_mesh"]
+    m = mesh_to_cam(ann, inst) @ np.linalg.inv(np.asarray(nocs_from_mesh, np.float64))
     s = float(np.cbrt(np.linalg.det(m[:3, :3])))
     return m[:3, :3] / s, m[:3, 3].copy(), s
 
@@ -82,23 +91,35 @@ def hand_record(ann: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def amodal_mask(sample: Sample) -> np.ndarray:
-    """The object's full silhouette inside the image, hand or not: render's ``amodal.png`` (bit value 2)."""
+def full_masks(sample: Sample) -> dict[int, np.ndarray]:
+    """Every instance's full silhouette inside the image, occluded or not (seg id -> mask): render's
+    ``amodal.png`` decoded by :func:`hoigen.data.contract.amodal_masks` (uint8 or uint16)."""
     if "amodal.png" not in sample:
         raise HoigenError(
             f"{sample.get('__shard__', '?')}: sample {sample['__key__']} has no amodal.png (made by an older "
             "hoigen render); rerun hoigen render on its grasp folder, then export"
         )
-    return (np.asarray(sample["amodal.png"]) & 2) > 0
+    return amodal_masks(sample["amodal.png"])
 
 
-def full_silhouette(sample: Sample) -> tuple[int, list[int]]:
-    """(pixel count, [x, y, w, h] box) of the object's whole silhouette, including what falls
-    outside the image (render's ``object.silhouette``); shards rendered before that field existed
-    fall back to ``amodal.png``, which stops at the image border."""
-    sil = sample["ann.json"]["object"].get("silhouette")
+def amodal_mask(sample: Sample, seg_id: int = SEG_OBJECT) -> np.ndarray:
+    """One instance's full silhouette inside the image, hand or not (default: the grasped object)."""
+    masks = full_masks(sample)
+    return masks.get(seg_id, np.zeros_like(masks[SEG_OBJECT]))
+
+
+def full_silhouette(sample: Sample, inst: dict[str, Any] | None = None, amodal: np.ndarray | None = None
+                    ) -> tuple[int, list[int]]:  # fmt: skip
+    """(pixel count, [x, y, w, h] box) of an instance's whole silhouette (default: the grasped object),
+    including what falls outside the image: its ``silhouette`` record (render's ``object.silhouette`` for
+    the grasped object); without one (shards rendered before that field, distractors rendered without
+    it) the full mask inside the image (``amodal``, else ``amodal.png``), which stops at the border."""
+    seg_id = SEG_OBJECT if inst is None else int(inst["seg_id"])
+    sil = None if inst is None else inst.get("silhouette")
+    if sil is None and seg_id == SEG_OBJECT:
+        sil = sample["ann.json"]["object"].get("silhouette")
     if sil is None:
-        mask = amodal_mask(sample)
+        mask = amodal_mask(sample, seg_id) if amodal is None else amodal
         return int(mask.sum()), bbox_xywh(mask)
     x0, y0, x1, y1 = (int(v) for v in sil["bbox"])
     box = [x0, y0, x1 - x0, y1 - y0] if sil["px_count"] > 0 else [-1, -1, -1, -1]
@@ -137,15 +158,17 @@ def _handle_points(asset: ObjectAsset) -> tuple[np.ndarray, np.ndarray]:
     return _HANDLES[asset.sha256]
 
 
-def handle_share(sample: Sample, asset: ObjectAsset) -> float:
-    """Share (0..1, by area) of a mug handle's surface seen in the image: a handle point counts when
-    its pixel shows the object at the point's depth (within ``HANDLE_DEPTH_TOL_MM``), so a handle
-    behind the body, under the hand or outside the image does not."""
+def handle_share(sample: Sample, asset: ObjectAsset, inst: dict[str, Any] | None = None) -> float:
+    """Share (0..1, by area) of a mug handle's surface seen in the image (instance ``inst``, default the
+    grasped object): a handle point counts when its pixel shows this instance at the point's depth
+    (within ``HANDLE_DEPTH_TOL_MM``), so a handle behind the body, under the hand or another object,
+    or outside the image does not."""
     points, areas = _handle_points(asset)
     if not len(points) or areas.sum() <= 0:
         return 0.0
     ann = sample["ann.json"]
-    m = mesh_to_cam(ann)
+    seg_id = SEG_OBJECT if inst is None else int(inst["seg_id"])
+    m = mesh_to_cam(ann, inst)
     cam = points @ m[:3, :3].T + m[:3, 3]
     z = cam[:, 2]
     seg, depth = np.asarray(sample["seg.png"]), np.asarray(sample["depth.png"], np.float64)
@@ -157,12 +180,8 @@ def handle_share(sample: Sample, asset: ObjectAsset) -> float:
     seen = front & (col >= 0) & (col < w) & (row >= 0) & (row < h)
     idx = np.flatnonzero(seen)
     at_depth = np.abs(depth[row[idx], col[idx]] - z[idx] * 1000.0) <= HANDLE_DEPTH_TOL_MM
-    seen[idx] = (seg[row[idx], col[idx]] == SEG_OBJECT) & at_depth
+    seen[idx] = (seg[row[idx], col[idx]] == seg_id) & at_depth
     return float(areas[seen].sum() / areas.sum())
-
-
-def visible_mask(sample: Sample) -> np.ndarray:
-    return np.asarray(sample["seg.png"]) == SEG_OBJECT
 
 
 @dataclass(frozen=True)
@@ -210,12 +229,50 @@ def plan_images(
     return plan
 
 
-def object_of(sample: Sample, objects: dict[str, ObjectAsset]) -> ObjectAsset:
-    """The object asset of a sample, or a one-line error when its grasp folder's objects are missing."""
-    obj_id = sample["ann.json"]["object"]["id"]
+def _asset(sample: Sample, objects: dict[str, ObjectAsset], obj_id: str) -> ObjectAsset:
+    """The asset of object ``obj_id``, or a one-line error when the grasp folder's objects lack it."""
     if obj_id not in objects:
         raise HoigenError(
             f"{sample.get('__shard__', '?')}: object '{obj_id}' is not in objects.parquet; "
             "export the shards together with their grasp folder"
         )
     return objects[obj_id]
+
+
+@dataclass(frozen=True)
+class ObjectInstance:
+    """One object instance of a sample as the export formats see it."""
+
+    number: int  # 1-based, in sample_instances order (grasped object 1): NOCS mask id, BOP gt id + 1
+    seg_id: int  # its seg.png id (and amodal.png bit seg_id - 1)
+    record: dict[str, Any]  # its ann.json instance (see sample_instances)
+    asset: ObjectAsset
+    visible: np.ndarray  # (H, W) bool, seg.png == seg_id
+
+
+def object_instances(sample: Sample, objects: dict[str, ObjectAsset]) -> list[ObjectInstance]:
+    """Every object instance of a sample (the grasped object first) with its asset and visible mask;
+    a one-line error when an instance's object is not in the objects table or its seg id is not an
+    object's (2, or 4 and up; each once)."""
+    ann = sample["ann.json"]
+    seg = np.asarray(sample["seg.png"])
+    out: list[ObjectInstance] = []
+    seen: set[int] = set()
+    instances = sample_instances(ann)
+    if not instances:
+        raise HoigenError(
+            f"{sample.get('__shard__', '?')}: sample {sample['__key__']} has an empty ann.json instances list; "
+            "rerender its grasp folder"
+        )
+    for number, inst in enumerate(instances, start=1):
+        seg_id = inst.get("seg_id")
+        if not isinstance(seg_id, int) or seg_id in seen or seg_id not in OBJECT_SEG_IDS:
+            raise HoigenError(
+                f"{sample.get('__shard__', '?')}: sample {sample['__key__']} has an instance with seg_id {seg_id!r}; "
+                f"object instances have seg id {SEG_OBJECT} or {OBJECT_SEG_IDS[1]}..{OBJECT_SEG_IDS[-1]}, each once: "
+                "rerender its grasp folder"
+            )
+        seen.add(seg_id)
+        asset = _asset(sample, objects, str(inst["id"]))
+        out.append(ObjectInstance(number, seg_id, inst, asset, seg == seg_id))
+    return out

@@ -7,12 +7,16 @@ lays out CAMERA and its loader (``dataset.py``) reads it:
   render shards), resized to the annotation size if painted at another size.
 - ``_coord.png``: RGB = (x, y, 1 - z) of the NOCS coordinates shifted to [0, 1], times 255 (the
   release stores z flipped; its loader reads BGR, reorders to RGB, divides by 255 and undoes the
-  flip); 0 outside the visible object.
+  flip), each object instance's pixels in its own NOCS frame; 0 off the visible object instances.
 - ``_depth.png``: uint16 millimetres, 0 = no surface (hand pixels keep the hand's depth).
-- ``_mask.png``: uint8 instance ids, 255 background; the object is instance 1; hand pixels are 255,
-  so the hand is an occluder the loader never sees as an object.
-- ``_meta.txt``: one line per instance, ``inst_id cls_id synset model_id`` (the CAMERA form; the
-  loader finds the model at ``obj_models/<split>/<synset>/<model_id>/model.obj``). Class ids of the
+- ``_mask.png``: uint8 instance ids, 255 background: object instance n (1-based, in the order of
+  :func:`hoigen.data.contract.sample_instances`: the grasped object is 1, distractor k is k + 2) where
+  it is visible; hand and table pixels are 255 like the background, so the hand and the table are
+  occluders the loader never sees as objects (the table is not exported as an object).
+- ``_meta.txt``: one line per object instance, ``inst_id cls_id synset model_id`` in inst_id order
+  1..N (the CAMERA form; the loader reads line ``inst_id - 1`` for an instance's size, drops instances
+  with no pixel in the mask, and finds the model at ``obj_models/<split>/<synset>/<model_id>/model.obj``,
+  written for every instance listed). Class ids of the
   release: BG 0, bottle 1, bowl 2, camera 3, can 4, laptop 5, mug 6. **Extension:** objects of other
   categories get class 0 (the release's loader drops class-0 instances, as it does its own
   distractors) and synset ``hoigen-<category>``; ``classes.json`` gives them ids from 7 on.
@@ -34,12 +38,13 @@ lays out CAMERA and its loader (``dataset.py``) reads it:
   release's evaluation (``detect_eval.py`` reads ``gt_RTs`` and ``handle_visibility`` from it); keys
   ``image_path``, ``gt_class_ids`` (N,), ``gt_bboxes`` (N,4 y1 x1 y2 x2), ``gt_RTs`` (N,4,4 with s*R
   in the rotation block, metres), ``gt_scales`` (N,3 NOCS box extents), ``handle_visibility`` (N,),
-  for instances of the six NOCS classes, and (hoigen's addition) ``K`` (3,3), the image's
+  for the visible instances (at least one pixel in ``_mask.png``, as the release's loader keeps them)
+  of the six NOCS classes, in inst_id order, and (hoigen's addition) ``K`` (3,3), the image's
   intrinsics. ``handle_visibility`` is 1 except for a mug whose handle shows less than
   ``HANDLE_VISIBLE`` of its surface (:func:`hoigen.export.common.handle_share`): ``detect_eval``
   then scores that mug as symmetric about y, as the release does.
-- ``gts/<split>.json``: every instance of every image as a ``hoigen eval pose`` file
-  (:mod:`hoigen.pose.files`); mugs carry ``handle_visible`` and ``handle_share``.
+- ``gts/<split>.json``: every visible instance of every image (any class) as a ``hoigen eval pose``
+  file (:mod:`hoigen.pose.files`); mugs carry ``handle_visible`` and ``handle_share``.
 - ``val/``: the release's training script always reads a CAMERA ``val/`` folder; it is written
   with ``--val-fraction`` > 0, and an export without one logs a warning saying so.
 - ``<split>_list.txt``: one ``<split>/<scene>/<idx>`` per image; ``scenes.json``: scene -> hoigen
@@ -64,15 +69,15 @@ from hoigen.data.schema import Sample
 from hoigen.errors import HoigenError
 from hoigen.export.common import (
     ImageSlot,
+    ObjectInstance,
     bbox_yxyx,
     hand_record,
     handle_share,
     nocs_size,
     nocs_to_cam,
     nocs_vertices,
-    object_of,
+    object_instances,
     plan_images,
-    visible_mask,
 )
 from hoigen.objects import ObjectAsset
 from hoigen.pose.files import instance, write_pose_file
@@ -87,7 +92,7 @@ SHAPENET_SYNSETS = {
     "laptop": "03642806",
     "mug": "03797390",
 }
-OBJECT_INSTANCE = 1
+OBJECT_INSTANCE = 1  # the grasped object's instance id; distractor k is k + 2
 MASK_BACKGROUND = 255
 HANDLE_VISIBLE = 0.1  # share of a mug handle's surface that must be seen for handle_visibility = 1
 log = logging.getLogger("hoigen.export")
@@ -112,14 +117,16 @@ def decode_coord_png(coord: np.ndarray) -> np.ndarray:
     return xyz - 0.5
 
 
-def mask_png(object_mask: np.ndarray) -> np.ndarray:
-    mask = np.full(object_mask.shape, MASK_BACKGROUND, np.uint8)
-    mask[object_mask] = OBJECT_INSTANCE
+def mask_png(insts: list[ObjectInstance]) -> np.ndarray:
+    """The release's ``_mask.png``: each instance's number on its visible pixels, 255 elsewhere."""
+    mask = np.full(insts[0].visible.shape, MASK_BACKGROUND, np.uint8)
+    for inst in insts:
+        mask[inst.visible] = inst.number
     return mask
 
 
-def meta_line(category: str, model_id: str) -> str:
-    return f"{OBJECT_INSTANCE} {NOCS_CLASS_IDS.get(category, 0)} {synset_of(category)} {model_id}\n"
+def meta_line(category: str, model_id: str, inst_id: int = OBJECT_INSTANCE) -> str:
+    return f"{inst_id} {NOCS_CLASS_IDS.get(category, 0)} {synset_of(category)} {model_id}\n"
 
 
 def class_table(categories: Iterable[str]) -> dict[str, int]:
@@ -161,28 +168,28 @@ def camera_record(ann: dict[str, Any]) -> dict[str, Any]:
     return {"K": np.asarray(cam["K"], np.float64).round(9).tolist(), "width": cam["width"], "height": cam["height"]}
 
 
-def export_sample(sample: Sample, image_dir: Path, idx: int) -> np.ndarray:
-    """Write one image's files; returns the visible object mask."""
+def export_sample(sample: Sample, image_dir: Path, idx: int, insts: list[ObjectInstance]) -> None:
+    """Write one image's files."""
     ann = sample["ann.json"]
     seg = sample["seg.png"]
     h, w = seg.shape
     color = sample.get("image.jpg", sample.get("shade.png"))
     if color.shape[:2] != (h, w):
         color = cv2.resize(color, (w, h), interpolation=cv2.INTER_CUBIC)
-    visible = visible_mask(sample)
+    visible = np.logical_or.reduce([inst.visible for inst in insts])
     stem = image_dir / f"{idx:04d}"
+    meta = "".join(meta_line(i.record["category"], i.asset.id, i.number) for i in insts)
     files = {
         "_color.png": encode_field("x.png", color),
         "_coord.png": encode_field("x.png", coord_png(sample["nocs.png"], visible)),
         "_depth.png": encode_field("x.png", sample["depth.png"]),
-        "_mask.png": encode_field("x.png", mask_png(visible)),
-        "_meta.txt": meta_line(ann["object"]["category"], ann["object"]["id"]).encode(),
+        "_mask.png": encode_field("x.png", mask_png(insts)),
+        "_meta.txt": meta.encode(),
         "_hand.json": json.dumps(hand_record(ann), indent=1).encode(),
         "_camera.json": json.dumps(camera_record(ann), indent=1).encode(),
     }
     for suffix, data in files.items():
         atomic_write_bytes(stem.with_name(stem.name + suffix), data)
-    return visible
 
 
 def gt_pickle(slot: ImageSlot, insts: list[dict[str, Any]], boxes: list[list[int]], K: np.ndarray) -> bytes:
@@ -231,26 +238,31 @@ def export_nocs(
     count = 0
     for sample in samples:
         check_renders(sample)
+        insts = object_instances(sample, objects)
         slot = plan[sample["__key__"]]
         image_dir = out_dir / slot.split / f"{slot.scene:05d}"
         image_dir.mkdir(parents=True, exist_ok=True)
-        visible = export_sample(sample, image_dir, slot.index)
+        export_sample(sample, image_dir, slot.index, insts)
         ann = sample["ann.json"]
-        obj_id = ann["object"]["id"]
-        asset = object_of(sample, objects)
-        R, t, s = nocs_to_cam(ann)
-        box = bbox_yxyx(visible)
-        handle: dict[str, Any] = {"handle_visible": True}
-        if asset.category == "mug":
-            share = handle_share(sample, asset)
-            handle = {"handle_visible": share >= HANDLE_VISIBLE, "handle_share": round(share, 4)}
-        cat = ann["object"]["category"]
-        inst = instance(cat, R, t, s, nocs_size(asset), score=1.0, bbox=box, model=obj_id, **handle)
-        gts.setdefault(slot.split, {})[slot.name] = [inst]
+        records, boxes = [], []
+        for obj in insts:
+            models.add((slot.split, obj.asset.id))
+            if not obj.visible.any():
+                continue  # as the release's loader: an instance without a pixel in the mask is no ground truth
+            R, t, s = nocs_to_cam(ann, obj.record)
+            boxes.append(bbox_yxyx(obj.visible))
+            handle: dict[str, Any] = {"handle_visible": True}
+            if obj.asset.category == "mug":
+                share = handle_share(sample, obj.asset, obj.record)
+                handle = {"handle_visible": share >= HANDLE_VISIBLE, "handle_share": round(share, 4)}
+            cat = obj.record["category"]
+            records.append(
+                instance(cat, R, t, s, nocs_size(obj.asset), score=1.0, bbox=boxes[-1], model=obj.asset.id, **handle)
+            )
+        gts.setdefault(slot.split, {})[slot.name] = records
         pkl = out_dir / "gts" / slot.split / f"results_{slot.split}_{slot.scene:05d}_{slot.index:04d}.pkl"
         pkl.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(pkl, gt_pickle(slot, [inst], [box], np.asarray(ann["camera"]["K"])))
-        models.add((slot.split, obj_id))
+        atomic_write_bytes(pkl, gt_pickle(slot, records, boxes, np.asarray(ann["camera"]["K"])))
         count += 1
         if on_sample is not None:
             on_sample()
