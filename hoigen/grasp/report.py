@@ -51,6 +51,7 @@ FILTER_FLAGS = {
     "penetration": "--max-penetration",
     "sim_displacement": "--max-sim-displacement",
     "contacts": "--min-contacts",
+    "table": "--no-table",
 }
 
 
