@@ -192,3 +192,65 @@ def test_run_json_counts_table_rejections(run) -> None:
     assert set(stats["reasons"]) <= {"penetration", "sim_displacement", "contacts", "table"}
     recorded = json.loads((run / "run.json").read_text())["grasp_filter"]
     assert recorded["evaluated"] == stats["evaluated"] and recorded["reasons"] == stats["reasons"]
+
+def test_a_left_grasp_renders_and_exports_as_left(tmp_path) -> None:
+    """Downstream of a left grasp through the stages: the render's 2D joints lie on the drawn hand and
+    every export (COCO, NOCS, BOP) names the side."""
+    from hoigen.api import export, render
+    from hoigen.export.options import ExportOptions
+    from hoigen.render.options import RenderOptions
+
+    quiet = Common(seed=1, quiet=True)
+    grasp(None, tmp_path / "g", GraspOptions(categories=["mug"], grasps=1, frames=1, hands="left", candidates=8), quiet)
+    render(tmp_path / "g", tmp_path / "r", RenderOptions(views=2, size=64), quiet)
+    samples = [s for shard in list_shards(tmp_path / "r") for s in read_shard(shard)]
+    assert samples
+    for s in samples:
+        ann, hand = s["ann.json"], np.asarray(s["seg.png"]) == 1
+        assert ann["hand"]["side"] == "left" and hand.sum() > 20
+        x0, y0, x1, y1 = ann["hand"]["bbox"]
+        j = np.asarray(ann["hand"]["joints2d"])
+        assert ((j[:, 0] >= x0 - 2) & (j[:, 0] <= x1 + 2) & (j[:, 1] >= y0 - 2) & (j[:, 1] <= y1 + 2)).mean() > 0.9
+    for fmt in ("coco", "nocs", "bop"):
+        export(tmp_path / "r", tmp_path / fmt, ExportOptions(format=fmt), quiet)
+        sides = set()
+        for path in (tmp_path / fmt).rglob("*.json"):
+            text = path.read_text()
+            sides |= {s for s in ("left", "right") if f'"{s}"' in text}
+        assert sides == {"left"}, fmt
+
+def test_a_left_hand_renders_as_the_mirror_image_of_the_right() -> None:
+    """The left hand is the right one mirrored in x: rendered by a camera mirrored the same way, every
+    map is the right hand's flipped left-right (seg, depth, normals with red reversed, skeleton) and
+    so are the 2D joints, joint for joint (the skeleton is drawn from the left hand's own joints)."""
+    from hoigen.render.cameras import Camera, intrinsics, look_at
+    from hoigen.render.renderer import SceneSpec
+    from hoigen.render.stage import _renderer
+
+    size = 96
+    renderer = _renderer(size, size)
+    sphere = procedural_objects(["can"], seed=0)[0].mesh  # never in view: placed behind the camera
+    out = {}
+    for side, sign in (("right", 1.0), ("left", -1.0)):
+        hand = load_hand(side)
+        pose = hand.curl_pose([0.2, 0.4, 0.5, 0.6, 0.7])
+        posed = hand.forward(hand_pose=pose, global_orient=[0.3, 0.5 * sign, 0.2 * sign])  # mirrored: (x, -y, -z)
+        shift = np.array([0.02, -0.01, 0.0]) * [sign, 1, 1]
+        eye, target = np.array([0.12 * sign, 0.1, 0.35]), np.array([0.0, 0.0, 0.0])
+        camera = Camera(intrinsics(size, size, 50.0), look_at(eye, target), size, size)
+        behind = np.eye(4)
+        behind[:3, 3] = eye * 6
+        out[side] = renderer.render(SceneSpec(
+            posed.vertices[0] + shift, hand.faces, sphere, behind, np.eye(4), camera,
+            posed.joints[0].astype(np.float64) + shift, mesh_key=("mirror", side),
+        ))  # fmt: skip
+    right, left = out["right"], out["left"]
+    assert np.allclose(left.joints2d, np.c_[size - 1 - right.joints2d[:, 0], right.joints2d[:, 1]], atol=1e-3)
+    assert np.array_equal(left.joints_visible, right.joints_visible)
+    seg_r = right.seg[:, ::-1]
+    assert (right.seg == 1).sum() > 300 and (left.seg == seg_r).mean() > 0.995
+    both = (left.seg == 1) & (seg_r == 1)
+    assert np.median(np.abs(left.depth_m[both] - right.depth_m[:, ::-1][both])) < 1e-4
+    n_l, n_r = left.normal[both].astype(int), right.normal[:, ::-1][both].astype(int)
+    assert np.median(np.abs(n_l[:, 0] - (255 - n_r[:, 0]))) <= 2 and np.median(np.abs(n_l[:, 1:] - n_r[:, 1:])) <= 2
+    assert (np.abs(left.skeleton.astype(int) - right.skeleton[:, ::-1].astype(int)).max(axis=-1) < 8).mean() > 0.98
