@@ -19,7 +19,7 @@ from hoigen.data.runner import StageContext
 from hoigen.data.shards import list_shards, read_shard
 from hoigen.grasp.metrics import GraspFilter
 from hoigen.grasp.options import GraspOptions
-from hoigen.grasp.report import filter_stats, no_grasp_error
+from hoigen.grasp.report import filter_stats, no_grasp_error, print_report
 from hoigen.grasp.stage import grasp_sides, object_pose, support_in_mesh
 from hoigen.grasp.synth import synthesize_grasps
 from hoigen.grasp.trajectory import approach_from_above, clearance_rise, lift_offsets
@@ -192,6 +192,14 @@ def test_run_json_counts_table_rejections(run) -> None:
     assert set(stats["reasons"]) <= {"penetration", "sim_displacement", "contacts", "table"}
     recorded = json.loads((run / "run.json").read_text())["grasp_filter"]
     assert recorded["evaluated"] == stats["evaluated"] and recorded["reasons"] == stats["reasons"]
+    sides = stats["sides"]
+    assert set(sides) == {"left", "right"}
+    for k in ("evaluated", "accepted", "wanted"):
+        assert sum(c[k] for c in sides.values()) == stats[k if k != "wanted" else "grasps_wanted"]
+    per_side = print_report(run)["side"]
+    written = {side: sum(r["hand_side"] == side and r["frame"] == 0 for r in read_index(run).to_pylist())
+               for side in sides}  # fmt: skip
+    assert {side: c["written"] for side, c in per_side.items()} == written
 
 def test_a_left_grasp_renders_and_exports_as_left(tmp_path) -> None:
     """Downstream of a left grasp through the stages: the render's 2D joints lie on the drawn hand and
