@@ -212,9 +212,9 @@ def bench_grasp() -> list[tuple[str, float, float]]:
 
 
 def bench_hands() -> list[tuple]:
-    """Left vs right grasp quality on the same objects (``benchmarks/grasp.py``); the table is printed."""
-    from benchmarks.grasp import bench_hands as run
-    from benchmarks.grasp import print_hands_table
+    """Left vs right grasp quality on the same objects (``benchmarks/hands.py``); the table is printed."""
+    from benchmarks.hands import bench_hands as run
+    from benchmarks.hands import print_hands_table
 
     grasps, candidates = (int(x) for x in os.environ.get("HOIGEN_BENCH_HANDS", "8x24").split("x"))
     rows, sets = run(grasps, candidates)

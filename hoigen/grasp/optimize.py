@@ -198,8 +198,6 @@ class GraspProblem:
             "limit": self.space.violation(angles),
             "prior": ((angles - self.prior) ** 2).sum(dim=(1, 2)),
         }
-        if self.support is not None:  # the table is solid too (hoigen grasp --table)
-            terms["penetration"] = terms["penetration"] + torch.relu(self.support + TABLE_GAP - pts[..., 1]).sum(1) / 10
         sph, _ = self.spheres(joints16, tips)
         dist = torch.cdist(sph, sph)
         terms["self_collision"] = (torch.relu(2 * SPHERE_R - dist) * self._sphere_other).sum(dim=(1, 2)) / 2
@@ -207,6 +205,8 @@ class GraspProblem:
         force = inward.sum(1)
         torque = torch.cross(arm, inward, dim=-1).sum(1)
         terms["force_closure"] = (force**2).sum(1) + (torque**2).sum(1)
+        if self.support is not None:  # the table is solid too (hoigen grasp --table)
+            terms["penetration"] = terms["penetration"] + torch.relu(self.support + TABLE_GAP - pts[..., 1]).sum(1) / 10
         total = sum(getattr(w, k) * v for k, v in terms.items())
         return total, terms
 
