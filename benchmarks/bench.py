@@ -211,6 +211,17 @@ def bench_grasp() -> list[tuple[str, float, float]]:
     return rows
 
 
+def bench_hands() -> list[tuple]:
+    """Left vs right grasp quality on the same objects (``benchmarks/hands.py``); the table is printed."""
+    from benchmarks.hands import bench_hands as run
+    from benchmarks.hands import print_hands_table
+
+    grasps, candidates = (int(x) for x in os.environ.get("HOIGEN_BENCH_HANDS", "8x24").split("x"))
+    rows, sets = run(grasps, candidates)
+    print_hands_table(sets)
+    return rows
+
+
 def bench_huge_mesh(repeats: int = 1) -> tuple[str, float, float]:
     """Simplify a 5.2-million-face sphere to the face budget: quadric decimation alone vs the
     loader's path (vertex clustering to 2x the budget first, then quadric decimation)."""
@@ -309,6 +320,8 @@ def main() -> None:
         rows = bench_synthesis()
     elif "--grasp" in sys.argv[1:] or os.environ.get("HOIGEN_BENCH_ONLY") == "grasp":
         rows = bench_grasp()
+    elif "--hands" in sys.argv[1:] or os.environ.get("HOIGEN_BENCH_ONLY") == "hands":
+        rows = bench_hands()
     else:
         from benchmarks.render import bench_render
 
@@ -316,6 +329,7 @@ def main() -> None:
         rows += [bench_worker_start(), bench_huge_mesh()]
         rows += bench_synthesis()
         rows += bench_grasp()
+        rows += bench_hands()
     from rich.table import Table
 
     table = Table(title="hoigen bench (median seconds; ratio = baseline / candidate)")

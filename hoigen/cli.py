@@ -246,7 +246,7 @@ def render(
 
 
 # The grasp and render options the headline `synthesize --objects` passes to the stages it runs first.
-HEADLINE_GRASP = ("categories", "category", "up", "units", "scale", "grasps", "frames", "side", "mano_dir")
+HEADLINE_GRASP = ("categories", "category", "up", "units", "scale", "grasps", "frames", "hands", "mano_dir")
 HEADLINE_RENDER = Group(
     RenderOptions, ("views", "size", "camera"), prefix="render_",
     default_text={"size": "the synthesis size, at least 256"},
@@ -280,7 +280,7 @@ def synthesize(
     cache first; the hub is asked only when reachable); --model also takes a .safetensors/.ckpt file.
 
     Without --in, grasp and render run first into OUT/work with the grasp options (--grasps, --frames,
-    --units, --scale, --up, --category, --categories, --side, --mano-dir) and render options (--views,
+    --units, --scale, --up, --category, --categories, --hands, --mano-dir) and render options (--views,
     --camera, and --render-size: --size is the painted image's).
 
     Example: hoigen synthesize --objects ycb/ --prompts prompts.txt --grasps 4 --views 2 --out out/synth

@@ -41,7 +41,7 @@ def test_generated_cli_reference_lists_every_option() -> None:
             for opt in p.opts:
                 if opt.startswith("-"):
                     assert f"`{opt}`" in text, f"{' '.join(path)} {opt} missing from the CLI reference"
-    assert "| `--side` | text | `right` | one of `right`, `left` |" in text  # a field's choices and default
+    assert "| `--hands` | text | `right` | one of `right`, `left`, `both` |" in text  # a field's choices and default
     schema = generated()[Path("docs/reference/ann-schema.md")]
     assert "| `hand.joints3d` | array of numbers | 21 x 3 | x | x | x |" in schema
 
@@ -74,7 +74,7 @@ def test_every_doc_command_parses(command: DocCommand) -> None:
     [
         (["grasp", "--grasps", "two"], "--grasps"),
         (["grasp", "--graps", "2"], "No such option"),
-        (["grasp", "--side", "middle"], "--side must be one of"),
+        (["grasp", "--hands", "middle"], "--hands must be one of"),
         (["render", "--size", "0"], "--size must be in 1..8192"),
         (["eval", "pose", "preds.json"], "Missing argument"),
         (["sythesize", "--in", "x"], "No such command"),

@@ -50,6 +50,7 @@ PEN_SLACK = 0.0002  # palm vertices may sink this far before the penetration ter
 SPHERE_R = 0.0075
 SPHERE_T = (0.25, 0.6, 0.95)  # where along each bone a self-collision sphere sits
 VERTEX_STRIDE = 3
+TABLE_GAP = 0.002  # with a support plane, hand points are kept this far above it (the vertices between them too)
 
 
 @dataclass
@@ -126,8 +127,9 @@ def rotation_from_6d(x: torch.Tensor) -> torch.Tensor:
 class GraspProblem:
     """The energy of grasps of one object (its SDF grid) by one hand; see the module docstring."""
 
-    def __init__(self, hand, sdf: SDFGrid, centre: np.ndarray, radius: float) -> None:
+    def __init__(self, hand, sdf: SDFGrid, centre: np.ndarray, radius: float, support: float | None = None) -> None:
         self.hand = hand
+        self.support = support  # the table's height (mesh frame, y up) or None: hand points below it penetrate
         self.space = joint_space(hand)
         self.sdf = sdf
         self.centre = torch.as_tensor(np.asarray(centre), dtype=torch.float32)
@@ -203,6 +205,8 @@ class GraspProblem:
         force = inward.sum(1)
         torque = torch.cross(arm, inward, dim=-1).sum(1)
         terms["force_closure"] = (force**2).sum(1) + (torque**2).sum(1)
+        if self.support is not None:  # the table is solid too (hoigen grasp --table)
+            terms["penetration"] = terms["penetration"] + torch.relu(self.support + TABLE_GAP - pts[..., 1]).sum(1) / 10
         total = sum(getattr(w, k) * v for k, v in terms.items())
         return total, terms
 

@@ -41,7 +41,8 @@ def grasp_rows(folder: Path) -> list[dict[str, Any]]:
     for r in table:
         if r.get("frame", 0) != 0:
             continue
-        row = {"object": r.get("object"), "category": r.get("category"), "grasp": r.get("grasp")}
+        row = {"object": r.get("object"), "category": r.get("category"), "grasp": r.get("grasp"),
+               "side": r.get("hand_side")}  # fmt: skip
         row.update({k[len("grasp_") :]: v for k, v in r.items() if k.startswith("grasp_")})
         rows.append(row)
     return rows
@@ -51,6 +52,7 @@ FILTER_FLAGS = {
     "penetration": "--max-penetration",
     "sim_displacement": "--max-sim-displacement",
     "contacts": "--min-contacts",
+    "table": "--no-table",
 }
 
 
@@ -106,6 +108,14 @@ def filter_stats(folder: Path) -> dict[str, Any]:
     for o in per_object:
         for k, v in o["reasons"].items():
             reasons[k] = reasons.get(k, 0) + int(v)
+    sides: dict[str, dict[str, Any]] = {}  # per hand side (runs with --hands both; older stats have none)
+    for o in read_object_stats(Path(folder)):
+        for side, c in o.get("sides", {}).items():
+            total_side = sides.setdefault(side, {"wanted": 0, "evaluated": 0, "accepted": 0, "reasons": {}})
+            for k in ("wanted", "evaluated", "accepted"):
+                total_side[k] += int(c.get(k, 0))
+            for k, v in c.get("reasons", {}).items():
+                total_side["reasons"][k] = total_side["reasons"].get(k, 0) + int(v)
 
     def total(name: str) -> int:
         return int(sum(o[name] for o in per_object))
@@ -129,6 +139,7 @@ def filter_stats(folder: Path) -> dict[str, Any]:
         "short": short,
         "per_object": [{k: v for k, v in o.items() if k != "reasons"} for o in per_object],
         "reasons": dict(sorted(reasons.items())),
+        "sides": dict(sorted(sides.items())),
     }
 
 
@@ -220,6 +231,16 @@ def _counts(per_object: list[dict[str, Any]], key: str) -> dict[str, dict[str, i
     return out
 
 
+def _side_counts(stats: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Candidate counts per hand side (from ``filter_stats``'s ``sides``) and grasps written per side."""
+    out = {}
+    for side, c in stats.get("sides", {}).items():
+        mine = [r for r in rows if r.get("side") == side]
+        out[side] = {"objects": len({r["object"] for r in mine}), "written": len(mine),
+                     **{k: int(c[k]) for k in ("evaluated", "accepted", "wanted")}}  # fmt: skip
+    return out
+
+
 def _size(o: dict[str, Any] | None) -> str:
     """``12.0 mm``: the largest side in cm and, short, where its unit came from (``typ`` = rescaled to typical)."""
     if not o or o.get("size_m") is None:
@@ -239,11 +260,16 @@ def print_report(folder: Path) -> dict[str, Any]:
     console.print(filter_line(stats))
     for o in stats["short"]:
         console.print(f"  short: {short_line(o)}")
+    both = len(stats.get("sides", {})) > 1
+    for side, c in stats["sides"].items() if both else ():
+        why = ", ".join(f"{k} {v}" for k, v in sorted(c["reasons"].items())) or "none"
+        console.print(f"  {side} hand: accepted/measured {_share(c['accepted'], c['evaluated'])}, "
+                      f"{c['accepted']} of {c['wanted']} wanted (rejected: {why})")  # fmt: skip
     result: dict[str, Any] = {"filter": stats}
     by_object = {o["object"]: o for o in stats["per_object"]}
-    for key in ("object", "category"):
+    for key in ("object", "category", "side") if both else ("object", "category"):
         summary = summarise(rows, key)
-        counts = _counts(stats["per_object"], key)
+        counts = _side_counts(stats, rows) if key == "side" else _counts(stats["per_object"], key)
         result[key] = {name: {**counts.get(name, {}), **summary.get(name, {})} for name in sorted(counts | summary)}
         table = Table(title=f"grasps per {key} (metric means over the written grasps)")
         extra = ("cm units",) if key == "object" else ("objects",)

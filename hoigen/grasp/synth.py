@@ -44,6 +44,9 @@ START_CURL = 0.35  # initial finger angles: this share of the way from open to f
 # lifted by the side of its base with the fingers underneath (over three procedural laptops, 8 of 144
 # candidates were accepted when the palm sat anywhere near the edges, fingers up or down; 25-29 now)
 FINGERS_TOWARD = {"laptop": (0.0, -1.0, 0.0)}
+# with a support plane: surface points lower than this above it are rarely picked (the hand's half width)
+SUPPORT_REACH = 0.04
+SUPPORT_TOL = 1e-6  # metres: an accepted grasp's lowest vertex is at least this far above the plane (float32 skinning)
 
 
 @dataclass
@@ -129,11 +132,17 @@ def surface_preferences(category: str, points: np.ndarray, normals: np.ndarray, 
 def initial_candidates(
     mesh: trimesh.Trimesh, category: str, hand, problem: GraspProblem, count: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Starting rotations (B, 3, 3), translations (B, 3), angles (B, 15, 3) and approach normals (B, 3)."""
+    """Starting rotations (B, 3, 3), translations (B, 3), angles (B, 15, 3) and approach normals (B, 3).
+
+    With a support plane (``problem.support``), points within :data:`SUPPORT_REACH` of it and faces
+    turned down are picked rarely (a hand placed there would reach through the table)."""
     centre, palm_normal, forward = hand.palm_frame()
     points, normals = sample_surface(mesh, max(256, 8 * count), rng)
     normals = normals / np.linalg.norm(normals, axis=1, keepdims=True)
     weight = np.clip(surface_preferences(category, points, normals, mesh.bounds), 1e-6, None)
+    if problem.support is not None:
+        height = np.clip((points[:, 1] - problem.support) / SUPPORT_REACH, 0.0, 1.0)
+        weight = weight * np.clip(height * (normals[:, 1] > -0.5), 1e-3, 1.0)
     picks = rng.choice(len(points), size=count, replace=len(points) < count, p=weight / weight.sum())
     open_a = np.asarray(problem.space.open_angles())
     fist_a = np.asarray(problem.space.fist_angles())
@@ -164,19 +173,26 @@ def synthesize_grasps(
     evaluator: GraspEvaluator | None = None,
     max_rounds: int = 1,
     round_rng: Callable[[int], np.random.Generator] | None = None,
+    support: float | None = None,
 ) -> tuple[list[GraspResult], SynthesisReport]:
     """Up to ``count`` accepted grasps of ``mesh`` (mesh frame) by ``hand``, best first, and what
     happened to the candidates (``candidates`` per round, at most ``max_rounds`` rounds).
 
+    ``support``: the height (mesh frame, y up) of a table the object stands on, or None. The
+    optimisation keeps the hand above it, and a candidate with any hand vertex below it is rejected
+    (reason ``table``) before the costlier checks; accepted grasps carry ``table_clearance_cm``.
+
     Runs with one torch thread (see :func:`hoigen.grasp.optimize.one_thread`)."""
     with one_thread():
         return _synthesize(
-            mesh, hand, rng, count, category, key, candidates, grasp_filter, settings, evaluator, max_rounds, round_rng
-        )
+            mesh, hand, rng, count, category, key, candidates, grasp_filter, settings, evaluator, max_rounds, round_rng,
+            support,
+        )  # fmt: skip
 
 
 def _synthesize(
-    mesh, hand, rng, count, category, key, candidates, grasp_filter, settings, evaluator, max_rounds, round_rng
+    mesh, hand, rng, count, category, key, candidates, grasp_filter, settings, evaluator, max_rounds, round_rng,
+    support=None,
 ) -> tuple[list[GraspResult], SynthesisReport]:
     import time
 
@@ -191,7 +207,7 @@ def _synthesize(
     ev = evaluator or GraspEvaluator(mesh, hand, key)
     batch = candidates or max(16, 3 * count)  # a step costs about the same for 8 or 48
     lo, hi = mesh.bounds
-    problem = GraspProblem(hand, ev.sdf, (lo + hi) / 2, float(np.linalg.norm(hi - lo) / 2))
+    problem = GraspProblem(hand, ev.sdf, (lo + hi) / 2, float(np.linalg.norm(hi - lo) / 2), support=support)
     report = SynthesisReport(wanted=count)
     accepted: list[GraspResult] = []
     for r in range(max(1, max_rounds)):
@@ -211,7 +227,14 @@ def _synthesize(
                 break
             pose = HandPose(result.rotation[i], result.translation[i], result.hand_pose[i], betas)
             verts = local[i].astype(np.float64) @ pose.rotation.T + pose.translation
+            low = None if support is None else float(verts[:, 1].min() - support)
+            if low is not None and low < SUPPORT_TOL:  # through the table: rejected, nothing else measured
+                report.evaluated += 1
+                report.reasons.update(["table"])
+                continue
             metrics = ev.evaluate(verts, pose.hand_pose, pose.rotation, pose.translation, grasp_filter=grasp_filter)
+            if low is not None:
+                metrics["table_clearance_cm"] = round(low * 100.0, 4)
             ok = grasp_filter.accepts(metrics)
             metrics["accepted"] = bool(ok)
             metrics["energy"] = round(float(result.energy[i]), 5)

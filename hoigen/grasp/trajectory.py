@@ -7,6 +7,12 @@ spherical linear interpolation: of the global rotation and of each of the 15 joi
 
 :func:`approach_penetration_cm` checks that the hand does not pass through the object on its way
 in: the deepest penetration of any vertex in the frames before the last ``APPROACH_FREE_FRAMES``.
+
+With a table (a plane y = height under the object), the approach direction is turned up to rise at
+least :data:`MIN_APPROACH_ELEVATION_DEG` (:func:`approach_from_above`) and any approach frame whose
+hand would reach below the plane is raised until it clears it by :data:`TABLE_GAP`
+(:func:`clearance_rise`). After the grasp, optional lift frames move hand and object up together
+(:func:`lift_offsets`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
 APPROACH_FREE_FRAMES = 2  # the last frames may touch the object (the grasp closes there)
+MIN_APPROACH_ELEVATION_DEG = 20.0  # with a table, an approach starts at least this steeply above the grasp
+TABLE_GAP = 0.002  # with a table, approach frames keep every hand vertex this far (m) above it
 
 
 @dataclass
@@ -90,6 +98,38 @@ def approach_trajectory(
         )
         for i, t in enumerate(ts)
     ]
+
+
+def approach_from_above(direction: np.ndarray, min_elevation_deg: float = MIN_APPROACH_ELEVATION_DEG) -> np.ndarray:
+    """``direction`` (world, y up) turned up in its vertical plane to at least ``min_elevation_deg``
+    above the horizontal (unchanged when it already rises that steeply), unit length.
+
+    With a table, an approach along a surface normal that points sideways or down would start at or
+    under the table; this keeps the start above it. A straight-down direction becomes straight up."""
+    d = np.asarray(direction, np.float64) / np.linalg.norm(direction)
+    low = np.sin(np.deg2rad(min_elevation_deg))
+    if d[1] >= low:
+        return d
+    flat = np.array([d[0], 0.0, d[2]])
+    norm = np.linalg.norm(flat)
+    if norm < 1e-9:
+        return np.array([0.0, 1.0, 0.0])
+    return flat / norm * np.sqrt(1.0 - low**2) + np.array([0.0, low, 0.0])
+
+
+def clearance_rise(lowest: np.ndarray, height: float, gap: float = TABLE_GAP, keep_last: bool = True) -> np.ndarray:
+    """Upward shifts (F,) that put each frame's ``lowest`` hand point (F,) at least ``gap`` above
+    ``height``; the last frame (the grasp, already checked against the table) is kept where it is
+    when ``keep_last``."""
+    rise = np.maximum(0.0, height + gap - np.asarray(lowest, np.float64))
+    if keep_last and len(rise):
+        rise[-1] = 0.0
+    return rise
+
+
+def lift_offsets(distance: float, frames: int) -> np.ndarray:
+    """Heights (frames,) of the lift frames after the grasp: ``distance`` reached at the last, in equal steps."""
+    return distance * np.arange(1, frames + 1, dtype=np.float64) / max(frames, 1)
 
 
 def approach_penetration_cm(frame_vertices: np.ndarray, evaluator, free_frames: int = APPROACH_FREE_FRAMES) -> float:
