@@ -187,3 +187,26 @@ def test_hidden_hand_views_are_skipped_and_counted(five_categories, tmp_path, mo
     assert run["views_skipped"] == {"hand_hidden": 10, "out_of_view": 0, "below_table": 0}
     warnings = [r.getMessage() for r in caplog.records if r.name == "hoigen.render"]
     assert len(warnings) == 10 and all("hides the whole hand" in w and "2 draws" in w for w in warnings)
+
+
+def test_hand_hidden_agrees_with_the_renderer():
+    from hoigen.render.renderer import SceneSpec
+    from hoigen.render.stage import _renderer
+
+    wall = trimesh.creation.box(extents=(0.2, 0.2, 0.02))
+    cam = _front_camera()
+    renderer = _renderer(64, 64)  # the cached one: deleting a pyrender EGL renderer ends the shared display
+    seen = []
+    for x in (0.0, 0.05, 0.15, 0.25):
+        hand = trimesh.creation.box(extents=(0.03, 0.03, 0.03))
+        hand.apply_translation([x, 0.02, -0.1])
+        result = renderer.render(
+            SceneSpec(
+                hand_vertices=hand.vertices, hand_faces=hand.faces, object_mesh=wall, object_pose=np.eye(4),
+                nocs_from_mesh=np.eye(4), camera=cam, joints3d=np.zeros((21, 3)), mesh_key="wall",
+            )
+        )
+        hidden = hand_hidden(cam, hand.vertices, [(wall.vertices, wall.faces)])
+        assert hidden == (not result.mask_hand.any())
+        seen.append(not hidden)
+    assert seen == [False, False, True, True]

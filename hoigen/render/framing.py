@@ -223,8 +223,16 @@ def hand_hidden(
     dist = np.linalg.norm(test - origin, axis=1)
     stop = np.clip(1.0 - HIDDEN_TOLERANCE / np.maximum(dist, 1e-9), 0.0, 1.0)
     blocked = np.zeros(len(test), dtype=bool)
+    test_uv, _ = project(test, camera.K, camera.world_to_cam)
+    lo, hi = test_uv.min(axis=0), test_uv.max(axis=0)
     for vertices, faces in occluders:
-        tris = np.asarray(vertices, dtype=np.float64)[np.asarray(faces, dtype=np.int64)]
+        faces = np.asarray(faces, dtype=np.int64)
+        ouv, oz = project(vertices, camera.K, camera.world_to_cam)
+        if np.all(oz > znear):  # only triangles whose projected box meets the tested points' box
+            tuv = ouv[faces]
+            near = np.all(tuv.max(axis=1) >= lo, axis=1) & np.all(tuv.min(axis=1) <= hi, axis=1)
+            faces = faces[near]
+        tris = np.asarray(vertices, dtype=np.float64)[faces]
         todo = ~blocked
         blocked[todo] = _segment_blocked(origin, test[todo], tris, stop[todo])
         if blocked.all():
