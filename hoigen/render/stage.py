@@ -7,8 +7,8 @@ at the distance that gives ``--fill`` (:func:`hoigen.render.framing.frame_views`
 ``camera_tries`` seeded draws). A view without a usable camera after every draw (the hand hidden
 at the grasp frame, ...) is skipped and counted per reason in ``run.json`` (``views_skipped``), and a
 single frame that renders nothing is skipped; both are logged (logger ``hoigen.render``, a warning
-on stderr) with the reason, never raised. The hand mesh is posed again from the stored MANO parameters with
-the same hand model that made them.
+on stderr) with the reason, never raised. The hand mesh is posed again from the stored MANO
+parameters with the same hand model that made them.
 
 ``--camera`` picks the intrinsics: ``random`` (a horizontal field of view drawn in 45-55 deg, square
 ``--size`` images, default 512) or a preset of :data:`hoigen.render.cameras.CAMERA_PRESETS`
