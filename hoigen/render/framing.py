@@ -298,17 +298,19 @@ def frame_views(
     tries: int = 10,
     support_height: float | None = None,
     occluders: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+    frame: int = -1,
     znear: float = 0.01,
     zfar: float = 10.0,
 ) -> dict[int, Framing]:
     """One :class:`Framing` per view of a trajectory (skipped views have ``camera=None`` and a
     ``skip`` reason): the render stage's one call.
 
-    ``object_poses`` and ``hand_vertices`` are per frame, in frame order (the last is the grasp);
-    ``rng(view)`` is the view's seeded generator; ``occluders`` are more world-frame meshes
-    ((V,3), (F,3)) at the end frame that may hide the hand, besides the grasped object."""
-    end_object = _posed(object_vertices, object_poses[-1])
-    end_hand = np.asarray(hand_vertices[-1], dtype=np.float64)
+    ``object_poses`` and ``hand_vertices`` are per frame, in frame order; ``frame`` is the one framed
+    (default the end frame, the grasp; with ``hoigen grasp --lift`` the lifted end); ``rng(view)``
+    is the view's seeded generator; ``occluders`` are more world-frame meshes ((V,3), (F,3)) at that
+    frame that may hide the hand, besides the grasped object (e.g. objects standing around it)."""
+    end_object = _posed(object_vertices, object_poses[frame])
+    end_hand = np.asarray(hand_vertices[frame], dtype=np.float64)
     box_points = np.concatenate([hull_points(end_object), end_hand])
     local = subsample(object_vertices, TRAJECTORY_POINTS[0])
     distinct = {np.asarray(p, dtype=np.float64).tobytes(): p for p in object_poses}
