@@ -410,22 +410,3 @@ def test_camera_presets():
     assert np.allclose(b.K[0, 0], CAMERA_PRESETS["dexycb"].fx)
     with pytest.raises(HoigenError):
         preset_intrinsics("kinect")
-
-
-def test_frame_trajectory_resamples_then_gives_up():
-    from hoigen.render.cameras import camera_sampler
-    from hoigen.render.framing import frame_trajectory
-
-    sample = camera_sampler("random", 64)
-    near = np.random.default_rng(0).uniform(-0.05, 0.05, (50, 3))
-    first = frame_trajectory(sample, np.zeros(3), near, np.random.default_rng(1))
-    again = frame_trajectory(sample, np.zeros(3), near, np.random.default_rng(1))
-    assert first.camera is not None and first.tries == 1 and first.seen == 1.0 and first.reason == ""
-    assert np.array_equal(first.camera.world_to_cam, again.camera.world_to_cam)
-    # points 0.3 m to one side: only some draws see them all
-    side = near + np.array([0.3, 0.0, 0.0])
-    framed = frame_trajectory(sample, np.zeros(3), np.concatenate([near, side]), np.random.default_rng(2), tries=10)
-    assert framed.camera is not None and 0.5 <= framed.seen <= 1.0
-    # everything 100 m away (beyond zfar): every draw fails, nothing chosen, with a reason
-    gone = frame_trajectory(sample, np.zeros(3), near + 100.0, np.random.default_rng(3), tries=4)
-    assert gone.camera is None and gone.tries == 4 and gone.seen == 0.0 and "out of view" in gone.reason

@@ -32,9 +32,17 @@ class RenderOptions:
     )
     camera_tries: int = option(
         10,
-        "Camera draws per trajectory view to get every frame in view; a view seeing nothing is then skipped "
-        "with a logged reason.",
+        "Camera draws per trajectory view until the hand is not hidden behind the object at the grasp frame; a "
+        "view still without a usable camera is skipped, logged and counted in run.json (views_skipped).",
         min=1,
+    )
+    fill: float = option(
+        0.5,
+        "Share of the image's shorter side taken by the longer side of the grasp (end) frame's hand+object box; "
+        "sets the camera distance (the camera aims at that box, fixed along the trajectory, so earlier approach "
+        "frames may leave the image).",
+        min=0.05,
+        max=1.0,
     )
 
     normals: str = option(

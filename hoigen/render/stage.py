@@ -1,13 +1,14 @@
 """The render stage: each grasp frame seen from ``views`` cameras, as conditions and annotations.
 
-Cameras are chosen per (object, grasp, view) around the trajectory's focus point, so a view keeps
-its camera along the whole trajectory (a fixed camera per trajectory, for video). The stage reads a
-whole input shard first and groups its frames by (object, grasp), so that the camera can be chosen
-to see every frame of the trajectory (:func:`hoigen.render.framing.frame_trajectory`: up to
-``camera_tries`` seeded draws). A view that sees nothing after every draw is skipped, and so is a
-single frame that renders nothing; both are logged (logger ``hoigen.render``, a warning on stderr)
-with the reason, never raised. The hand mesh is posed again from the stored MANO parameters with
-the same hand model that made them.
+Cameras are chosen per (object, grasp, view), so a view keeps its camera along the whole trajectory
+(a fixed camera per trajectory, for video). The stage reads a whole input shard first and groups its
+frames by (object, grasp), so that the camera can be aimed at the trajectory's end frame (the grasp)
+at the distance that gives ``--fill`` (:func:`hoigen.render.framing.frame_views`: up to
+``camera_tries`` seeded draws). A view without a usable camera after every draw (the hand hidden
+at the grasp frame, ...) is skipped and counted per reason in ``run.json`` (``views_skipped``), and a
+single frame that renders nothing is skipped; both are logged (logger ``hoigen.render``, a warning
+on stderr) with the reason, never raised. The hand mesh is posed again from the stored MANO
+parameters with the same hand model that made them.
 
 ``--camera`` picks the intrinsics: ``random`` (a horizontal field of view drawn in 45-55 deg, square
 ``--size`` images, default 512) or a preset of :data:`hoigen.render.cameras.CAMERA_PRESETS`
@@ -31,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache, lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ from hoigen.objects import ObjectAsset, read_objects, save_objects
 from hoigen.options import Common, OptionError, UsageError, record
 from hoigen.render.options import RenderOptions
 
-FRAMING_POINTS = (200, 100)  # object surface points per object pose, hand vertices per frame
+STATS_DIR = "render_stats"  # per-shard counts of skipped views, summed into run.json by finalize
 log = logging.getLogger("hoigen.render")
 
 # the embedded distractor library (used when the input folder holds too few other objects)
@@ -133,6 +134,43 @@ class RenderStage(Stage):
         extra = {OBJECTS_KEY: objects, "hand_model": upstream.get("hand_model")}
         return Plan(tasks, self.options, config, in_dir=self.in_dir, extra=extra, inputs=inputs)
 
+    def finalize(self, out_dir: Path, plan: Plan, summary: Any, common: Common) -> None:
+        if summary.complete:
+            record_view_stats(out_dir, [t.index for t in plan.tasks])
+
+
+def write_view_stats(out_dir: Path, shard: int, skipped: dict[str, int]) -> None:
+    """``OUT/render_stats/shard-NNNNNN.json``: the shard's skipped views per reason (atomic; written
+    before the shard is published, so a finished shard always has its counts)."""
+    import json
+
+    from hoigen.data.atomic import atomic_write_bytes
+
+    folder = Path(out_dir) / STATS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    data = json.dumps({"views_skipped": skipped}, sort_keys=True).encode() + b"\n"
+    atomic_write_bytes(folder / f"shard-{shard:06d}.json", data)
+
+
+def record_view_stats(out_dir: Path, shards: list[int]) -> dict[str, int]:
+    """Sum the shards' skipped views per reason into ``run.json`` (``views_skipped``)."""
+    import json
+
+    from hoigen.data.atomic import atomic_write_bytes
+    from hoigen.render.framing import SKIP_REASONS
+
+    total = dict.fromkeys(SKIP_REASONS, 0)
+    for shard in shards:
+        path = Path(out_dir) / STATS_DIR / f"shard-{shard:06d}.json"
+        if path.exists():
+            for reason, n in json.loads(path.read_text())["views_skipped"].items():
+                total[reason] = total.get(reason, 0) + int(n)
+    run = read_run_json(out_dir)
+    run["views_skipped"] = total
+    data = json.dumps(run, indent=2, sort_keys=True, default=str).encode() + b"\n"
+    atomic_write_bytes(Path(out_dir) / "run.json", data)
+    return total
+
 
 @lru_cache(maxsize=4)
 def _objects(folder: str) -> dict[str, ObjectAsset]:
@@ -180,18 +218,6 @@ def _trajectories(samples: Iterable[Sample]) -> list[list[Sample]]:
         ids = parse_key(sample["__key__"])
         groups.setdefault((ids["object"], ids["grasp"]), []).append(sample)
     return [sorted(g, key=lambda s: parse_key(s["__key__"])["frame"]) for g in groups.values()]
-
-
-def _framing_points(asset: ObjectAsset, poses: list[np.ndarray], hand_vertices: list[np.ndarray]) -> np.ndarray:
-    """Points the trajectory's camera must see: object surface points under every distinct object
-    pose and hand vertices of every frame (both subsampled, deterministic)."""
-    from hoigen.render.framing import subsample
-
-    local = subsample(asset.mesh.vertices, FRAMING_POINTS[0])
-    distinct = {np.asarray(p, dtype=np.float64).tobytes(): np.asarray(p, dtype=np.float64) for p in poses}
-    parts = [local @ p[:3, :3].T + p[:3, 3] for p in distinct.values()]
-    parts += [subsample(v, FRAMING_POINTS[1]) for v in hand_vertices]
-    return np.concatenate(parts, axis=0)
 
 
 @dataclass(frozen=True)
@@ -278,7 +304,7 @@ def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sampl
     """Grasp samples in, ``views`` rendered samples out per input sample (fewer when a view or a
     frame shows nothing: see the module docstring)."""
     from hoigen.render.cameras import camera_sampler, camera_size
-    from hoigen.render.framing import frame_trajectory
+    from hoigen.render.framing import SKIP_REASONS, frame_views
     from hoigen.render.renderer import SceneSpec
     from hoigen.render.scene import sample_lights
     from hoigen.render.silhouette import silhouette
@@ -290,6 +316,7 @@ def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sampl
     sample_camera = camera_sampler(preset, opts.size)
     renderer = _renderer(width, height, opts.supersample)
     objects = _objects(inputs.objects_dir)
+    skipped = dict.fromkeys(SKIP_REASONS, 0)
     for trajectory in _trajectories(samples):
         first = trajectory[0]["ann.json"]
         asset = objects[first["object"]["id"]]
@@ -302,20 +329,18 @@ def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sampl
                 *(np.asarray(hand_ann[k]) for k in ("global_orient", "hand_pose", "betas", "transl"))
             )
             posed.append((hand, out.vertices[0]))
-        points = _framing_points(
-            asset, [s["ann.json"]["object"]["pose"] for s in trajectory], [v for _, v in posed]
-        )
-        focus = np.asarray(first["trajectory"]["focus"], dtype=np.float64)
-        cameras = {}
-        for view in range(opts.views):
-            framing = frame_trajectory(
-                sample_camera, focus, points, ctx.rng(ids["object"], ids["grasp"], view), opts.camera_tries,
-                renderer.znear, renderer.zfar,
-            )
+        support = trajectory[-1]["ann.json"].get("support") or {}
+        framings = frame_views(
+            sample_camera, partial(ctx.rng, ids["object"], ids["grasp"]), opts.views,
+            asset.mesh.vertices, asset.mesh.faces, [s["ann.json"]["object"]["pose"] for s in trajectory],
+            [v for _, v in posed], fill=opts.fill, tries=opts.camera_tries, support_height=support.get("height"),
+            znear=renderer.znear, zfar=renderer.zfar,
+        )  # fmt: skip
+        cameras = {view: f for view, f in framings.items() if f.camera is not None}
+        for view, framing in framings.items():
             if framing.camera is None:
+                skipped[framing.skip] += 1
                 log.warning("render: skipped %s_%04d view %d: %s", ids["object"], ids["grasp"], view, framing.reason)
-            else:
-                cameras[view] = framing
         lights = {view: sample_lights(ctx.rng(ids["object"], ids["grasp"], view, "lights"))
                   for view in cameras if opts.lights == "random"}  # fmt: skip
 
@@ -350,6 +375,7 @@ def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sampl
                 )
                 normal = estimated_normals(result) if opts.normals == "estimated" else result.normal
                 yield _rendered_sample(key, ann, result, view, preset, framing, full, normal, scene)
+    write_view_stats(ctx.out_dir, ctx.shard, skipped)
 
 
 def estimated_normals(result: Any) -> np.ndarray:
