@@ -309,11 +309,18 @@ def main() -> None:
         rows = bench_synthesis()
     elif "--grasp" in sys.argv[1:] or os.environ.get("HOIGEN_BENCH_ONLY") == "grasp":
         rows = bench_grasp()
+    elif "--io" in sys.argv[1:] or os.environ.get("HOIGEN_BENCH_ONLY") == "io":
+        from benchmarks.io import bench_io
+
+        rows = bench_io()
     else:
         rows = [bench_renderer_reuse(), bench_full_vs_bare(), bench_renderer_memory(), bench_workers()]
         rows += [bench_worker_start(), bench_huge_mesh()]
         rows += bench_synthesis()
         rows += bench_grasp()
+        from benchmarks.io import bench_io
+
+        rows += bench_io()
     from rich.table import Table
 
     table = Table(title="hoigen bench (median seconds; ratio = baseline / candidate)")

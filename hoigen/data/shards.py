@@ -34,7 +34,16 @@ SHARD_PATTERN = "shard-%06d.tar"
 TMP_MARK = ".tmp-"
 MTIME = 0
 EAGER_ENV = "HOIGEN_EAGER_DECODE"  # "1": read_shard decodes every member into plain dicts (the old way)
-_PENDING = object()  # a member read from the shard but not decoded yet
+
+
+class _Pending:
+    """The value of a member read from the shard but not decoded yet (one instance; it pickles as itself)."""
+
+    def __reduce__(self) -> str:
+        return "_PENDING"
+
+
+_PENDING = _Pending()
 
 
 class LazySample(MutableMapping[str, Any]):

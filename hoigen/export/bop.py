@@ -195,7 +195,7 @@ def export_bop(
             (folder / sub).mkdir(parents=True, exist_ok=True)
         depth = np.asarray(sample["depth.png"])
         h, w = depth.shape
-        color = sample.get("image.jpg", sample.get("shade.png"))
+        color = sample["image.jpg"] if "image.jpg" in sample else sample.get("shade.png")  # decode one of them
         if color.shape[:2] != (h, w):
             color = cv2.resize(color, (w, h), interpolation=cv2.INTER_CUBIC)
         visible = visible_mask(sample)

@@ -166,7 +166,7 @@ def export_sample(sample: Sample, image_dir: Path, idx: int) -> np.ndarray:
     ann = sample["ann.json"]
     seg = sample["seg.png"]
     h, w = seg.shape
-    color = sample.get("image.jpg", sample.get("shade.png"))
+    color = sample["image.jpg"] if "image.jpg" in sample else sample.get("shade.png")  # decode one of them
     if color.shape[:2] != (h, w):
         color = cv2.resize(color, (w, h), interpolation=cv2.INTER_CUBIC)
     visible = visible_mask(sample)
