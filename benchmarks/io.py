@@ -6,8 +6,8 @@ One process, one torch thread, ``--workers 1``, so ``time.process_time()`` (all 
 is the stage's whole CPU; the two modes run interleaved, each into a fresh folder, and the median of
 ``repeats`` runs is reported. Rows ``io-grasp`` ... ``io-validate``: ratio = eager / lazy CPU per
 sample (> 1: lazy is cheaper), plus ``io-read``: reading a render folder and using ``ann.json`` only.
-``HOIGEN_BENCH_IO=GRASPSxFRAMESxSIZE`` sets the chain (default 1x4x256: mug and can, 2 views, render
-maps at 256 px; synthesize paints 64 px in 2 steps).
+``HOIGEN_BENCH_IO=GRASPSxFRAMESxSIZE`` sets the chain (default 1x4x512: mug and can, 2 views, render
+maps at 512 px as by default; synthesize paints 64 px in 2 steps).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def bench_io(repeats: int = 3) -> list[tuple]:
     from benchmarks.bench import Row
 
     torch.set_num_threads(1)  # OpenMP threads spin-wait on a shared CPU
-    grasps, frames, size = (int(x) for x in os.environ.get("HOIGEN_BENCH_IO", "1x4x256").split("x"))
+    grasps, frames, size = (int(x) for x in os.environ.get("HOIGEN_BENCH_IO", "1x4x512").split("x"))
     root = Path(tempfile.mkdtemp(prefix="hoigen-bench-io-"))
     runners = stage_runners(root, grasps, frames, size)
     runs = iter(range(1_000_000))

@@ -237,12 +237,14 @@ def test_synthesize_and_export_give_the_same_bytes_lazy_or_eager(tiny: Path, mon
     assert {"nocs.png", "depth.png", "amodal.png", "shade.png"}.isdisjoint(lazy_decoded)  # passed through
     assert "ann.json" in lazy_decoded and "seg.png" in lazy_decoded  # what synthesize reads
 
-    decoded.clear()
-    api.export(tiny / "synth-lazy", tiny / "nocs-lazy", ExportOptions(format="nocs"), quiet)
-    assert {"normal.png", "skeleton.png", "shade.png"}.isdisjoint(decoded)  # the NOCS export never reads them
-    monkeypatch.setenv(EAGER_ENV, "1")
-    api.export(tiny / "synth-lazy", tiny / "nocs-eager", ExportOptions(format="nocs"), quiet)
-    assert folder_files(tiny / "nocs-lazy") == folder_files(tiny / "nocs-eager")
+    for fmt in ("nocs", "bop", "coco"):
+        decoded.clear()
+        api.export(tiny / "synth-lazy", tiny / f"{fmt}-lazy", ExportOptions(format=fmt), quiet)
+        assert {"normal.png", "skeleton.png", "shade.png"}.isdisjoint(decoded), fmt  # exports never read them
+        monkeypatch.setenv(EAGER_ENV, "1")
+        api.export(tiny / "synth-lazy", tiny / f"{fmt}-eager", ExportOptions(format=fmt), quiet)
+        monkeypatch.delenv(EAGER_ENV)
+        assert folder_files(tiny / f"{fmt}-lazy") == folder_files(tiny / f"{fmt}-eager"), fmt
 
 
 def test_render_output_is_the_same_lazy_or_eager(tiny: Path, monkeypatch) -> None:

@@ -50,6 +50,7 @@ import trimesh
 from hoigen.data.atomic import atomic_write_bytes
 from hoigen.data.codec import encode_field
 from hoigen.data.schema import Sample
+from hoigen.data.shards import member_bytes
 from hoigen.export.coco import rle
 from hoigen.export.common import (
     amodal_mask,
@@ -202,7 +203,7 @@ def export_bop(
         amodal = amodal_mask(sample) | visible
         im = f"{slot.index:06d}"
         atomic_write_bytes(folder / "rgb" / f"{im}.png", encode_field("x.png", color))
-        atomic_write_bytes(folder / "depth" / f"{im}.png", encode_field("x.png", depth.astype(np.uint16)))
+        atomic_write_bytes(folder / "depth" / f"{im}.png", member_bytes(sample, "depth.png"))  # uint16 mm as stored
         atomic_write_bytes(folder / "mask" / f"{im}_000000.png", encode_field("x.png", amodal))
         atomic_write_bytes(folder / "mask_visib" / f"{im}_000000.png", encode_field("x.png", visible))
         K = np.asarray(ann["camera"]["K"], np.float64)

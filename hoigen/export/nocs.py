@@ -61,6 +61,7 @@ import numpy as np
 from hoigen.data.atomic import atomic_write_bytes
 from hoigen.data.codec import encode_field
 from hoigen.data.schema import Sample
+from hoigen.data.shards import member_bytes
 from hoigen.errors import HoigenError
 from hoigen.export.common import (
     ImageSlot,
@@ -174,7 +175,7 @@ def export_sample(sample: Sample, image_dir: Path, idx: int) -> np.ndarray:
     files = {
         "_color.png": encode_field("x.png", color),
         "_coord.png": encode_field("x.png", coord_png(sample["nocs.png"], visible)),
-        "_depth.png": encode_field("x.png", sample["depth.png"]),
+        "_depth.png": member_bytes(sample, "depth.png"),  # the shard's bytes when unchanged (same encoder)
         "_mask.png": encode_field("x.png", mask_png(visible)),
         "_meta.txt": meta_line(ann["object"]["category"], ann["object"]["id"]).encode(),
         "_hand.json": json.dumps(hand_record(ann), indent=1).encode(),
