@@ -12,6 +12,7 @@ maps at 512 px as by default; synthesize paints 64 px in 2 steps).
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import tempfile
@@ -52,6 +53,7 @@ def stage_runners(root: Path, grasps: int, frames: int, size: int) -> dict[str, 
     from hoigen.options import Common
     from hoigen.render.options import RenderOptions
 
+    logging.getLogger("hoigen.export").setLevel(logging.ERROR)  # "no val/ split" once per export run
     quiet = Common(quiet=True)
     grasp_opts = GraspOptions(categories=["mug", "can"], grasps=grasps, frames=frames)
     render_opts = RenderOptions(views=2, size=size)
