@@ -322,6 +322,10 @@ def main() -> None:
         rows = bench_grasp()
     elif "--hands" in sys.argv[1:] or os.environ.get("HOIGEN_BENCH_ONLY") == "hands":
         rows = bench_hands()
+    elif "--io" in sys.argv[1:] or os.environ.get("HOIGEN_BENCH_ONLY") == "io":
+        from benchmarks.io import bench_io
+
+        rows = bench_io()
     else:
         from benchmarks.render import bench_render
 
@@ -330,6 +334,9 @@ def main() -> None:
         rows += bench_synthesis()
         rows += bench_grasp()
         rows += bench_hands()
+        from benchmarks.io import bench_io
+
+        rows += bench_io()
     from rich.table import Table
 
     table = Table(title="hoigen bench (median seconds; ratio = baseline / candidate)")

@@ -101,7 +101,9 @@ def test_member_that_is_not_its_extension(tmp_path: Path) -> None:
     path = tmp_path / "shard-000000.tar"
     write_shard(path, [{"__key__": "mug-000_0000_000", "seg.png": b"not a png"}])
     with pytest.raises(HoigenError, match="seg.png is not valid"):
-        list(read_shard(path))
+        [s["seg.png"] for s in read_shard(path)]  # members decode on first access
+    with pytest.raises(HoigenError, match="seg.png is not valid"):  # and are checked before being copied
+        write_shard(tmp_path / "shard-000001.tar", read_shard(path))
 
 
 # --- the runner -------------------------------------------------------------------------------

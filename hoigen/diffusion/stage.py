@@ -511,7 +511,8 @@ def _finish(
 
     Under --min-pck, ``gen.json`` also holds ``filter`` (the settings), and per image its ``try`` (0 = first
     painting), ``verdict`` and ``agreement`` row (image 0's at the top level too)."""
-    out = {k: v for k, v in sample.items() if k != "__shard__"}
+    out = sample.copy()  # a lazy sample stays lazy: members passed through are written as their original bytes
+    out.pop("__shard__", None)
     out.update(members or {})
     listing = []
     for j in sorted(images):

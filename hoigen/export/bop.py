@@ -57,6 +57,7 @@ import trimesh
 from hoigen.data.atomic import atomic_write_bytes
 from hoigen.data.codec import encode_field
 from hoigen.data.schema import Sample
+from hoigen.data.shards import member_bytes
 from hoigen.export.coco import rle
 from hoigen.export.common import (
     ObjectInstance,
@@ -214,13 +215,13 @@ def export_bop(
             (folder / sub).mkdir(parents=True, exist_ok=True)
         depth = np.asarray(sample["depth.png"])
         h, w = depth.shape
-        color = sample.get("image.jpg", sample.get("shade.png"))
+        color = sample["image.jpg"] if "image.jpg" in sample else sample.get("shade.png")  # decode one of them
         if color.shape[:2] != (h, w):
             color = cv2.resize(color, (w, h), interpolation=cv2.INTER_CUBIC)
         full = full_masks(sample)
         im = f"{slot.index:06d}"
         atomic_write_bytes(folder / "rgb" / f"{im}.png", encode_field("x.png", color))
-        atomic_write_bytes(folder / "depth" / f"{im}.png", encode_field("x.png", depth.astype(np.uint16)))
+        atomic_write_bytes(folder / "depth" / f"{im}.png", member_bytes(sample, "depth.png"))
         gts, infos = [], []
         for gt_id, obj in enumerate(insts):
             amodal = full.get(obj.seg_id, np.zeros_like(obj.visible)) | obj.visible

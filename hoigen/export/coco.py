@@ -161,7 +161,7 @@ def export_coco(
         slot, image_id = plan[key], image_ids[key]
         seg = np.asarray(sample["seg.png"])
         h, w = seg.shape
-        color = sample.get("image.jpg", sample.get("shade.png"))
+        color = sample["image.jpg"] if "image.jpg" in sample else sample.get("shade.png")  # decode one of them
         if color.shape[:2] != (h, w):
             color = cv2.resize(color, (w, h), interpolation=cv2.INTER_CUBIC)
         folder = out_dir / "images" / slot.split

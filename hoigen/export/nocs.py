@@ -66,6 +66,7 @@ import numpy as np
 from hoigen.data.atomic import atomic_write_bytes
 from hoigen.data.codec import encode_field
 from hoigen.data.schema import Sample
+from hoigen.data.shards import member_bytes
 from hoigen.errors import HoigenError
 from hoigen.export.common import (
     ImageSlot,
@@ -173,7 +174,7 @@ def export_sample(sample: Sample, image_dir: Path, idx: int, insts: list[ObjectI
     ann = sample["ann.json"]
     seg = sample["seg.png"]
     h, w = seg.shape
-    color = sample.get("image.jpg", sample.get("shade.png"))
+    color = sample["image.jpg"] if "image.jpg" in sample else sample.get("shade.png")  # decode one of them
     if color.shape[:2] != (h, w):
         color = cv2.resize(color, (w, h), interpolation=cv2.INTER_CUBIC)
     visible = np.logical_or.reduce([inst.visible for inst in insts])
@@ -182,7 +183,7 @@ def export_sample(sample: Sample, image_dir: Path, idx: int, insts: list[ObjectI
     files = {
         "_color.png": encode_field("x.png", color),
         "_coord.png": encode_field("x.png", coord_png(sample["nocs.png"], visible)),
-        "_depth.png": encode_field("x.png", sample["depth.png"]),
+        "_depth.png": member_bytes(sample, "depth.png"),  # the shard's bytes (same encoder)
         "_mask.png": encode_field("x.png", mask_png(insts)),
         "_meta.txt": meta.encode(),
         "_hand.json": json.dumps(hand_record(ann), indent=1).encode(),
