@@ -535,12 +535,11 @@ def _overlapped(
     conditions in the prefetch thread, and one job is in flight ahead; the run ends when ``make`` has
     nothing and no job is in flight."""
     from hoigen.diffusion.pipeline import _device_of, check_conditions, prompt_embeddings
+    from hoigen.diffusion.prompts import TruncationWarner
 
     opts: SynthOptions = ctx.options
     feed = FEED
     pipe, _ = pipeline_for(opts)
-    from hoigen.diffusion.prompts import TruncationWarner
-
     warner = TruncationWarner(pipe.tokenizer, list(ctx.inputs.prompt_templates), opts.prompts)
     scales = control_scales(opts)
     cache = prompt_embeddings(pipe) if feed.cache_prompts else None
