@@ -462,7 +462,7 @@ def generate(
         ]
     tensors = [scale_conditions(t.float(), condition_scales) if t.shape[1] == CONDITIONING_CHANNELS else t.float()
                for t in tensors]
-    device = _device_of(pipe)
+    device = pipeline_device(pipe)
     generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
     from hoigen.diffusion.video import anchor_attention
 
@@ -540,7 +540,7 @@ def _decode_latents(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
     return (image / 2 + 0.5).clamp(0, 1)
 
 
-def _device_of(pipe: Any) -> torch.device:
+def pipeline_device(pipe: Any) -> torch.device:
     """The device the pipeline computes on (that of its UNet)."""
     return getattr(pipe, "_execution_device", None) or pipe.unet.device
 
@@ -566,7 +566,7 @@ class PromptEmbeddings:
                 self._cache.move_to_end(text)
                 return hit
         with torch.inference_mode():
-            value, _ = self.pipe.encode_prompt([text], _device_of(self.pipe), 1, False)
+            value, _ = self.pipe.encode_prompt([text], pipeline_device(self.pipe), 1, False)
         with self._lock:
             self.encoded += 1
             self._cache[text] = value

@@ -534,7 +534,7 @@ def _overlapped(
     consumer may queue more work, the filter's repaints, while handling one), ``build(job)`` makes its
     conditions in the prefetch thread, and one job is in flight ahead; the run ends when ``make`` has
     nothing and no job is in flight."""
-    from hoigen.diffusion.pipeline import _device_of, check_conditions, prompt_embeddings
+    from hoigen.diffusion.pipeline import check_conditions, pipeline_device, prompt_embeddings
     from hoigen.diffusion.prompts import TruncationWarner
 
     opts: SynthOptions = ctx.options
@@ -543,7 +543,7 @@ def _overlapped(
     warner = TruncationWarner(pipe.tokenizer, list(ctx.inputs.prompt_templates), opts.prompts)
     scales = control_scales(opts)
     cache = prompt_embeddings(pipe) if feed.cache_prompts else None
-    device = _device_of(pipe)
+    device = pipeline_device(pipe)
     prefetch = (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoigen-prefetch") if feed.prefetch_thread else None
     )
