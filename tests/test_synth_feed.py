@@ -244,3 +244,25 @@ def test_writer_thread_hands_on_encoded_members(render_dir, tmp_path, monkeypatc
     image = out[0]["image.jpg"]
     assert isinstance(image, bytes) and decode_field("image.jpg", image).shape == (SIZE, SIZE, 3)
     assert isinstance(out[0]["gen.json"], dict) and isinstance(out[0]["prompt.txt"], str)
+
+
+def test_filter_repaints_are_the_same_with_the_prefetch_thread(render_dir, tmp_path, monkeypatch):
+    """--min-pck jobs depend on earlier verdicts: composed in the stage's thread, built in the prefetch thread;
+    the repaints, drops and bytes equal the old loop's."""
+    import test_synth_filter as fake
+
+    monkeypatch.setattr(fake, "THRESHOLD", {"mean": 0.0})
+    monkeypatch.setattr(fake, "SEEN", [])
+    probe = _synthesize(render_dir, tmp_path / "probe", Feed.inline(), monkeypatch, min_pck=0.5,
+                        filter_detector=fake.FAKE, batch_size=3)  # fmt: skip
+    assert probe and fake.SEEN
+    fake.THRESHOLD["mean"] = float(np.median(fake.SEEN))  # about half the first paintings fail
+    runs = {}
+    for name, feed in (("new", Feed()), ("old", Feed.inline())):
+        out = tmp_path / name
+        runs[name] = _synthesize(render_dir, out, feed, monkeypatch, min_pck=0.5, filter_detector=fake.FAKE,
+                                 max_tries=2, batch_size=3)  # fmt: skip
+        runs[name + "-stats"] = [p.read_bytes() for p in sorted((out / stage.FILTER_DIR).iterdir())]
+    assert runs["new"] == runs["old"] and runs["new-stats"] == runs["old-stats"]
+    stats = [json.loads(b)["objects"]["mug-1"] for b in runs["new-stats"]]
+    assert sum(s["paintings"] for s in stats) > sum(s["samples"] for s in stats)  # some were repainted
