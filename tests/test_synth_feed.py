@@ -266,3 +266,25 @@ def test_filter_repaints_are_the_same_with_the_prefetch_thread(render_dir, tmp_p
     assert runs["new"] == runs["old"] and runs["new-stats"] == runs["old-stats"]
     stats = [json.loads(b)["objects"]["mug-1"] for b in runs["new-stats"]]
     assert sum(s["paintings"] for s in stats) > sum(s["samples"] for s in stats)  # some were repainted
+
+
+def test_adapter_pipeline_decoded_on_the_device_equals_its_own_numpy_output(pipe):
+    """The T2I-Adapter pipeline has no tensor output: hoigen decodes its latents itself, with its arithmetic."""
+    from diffusers import StableDiffusionAdapterPipeline, T2IAdapter
+
+    base = {k: v for k, v in pipe.components.items() if k not in ("controlnet", "image_encoder")}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        adapter = T2IAdapter(in_channels=3, channels=list(pipe.unet.config.block_out_channels), num_res_blocks=1,
+                             downscale_factor=8, adapter_type="full_adapter")  # fmt: skip
+    adapted = StableDiffusionAdapterPipeline(**base, adapter=adapter, requires_safety_checker=False)
+    adapted.set_progress_bar_config(disable=True)
+    maps = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    ours = generate(adapted, [maps], ["a", "b"], [1, 2], steps=STEPS, negative_prompt="x",
+                    prompt_cache=PromptEmbeddings(adapted))  # fmt: skip
+    with torch.inference_mode():
+        theirs = adapted(prompt=["a", "b"], image=maps, num_inference_steps=STEPS, negative_prompt=["x", "x"],
+                         generator=[torch.Generator().manual_seed(s) for s in (1, 2)], output_type="np",
+                         adapter_conditioning_scale=1.0).images  # fmt: skip
+    want = (np.clip(theirs.astype(np.float32), 0, 1) * 255.0).round().astype(np.uint8)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(ours, want, strict=True))
