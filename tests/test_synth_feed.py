@@ -288,3 +288,17 @@ def test_adapter_pipeline_decoded_on_the_device_equals_its_own_numpy_output(pipe
                          adapter_conditioning_scale=1.0).images  # fmt: skip
     want = (np.clip(theirs.astype(np.float32), 0, 1) * 255.0).round().astype(np.uint8)
     assert all(a.tobytes() == b.tobytes() for a, b in zip(ours, want, strict=True))
+
+
+def test_video_new_loop_writes_the_old_loops_bytes(render_dir, tmp_path, monkeypatch):
+    """Clips and frames written by the writer thread equal those written inline, as do the shards."""
+    new = _synthesize(render_dir, tmp_path / "new", Feed(), monkeypatch, video=True)
+    old = _synthesize(render_dir, tmp_path / "old", Feed.inline(), monkeypatch, video=True)
+    assert len(new) == 2 and new == old
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "videos").rglob("*")) if p.is_file()}
+
+    made = files(tmp_path / "new")
+    assert "videos/mug-1_0000_00.mp4" in made and "videos/mug-1_0000_01/004.jpg" in made
+    assert made == files(tmp_path / "old")
