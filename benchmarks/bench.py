@@ -263,9 +263,9 @@ def bench_synthesis() -> list[tuple[str, float, float]]:
     bound_s, fused2_s = side_by_side(run_bound, run_fused, scale.repeats)
     per = scale.batch
     where = f"{scale.name} {scale.size}px {scale.steps} steps batch {per} {str(scale.dtype)[6:]} {scale.device}"
-    from benchmarks.diffusion import adapter_rows
+    from benchmarks.diffusion import adapter_rows, loop_rows
 
-    return adapter_rows(scale, fused, run_fused, run_multi) + [
+    return adapter_rows(scale, fused, run_fused, run_multi) + loop_rows(scale, fused) + [
         (
             f"synth {where}: s/image, MultiControlNet x3 ({per / multi_s:.2f} img/s) vs fused 9-ch "
             f"({per / fused_s:.2f} img/s); goal >= 2.5x on GPU",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -168,8 +169,15 @@ def runners(scale: BenchScale, fused: Any, multi: Any) -> tuple[Any, Any]:
     return run_fused, run_multi
 
 
-def step_bound_runner(scale: BenchScale, fused: Any) -> Any:
-    """One denoising step's networks alone: one ControlNet + one UNet forward at the CFG batch (2 x batch)."""
+def step_bound_runner(scale: BenchScale, fused: Any, cached: bool = False) -> Any:
+    """One denoising step's networks alone: one ControlNet + one UNet forward at the CFG batch (2 x batch).
+
+    ``cached``: the ControlNet's condition encoder runs once per call, not per step, as in the pipeline
+    (``hoigen.diffusion.pipeline.cached_condition_encoding``): the tighter bound."""
+    from contextlib import nullcontext
+
+    from hoigen.diffusion.pipeline import cached_condition_encoding
+
     batch = 2 * scale.batch
     latent = scale.size // fused.vae_scale_factor
     g = torch.Generator().manual_seed(0)
@@ -179,7 +187,7 @@ def step_bound_runner(scale: BenchScale, fused: Any) -> Any:
     timestep = torch.tensor(500, device=scale.device)
 
     def run_steps() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), cached_condition_encoding(fused.controlnet) if cached else nullcontext():
             for _ in range(scale.steps):
                 down, mid = fused.controlnet(latents, timestep, text, controlnet_cond=conds, return_dict=False)
                 fused.unet(
@@ -279,6 +287,110 @@ def adapter_rows(
     ]
 
 
+# --- the synthesize loop: keeping the device fed (issue 22) ---------------------------------------------
+
+LOOP_BATCHES = 3  # batches per timed run of the stage loop
+
+
+def _loop_shard(scale: BenchScale, count: int) -> Path:
+    """A render-like input shard of ``count`` samples at the scale's size (random maps, read back like a
+    real input: tar members decoded per sample)."""
+    import json
+    import tempfile
+
+    import numpy as np
+
+    from hoigen.data.shards import ShardWriter
+
+    folder = Path(tempfile.mkdtemp(prefix="hoigen-bench-synth-"))
+    rng = np.random.default_rng(0)
+    size = scale.size
+    with ShardWriter(folder / "input.tar") as writer:
+        for i in range(count):
+            seg = np.zeros((size, size), np.uint8)
+            seg[size // 4 : size // 2, size // 4 : size // 2] = 1
+            seg[size // 3 : 3 * size // 4, size // 3 : 3 * size // 4] = 2
+            writer.write({
+                "__key__": f"mug-1_{i:04d}_000_00",
+                "normal.png": rng.integers(0, 256, (size, size, 3), dtype=np.uint8) * (seg > 0)[..., None],
+                "seg.png": seg,
+                "skeleton.png": np.zeros((size, size, 3), np.uint8),
+                "ann.json": json.loads(json.dumps({"object": {"id": "mug-1", "category": "mug"}})),
+            })
+    return folder
+
+
+def loop_runner(scale: BenchScale, pipe: Any, feed: Any, batches: int = LOOP_BATCHES) -> Any:
+    """A callable running the synthesize stage's loop over ``batches`` batches read from a shard and
+    written to a shard (the real reading, condition building, painting, encoding and tar writing), with
+    the loop settings ``feed`` (``hoigen.diffusion.stage.Feed``) and ``pipe`` standing in for the model."""
+    from unittest import mock
+
+    from hoigen.data.runner import StageContext
+    from hoigen.data.shards import ShardWriter, read_shard
+    from hoigen.diffusion import stage
+    from hoigen.diffusion.options import SynthOptions
+
+    folder = _loop_shard(scale, scale.batch * batches)
+    controls = [{"kind": "hoi", "model": "bench", "family": "controlnet"}]
+    info = {"kind": "bench", "model": scale.name, "controls": controls}
+    options = SynthOptions(steps=scale.steps, size=scale.size, batch_size=scale.batch, device=scale.device,
+                           negative_prompt="blurry, low quality").resolved()  # fmt: skip
+    inputs = stage.SynthInputs(("a photo of a hand holding a {object}, {background}",))
+    ctx = StageContext(stage="synthesize", seed=0, options=options, out_dir=folder, inputs=inputs)
+
+    def run() -> None:
+        with mock.patch.object(stage, "FEED", feed), mock.patch.object(stage, "pipeline_for", lambda _: (pipe, info)):
+            with ShardWriter(folder / "shard-000000.tar") as writer:
+                for sample in stage.synth_stage(read_shard(folder / "input.tar"), ctx):
+                    writer.write(sample)
+        _sync(scale.device)
+
+    return run
+
+
+def loop_rows(scale: BenchScale, fused: Any, repeats: int | None = None) -> list[tuple]:
+    """Rows of the stage loop, each timed side by side (medians):
+
+    ``synth-bound``: at batch 8, steps x (one ControlNet + one UNet forward at the guidance batch, the
+    condition encoded once as the pipeline does) per image vs the new loop's wall time per image (read,
+    paint, encode, write); ratio = share of the bound.
+    ``synth-loop``: CPU seconds per image (all threads) of the loop before issue 22 (``Feed.inline``) vs the
+    new loop on the same model, batch and images (the bytes written are identical).
+    """
+    import dataclasses
+    import statistics
+
+    from hoigen.diffusion.stage import Feed
+
+    scale8 = dataclasses.replace(scale, batch=8)
+    bound = step_bound_runner(scale8, fused, cached=True)
+    new, old = loop_runner(scale8, fused, Feed()), loop_runner(scale8, fused, Feed.inline())
+    warm(bound, new, old)
+    images = scale8.batch * LOOP_BATCHES
+    wall: dict[str, list[float]] = {"bound": [], "new": [], "old": []}
+    cpu: dict[str, list[float]] = {"new": [], "old": []}
+    for _ in range(repeats or scale.repeats):  # interleaved
+        wall["bound"].append(timed(bound) / scale8.batch)
+        for name, fn in (("old", old), ("new", new)):
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            wall[name].append((time.perf_counter() - t0) / images)
+            cpu[name].append((time.process_time() - c0) / images)
+    w = {k: statistics.median(v) for k, v in wall.items()}
+    c = {k: statistics.median(v) for k, v in cpu.items()}
+    where = f"{scale.name} {scale.size}px {scale.steps} steps batch 8 {str(scale.dtype)[6:]} {scale.device}"
+    return [
+        (f"synth-bound {where}: s/image, bound (steps x 1 UNet + 1 ControlNet, condition encoded once) vs the "
+         f"loop (read, paint, encode, write; old loop {w['bound'] / w['old']:.2f} of the bound); ratio = share, "
+         "goal >= 0.90 on GPU",
+         w["bound"], w["new"], "synth-bound"),
+        (f"synth-loop {where}: CPU s/image, loop before issue 22 vs now "
+         f"(wall {w['old']:.3f} vs {w['new']:.3f} s/image)",
+         c["old"], c["new"], "synth-loop"),
+    ]
+
+
 if __name__ == "__main__":  # python -m benchmarks.diffusion: the three layouts side by side
     _scale = bench_scale()
     if _scale.device == "cpu":
@@ -286,5 +398,5 @@ if __name__ == "__main__":  # python -m benchmarks.diffusion: the three layouts 
     _fused, _multi = build_pair(_scale)
     _run_fused, _run_multi = runners(_scale, _fused, _multi)
     warm(_run_fused, _run_multi)
-    for _name, _base, _cand in adapter_rows(_scale, _fused, _run_fused, _run_multi):
+    for _name, _base, _cand, *_ in adapter_rows(_scale, _fused, _run_fused, _run_multi) + loop_rows(_scale, _fused):
         print(f"{_name}: {_base:.4f} vs {_cand:.4f} ({_base / _cand:.2f}x)")

@@ -369,9 +369,11 @@ def _ctx(folder: Path, out: Path, **overrides) -> StageContext:
 
 
 def test_stage_images_per_condition_and_reruns(folder, tmp_path, monkeypatch):
-    from hoigen.diffusion.stage import synth_stage
+    from hoigen.diffusion import stage
+    from hoigen.diffusion.stage import Feed, synth_stage
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(stage, "FEED", Feed(writer=False))  # images as arrays (the writer thread encodes them)
     samples = _render_samples()
     ctx = _ctx(folder, tmp_path / "a", images_per_condition=2, batch_size=3)
     out = list(synth_stage(iter(samples), ctx))
@@ -394,9 +396,11 @@ def test_stage_images_per_condition_and_reruns(folder, tmp_path, monkeypatch):
 
 
 def test_stage_video_writes_clips_and_frames(folder, tmp_path, monkeypatch):
-    from hoigen.diffusion.stage import synth_stage
+    from hoigen.diffusion import stage
+    from hoigen.diffusion.stage import Feed, synth_stage
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(stage, "FEED", Feed(writer=False))  # images as arrays (the writer thread encodes them)
     out_dir = tmp_path / "v"
     out = list(synth_stage(iter(_render_samples()), _ctx(folder, out_dir, video=True)))
     assert len(out) == 6

@@ -41,7 +41,9 @@ import json
 import os
 import re
 import socket
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -387,11 +389,15 @@ def generate(
     control_end: float = 1.0,
     height: int | None = None,
     width: int | None = None,
+    prompt_cache: PromptEmbeddings | None = None,
 ) -> list[np.ndarray]:
     """Paint one (H, W, 3) uint8 image per condition tensor, prompt and seed.
 
-    Each sample draws its initial noise from its own ``torch.Generator`` seeded with its seed (DDIM
-    with eta 0 adds no further noise), so an image depends on its own inputs only, not on the batch
+    Each sample draws its initial noise from its own ``torch.Generator`` on the pipeline's device,
+    seeded with its seed (DDIM with eta 0 adds no further noise; on CPU these are the CPU generators
+    of earlier versions, so CPU images are unchanged; on CUDA the noise comes from the CUDA generator,
+    so GPU images differ from those of versions that drew it on the CPU), so an image depends on its own
+    inputs only, not on the batch
     -- up to float rounding: batched convolutions round differently from single ones, so on CPU about
     0.03 % of pixels differ by one level between batch sizes. ``per_sample=True`` runs the samples
     one at a time, making every image bit-identical whatever the batch (slower on a GPU).
@@ -409,6 +415,11 @@ def generate(
     classifier-free guidance sees the blank condition instead of the sample's (the paper's pairing of
     blank conditions with classifier-free guidance), so guidance also pushes toward the geometry; no
     effect when ``guidance`` <= 1. The whole batch is denoised and VAE-decoded together.
+
+    ``prompt_cache``: text embeddings come from this cache (each prompt and negative prompt encoded once
+    while it stays in the cache; the same values as encoding them with the batch). Without one the
+    pipeline encodes the batch's prompts itself. The decoded images stay on the device until they are
+    uint8; one transfer per batch brings them to the host.
     """
     fused = isinstance(conditions, torch.Tensor)
     tensors = [conditions] if fused else list(conditions or [])
@@ -434,10 +445,7 @@ def generate(
         )
     if batch == 0:
         return []
-    for t in tensors:
-        low, high = float(t.min()), float(t.max())
-        if low < 0.0 or high > 1.0:
-            raise ValueError(f"conditions must lie in [0, 1], got [{low:.3g}, {high:.3g}]")
+    check_conditions([t for t in tensors if t.device.type == "cpu"])  # device tensors: checked before the copy
     if video_anchor is not None and not 0 <= video_anchor < batch:
         raise ValueError(f"video anchor {video_anchor} is not one of the {batch} frames")
     if per_sample and batch > 1 and video_anchor is None:
@@ -449,11 +457,13 @@ def generate(
                 steps, guidance, negative_prompt, control_scale, condition_scales=condition_scales,
                 blank_uncond=blank_uncond, init_images=None if init_images is None else init_images[i : i + 1],
                 strength=strength, control_start=control_start, control_end=control_end, height=height, width=width,
+                prompt_cache=prompt_cache,
             )
         ]
     tensors = [scale_conditions(t.float(), condition_scales) if t.shape[1] == CONDITIONING_CHANNELS else t.float()
                for t in tensors]
-    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+    device = pipeline_device(pipe)
+    generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
     from hoigen.diffusion.video import anchor_attention
 
     video = anchor_attention(pipe, batch, video_anchor) if video_anchor is not None else nullcontext()
@@ -485,19 +495,97 @@ def generate(
     encoding = cached_condition_encoding(controlnet, blank) if controlnet is not None else nullcontext()
     with torch.inference_mode(), encoding, video, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the adapter pipeline's deprecated decode_latents
+        if prompt_cache is not None:
+            kwargs["prompt_embeds"], negative = prompt_cache.batch(prompts, negative_prompt)
+            if float(guidance) > 1.0:
+                kwargs["negative_prompt_embeds"] = negative
+        else:
+            kwargs["prompt"] = list(prompts)
+            kwargs["negative_prompt"] = [negative_prompt] * batch if negative_prompt else None
+        # The adapter pipeline has no tensor output (it converts to numpy on the host): take its latents.
+        latent_out = adapter is not None
         result = pipe(
-            prompt=list(prompts),
             height=height,
             width=width,
             num_inference_steps=int(steps),
             guidance_scale=float(guidance),
-            negative_prompt=[negative_prompt] * batch if negative_prompt else None,
             generator=generators,
-            output_type="np",
+            output_type="latent" if latent_out else "pt",
             **kwargs,
         )
-    images = np.clip(np.asarray(result.images, dtype=np.float32), 0.0, 1.0)
-    return [img for img in (images * 255.0).round().astype(np.uint8)]
+        images = _decode_latents(pipe, result.images) if latent_out else result.images
+        host = to_uint8(images).cpu()  # the batch's one device sync and transfer
+    return list(host.numpy())
+
+
+def check_conditions(tensors: list[torch.Tensor]) -> None:
+    """A ValueError unless every condition tensor lies in [0, 1]."""
+    for t in tensors:
+        low, high = torch.aminmax(t)
+        if float(low) < 0.0 or float(high) > 1.0:
+            raise ValueError(f"conditions must lie in [0, 1], got [{float(low):.3g}, {float(high):.3g}]")
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) images in [0, 1] (any float dtype, any device) -> (B, H, W, 3) uint8 on the same device.
+
+    The same values as the numpy conversion of earlier versions: float32, clipped, times 255, rounded
+    half to even."""
+    return (images.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def _decode_latents(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+    """The adapter pipeline's own decoding (``decode_latents``) kept on the device: (B, 3, H, W) in [0, 1]."""
+    image = pipe.vae.decode(1 / pipe.vae.config.scaling_factor * latents, return_dict=False)[0]
+    return (image / 2 + 0.5).clamp(0, 1)
+
+
+def pipeline_device(pipe: Any) -> torch.device:
+    """The device the pipeline computes on (that of its UNet)."""
+    return getattr(pipe, "_execution_device", None) or pipe.unet.device
+
+
+class PromptEmbeddings:
+    """Text embeddings of a pipeline's prompts, each text encoded once while it stays cached (LRU).
+
+    Every text is encoded alone (batch of one), so its embedding does not depend on which prompts
+    share its batch; on CPU that equals encoding it inside a batch. Thread-safe. A negative prompt of
+    None is the empty text, as the pipelines encode it."""
+
+    def __init__(self, pipe: Any, size: int = 256) -> None:
+        self.pipe, self.size = pipe, int(size)
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+        self.encoded = 0  # texts run through the text encoder (for tests and benches)
+
+    def get(self, text: str) -> torch.Tensor:
+        """The (1, tokens, dim) embedding of ``text`` on the pipeline's device."""
+        with self._lock:
+            hit = self._cache.get(text)
+            if hit is not None:
+                self._cache.move_to_end(text)
+                return hit
+        with torch.inference_mode():
+            value, _ = self.pipe.encode_prompt([text], pipeline_device(self.pipe), 1, False)
+        with self._lock:
+            self.encoded += 1
+            self._cache[text] = value
+            while len(self._cache) > self.size:
+                self._cache.popitem(last=False)
+        return value
+
+    def batch(self, prompts: list[str], negative: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt embeddings, negative embeddings) of a batch, each (B, tokens, dim)."""
+        embeds = torch.cat([self.get(p) for p in prompts])
+        return embeds, self.get(negative or "").expand(len(prompts), -1, -1)
+
+
+def prompt_embeddings(pipe: Any) -> PromptEmbeddings:
+    """The pipeline's prompt cache (made on first use; it lives as long as the pipeline)."""
+    cache = getattr(pipe, "hoigen_prompt_cache", None)
+    if cache is None:
+        cache = pipe.hoigen_prompt_cache = PromptEmbeddings(pipe)
+    return cache
 
 
 # --- synthesis with public ControlNets, T2I-Adapters, single files and LoRAs ----------------------

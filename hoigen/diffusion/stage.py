@@ -13,8 +13,13 @@ in one batch with cross-frame attention to the anchor frame, one shared prompt a
 the shards, ``videos/<object>_<grasp>_<view>.mp4`` and ``videos/<object>_<grasp>_<view>/<frame>.jpg``
 (``_<j>`` appended for image j > 0).
 
-While the diffusion model paints batch k + 1 (in a helper thread: torch releases the GIL), the
-stage hands batch k to the shard writer, which encodes the images and writes the tar.
+Keeping the device fed (:class:`Feed`): a prefetch thread reads the input and builds the conditions of
+the next jobs (two ahead; copied to the device there), the diffusion thread paints one job after another
+(prompt embeddings cached per pipeline, noise drawn on the device, one device-to-host transfer per
+batch), and a writer thread JPEG-encodes finished samples while the stage's own thread hands them to
+the shard writer (tar). Each thread hands on through a bounded queue, and the order of the output
+never depends on timing. A failure in any of them ends the run with one line naming it; the shard
+is then not published.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -177,6 +182,33 @@ def image_fields(j: int) -> tuple[str, str]:
     return ("image.jpg", "prompt.txt") if j == 0 else (f"image_{j}.jpg", f"prompt_{j}.txt")
 
 
+@dataclass(frozen=True)
+class Feed:
+    """How the synthesis loop keeps the diffusion model busy (internal, not an option: every setting gives
+    the same bytes; tests and benches compare them).
+
+    ``ahead``: jobs in flight besides the one being finished (read, conditions built, queued to paint);
+    ``prefetch_thread``: reading and condition building run in a prefetch thread (else in the stage's
+    thread); ``writer``: finished samples are JPEG-encoded in a writer thread (else by the shard writer,
+    inline); ``cache_prompts``: text embeddings come from the pipeline's prompt cache.
+    With ``--min-pck`` one job is in flight ahead (the repaints a result queues go into the job after next,
+    as before), so the filter's batches stay what they were.
+    """
+
+    ahead: int = 2
+    prefetch_thread: bool = True
+    writer: bool = True
+    cache_prompts: bool = True
+
+    @classmethod
+    def inline(cls) -> Feed:
+        """The loop before issue 22: one job ahead, built and encoded in the stage's thread, prompts per batch."""
+        return cls(ahead=1, prefetch_thread=False, writer=False, cache_prompts=False)
+
+
+FEED = Feed()  # the stage's setting; tests and benches swap it
+
+
 @dataclass
 class _Job:
     """One diffusion call: ``items`` are (sample index, image number); ``anchor`` set for a video."""
@@ -188,6 +220,7 @@ class _Job:
     video: str | None = None
     init: torch.Tensor | None = None  # shade images for --init shade
     tries: list[int] = field(default_factory=list)  # each item's try (--min-pck repaints); empty: all first tries
+    samples: list[Sample] = field(default_factory=list)  # each item's sample (still images)
 
 
 class _Painted(NamedTuple):
@@ -213,17 +246,17 @@ def synth_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample
         return
     per = opts.images_per_condition
     source = iter(samples)
-    pending: list[Sample] = []  # samples whose images are not all final yet, in input order
-    fresh: deque[tuple[int, int, int]] = deque()  # (sample index, image number, try) not painted yet
-    retry: deque[tuple[int, int, int]] = deque()
+    fresh: deque[tuple[int, int, int, Sample]] = deque()  # (sample index, image number, try, sample) to paint
+    retry: deque[tuple[int, int, int, Sample]] = deque()
     results: dict[int, dict[int, _Painted]] = {}
+    pending: dict[int, Sample] = {}  # samples with a painted image whose images are not all final yet
     read = 0  # samples taken from the input
-    base = 0  # global index of pending[0]
+    base = 0  # index of the next sample to finish
     counts = FilterCounts() if opts.min_pck is not None else None
 
-    def next_job() -> tuple[_Job, list[torch.Tensor]] | None:
+    def compose() -> _Job | None:
         nonlocal read
-        items: list[tuple[int, int, int]] = []
+        items: list[tuple[int, int, int, Sample]] = []
         while len(items) < opts.batch_size:
             if retry or fresh:
                 items.append((retry or fresh).popleft())
@@ -231,34 +264,119 @@ def synth_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sample
             sample = next(source, None)
             if sample is None:
                 break
-            pending.append(sample)
-            fresh.extend((read, j, 0) for j in range(per))
+            fresh.extend((read, j, 0, sample) for j in range(per))
             read += 1
-        return _still_job(items, pending, base, ctx) if items else None
+        return _still_job(items, ctx) if items else None
 
+    def build(job: _Job) -> list[torch.Tensor]:
+        job.init = _init_images(job.samples, opts)
+        return job_conditions(job.samples, opts)
+
+    def make() -> tuple[_Job, list[torch.Tensor]] | None:
+        job = compose()
+        return None if job is None else (job, build(job))
+
+    # Unfiltered jobs depend on the input alone, so they are made ahead in the prefetch thread; the
+    # filter's depend on earlier verdicts, so they are composed here and only their conditions built there.
+    jobs = _overlapped(compose, ctx, build) if counts is not None else _overlapped(make, ctx)
     saved: dict[int, dict[str, np.ndarray]] = {}
-    for job, conds, images in _overlapped(next_job, ctx):
-        tries = job.tries or [0] * len(job.items)
-        for n, ((index, j), attempt, image, prompt, seed) in enumerate(
-            zip(job.items, tries, images, job.prompts, job.seeds, strict=True)
-        ):
-            check = None
-            if counts is not None:
-                check = check_image(image, pending[index - base], opts)
-                if check["verdict"] == "fail" and attempt + 1 < opts.max_tries:
-                    retry.append((index, j, attempt + 1))
-                    continue
-            results.setdefault(index, {})[j] = _Painted(image, prompt, seed, attempt, check)
-            if j == 0 and opts.save_conditions:
-                saved[index] = _saved_maps(conds, opts, n)
-        while pending and len(results.get(base, {})) == per:
-            sample, painted, members = pending.pop(0), results.pop(base), saved.pop(base, None)
-            base += 1
-            if counts is not None and not counts.add(sample, painted):
-                continue  # dropped: an image never agreed with the labels
-            yield _finish(sample, painted, ctx, members=members)
+    writer = _Writer(FEED.writer)
+    try:
+        for job, conds, images in jobs:
+            tries = job.tries or [0] * len(job.items)
+            for n, ((index, j), sample, attempt, image, prompt, seed) in enumerate(
+                zip(job.items, job.samples, tries, images, job.prompts, job.seeds, strict=True)
+            ):
+                pending[index] = sample
+                check = None
+                if counts is not None:
+                    check = check_image(image, sample, opts)
+                    if check["verdict"] == "fail" and attempt + 1 < opts.max_tries:
+                        retry.append((index, j, attempt + 1, sample))
+                        continue
+                results.setdefault(index, {})[j] = _Painted(image, prompt, seed, attempt, check)
+                if j == 0 and opts.save_conditions:
+                    saved[index] = _saved_maps(conds, opts, n)
+            done: list[Sample] = []
+            while base in pending and len(results.get(base, {})) == per:
+                sample, painted, members = pending.pop(base), results.pop(base), saved.pop(base, None)
+                base += 1
+                if counts is not None and not counts.add(sample, painted):
+                    continue  # dropped: an image never agreed with the labels
+                done.append(_finish(sample, painted, ctx, members=members))
+            yield from writer.put(done)
+        yield from writer.drain()
+    finally:
+        jobs.close()
+        writer.close()
     if counts is not None:
         counts.write(Path(ctx.out_dir), ctx.shard)
+
+
+class _Writer:
+    """Encodes finished samples' images (``encode_field``: the shard writer's own encoding, so the same
+    bytes) in a writer thread, at most two batches behind; with ``threaded`` off it passes them on as they
+    are. Other file writes (a video's frames and clip) can be queued with :meth:`submit`. A failure in the
+    thread surfaces here as one line; nothing of the failed batch is handed on."""
+
+    def __init__(self, threaded: bool) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoigen-writer") if threaded else None
+        self.batches: deque[tuple[str, Future]] = deque()
+        self.files: list[tuple[str, Future]] = []
+
+    def put(self, samples: list[Sample]) -> Iterator[Sample]:
+        """Queue a batch; yields the samples of batches now done (oldest first) once two are queued."""
+        if self.pool is None:
+            yield from samples
+            return
+        if samples:
+            self.batches.append((samples[0]["__key__"], self.pool.submit(_encoded, samples)))
+        while len(self.batches) > 1:
+            yield from self._take(*self.batches.popleft())
+
+    def submit(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` in the writer thread (inline without one); ``what`` names it in an error."""
+        if self.pool is None:
+            fn(*args)
+        else:
+            self.files.append((what, self.pool.submit(fn, *args)))
+
+    def drain(self) -> Iterator[Sample]:
+        """The samples of every queued batch; raises if a queued file write failed."""
+        while self.batches:
+            yield from self._take(*self.batches.popleft())
+        for what, future in self.files:
+            self._take(what, future)
+        self.files.clear()
+
+    @staticmethod
+    def _take(what: str, future: Future) -> Any:
+        from hoigen.errors import HoigenError
+
+        try:
+            return future.result()
+        except (HoigenError, MemoryError):
+            raise
+        except Exception as exc:
+            text = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise HoigenError(
+                f"synthesize: the writer thread failed at {what} ({type(exc).__name__}: {text}); "
+                "the shard was not written, rerun to retry it"
+            ) from None
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _encoded(samples: list[Sample]) -> list[Sample]:
+    """The samples with every image member (numpy array) encoded to its bytes."""
+    from hoigen.data.codec import encode_field
+
+    return [
+        {k: encode_field(k, v) if isinstance(v, np.ndarray) and not k.startswith("__") else v for k, v in s.items()}
+        for s in samples
+    ]
 
 
 # --- the --min-pck filter -------------------------------------------------------------------------
@@ -392,41 +510,77 @@ def image_seed(seed: int, key: str, j: int = 0, attempt: int = 0) -> int:
     return derive_seed(seed, "synthesize", *names)
 
 
-def _still_job(items: list[tuple[int, int, int]], pending: list[Sample], base: int, ctx: StageContext) -> tuple:
-    samples = [pending[index - base] for index, _, _ in items]
-    conds = job_conditions(samples, ctx.options)
+def _still_job(items: list[tuple[int, int, int, Sample]], ctx: StageContext) -> _Job:
+    """The job painting ``items`` (sample index, image number, try, sample): prompts and seeds, no conditions."""
     prompts, seeds = [], []
-    for s, (_, j, attempt) in zip(samples, items, strict=True):
+    for _, j, attempt, s in items:
         key = s["__key__"]
         names = (key,) if j == 0 else (key, j)  # a repaint keeps its prompt: only the seed changes
         prompts.append(sample_prompt(ctx.inputs.prompt_templates, s, ctx.rng(*names)))
         seeds.append(image_seed(ctx.seed, key, j, attempt))
-    job = _Job([(i, j) for i, j, _ in items], prompts, seeds, init=_init_images(samples, ctx.options),
-               tries=[t for _, _, t in items])  # fmt: skip
-    return job, conds
+    return _Job([(i, j) for i, j, _, _ in items], prompts, seeds, tries=[t for _, _, t, _ in items],
+                samples=[s for _, _, _, s in items])  # fmt: skip
 
 
 def _overlapped(
-    next_job: Callable[[], tuple[_Job, list[torch.Tensor]] | None], ctx: StageContext
+    make: Callable[[], Any], ctx: StageContext, build: Callable[[_Job], list[torch.Tensor]] | None = None
 ) -> Iterator[tuple[_Job, list[torch.Tensor], list]]:
-    """Run each job's diffusion in a helper thread, one job ahead of the consumer.
+    """Paint jobs in the diffusion thread while the next ones are prepared (:class:`Feed`); yields
+    (job, conditions, images) in the order the jobs were made.
 
-    ``next_job`` returns the next job, or None when it has none now; the consumer may queue more
-    work (the filter's repaints) while handling a result, so the run ends only when ``next_job``
-    has nothing and no job is in flight."""
+    Without ``build``, ``make()`` returns (job, conditions) or None when the input is done; it must not
+    depend on the results (it runs in the prefetch thread, ``FEED.ahead`` jobs ahead). With ``build``,
+    ``make()`` returns a job or None when it has none *now* and runs in this thread between results (the
+    consumer may queue more work, the filter's repaints, while handling one), ``build(job)`` makes its
+    conditions in the prefetch thread, and one job is in flight ahead; the run ends when ``make`` has
+    nothing and no job is in flight."""
+    from hoigen.diffusion.pipeline import check_conditions, pipeline_device, prompt_embeddings
     from hoigen.diffusion.prompts import TruncationWarner
 
     opts: SynthOptions = ctx.options
+    feed = FEED
     pipe, _ = pipeline_for(opts)
     warner = TruncationWarner(pipe.tokenizer, list(ctx.inputs.prompt_templates), opts.prompts)
     scales = control_scales(opts)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoigen-diffusion")
+    cache = prompt_embeddings(pipe) if feed.cache_prompts else None
+    device = pipeline_device(pipe)
+    prefetch = (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoigen-prefetch") if feed.prefetch_thread else None
+    )
+    painter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoigen-diffusion")
     threads = torch.get_num_threads()
+    ahead = 1 if build is not None else max(1, int(feed.ahead))
 
-    def paint(job: _Job, conds: list[torch.Tensor]) -> list[np.ndarray]:
+    def ready(got: tuple[_Job, list[torch.Tensor]] | None) -> tuple | None:
+        """A made job with its conditions checked and (on a GPU) copied to the device."""
+        if got is None:
+            return None
+        job, conds = got
+        check_conditions(conds)
+        return job, conds, [_to_device(t, device) for t in conds]
+
+    def prefetched(fn: Callable[..., Any], *args: Any) -> tuple | None:
+        torch.set_num_threads(threads)  # a new thread starts with the default count
+        return ready(fn(*args))
+
+    def prepare(fn: Callable[..., Any], *args: Any) -> Future:
+        if prefetch is not None:
+            return prefetch.submit(prefetched, fn, *args)
+        future: Future = Future()
+        try:
+            future.set_result(ready(fn(*args)))
+        except BaseException as exc:  # handed on like a thread's failure
+            future.set_exception(exc)
+        return future
+
+    def paint(prepared: Future) -> list[np.ndarray] | None:
         from hoigen.diffusion.conditions import parse_condition_scales
         from hoigen.diffusion.pipeline import generate
 
+        got = prepared.result()
+        if got is None:
+            return None
+        job, _, conds = got
         torch.set_num_threads(threads)  # a new thread starts with the default count
         warner.check(job.prompts)
         return generate(
@@ -447,24 +601,44 @@ def _overlapped(
             control_end=opts.control_end,
             height=int(opts.size),
             width=int(opts.size),
+            prompt_cache=cache,
         )
 
+    inflight: deque[tuple[Future, Future]] = deque()
+    exhausted = False
     try:
-        ahead: tuple[_Job, list[torch.Tensor], Future] | None = None
         while True:
-            nxt = next_job()
-            if nxt is None:
-                if ahead is None:
-                    break
-                done, ahead = ahead, None
-                yield done[0], done[1], done[2].result()
+            while not exhausted and len(inflight) <= ahead:
+                if build is None:
+                    prepared = prepare(make)
+                    if prepared.done() and prepared.exception() is None and prepared.result() is None:
+                        exhausted = True
+                        break
+                else:
+                    job = make()
+                    if job is None:
+                        break
+                    prepared = prepare(lambda j=job: (j, build(j)))
+                inflight.append((prepared, painter.submit(paint, prepared)))
+            if not inflight:
+                break
+            prepared, painted = inflight.popleft()
+            got = prepared.result()
+            if got is None:  # made ahead past the end of the input
+                exhausted = True
                 continue
-            future = pool.submit(paint, *nxt)
-            if ahead is not None:
-                yield ahead[0], ahead[1], ahead[2].result()
-            ahead = (nxt[0], nxt[1], future)
+            yield got[0], got[1], painted.result()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if prefetch is not None:
+            prefetch.shutdown(wait=True, cancel_futures=True)
+        painter.shutdown(wait=True, cancel_futures=True)
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """On CUDA: the tensor copied through pinned memory without waiting (the diffusion stream orders it)."""
+    if torch.device(device).type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _gen_record(ctx: StageContext) -> dict[str, Any]:
@@ -576,24 +750,33 @@ def _video_stage(samples: list[Sample], ctx: StageContext) -> Iterator[Sample]:
     video_root = Path(ctx.out_dir) / VIDEO_DIR
     saved: dict[int, dict[str, np.ndarray]] = {}
     jobs = video_jobs()
-    for job, conds, images in _overlapped(lambda: next(jobs, None), ctx):
-        frames = [samples[i]["ann.json"].get("trajectory", {}).get("frame", n) for n, (i, _) in enumerate(job.items)]
-        _write_frames(video_root / str(job.video), frames, images)
-        write_mp4(video_root / f"{job.video}.mp4", images, fps=opts.fps)
-        anchor_key = samples[job.items[job.anchor or 0][0]]["__key__"]
-        for (i, j), image, prompt, seed in zip(job.items, images, job.prompts, job.seeds, strict=True):
-            results.setdefault(i, {})[j] = _Painted(image, prompt, seed)
-            if j == 0 and opts.save_conditions:
-                saved[i] = _saved_maps(conds, opts, job.items.index((i, j)))
-            if j == 0:
-                videos[i] = {
-                    "mp4": f"{VIDEO_DIR}/{job.video}.mp4",
-                    "frames": len(job.items),
-                    "anchor": anchor_key,
-                    "attention": "self-attention over the anchor frame and the current frame",
-                }
-    for i, sample in enumerate(samples):
-        yield _finish(sample, results[i], ctx, members=saved.get(i), video=videos[i])
+    painted = _overlapped(lambda: next(jobs, None), ctx)
+    writer = _Writer(FEED.writer)
+    try:
+        for job, conds, images in painted:
+            frames = [samples[i]["ann.json"].get("trajectory", {}).get("frame", n)
+                      for n, (i, _) in enumerate(job.items)]  # fmt: skip
+            writer.submit(f"the frames of {job.video}", _write_frames, video_root / str(job.video), frames, images)
+            clip = video_root / f"{job.video}.mp4"
+            writer.submit(clip.name, partial(write_mp4, clip, images, fps=opts.fps))
+            anchor_key = samples[job.items[job.anchor or 0][0]]["__key__"]
+            for (i, j), image, prompt, seed in zip(job.items, images, job.prompts, job.seeds, strict=True):
+                results.setdefault(i, {})[j] = _Painted(image, prompt, seed)
+                if j == 0 and opts.save_conditions:
+                    saved[i] = _saved_maps(conds, opts, job.items.index((i, j)))
+                if j == 0:
+                    videos[i] = {
+                        "mp4": f"{VIDEO_DIR}/{job.video}.mp4",
+                        "frames": len(job.items),
+                        "anchor": anchor_key,
+                        "attention": "self-attention over the anchor frame and the current frame",
+                    }
+        finished = [_finish(s, results[i], ctx, members=saved.get(i), video=videos[i]) for i, s in enumerate(samples)]
+        yield from writer.put(finished)
+        yield from writer.drain()
+    finally:
+        painted.close()
+        writer.close()
 
 
 def _write_frames(folder: Path, frames: list[int], images: list[np.ndarray]) -> None:
