@@ -126,12 +126,13 @@ def run_set(name: str, assets: list[ObjectAsset], grasps: int, candidates: int, 
         res.evaluated += report.evaluated
         res.accepted += report.accepted
         centre = asset.mesh.bounds.mean(axis=0)
-        for g in out:
-            res.grasps.append(g.metrics)
-            if g.metrics["accepted"]:
-                params = g.pose.mano_params(hand)
-                joints = hand.forward(*params.values()).joints[0].astype(np.float64)
-                res.features.append(((joints - centre) * 100.0).reshape(-1))
+        res.grasps += [g.metrics for g in out]
+        held = [g for g in out if g.metrics["accepted"]]
+        if held:  # joints of the accepted grasps in the object frame, one batched forward
+            params = [g.pose.mano_params(hand) for g in held]
+            batch = [np.stack([np.asarray(p[k]).reshape(-1) for p in params]) for k in params[0]]
+            joints = hand.forward(*batch).joints.astype(np.float64)
+            res.features += list(((joints - centre) * 100.0).reshape(len(held), -1))
     return res
 
 
@@ -178,12 +179,14 @@ def baseline_tree(rev: str, dest: Path) -> Path | None:
 def _pass_in_process(tree: Path | None, grasps: int, candidates: int, out: Path) -> list[SetResult]:
     """Run :func:`one_pass` in a fresh process on ``tree``'s ``hoigen`` (None: this tree's)."""
     env = dict(os.environ)
-    paths = [str(tree)] if tree else []
-    env["PYTHONPATH"] = os.pathsep.join([*paths, str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    home = tree or ROOT  # ``-m`` puts the working directory first on sys.path: its ``hoigen`` is the one used
+    env["PYTHONPATH"] = os.pathsep.join([str(home), str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     cmd = [sys.executable, "-m", "benchmarks.grasp", "--size", f"{grasps}x{candidates}", "--json", str(out)]
-    subprocess.run(cmd, check=True, env=env, cwd=str(ROOT))
-    rows = json.loads(out.read_text())
-    return [SetResult(**{**r, "features": [np.asarray(f) for f in r["features"]]}) for r in rows]
+    subprocess.run(cmd, check=True, env=env, cwd=str(home))
+    result = json.loads(out.read_text())
+    if Path(result["hoigen"]).resolve() != (home / "hoigen").resolve():
+        raise RuntimeError(f"grasp bench: the pass ran {result['hoigen']}, not {home / 'hoigen'}")
+    return [SetResult(**{**r, "features": [np.asarray(f) for f in r["features"]]}) for r in result["sets"]]
 
 
 def bench_grasps(
@@ -268,8 +271,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     grasps, candidates = (int(x) for x in args.size.split("x"))
     sets = one_pass(grasps, candidates)
+    import hoigen
+
     rows = [{**asdict(s), "features": [f.tolist() for f in s.features]} for s in sets]
-    args.json.write_text(json.dumps(rows))
+    args.json.write_text(json.dumps({"hoigen": str(Path(hoigen.__file__).parent), "sets": rows}))
 
 
 if __name__ == "__main__":
