@@ -205,7 +205,8 @@ class GraspProblem:
         }
         b = joints16.shape[0]
         key = torch.cat([joints16, tips], dim=1).permute(1, 0, 2).reshape(21, b * 3)  # one (pairs, 21) @ (21, B*3)
-        dist = (self._pair_map @ key).view(-1, b, 3).norm(dim=-1)  # (pairs, B) sphere distances
+        gap = (self._pair_map @ key).view(-1, b, 3)
+        dist = (gap * gap).sum(-1).clamp(min=1e-12).sqrt()  # (pairs, B) sphere distances
         terms["self_collision"] = torch.relu(2 * SPHERE_R - dist).sum(0)
         arm = (contacts - self.centre) / self.radius
         force = inward.sum(1)
