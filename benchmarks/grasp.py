@@ -215,10 +215,12 @@ def bench_grasps(
     per_grasp = new[-1].cpu / max(new[-1].accepted, 1)
     base = old[-1].cpu / max(old[-1].accepted, 1) if old else float("nan")
     rates = ", ".join(f"{run[-1].row()['grasps_per_cpu_s']:.2f}" for run in ours)
+    base_rates = ", ".join(f"{run[-1].row()['grasps_per_cpu_s']:.2f}" for run in theirs) or "none"
     rows = [
         Row(
             f"grasp: CPU s per accepted grasp, 1 thread, {grasps} grasps from {candidates} candidates per object, "
-            f"baseline {rev[:10]} vs this tree (ours: median {1 / per_grasp:.2f}/CPU-s of {rates}; "
+            f"baseline {rev[:10]} vs this tree (ours: median {1 / per_grasp:.2f}/CPU-s of {rates}; baseline: "
+            f"{base_rates}; "
             f"{new[-1].accepted} of {new[-1].evaluated} measured accepted)",
             base,
             per_grasp,
