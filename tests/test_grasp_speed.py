@@ -102,21 +102,23 @@ def test_self_collision_pairs_equal_the_all_pairs_formula() -> None:
     assert torch.allclose(terms["self_collision"], ref, atol=1e-5)
 
 
-def test_hand_file_coordinates_read_back_as_the_same_float32() -> None:
-    from hoigen.grasp.simulate import _hull_obj, hand_pieces
+def test_hand_file_holds_every_piece_vertex_as_the_same_float32() -> None:
+    from hoigen.grasp.simulate import _pieces_obj, hand_pieces
     from hoigen.hand import load_hand
 
     hand = load_hand("right")
     verts = hand.forward(hand_pose=hand.curl_pose(0.5)[None]).vertices[0].astype(np.float64) + 0.123456789
     pieces = hand_pieces(hand.faces, hand.vertex_bones)
-    text = _hull_obj(verts, pieces)
-    written = np.array([[float(x) for x in line.split()[1:]] for line in text.splitlines() if line.startswith("v ")])
-    assert len(written) >= len(pieces) * 4
-    as32 = written.astype(np.float32)
-    # every written vertex is a hand vertex rounded to float32, and reads back to exactly that float32
-    ours = verts.astype(np.float32)
-    matches = (as32[:, None, :] == ours[None, :, :]).all(-1).any(1)
-    assert matches.all()
+    text = _pieces_obj(verts, pieces)
+    lines = text.splitlines()
+    written = np.array([[float(x) for x in line.split()[1:]] for line in lines if line.startswith("v ")])
+    # every piece's vertices, in order, each read back to exactly the float32 of the hand vertex
+    expected = np.concatenate([verts[ids] for ids in pieces]).astype(np.float32)
+    assert np.array_equal(written.astype(np.float32), expected)
+    assert sum(line.startswith("o ") for line in lines) == len(pieces)
+    # the faces reference every vertex of the file (pybullet builds each group's hull from them)
+    refs = np.array([[int(x) for x in line.split()[1:]] for line in lines if line.startswith("f ")])
+    assert np.array_equal(np.unique(refs), np.arange(1, len(written) + 1))
 
 
 def test_synthesis_is_deterministic_within_a_process() -> None:
