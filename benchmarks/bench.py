@@ -200,14 +200,14 @@ def bench_workers(repeats: int = 2) -> tuple[str, float, float]:
     return "render stage, 4 shards x 16 samples: --workers 1 vs 2", base, cand
 
 
-def bench_grasp() -> list[tuple[str, float, float]]:
-    """Grasp synthesis: accepted grasps per second per core, and the metric table (printed)."""
+def bench_grasp() -> list[tuple]:
+    """Grasp synthesis: accepted grasps per CPU-second vs the baseline, and the metric tables (printed)."""
     from benchmarks.grasp import bench_grasps, print_grasp_table
 
     size = os.environ.get("HOIGEN_BENCH_GRASP", "16x48")  # grasps x candidates per object
     grasps, candidates = (int(x) for x in size.split("x"))
-    rows, sets = bench_grasps(grasps, candidates)
-    print_grasp_table(sets)
+    rows, sets, baseline = bench_grasps(grasps, candidates)
+    print_grasp_table(sets, baseline)
     return rows
 
 

@@ -161,7 +161,16 @@ class GraspProblem:
         self._sphere_b = torch.as_tensor(ends)
         self._sphere_t = torch.as_tensor(SPHERE_T * (len(starts) // len(SPHERE_T)), dtype=torch.float32)[:, None]
         self._sphere_owner = torch.as_tensor(owners)
-        self._sphere_other = (self._sphere_owner[:, None] != self._sphere_owner[None, :]).to(torch.float32)
+        # sphere centres and the differences of every pair on different fingers (each once) as linear
+        # maps of the 21 points (16 joints + 5 tips): one matrix product instead of gathers
+        n = len(owners)
+        place = torch.zeros(n, 21)
+        place[torch.arange(n), self._sphere_a] = 1.0 - self._sphere_t[:, 0]
+        place[torch.arange(n), self._sphere_b] += self._sphere_t[:, 0]
+        self._sphere_map = place  # (S, 21)
+        first, second = torch.triu_indices(n, n, offset=1)
+        other = self._sphere_owner[first] != self._sphere_owner[second]
+        self._pair_map = place[first[other]] - place[second[other]]  # (pairs, 21)
         self._normal_step = torch.cat([torch.eye(3), -torch.eye(3)]) * (0.5 * sdf.spacing)  # (6, 3)
         self.prior = torch.as_tensor(
             0.5 * (np.asarray(self.space.open_angles()) + np.asarray(self.space.fist_angles())), dtype=torch.float32
@@ -169,9 +178,7 @@ class GraspProblem:
 
     def spheres(self, joints16: torch.Tensor, tips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sphere centres (B, S, 3) along each finger's bones and the finger (S,) of each."""
-        pts = torch.cat([joints16, tips], dim=1)  # (B, 21, 3)
-        a, b = pts[:, self._sphere_a], pts[:, self._sphere_b]
-        return a + self._sphere_t * (b - a), self._sphere_owner
+        return self._sphere_map @ torch.cat([joints16, tips], dim=1), self._sphere_owner
 
     def normals(self, points: torch.Tensor) -> torch.Tensor:
         """Unit inward normals (B, K, 3) at ``points`` by central differences of the SDF (differentiable)."""
@@ -198,9 +205,11 @@ class GraspProblem:
             "limit": self.space.violation(angles),
             "prior": ((angles - self.prior) ** 2).sum(dim=(1, 2)),
         }
-        sph, _ = self.spheres(joints16, tips)
-        dist = torch.cdist(sph, sph)
-        terms["self_collision"] = (torch.relu(2 * SPHERE_R - dist) * self._sphere_other).sum(dim=(1, 2)) / 2
+        b = joints16.shape[0]
+        key = torch.cat([joints16, tips], dim=1).permute(1, 0, 2).reshape(21, b * 3)  # one (pairs, 21) @ (21, B*3)
+        gap = (self._pair_map @ key).view(-1, b, 3)
+        dist = (gap * gap).sum(-1).clamp(min=1e-12).sqrt()  # (pairs, B) sphere distances
+        terms["self_collision"] = torch.relu(2 * SPHERE_R - dist).sum(0)
         arm = (contacts - self.centre) / self.radius
         force = inward.sum(1)
         torque = torch.cross(arm, inward, dim=-1).sum(1)

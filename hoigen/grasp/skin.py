@@ -23,7 +23,6 @@ import functools
 
 import numpy as np
 import torch
-from smplx.lbs import batch_rodrigues
 
 INTERIOR_RESOLUTION = 72  # cells along the flat hand's longest side (~3 mm voxels)
 
@@ -59,21 +58,36 @@ class HandSkin:
         self.weights = weights
         self.posedirs = posedirs
         self.has_blend = bool(self.num_vertices) and bool(posedirs.abs().max() > 0)
-        # the chain one tree level at a time: levels[d] = joints at depth d + 1 (the root is depth 0)
+        # the chain one tree level at a time: levels[d] = joints at depth d + 1 (the root is depth 0).
+        # Joints are kept in *level order* (the root, then each level's joints) so that every level is a
+        # contiguous slice; the skinning weights and blend shapes are permuted to match once, here.
         parents = self.parents.tolist()
         depth = [0] * len(parents)
         for j in range(1, len(parents)):
             depth[j] = depth[parents[j]] + 1
-        self.levels = [
-            torch.as_tensor([j for j in range(len(parents)) if depth[j] == d]) for d in range(1, max(depth) + 1)
-        ]
-        order = torch.cat([torch.zeros(1, dtype=torch.long), *self.levels])
-        self.unorder = torch.argsort(order)  # the levels' concatenation -> MANO joint order
-        self.level_parent = [torch.as_tensor([int((order == parents[j]).nonzero()) for j in lv]) for lv in self.levels]
-        self.bone = self.joints_rest - self.joints_rest[self.parents.clamp(min=0)]  # rest offset from the parent
+        if parents[0] >= 0 or depth.count(0) != 1:
+            raise ValueError("HandSkin: the kinematic tree needs joint 0 as its only root")
+        self.levels = [[j for j in range(len(parents)) if depth[j] == d] for d in range(1, max(depth) + 1)]
+        order = [0] + [j for level in self.levels for j in level]
+        self.order = torch.as_tensor(order)
+        self.unorder = torch.argsort(self.order)  # level order -> MANO joint order
+        # per level: where each joint's parent sits within the previous level (None: the same order)
+        self.level_parent: list[torch.Tensor | None] = []
+        prev = [0]
+        for level in self.levels:
+            sel = [prev.index(parents[j]) for j in level]
+            same = sel == list(range(len(prev))) or len(prev) == 1  # a single parent broadcasts
+            self.level_parent.append(None if same else torch.as_tensor(sel))
+            prev = level
+        self._pose_order = torch.as_tensor([j - 1 for j in order[1:]])  # joints 1..15 of hand_pose, level order
+        bone = self.joints_rest - self.joints_rest[self.parents.clamp(min=0)]  # rest offset from the parent
+        self.bone = bone[self.order]
+        self.joints_rest_level = self.joints_rest[self.order]
+        self.weights_level = self.weights[:, self.order]
+        self.posedirs_level = self.posedirs.view(15, 9, -1)[self._pose_order].reshape(135, -1)
         if not self.has_blend:
             xh = torch.cat([self.points, torch.ones(len(self.points), 1)], dim=1)  # (P, 4)
-            self.lbs_matrix = (self.weights[:, :, None] * xh[:, None, :]).reshape(len(self.points), -1)  # (P, 64)
+            self.lbs_matrix = (self.weights_level[:, :, None] * xh[:, None, :]).reshape(len(self.points), -1)  # (P, 64)
 
     def __call__(
         self, hand_pose: torch.Tensor, rotation: torch.Tensor | None = None, translation: torch.Tensor | None = None
@@ -82,37 +96,68 @@ class HandSkin:
         transl, then placed rigidly by ``rotation`` (B, 3, 3) and ``translation`` (B, 3) when given
         (folded into the joints' transforms, which is cheaper than moving the points)."""
         b = hand_pose.shape[0]
-        rot = batch_rodrigues(hand_pose.reshape(-1, 3)).view(b, 15, 3, 3)  # joints 1..15
-        rot = torch.cat([torch.eye(3, dtype=rot.dtype).expand(b, 1, 3, 3), rot], dim=1)
+        pose = hand_pose.reshape(b, 15, 3).index_select(1, self._pose_order)
+        rot = rodrigues(pose.reshape(-1, 3)).view(b, 15, 3, 3)  # joints 1..15 in level order
         # global rotations and joint positions, one tree level at a time (the root stays at rest)
-        g_rot = [rot[:, :1]]
-        g_pos = [self.joints_rest[:1].expand(b, 1, 3)]
+        g_rot: list[torch.Tensor] = []
+        g_pos = [self.joints_rest_level[:1].expand(b, 1, 3)]
+        start = 1  # where the level starts in level order (0: the root)
         for level, parent in zip(self.levels, self.level_parent, strict=True):
-            all_rot, all_pos = torch.cat(g_rot, dim=1), torch.cat(g_pos, dim=1)
-            p_rot, p_pos = all_rot[:, parent], all_pos[:, parent]
-            g_rot.append(p_rot @ rot[:, level])
-            g_pos.append(p_pos + (p_rot @ self.bone[level][..., None]).squeeze(-1))
-        g_rot = torch.cat(g_rot, dim=1)[:, self.unorder]  # (B, 16, 3, 3)
-        joints = torch.cat(g_pos, dim=1)[:, self.unorder]  # (B, 16, 3)
+            n = len(level)
+            local, bone = rot[:, start - 1 : start - 1 + n], self.bone[start : start + n]
+            if not g_rot:  # the first level hangs from the root, whose rotation is the identity
+                g_rot.append(local)
+                g_pos.append(g_pos[0] + bone)
+            else:
+                p_rot, p_pos = g_rot[-1], g_pos[-1]
+                if parent is not None:
+                    p_rot, p_pos = p_rot.index_select(1, parent), p_pos.index_select(1, parent)
+                g_rot.append(p_rot @ local)
+                g_pos.append(p_pos + (p_rot @ bone[..., None]).squeeze(-1))
+            start += n
+        eye = torch.eye(3, dtype=rot.dtype).expand(b, 1, 3, 3)
+        g_rot = torch.cat([eye, *g_rot], dim=1)  # (B, 16, 3, 3), level order
+        joints = torch.cat(g_pos, dim=1)  # (B, 16, 3)
         # the transform taking a rest-pose point to its posed place along joint j: x -> R_j x + t_j
-        shift = joints - (g_rot @ self.joints_rest[..., None]).squeeze(-1)
+        shift = joints - (g_rot @ self.joints_rest_level[..., None]).squeeze(-1)
         if rotation is not None:
             r = rotation[:, None]
             g_rot = r @ g_rot
             moved = (r @ torch.stack([joints, shift], dim=-1)) + translation[:, None, :, None]
             joints, shift = moved[..., 0], moved[..., 1]
         a = torch.cat([g_rot, shift[..., None]], dim=-1)  # (B, 16, 3, 4)
+        joints = joints.index_select(1, self.unorder)
         if not self.has_blend:
             out = self.lbs_matrix @ a.permute(1, 3, 0, 2).reshape(-1, b * 3)  # (P, B*3)
             return out.view(-1, b, 3).transpose(0, 1), joints
-        feature = (rot[:, 1:] - torch.eye(3, dtype=rot.dtype)).reshape(b, -1)
-        offsets = (feature @ self.posedirs).view(b, -1, 3)  # pose blend shapes of the vertices only
+        feature = (rot - torch.eye(3, dtype=rot.dtype)).reshape(b, -1)
+        offsets = (feature @ self.posedirs_level).view(b, -1, 3)  # pose blend shapes of the vertices only
         extra = len(self.points) - self.num_vertices
         if extra:
             offsets = torch.cat([offsets, offsets.new_zeros(b, extra, 3)], dim=1)
         posed = self.points + offsets
-        t = (self.weights @ a.reshape(b, 16, 12)).view(b, -1, 3, 4)
+        t = (self.weights_level @ a.reshape(b, 16, 12)).view(b, -1, 3, 4)
         return (t[..., :3] @ posed[..., None]).squeeze(-1) + t[..., 3], joints
+
+
+# K_flat = r @ _CROSS: the cross-product matrix [r]x of a 3-vector r, flattened row-major
+_CROSS = torch.zeros(3, 9)
+for _row, _col, _k, _sign in ((0, 1, 2, -1), (0, 2, 1, 1), (1, 0, 2, 1), (1, 2, 0, -1), (2, 0, 1, -1), (2, 1, 0, 1)):
+    _CROSS[_k, 3 * _row + _col] = _sign
+_EYE_FLAT = torch.eye(3).reshape(9)
+
+
+def rodrigues(rot_vecs: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices (N, 3, 3) of axis-angle vectors (N, 3): ``cos I + sin [r]x + (1 - cos) r r^T``.
+
+    The same formula and the same 1e-8 guard as ``smplx.lbs.batch_rodrigues`` in a third of the torch
+    operations (it runs at every optimiser step)."""
+    angle = torch.norm(rot_vecs + 1e-8, dim=1, keepdim=True)
+    r = rot_vecs / angle
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    outer = (r[:, :, None] * r[:, None, :]).reshape(-1, 9)
+    flat = cos * _EYE_FLAT + sin * (r @ _CROSS) + (1.0 - cos) * outer
+    return flat.view(-1, 3, 3)
 
 
 @functools.lru_cache(maxsize=4)

@@ -78,30 +78,41 @@ class SynthesisReport:
 
 
 def align_frames(src_a: np.ndarray, src_b: np.ndarray, dst_a: np.ndarray, dst_b: np.ndarray) -> np.ndarray:
-    """The rotation taking direction ``src_a`` to ``dst_a`` and (the part of) ``src_b`` to ``dst_b``."""
+    """The rotation taking direction ``src_a`` to ``dst_a`` and (the part of) ``src_b`` to ``dst_b``.
+
+    Directions may carry leading batch dimensions (``(..., 3)``); so does the result (``(..., 3, 3)``)."""
 
     def basis(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        e1 = a / np.linalg.norm(a)
-        e2 = b - e1 * np.dot(b, e1)
-        e2 /= np.linalg.norm(e2)
-        return np.stack([e1, e2, np.cross(e1, e2)], axis=1)
+        e1 = a / np.linalg.norm(a, axis=-1, keepdims=True)
+        e2 = b - e1 * (b * e1).sum(axis=-1, keepdims=True)
+        e2 = e2 / np.linalg.norm(e2, axis=-1, keepdims=True)
+        return np.stack([e1, e2, np.cross(e1, e2)], axis=-1)
 
-    return basis(dst_a, dst_b) @ basis(src_a, src_b).T
+    src = basis(np.asarray(src_a, dtype=np.float64), np.asarray(src_b, dtype=np.float64))
+    return basis(np.asarray(dst_a, dtype=np.float64), np.asarray(dst_b, dtype=np.float64)) @ np.swapaxes(src, -1, -2)
 
 
 def tangent_direction(
     normal: np.ndarray, rng: np.random.Generator, up=(0.0, 1.0, 0.0), toward: np.ndarray | None = None
 ) -> np.ndarray:
     """A tangent at a surface point across ``up`` (fingers wrap around an upright body), turned by a
-    random angle (+-0.5 rad, either way round, or the way that points along ``toward``) about the normal."""
-    t = np.cross(normal, up)
-    if np.linalg.norm(t) < 1e-3:  # the normal runs along ``up``: any axis across it will do
-        t = np.cross(normal, np.eye(3)[int(np.argmin(np.abs(normal)))])
-    t /= np.linalg.norm(t)
-    b = np.cross(normal, t)
-    angle = rng.uniform(-0.5, 0.5) + (np.pi if rng.random() < 0.5 else 0.0)
-    out = np.cos(angle) * t + np.sin(angle) * b
-    return -out if toward is not None and out @ np.asarray(toward) < 0 else out
+    random angle (+-0.5 rad, either way round, or the way that points along ``toward``) about the normal.
+
+    ``normal`` may be a batch (n, 3): one tangent per row, two uniform draws per row in row order."""
+    n = np.asarray(normal, dtype=np.float64)
+    rows = n.reshape(-1, 3)
+    t = np.cross(rows, np.asarray(up, dtype=np.float64))
+    flat = np.linalg.norm(t, axis=1) < 1e-3  # the normal runs along ``up``: any axis across it will do
+    if flat.any():
+        t[flat] = np.cross(rows[flat], np.eye(3)[np.argmin(np.abs(rows[flat]), axis=1)])
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    b = np.cross(rows, t)
+    draws = rng.random((len(rows), 2))
+    angle = (draws[:, 0] - 0.5) + np.where(draws[:, 1] < 0.5, np.pi, 0.0)
+    out = np.cos(angle)[:, None] * t + np.sin(angle)[:, None] * b
+    if toward is not None:
+        out = np.where((out @ np.asarray(toward, dtype=np.float64) < 0)[:, None], -out, out)
+    return out.reshape(n.shape)
 
 
 def surface_preferences(category: str, points: np.ndarray, normals: np.ndarray, bounds: np.ndarray) -> np.ndarray:
@@ -146,18 +157,15 @@ def initial_candidates(
     picks = rng.choice(len(points), size=count, replace=len(points) < count, p=weight / weight.sum())
     open_a = np.asarray(problem.space.open_angles())
     fist_a = np.asarray(problem.space.fist_angles())
-    rots, trans, angles = [], [], []
     extents = np.asarray(mesh.extents)
     revolved = category in ("bottle", "bowl", "can", "mug")
     up = np.array([0.0, 1.0, 0.0]) if revolved else np.eye(3)[int(np.argmax(extents))]
     toward = FINGERS_TOWARD.get(category)
-    for i in picks:
-        p, n = points[i], normals[i]
-        rot = align_frames(palm_normal, forward, -n, tangent_direction(n, rng, up=up, toward=toward))
-        rots.append(rot)
-        trans.append(p + n * PALM_GAP - rot @ centre)
-        angles.append(open_a + START_CURL * (fist_a - open_a))
-    return np.asarray(rots), np.asarray(trans), np.asarray(angles), normals[picks]
+    p, n = points[picks], normals[picks]
+    rots = align_frames(palm_normal, forward, -n, tangent_direction(n, rng, up=up, toward=toward))
+    trans = p + n * PALM_GAP - rots @ np.asarray(centre, dtype=np.float64)
+    angles = np.broadcast_to(open_a + START_CURL * (fist_a - open_a), (count, *open_a.shape)).copy()
+    return rots, trans, angles, n
 
 
 def synthesize_grasps(

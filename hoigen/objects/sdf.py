@@ -57,8 +57,16 @@ class SDFGrid:
         self.spacing = float(spacing)
         self.shape = tuple(int(s) for s in self.values.shape)
         self._volume = torch.from_numpy(self.values.copy())[None, None]  # (1, 1, nx, ny, nz)
+        self._flat = self._volume.reshape(-1)
         self._origin_t = torch.tensor(self.origin, dtype=torch.float32)
         self._upper = torch.tensor([s - 1 for s in self.shape], dtype=torch.float32)
+        nx, ny, nz = self.shape
+        self._strides = torch.tensor([ny * nz, nz, 1], dtype=torch.long)
+        # flat offsets of a cell's eight corners, ordered (dx, dy, dz) = 000, 001, 010, ..., 111
+        corners = torch.tensor([[dx, dy, dz] for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)], dtype=torch.long)
+        self._corner_offsets = corners @ self._strides
+        self._last_cell = torch.clamp(torch.tensor([s - 2 for s in self.shape], dtype=torch.long), min=0)
+        self._table: torch.Tensor | None = None
 
     @classmethod
     def from_mesh(
@@ -120,7 +128,14 @@ class SDFGrid:
     # -- queries -----------------------------------------------------------------------------------
 
     def query(self, points: torch.Tensor) -> torch.Tensor:
-        """Signed distance (...) at ``points`` (..., 3) by trilinear interpolation; differentiable."""
+        """Signed distance (...) at ``points`` (..., 3) by trilinear interpolation; differentiable.
+
+        The eight corners of each point's cell are gathered at once and the gradient comes in closed
+        form (:class:`_Trilinear`), about 4x cheaper forward and backward than ``grid_sample``."""
+        return _Trilinear.apply(points.to(torch.float32), self)
+
+    def query_grid_sample(self, points: torch.Tensor) -> torch.Tensor:
+        """The same interpolation through ``torch.nn.functional.grid_sample`` (the reference for tests)."""
         p = points.to(torch.float32)
         shape = p.shape[:-1]
         u = (p.reshape(-1, 3) - self._origin_t) / self.spacing
@@ -131,6 +146,43 @@ class SDFGrid:
             self._volume, g.view(1, -1, 1, 1, 3), mode="bilinear", padding_mode="border", align_corners=True
         )
         return (v.view(-1) - outside).reshape(shape)
+
+    def _corner_table(self) -> torch.Tensor:
+        """(cells, 8): the values at the eight corners of the cell starting at each grid point (made on
+        first use; one gather of 32 contiguous bytes per query instead of eight scattered ones)."""
+        if self._table is None:
+            pad = int(self._corner_offsets.max())
+            flat = torch.cat([self._flat, self._flat.new_zeros(pad)])
+            self._table = torch.stack([flat[int(o) : int(o) + len(self._flat)] for o in self._corner_offsets], dim=1)
+        return self._table
+
+    def _interpolate(self, points: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Values (n,) at points (n, 3) and, with ``with_grad``, their gradients (n, 3) (no autograd).
+
+        Works on (3, n) and (8, n) arrays so that every elementwise op runs over contiguous rows."""
+        u = (points.t() - self._origin_t[:, None]) / self.spacing  # (3, n)
+        uc = torch.minimum(torch.clamp(u, min=0.0), self._upper[:, None])
+        off = u - uc  # nonzero outside the grid
+        outside = (off * off).sum(0).sqrt()
+        cell = torch.minimum(uc.to(torch.long), self._last_cell[:, None])  # uc >= 0: truncation is floor
+        f = uc - cell
+        fx, fy, fz = f[0], f[1], f[2]
+        base = (cell * self._strides[:, None]).sum(0)
+        v = self._corner_table().index_select(0, base).t()  # (8, n), rows (dx, dy, dz) = 000, 001, ..., 111
+        dz = v[1::2] - v[0::2]  # (4, n), rows (dx, dy) = 00, 01, 10, 11
+        vz = v[0::2] + fz * dz
+        dy = vz[1::2] - vz[0::2]  # (2, n), rows dx = 0, 1
+        vy = vz[0::2] + fy * dy
+        dx = vy[1] - vy[0]
+        value = vy[0] + fx * dx - outside * self.spacing
+        if not with_grad:
+            return value, None
+        gy = dy[0] + fx * (dy[1] - dy[0])
+        dzy = dz[0::2] + fy * (dz[1::2] - dz[0::2])  # (2, n), rows dx = 0, 1
+        gz = dzy[0] + fx * (dzy[1] - dzy[0])
+        grad = torch.stack([dx, gy, gz]) * (off == 0) / self.spacing  # clamped axes: no interpolation gradient
+        grad = grad - off / outside.clamp(min=1e-12)
+        return value, grad.t()
 
     def query_np(self, points: np.ndarray) -> np.ndarray:
         """Numpy convenience: signed distance (n,) of points (n, 3) (float64 out)."""
@@ -144,6 +196,23 @@ class SDFGrid:
             p = points.detach().to(torch.float32).requires_grad_(True)
             (g,) = torch.autograd.grad(self.query(p).sum(), p)
         return g
+
+
+class _Trilinear(torch.autograd.Function):
+    """Trilinear lookup in an :class:`SDFGrid` with its closed-form gradient in the query points."""
+
+    @staticmethod
+    def forward(ctx, points: torch.Tensor, grid: SDFGrid) -> torch.Tensor:
+        flat = points.reshape(-1, 3)
+        value, grad = grid._interpolate(flat, with_grad=ctx.needs_input_grad[0])
+        ctx.save_for_backward(grad if grad is not None else flat.new_zeros(0))
+        ctx.shape = points.shape
+        return value.reshape(points.shape[:-1])
+
+    @staticmethod
+    def backward(ctx, upstream: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return (upstream.reshape(-1, 1) * grad).reshape(ctx.shape), None
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:

@@ -1,0 +1,142 @@
+"""The grasp speed-ups (issue 22) compute what the slower code computed: SDF lookups and their
+gradients, the skinning's Rodrigues, the self-collision pairs, the hold test's hand file, and
+synthesis stays deterministic within a process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from hoigen.objects.sdf import SDFGrid
+
+
+@pytest.fixture(scope="module")
+def grid() -> SDFGrid:
+    box = trimesh.creation.box((0.06, 0.1, 0.04))
+    return SDFGrid.from_mesh(box, resolution=24)
+
+
+def _points(grid: SDFGrid, n: int = 4000, seed: int = 0) -> torch.Tensor:
+    """Points over the grid and a margin beyond it (outside-the-grid queries included)."""
+    rng = np.random.default_rng(seed)
+    lo = grid.origin - 0.02
+    hi = grid.origin + grid.spacing * (np.asarray(grid.shape) - 1) + 0.02
+    return torch.as_tensor(rng.uniform(lo, hi, size=(n, 3)), dtype=torch.float32)
+
+
+def test_trilinear_query_matches_grid_sample_values_and_gradients(grid) -> None:
+    pts = _points(grid).requires_grad_(True)
+    ours = grid.query(pts)
+    ref = grid.query_grid_sample(pts)
+    assert ours.shape == ref.shape == (len(pts),)
+    assert torch.allclose(ours, ref, atol=1e-6)
+    (g_ours,) = torch.autograd.grad(ours.sum(), pts)
+    (g_ref,) = torch.autograd.grad(ref.sum(), pts)
+    inside_cells = ((pts.detach() - torch.as_tensor(grid.origin, dtype=torch.float32)) / grid.spacing).frac().abs()
+    regular = ((inside_cells > 1e-3) & (inside_cells < 1 - 1e-3)).all(dim=1)  # away from cell faces (kinks)
+    assert regular.sum() > 0.9 * len(pts)
+    assert torch.allclose(g_ours[regular], g_ref[regular], atol=1e-3)
+    assert g_ours.abs().max() > 0.5  # a real gradient (the SDF's slope is about 1)
+
+
+def test_trilinear_gradient_matches_finite_differences(grid) -> None:
+    pts = _points(grid, n=300, seed=1).double()
+    eps = 1e-5
+    fd = torch.stack(
+        [
+            (grid.query((pts + eps * e).float()).double() - grid.query((pts - eps * e).float()).double()) / (2 * eps)
+            for e in torch.eye(3, dtype=torch.float64)
+        ],
+        dim=-1,
+    )
+    p = pts.float().requires_grad_(True)
+    (analytic,) = torch.autograd.grad(grid.query(p).sum(), p)
+    # float32 lookups make the differences noisy and a few points straddle a cell face: compare medians
+    assert (fd - analytic.double()).abs().median() < 2e-3
+
+
+def test_query_keeps_batch_shapes_and_no_grad_values_equal(grid) -> None:
+    pts = _points(grid, n=60).view(3, 4, 5, 3)
+    with torch.no_grad():
+        plain = grid.query(pts)
+    tracked = grid.query(pts.clone().requires_grad_(True))
+    assert plain.shape == (3, 4, 5)
+    assert torch.equal(plain, tracked.detach())
+    assert np.array_equal(grid.query_np(pts.view(-1, 3).numpy()), plain.view(-1).double().numpy())
+
+
+def test_rodrigues_matches_smplx() -> None:
+    from smplx.lbs import batch_rodrigues
+
+    from hoigen.grasp.skin import rodrigues
+
+    v = torch.as_tensor(np.random.default_rng(0).normal(0, 1.5, (500, 3)), dtype=torch.float32)
+    v[:3] = 0.0  # the identity, through the same 1e-8 guard
+    assert torch.allclose(rodrigues(v), batch_rodrigues(v), atol=2e-6)
+    r = rodrigues(v)
+    assert torch.allclose(r @ r.transpose(1, 2), torch.eye(3).expand(500, 3, 3), atol=2e-6)
+
+
+def test_self_collision_pairs_equal_the_all_pairs_formula() -> None:
+    from hoigen.grasp.optimize import SPHERE_R, EnergyWeights, GraspProblem
+    from hoigen.hand import load_hand
+
+    hand = load_hand("right")
+    box = trimesh.creation.box((0.05, 0.1, 0.05))
+    problem = GraspProblem(hand, SDFGrid.from_mesh(box, resolution=24), np.zeros(3), 0.07)
+    rng = np.random.default_rng(2)
+    b = 5
+    rot = torch.as_tensor(np.tile(np.eye(3)[:, :2].T.reshape(1, 6), (b, 1)), dtype=torch.float32)
+    transl = torch.as_tensor(rng.normal(0, 0.01, (b, 3)), dtype=torch.float32)
+    angles = torch.as_tensor(rng.normal(0.0, 0.8, (b, 15, 3)), dtype=torch.float32)  # fingers cross each other
+    _, terms = problem.energy(rot, transl, angles, EnergyWeights())
+    # reference: every ordered pair of spheres on different fingers, halved
+    pts, joints16 = problem.skin(problem.space.to_pose(angles))
+    sph, owner = problem.spheres(joints16, pts[:, : problem.n_tips])
+    dist = torch.cdist(sph, sph)
+    other = (owner[:, None] != owner[None, :]).float()
+    ref = (torch.relu(2 * SPHERE_R - dist) * other).sum(dim=(1, 2)) / 2
+    assert (ref > 0).sum() >= 2  # crossed fingers touch: the comparison is not of zeros
+    assert torch.allclose(terms["self_collision"], ref, atol=1e-5)
+
+
+def test_hand_file_holds_every_piece_vertex_as_the_same_float32() -> None:
+    from hoigen.grasp.simulate import _pieces_obj, hand_pieces
+    from hoigen.hand import load_hand
+
+    hand = load_hand("right")
+    verts = hand.forward(hand_pose=hand.curl_pose(0.5)[None]).vertices[0].astype(np.float64) + 0.123456789
+    pieces = hand_pieces(hand.faces, hand.vertex_bones)
+    text = _pieces_obj(verts, pieces)
+    lines = text.splitlines()
+    written = np.array([[float(x) for x in line.split()[1:]] for line in lines if line.startswith("v ")])
+    # every piece's vertices, in order, each read back to exactly the float32 of the hand vertex
+    expected = np.concatenate([verts[ids] for ids in pieces]).astype(np.float32)
+    assert np.array_equal(written.astype(np.float32), expected)
+    assert sum(line.startswith("o ") for line in lines) == len(pieces)
+    # the faces reference every vertex of the file (pybullet builds each group's hull from them)
+    refs = np.array([[int(x) for x in line.split()[1:]] for line in lines if line.startswith("f ")])
+    assert np.array_equal(np.unique(refs), np.arange(1, len(written) + 1))
+
+
+def test_synthesis_is_deterministic_within_a_process() -> None:
+    from hoigen.grasp.synth import synthesize_grasps
+    from hoigen.hand import load_hand
+
+    hand = load_hand("right")
+    mesh = trimesh.creation.cylinder(radius=0.03, height=0.12)
+    mesh.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]))
+    runs = [
+        synthesize_grasps(mesh, hand, np.random.default_rng(5), 2, category="can", candidates=8)
+        for _ in range(2)
+    ]
+    (first, r1), (second, r2) = runs
+    assert r1.evaluated == r2.evaluated and r1.accepted == r2.accepted
+    assert len(first) == len(second)
+    for a, b in zip(first, second, strict=True):
+        assert np.array_equal(a.pose.rotation, b.pose.rotation)
+        assert np.array_equal(a.pose.translation, b.pose.translation)
+        assert np.array_equal(a.pose.hand_pose, b.pose.hand_pose)
+        assert a.metrics == b.metrics
