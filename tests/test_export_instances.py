@@ -114,6 +114,7 @@ def scene_sample(assets: dict, frame: int = 0, hand_at=(0.015, 0.05, 0.06)) -> t
     full = silhouette(mug.mesh.vertices, mug.mesh.faces, camera.world_to_cam @ placed[0][2], camera.K,
                       res.mask_object_full, r.znear)  # fmt: skip
     sample = _rendered_sample(key, ann, res, 0, "random", SimpleNamespace(seen=1.0), full)
+    sample["ann.json"].update(instances=instances, table=ann["table"])  # render's records of this hand-made scene
     truth = {}
     for a, seg_id, pose in placed:
         alone = r.render(SceneSpec(FAR, np.array([[0, 1, 2]]), a.mesh, pose, a.nocs_from_mesh, camera,

@@ -370,11 +370,15 @@ class _Writer:
 
 
 def _encoded(samples: list[Sample]) -> list[Sample]:
-    """The samples with every image member (numpy array) encoded to its bytes."""
+    """The samples with every image member (numpy array) encoded to its bytes; a lazy sample's members
+    become the bytes the writer would store (unchanged members: their original bytes, never decoded)."""
     from hoigen.data.codec import encode_field
+    from hoigen.data.shards import LazySample, member_bytes
 
     return [
-        {k: encode_field(k, v) if isinstance(v, np.ndarray) and not k.startswith("__") else v for k, v in s.items()}
+        {k: member_bytes(s, k) if k.endswith((".png", ".jpg")) else s[k] for k in s}
+        if isinstance(s, LazySample)
+        else {k: encode_field(k, v) if isinstance(v, np.ndarray) and k[:2] != "__" else v for k, v in s.items()}
         for s in samples
     ]
 
