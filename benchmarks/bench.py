@@ -117,32 +117,12 @@ def bench_renderer_reuse(size: int = 256, frames: int = 8, repeats: int = 3) -> 
     return f"render {frames} frames @{size}px: new renderer/frame vs reused", base, cand
 
 
-def _bench_specs(size: int, count: int) -> list:
-    """``count`` scenes of the embedded hand (varied curl) and three procedural objects, seeded cameras."""
-    from hoigen.hand import load_hand
-    from hoigen.objects import procedural_objects
-    from hoigen.render.cameras import sample_camera
-    from hoigen.render.renderer import SceneSpec
-
-    hand = load_hand("right")
-    objects = procedural_objects(["mug", "bottle", "bowl"])
-    rng = np.random.default_rng(0)
-    specs = []
-    for i in range(count):
-        out = hand.forward(np.zeros(3), hand.curl_pose(0.2 + 0.6 * i / max(1, count - 1)), np.zeros(10),
-                           np.array([0.0, 0.0, 0.08]))
-        obj = objects[i % len(objects)]
-        cam = sample_camera(np.zeros(3), rng, size, size)
-        specs.append(SceneSpec(out.vertices[0], hand.faces, obj.mesh, np.eye(4), obj.nocs_from_mesh, cam,
-                               out.joints[0], mesh_key=obj.id))
-    return specs
-
-
 def bench_full_vs_bare(size: int = 512, frames: int = 12, repeats: int = 5) -> tuple[str, float, float]:
     """Seconds per frame: one bare shaded colour pass vs the full set of passes, same scenes, one renderer."""
+    from benchmarks.render import bench_specs
     from hoigen.render.renderer import Renderer
 
-    specs = _bench_specs(size, frames)
+    specs = bench_specs(size, frames)
     with Renderer(size, size) as r:
         r.render(specs[0])  # warm-up: GL buffers, object cache
 
@@ -168,9 +148,10 @@ def bench_renderer_memory(size: int = 256, frames: int = 1000) -> tuple[str, flo
     """Resident memory (MB) of the process after 100 and after ``frames`` full renders (must stay flat)."""
     import psutil
 
+    from benchmarks.render import bench_specs
     from hoigen.render.renderer import Renderer
 
-    specs = _bench_specs(size, 16)
+    specs = bench_specs(size, 16)
     process = psutil.Process()
     with Renderer(size, size) as r:
         after_100 = 0.0
