@@ -595,7 +595,7 @@ def merge(
     """
     from hoigen.data.merge import merge as join
 
-    info(join(out, list(rank_dirs or []), partial).line(), quiet)
+    info(join(out, list(rank_dirs or []), partial, quiet).line(), quiet)
 
 
 @assets_app.command("build-hand")

@@ -189,6 +189,28 @@ def test_hidden_hand_views_are_skipped_and_counted(five_categories, tmp_path, mo
     assert len(warnings) == 10 and all("hides the whole hand" in w and "2 draws" in w for w in warnings)
 
 
+def test_merged_ranks_sum_their_skipped_views(five_categories, tmp_path, monkeypatch):
+    from hoigen import api
+    from hoigen.data.merge import merge
+    from hoigen.options import Common
+    from hoigen.render import framing
+    from hoigen.render.options import RenderOptions
+
+    monkeypatch.setattr(framing, "hand_hidden", lambda *a, **k: True)  # every view skipped: 5 objects x 2
+    opts = RenderOptions(views=2, size=32, camera_tries=1)
+    ranks = [tmp_path / f"rank{r}" for r in range(2)]
+    alone = []
+    for r, folder in enumerate(ranks):
+        api.render(five_categories, folder, opts, Common(quiet=True, shard_index=r, num_shards=2))
+        alone.append(sum(json.loads(f.read_text())["views_skipped"]["hand_hidden"]
+                         for f in (folder / "render_stats").glob("shard-*.json")))  # fmt: skip
+    assert sorted(alone) == [4, 6]  # each rank holds part of the count
+    merged = merge(tmp_path / "merged", ranks, quiet=True)
+    run = json.loads((tmp_path / "merged" / "run.json").read_text())
+    assert merged.shards == 5 and run["views_skipped"] == {"hand_hidden": 10, "out_of_view": 0, "below_table": 0}
+    assert len(list((tmp_path / "merged" / "render_stats").glob("shard-*.json"))) == 5
+
+
 def test_hand_hidden_agrees_with_the_renderer():
     from hoigen.render.renderer import SceneSpec
     from hoigen.render.stage import _renderer

@@ -192,3 +192,17 @@ def test_filter_cli_flags_and_errors(render_dir, tmp_path, capsys) -> None:
         code, err = hoigen(*args, "--out", tmp_path / "bad", *extra, capsys=capsys)
         assert code == code_wanted and text in err and "Traceback" not in err, (extra, err)
         assert len(err.strip().splitlines()) == 1, err
+
+
+def test_merged_ranks_sum_the_filter_counts(render_dir, tmp_path) -> None:
+    from hoigen.data.merge import merge
+
+    THRESHOLD["mean"] = 256.0  # every judged sample dropped: the counts differ per shard
+    one = _run(render_dir, tmp_path / "one", min_pck=0.0, max_tries=2, filter_detector=FAKE)["image_filter"]
+    ranks = [tmp_path / f"rank{r}" for r in range(2)]
+    for r, folder in enumerate(ranks):
+        hg.synthesize(render_dir, folder, steps=1, size=SIZE, batch_size=2, quiet=True, min_pck=0.0, max_tries=2,
+                      filter_detector=FAKE, shard_index=r, num_shards=2)  # fmt: skip
+    merge(tmp_path / "merged", ranks, quiet=True)
+    merged = json.loads((tmp_path / "merged" / "run.json").read_text())["image_filter"]
+    assert merged == one and (merged["samples"], merged["kept"], merged["dropped"]) == (6, 1, 5)

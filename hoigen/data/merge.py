@@ -7,9 +7,11 @@ into folders of their own (node-local disks) are joined by copying their shards 
 - every rank folder must come from the same run (stage, seed and configuration in ``run.json``);
 - a shard present in two folders must be byte-identical (it is, for one run), else merge refuses;
 - each shard's index part is copied before the shard, through temporary names, so a merge killed
-  midway is finished by running it again; the objects and grasp_stats folders of grasp output are copied too;
+  midway is finished by running it again; the stage's sidecar folders (object meshes, per-shard or
+  per-object counts: :attr:`hoigen.data.runner.Stage.sidecars`) are copied too;
 - ``index.parquet`` is then joined from the parts in shard order (the bytes a single run writes),
-  and ``run.json`` is the first rank's record plus ``merged_from``.
+  and ``run.json`` is the first rank's record plus ``merged_from``, with the counts summed over
+  every rank's shards (:meth:`hoigen.data.runner.Stage.tally`: skipped views, filter counts).
 
 A merge refuses while shards are missing (listing them) unless ``partial`` is set.
 """
@@ -29,6 +31,7 @@ from hoigen.data.contract import RUN_FILE, read_run_json
 from hoigen.data.faults import write_error
 from hoigen.data.index import PARTS_DIR, build_index, part_path
 from hoigen.data.lock import folder_lock, remove_dead_locks
+from hoigen.data.runner import stage_class
 from hoigen.data.shards import list_shards, shard_index, shard_name
 from hoigen.errors import HoigenError
 
@@ -81,7 +84,7 @@ def _same_run(records: dict[Path, dict]) -> dict:
     return first
 
 
-def merge(out_dir: Path, sources: list[Path], partial: bool = False) -> MergeSummary:
+def merge(out_dir: Path, sources: list[Path], partial: bool = False, quiet: bool = False) -> MergeSummary:
     """Copy the shards of ``sources`` into ``out_dir`` and write one index (see the module doc)."""
     out_dir = Path(out_dir)
     sources = [Path(s) for s in sources if Path(s).resolve() != out_dir.resolve()]
@@ -97,8 +100,10 @@ def merge(out_dir: Path, sources: list[Path], partial: bool = False) -> MergeSum
         remove_dead_locks(out_dir)
         remove_stale_tmp(out_dir)
         remove_stale_tmp(out_dir / PARTS_DIR)
+        stage = stage_class(str(run.get("stage")))
+        sidecars = stage.sidecars if stage is not None else ()
         for src in sources:
-            for sub in ("objects", "grasp_stats"):  # grasp output: object meshes, per-object filter counts
+            for sub in sidecars:  # object meshes, per-shard or per-object counts
                 if (src / sub).is_dir():
                     for f in sorted((src / sub).iterdir()):
                         if f.is_file() and not is_tmp(f):
@@ -123,6 +128,9 @@ def merge(out_dir: Path, sources: list[Path], partial: bool = False) -> MergeSum
         if sources:
             merged = {**run, "merged_from": sorted(str(s) for s in sources)}
             atomic_write_bytes(out_dir / RUN_FILE, json.dumps(merged, indent=2, sort_keys=True).encode() + b"\n")
-            write_card(out_dir, merged)
         table = build_index(out_dir)
+        if sources and stage is not None:
+            stage.tally(out_dir, quiet)  # the counts of every rank's shards, not the first rank's
+        if sources:
+            write_card(out_dir, read_run_json(out_dir))
     return MergeSummary(out_dir, len(sources), len(have), copied, table.num_rows)

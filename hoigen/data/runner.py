@@ -488,6 +488,9 @@ class Stage:
 
     name: str = ""
     transform: StageFn | None = None  # a module-level function (it is sent to worker processes)
+    # folders of counts kept beside the shards (one file per shard or per object), summed into
+    # run.json by :meth:`tally`; ``hoigen merge`` copies them with the shards, then tallies again
+    sidecars: tuple[str, ...] = ()
 
     def plan(self, out_dir: Path, common: Common) -> Plan:
         """Check the input and list the tasks; writes nothing (errors here leave no trace)."""
@@ -501,7 +504,35 @@ class Stage:
         raise NotImplementedError
 
     def finalize(self, out_dir: Path, plan: Plan, summary: RunSummary, common: Common) -> None:
-        """After the run (still under the lock), e.g. add figures to ``run.json`` or set ``summary.message``."""
+        """After the run (still under the lock), e.g. add figures to ``run.json`` or set ``summary.message``.
+
+        The default tallies the sidecar counts once every shard exists."""
+        if summary.complete:
+            self.tally(out_dir, common.quiet)
+
+    @classmethod
+    def tally(cls, out_dir: Path, quiet: bool = False) -> None:
+        """Sum the :attr:`sidecars` of every shard in ``out_dir`` into its ``run.json`` (and say so)."""
+
+
+# the stage classes by run.json's ``stage`` name, imported on use (merge needs only the one it joins)
+STAGE_CLASSES = {
+    "grasp": "hoigen.grasp.stage:GraspStage",
+    "render": "hoigen.render.stage:RenderStage",
+    "synthesize": "hoigen.diffusion.stage:SynthStage",
+    "export": "hoigen.export.stage:ExportStage",
+}
+
+
+def stage_class(name: str) -> type[Stage] | None:
+    """The :class:`Stage` subclass that writes ``run.json`` records of stage ``name`` (None: unknown)."""
+    import importlib
+
+    path = STAGE_CLASSES.get(name)
+    if path is None:
+        return None
+    module, cls = path.split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def run(stage: Stage, out_dir: Path, common: Common | None = None) -> RunSummary:

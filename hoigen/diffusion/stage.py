@@ -24,7 +24,6 @@ is then not published.
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import os
@@ -41,6 +40,7 @@ import cv2
 import numpy as np
 import torch
 
+from hoigen.data.contract import read_run_json
 from hoigen.data.runner import Plan, Stage, StageContext, input_tasks
 from hoigen.data.schema import Sample, derive_seed
 from hoigen.diffusion.options import SynthOptions
@@ -132,6 +132,7 @@ class SynthStage(Stage):
     """Render shards -> synthesize shards (image.jpg, prompt.txt, gen.json added)."""
 
     name = "synthesize"
+    sidecars = (FILTER_DIR,)  # the image filter's counts per shard
 
     def __init__(self, in_dir: Path, options: SynthOptions) -> None:
         self.in_dir, self.options = Path(in_dir), options.resolved()
@@ -154,9 +155,10 @@ class SynthStage(Stage):
         config = {**record(opts), "prompt_templates": templates}
         return Plan(tasks, opts, config, in_dir=self.in_dir, extra=extra, inputs=SynthInputs(tuple(templates)))
 
-    def finalize(self, out_dir: Path, plan: Plan, summary: Any, common: Common) -> None:
-        if summary.complete and self.options.min_pck is not None:
-            record_filter(out_dir, plan, common.quiet)
+    @classmethod
+    def tally(cls, out_dir: Path, quiet: bool = False) -> None:
+        if read_run_json(out_dir).get("config", {}).get("min_pck") is not None:  # the run used --min-pck
+            record_filter(out_dir, quiet)
 
 
 def job_conditions(samples: list[Sample], opts: SynthOptions) -> list[torch.Tensor]:
@@ -432,26 +434,23 @@ class FilterCounts:
         return kept
 
     def write(self, out_dir: Path, shard: int) -> None:
-        """``OUT/filter_stats/shard-NNNNNN.json`` (atomic; written before the shard is published)."""
-        from hoigen.data.atomic import atomic_write_bytes
+        """``OUT/filter_stats/shard-NNNNNN.json`` (written before the shard is published; see
+        :mod:`hoigen.data.sidecar`)."""
+        from hoigen.data.sidecar import write_shard_record
 
-        folder = out_dir / FILTER_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        data = json.dumps({"objects": self.objects}, sort_keys=True).encode() + b"\n"
-        atomic_write_bytes(folder / f"shard-{shard:06d}.json", data)
+        write_shard_record(out_dir, FILTER_DIR, shard, {"objects": self.objects})
 
 
 COUNT_NAMES = ("samples", "kept", "dropped", "repainted", "unjudged", "paintings")
 
 
-def filter_summary(out_dir: Path, shards: Iterable[int]) -> dict[str, Any]:
-    """The filter counts of ``shards`` summed per object and in total."""
+def filter_summary(out_dir: Path) -> dict[str, Any]:
+    """The filter counts of every shard in ``out_dir`` summed per object and in total."""
+    from hoigen.data.sidecar import shard_records
+
     per_object: dict[str, dict[str, int]] = {}
-    for shard in sorted(shards):
-        path = Path(out_dir) / FILTER_DIR / f"shard-{shard:06d}.json"
-        if not path.exists():
-            continue
-        for obj, row in json.loads(path.read_text())["objects"].items():
+    for rec in shard_records(out_dir, FILTER_DIR):
+        for obj, row in rec["objects"].items():
             mine = per_object.setdefault(obj, dict.fromkeys(COUNT_NAMES, 0))
             for name in COUNT_NAMES:
                 mine[name] += int(row.get(name, 0))
@@ -459,28 +458,26 @@ def filter_summary(out_dir: Path, shards: Iterable[int]) -> dict[str, Any]:
     return {**totals, "per_object": dict(sorted(per_object.items()))}
 
 
-def record_filter(out_dir: Path, plan: Plan, quiet: bool = False) -> dict[str, Any]:
-    """Add the filter's settings and kept/dropped counts per object to ``run.json``; print one line."""
-    from hoigen.data.atomic import atomic_write_bytes
-    from hoigen.data.contract import RUN_FILE, read_run_json
+def record_filter(out_dir: Path, quiet: bool = False) -> dict[str, Any]:
+    """Write the filter's settings (from the run's config) and every shard's kept/dropped counts per
+    object into ``run.json``'s ``image_filter``; print one line (a warning when nothing was kept)."""
     from hoigen.data.progress import info
+    from hoigen.data.sidecar import update_run
     from hoigen.imgeval.agreement import MIN_VISIBLE_JOINTS
     from hoigen.imgeval.detectors import detector_name
 
-    opts: SynthOptions = plan.options
-    stats = filter_summary(out_dir, (t.index for t in plan.tasks))
-    run = read_run_json(out_dir)
-    run["image_filter"] = {
-        "min_pck": opts.min_pck,
-        "pck_at": opts.pck_at,
-        "max_tries": opts.max_tries,
-        "detector": detector_name(_detector(opts.filter_detector), opts.filter_detector),
-        "rule": f"kept when PCK@{opts.pck_at:g} >= {opts.min_pck:g} within {opts.max_tries} tries; images whose "
+    config = read_run_json(out_dir)["config"]
+    min_pck, pck_at, tries, detector = (config[k] for k in ("min_pck", "pck_at", "max_tries", "filter_detector"))
+    stats = filter_summary(out_dir)
+    update_run(out_dir, image_filter={
+        "min_pck": min_pck,
+        "pck_at": pck_at,
+        "max_tries": tries,
+        "detector": detector_name(_detector(detector), detector),
+        "rule": f"kept when PCK@{pck_at:g} >= {min_pck:g} within {tries} tries; images whose "
         f"labelled hand has fewer than {MIN_VISIBLE_JOINTS} visible joints are not judged (kept)",
         **stats,
-    }
-    data = json.dumps(run, indent=2, sort_keys=True, default=str).encode() + b"\n"
-    atomic_write_bytes(Path(out_dir) / RUN_FILE, data)
+    })  # fmt: skip
     line = (
         f"synthesize filter: kept {stats['kept']} of {stats['samples']} samples, dropped {stats['dropped']}, "
         f"{stats['repainted']} kept after a repaint ({stats['paintings']} paintings)"

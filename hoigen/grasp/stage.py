@@ -27,6 +27,7 @@ from hoigen.data.schema import Sample, sample_key
 from hoigen.errors import HoigenError
 from hoigen.grasp.metrics import GraspEvaluator, GraspFilter
 from hoigen.grasp.options import GraspOptions
+from hoigen.grasp.report import STATS_DIR
 from hoigen.grasp.synth import SynthesisReport, synthesize_grasps
 from hoigen.grasp.trajectory import (
     HandPose,
@@ -46,6 +47,7 @@ class GraspStage(Stage):
     """Objects -> grasp shards (+ ``objects/`` and ``objects.parquet``; ``run.json`` gets the filter's counts)."""
 
     name = "grasp"
+    sidecars = ("objects", STATS_DIR)  # the object meshes; per-object candidate counts
 
     def __init__(self, options: GraspOptions) -> None:
         self.options = options
@@ -92,9 +94,10 @@ class GraspStage(Stage):
         out_dir.mkdir(parents=True, exist_ok=True)
         save_objects(self.assets, out_dir)
 
-    def finalize(self, out_dir: Path, plan: Plan, summary: Any, common: Common) -> None:
-        if summary.complete:  # the filter counts come from the whole index, written once every shard exists
-            record_grasp_filter(out_dir, common.quiet)
+    @classmethod
+    def tally(cls, out_dir: Path, quiet: bool = False) -> None:
+        """The filter counts come from the whole index (written once every shard exists)."""
+        record_grasp_filter(out_dir, quiet)
 
 
 def record_grasp_filter(out: Path, quiet: bool = False) -> dict[str, Any]:
@@ -102,17 +105,13 @@ def record_grasp_filter(out: Path, quiet: bool = False) -> dict[str, Any]:
 
     Raises :class:`HoigenError` when no object yielded an accepted grasp, after removing
     ``index.parquet`` (a failed run leaves no index that looks like a result)."""
-    import json
-
-    from hoigen.data.atomic import atomic_write_bytes
-    from hoigen.data.contract import INDEX_FILE, read_run_json
+    from hoigen.data.contract import INDEX_FILE
     from hoigen.data.progress import console, info
+    from hoigen.data.sidecar import update_run
     from hoigen.grasp.report import filter_line, filter_stats, no_grasp_error, short_line
 
     stats = filter_stats(out)
-    run = read_run_json(out)
-    run["grasp_filter"] = stats
-    atomic_write_bytes(out / "run.json", json.dumps(run, indent=2, sort_keys=True, default=str).encode() + b"\n")
+    update_run(out, grasp_filter=stats)
     if stats["objects"] and not stats["accepted"]:
         (out / INDEX_FILE).unlink(missing_ok=True)
         raise HoigenError(no_grasp_error(stats))
@@ -285,7 +284,6 @@ def write_object_stats(out_dir: Path, object_id: str, report: Any, sides: dict[s
     import json
 
     from hoigen.data.atomic import atomic_write_bytes
-    from hoigen.grasp.report import STATS_DIR
 
     stats = {
         "object": object_id,

@@ -94,6 +94,7 @@ class RenderStage(Stage):
     """Grasp shards -> render shards."""
 
     name = "render"
+    sidecars = ("objects", STATS_DIR)  # library distractors' meshes; skipped views per shard
 
     def __init__(self, in_dir: Path, options: RenderOptions) -> None:
         self.in_dir, self.options = Path(in_dir), options
@@ -134,41 +135,29 @@ class RenderStage(Stage):
         extra = {OBJECTS_KEY: objects, "hand_model": upstream.get("hand_model")}
         return Plan(tasks, self.options, config, in_dir=self.in_dir, extra=extra, inputs=inputs)
 
-    def finalize(self, out_dir: Path, plan: Plan, summary: Any, common: Common) -> None:
-        if summary.complete:
-            record_view_stats(out_dir, [t.index for t in plan.tasks])
+    @classmethod
+    def tally(cls, out_dir: Path, quiet: bool = False) -> None:
+        record_view_stats(out_dir)
 
 
 def write_view_stats(out_dir: Path, shard: int, skipped: dict[str, int]) -> None:
-    """``OUT/render_stats/shard-NNNNNN.json``: the shard's skipped views per reason (atomic; written
-    before the shard is published, so a finished shard always has its counts)."""
-    import json
+    """``OUT/render_stats/shard-NNNNNN.json``: the shard's skipped views per reason (written before
+    the shard is published, so a finished shard always has its counts; :mod:`hoigen.data.sidecar`)."""
+    from hoigen.data.sidecar import write_shard_record
 
-    from hoigen.data.atomic import atomic_write_bytes
-
-    folder = Path(out_dir) / STATS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    data = json.dumps({"views_skipped": skipped}, sort_keys=True).encode() + b"\n"
-    atomic_write_bytes(folder / f"shard-{shard:06d}.json", data)
+    write_shard_record(out_dir, STATS_DIR, shard, {"views_skipped": skipped})
 
 
-def record_view_stats(out_dir: Path, shards: list[int]) -> dict[str, int]:
-    """Sum the shards' skipped views per reason into ``run.json`` (``views_skipped``)."""
-    import json
-
-    from hoigen.data.atomic import atomic_write_bytes
+def record_view_stats(out_dir: Path) -> dict[str, int]:
+    """Sum every shard's skipped views per reason into ``run.json`` (``views_skipped``)."""
+    from hoigen.data.sidecar import shard_records, update_run
     from hoigen.render.framing import SKIP_REASONS
 
     total = dict.fromkeys(SKIP_REASONS, 0)
-    for shard in shards:
-        path = Path(out_dir) / STATS_DIR / f"shard-{shard:06d}.json"
-        if path.exists():
-            for reason, n in json.loads(path.read_text())["views_skipped"].items():
-                total[reason] = total.get(reason, 0) + int(n)
-    run = read_run_json(out_dir)
-    run["views_skipped"] = total
-    data = json.dumps(run, indent=2, sort_keys=True, default=str).encode() + b"\n"
-    atomic_write_bytes(Path(out_dir) / "run.json", data)
+    for rec in shard_records(out_dir, STATS_DIR):
+        for reason, n in rec["views_skipped"].items():
+            total[reason] = total.get(reason, 0) + int(n)
+    update_run(out_dir, views_skipped=total)
     return total
 
 
