@@ -96,3 +96,26 @@ def test_seeded_lights_per_trajectory_view(grasp_samples, tmp_path):
         for name in ("seg.png", "depth.png", "nocs.png", "normal.png", "amodal.png"):
             assert np.array_equal(a[name], b[name]), name
         assert np.array_equal(a["shade.png"].max(axis=2) > 0, a["seg.png"] > 0)
+    # ann.json records the lights: one set per trajectory view, the same in every frame of the view
+    from hoigen.render.scene import DEFAULT_LIGHTS, Light, sample_lights
+
+    for s in fixed:
+        rec = s["ann.json"]["lights"]
+        assert rec["shading"] == "lambert" and rec["ambient"] == 0.25
+        assert [Light(tuple(d), tuple(c)) for d, c in zip(rec["direction"], rec["color"], strict=True)] == list(
+            DEFAULT_LIGHTS)
+    per_view = {}
+    for s in lit:
+        rec = s["ann.json"]["lights"]
+        per_view.setdefault(s["ann.json"]["camera"]["view"], []).append(rec)
+        assert 1 <= len(rec["direction"]) == len(rec["color"]) <= 3
+    assert all(r == recs[0] for recs in per_view.values() for r in recs) and len(per_view) == 2
+    assert per_view[0][0] != per_view[1][0]
+    from hoigen.data.schema import parse_key
+
+    ctx = StageContext(stage="render", seed=7, options=None, out_dir=tmp_path)  # _render's seed
+    for s in lit:  # the recorded lights are the seeded draw of the frame's trajectory view
+        ids, rec = parse_key(s["__key__"]), s["ann.json"]["lights"]
+        want = sample_lights(ctx.rng(ids["object"], ids["grasp"], s["ann.json"]["camera"]["view"], "lights"))
+        assert np.allclose(rec["direction"], [w.direction for w in want], atol=1e-6)
+        assert np.allclose(rec["color"], [w.color for w in want], atol=1e-6)

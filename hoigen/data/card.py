@@ -43,6 +43,7 @@ _RENDER_ANN: dict[str, Any] = {
         "silhouette": {"px_count": INT, "bbox": {"list": INT}},
     },
     "camera": {"view": INT, "preset": S, "in_view": F},
+    "lights": {"shading": S, "ambient": F, "direction": MAT, "color": MAT},
 }
 _GEN = {"model": S, "kind": S, "seed": INT, "steps": INT, "guidance": F, "scheduler": S, "size": INT}
 RENDER_MAPS = ("normal.png", "seg.png", "skeleton.png", "depth.png", "nocs.png", "shade.png", "amodal.png")

@@ -175,6 +175,7 @@ class PyrenderRenderer:
         pr = self._pr = import_pyrender()
         self._offscreen = pr.OffscreenRenderer(self.width, self.height)
         self._readback = install_raw_readback(self._offscreen)
+        self.ambient, self.light_intensity = float(ambient), float(light_intensity)
         self._scene = pr.Scene(bg_color=(0.0, 0.0, 0.0, 0.0), ambient_light=(ambient, ambient, ambient))
         self._camera = pr.IntrinsicsCamera(1.0, 1.0, 0.0, 0.0, znear=self.znear, zfar=self.zfar)
         self._camera_node = self._scene.add(self._camera)
@@ -350,6 +351,12 @@ class PyrenderRenderer:
         cam = self._check(spec)
         placed = self._place(spec)
         return np.ascontiguousarray(self._pass(cam, placed, None))
+
+    def lights_record(self, lights: Any = None) -> dict[str, Any]:
+        """ann.json ``lights``: this path always shades with pyrender's metallic-roughness model, one
+        directional light along the camera axis and ambient light (``lights`` asked for are ignored)."""
+        i = self.light_intensity
+        return {"shading": "pyrender", "ambient": self.ambient, "direction": [[0.0, 0.0, 1.0]], "color": [[i, i, i]]}
 
     def render(self, spec: SceneSpec, supersample: int | None = None) -> RenderResult:
         """Render all maps and annotations of one frame (see the module docstring)."""

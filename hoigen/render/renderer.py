@@ -455,6 +455,18 @@ class Renderer:
             raise HoigenError(f"render: {len(lights)} lights; use 1 to 3")
         return lights
 
+    def lights_record(self, lights: tuple[Light, ...] | None) -> dict[str, Any]:
+        """ann.json ``lights`` of a frame drawn with ``lights`` (None: the default light): the shade
+        pass's model, ambient term and directional lights (camera frame, the way each light travels;
+        linear RGB intensity)."""
+        used = DEFAULT_LIGHTS if lights is None else tuple(lights)
+        return {
+            "shading": "lambert",
+            "ambient": self.ambient,
+            "direction": [[round(float(x), 6) for x in light.direction] for light in used],
+            "color": [[round(float(x), 6) for x in light.color] for light in used],
+        }
+
     def shade_only(self, spec: SceneSpec) -> np.ndarray:
         """Only the plain shaded colour render (H,W,3) uint8 of a frame (one visible pass)."""
         cam = self._check(spec)

@@ -363,7 +363,8 @@ def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sampl
                     camera.K, result.mask_object_full, renderer.znear,
                 )
                 normal = estimated_normals(result) if opts.normals == "estimated" else result.normal
-                yield _rendered_sample(key, ann, result, view, preset, framing, full, normal, scene)
+                yield _rendered_sample(key, ann, result, view, preset, framing, full, normal, scene,
+                                       renderer.lights_record(lights.get(view)))  # fmt: skip
     write_view_stats(ctx.out_dir, ctx.shard, skipped)
 
 
@@ -379,10 +380,11 @@ def estimated_normals(result: Any) -> np.ndarray:
 
 def _rendered_sample(
     key: str, ann: dict, result: Any, view: int, preset: str, framing: Any, full: dict[str, Any],
-    normal: np.ndarray | None = None, scene: Scene | None = None,
+    normal: np.ndarray | None = None, scene: Scene | None = None, lights: dict[str, Any] | None = None,
 ) -> Sample:  # fmt: skip
-    """One output sample: the input annotation plus camera, 2D joints, visibility, boxes and maps
-    (``normal``: the normal map to store, default the rendered one).
+    """One output sample: the input annotation plus camera, 2D joints, visibility, boxes, the shade
+    pass's lights (the renderer's ``lights_record``) and maps (``normal``: the normal map to store,
+    default the rendered one).
 
     Boxes of empty masks are ``[0, 0, 0, 0]`` (never null, so every sample has the same schema);
     ``object.silhouette`` is :func:`hoigen.render.silhouette.silhouette` (the unclipped silhouette)."""
@@ -419,6 +421,7 @@ def _rendered_sample(
                 "preset": preset,
                 "in_view": round(framing.seen, 4),
             },
+            **({} if lights is None else {"lights": lights}),
         },
         "normal.png": result.normal if normal is None else normal,
         "seg.png": result.seg,
