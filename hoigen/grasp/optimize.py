@@ -172,6 +172,12 @@ class GraspProblem:
         other = self._sphere_owner[first] != self._sphere_owner[second]
         self._pair_map = place[first[other]] - place[second[other]]  # (pairs, 21)
         self._normal_step = torch.cat([torch.eye(3), -torch.eye(3)]) * (0.5 * sdf.spacing)  # (6, 3)
+        self._normal_step_t = self._normal_step.t()[:, None, None, :].contiguous()  # (3, 1, 1, 6), axis-major
+        # the joint space's constants as float32 tensors, made once (its methods convert them per call)
+        axes = getattr(self.space, "axes", None)  # JointSpace: MANO axis-angle = angles @ axes per joint
+        self._axes = None if axes is None else torch.as_tensor(axes, dtype=torch.float32)
+        self._lower = torch.as_tensor(self.space.lower, dtype=torch.float32)
+        self._upper = torch.as_tensor(self.space.upper, dtype=torch.float32)
         self.prior = torch.as_tensor(
             0.5 * (np.asarray(self.space.open_angles()) + np.asarray(self.space.fist_angles())), dtype=torch.float32
         )
@@ -187,37 +193,52 @@ class GraspProblem:
         return grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-8)
 
     def energy(self, rot6: torch.Tensor, transl: torch.Tensor, angles: torch.Tensor, w: EnergyWeights):
-        """(total (B,), terms dict of (B,) tensors)."""
-        pts, joints16 = self.skin(self.space.to_pose(angles), rotation_from_6d(rot6), transl)
-        contacts = pts[:, : self.n_tips + 1]  # fingertips and the palm centre
+        """(total (B,), terms dict of (B,) tensors).
+
+        The hand points are skinned axis-major, (3, B, P), the layout of the grid lookup, so that
+        neither they nor their gradients are transposed (see :meth:`HandSkin.axis_major`)."""
+        pts, joints16 = self.skin.axis_major(self._to_pose(angles), rotation_from_6d(rot6), transl)  # (3, B, P)
+        b, n = pts.shape[1], pts.shape[2]
+        contacts = pts[:, :, : self.n_tips + 1]  # fingertips and the palm centre, (3, B, K)
         # one grid lookup for the hand points and the central-difference probes of the contact normals
-        probes = (contacts[..., None, :] + self._normal_step).reshape(pts.shape[0], -1, 3)
-        both = self.sdf.query(torch.cat([pts, probes], dim=1))
-        d = both[:, : pts.shape[1]]
-        grad = both[:, pts.shape[1] :].reshape(*contacts.shape[:2], 6)
+        probes = (contacts[..., None] + self._normal_step_t).reshape(3, b, -1)
+        both = self.sdf.query_axis_major(torch.cat([pts, probes], dim=2))  # (B, P + 6K)
+        d = both[:, :n]
+        grad = both[:, n:].reshape(b, -1, 6)
         grad = grad[..., :3] - grad[..., 3:]
         inward = grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-        tips = pts[:, : self.n_tips]
+        tips = pts[:, :, : self.n_tips]
         terms = {
             "contact": (d[:, : self.n_tips] - DEPTH).abs().sum(1),
             "palm": (d[:, self.n_tips] - DEPTH).abs(),
             "penetration": torch.relu(d[:, self.n_tips + 1 :] - self.slack).sum(1) / 10.0,
-            "limit": self.space.violation(angles),
+            "limit": self._violation(angles),
             "prior": ((angles - self.prior) ** 2).sum(dim=(1, 2)),
         }
-        b = joints16.shape[0]
-        key = torch.cat([joints16, tips], dim=1).permute(1, 0, 2).reshape(21, b * 3)  # one (pairs, 21) @ (21, B*3)
-        gap = (self._pair_map @ key).view(-1, b, 3)
-        dist = (gap * gap).sum(-1).clamp(min=1e-12).sqrt()  # (pairs, B) sphere distances
+        # one (pairs, 21) @ (21, 3*B); columns axis-major, so that the sum over the axes adds whole rows
+        key = torch.cat([joints16.permute(1, 2, 0), tips.permute(2, 0, 1)]).reshape(21, 3 * b)
+        gap = (self._pair_map @ key).view(-1, 3, b)
+        dist = (gap * gap).sum(1).clamp(min=1e-12).sqrt()  # (pairs, B) sphere distances
         terms["self_collision"] = torch.relu(2 * SPHERE_R - dist).sum(0)
-        arm = (contacts - self.centre) / self.radius
+        arm = (contacts.permute(1, 2, 0) - self.centre) / self.radius
         force = inward.sum(1)
         torque = torch.cross(arm, inward, dim=-1).sum(1)
         terms["force_closure"] = (force**2).sum(1) + (torque**2).sum(1)
-        if self.support is not None:  # the table is solid too (hoigen grasp --table)
-            terms["penetration"] = terms["penetration"] + torch.relu(self.support + TABLE_GAP - pts[..., 1]).sum(1) / 10
+        if self.support is not None:  # the table is solid too (hoigen grasp --table); (P, B): sums down rows
+            below = torch.relu(self.support + TABLE_GAP - pts[1].t()).sum(0) / 10
+            terms["penetration"] = terms["penetration"] + below
         total = sum(getattr(w, k) * v for k, v in terms.items())
         return total, terms
+
+    def _to_pose(self, angles: torch.Tensor) -> torch.Tensor:
+        """``space.to_pose`` with the joint axes converted once (float32), not at every step."""
+        if self._axes is None:
+            return self.space.to_pose(angles)
+        return torch.einsum("...jk,jkc->...jc", angles, self._axes).reshape(*angles.shape[:-2], 45)
+
+    def _violation(self, angles: torch.Tensor) -> torch.Tensor:
+        """``space.violation`` (squared excess beyond the limits) with the limits converted once."""
+        return ((torch.relu(self._lower - angles) + torch.relu(angles - self._upper)) ** 2).sum(dim=(-2, -1))
 
 
 @dataclass

@@ -88,6 +88,7 @@ class HandSkin:
         if not self.has_blend:
             xh = torch.cat([self.points, torch.ones(len(self.points), 1)], dim=1)  # (P, 4)
             self.lbs_matrix = (self.weights_level[:, :, None] * xh[:, None, :]).reshape(len(self.points), -1)  # (P, 64)
+            self.lbs_matrix_t = self.lbs_matrix.t().contiguous()  # (64, P)
 
     def __call__(
         self, hand_pose: torch.Tensor, rotation: torch.Tensor | None = None, translation: torch.Tensor | None = None
@@ -95,6 +96,32 @@ class HandSkin:
         """Points (B, P, 3) and MANO's 16 joints (B, 16, 3) for ``hand_pose`` (B, 45) at zero orient and
         transl, then placed rigidly by ``rotation`` (B, 3, 3) and ``translation`` (B, 3) when given
         (folded into the joints' transforms, which is cheaper than moving the points)."""
+        a, joints, rot = self._transforms(hand_pose, rotation, translation)
+        b = hand_pose.shape[0]
+        if not self.has_blend:
+            out = self.lbs_matrix @ a.permute(1, 3, 0, 2).reshape(-1, b * 3)  # (P, B*3)
+            return out.view(-1, b, 3).transpose(0, 1), joints
+        return self._blend(a, rot), joints
+
+    def axis_major(
+        self, hand_pose: torch.Tensor, rotation: torch.Tensor | None = None, translation: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`__call__`, with the points axis-major: (3, B, P) (the same values).
+
+        Without pose blend shapes the skinning product is taken transposed, ``A (3*B, 64) @ W^T``, whose
+        rows are already the (3, B*P) layout of :meth:`hoigen.objects.sdf.SDFGrid.query_axis_major`."""
+        a, joints, rot = self._transforms(hand_pose, rotation, translation)
+        b = hand_pose.shape[0]
+        if not self.has_blend:
+            out = a.permute(2, 0, 1, 3).reshape(3 * b, -1) @ self.lbs_matrix_t  # (3*B, P)
+            return out.view(3, b, -1), joints
+        return self._blend(a, rot).permute(2, 0, 1), joints
+
+    def _transforms(
+        self, hand_pose: torch.Tensor, rotation: torch.Tensor | None, translation: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The joints' transforms (B, 16, 3, 4) in level order, the joints (B, 16, 3) in MANO order and
+        the local rotations (B, 15, 3, 3) in level order."""
         b = hand_pose.shape[0]
         pose = hand_pose.reshape(b, 15, 3).index_select(1, self._pose_order)
         rot = rodrigues(pose.reshape(-1, 3)).view(b, 15, 3, 3)  # joints 1..15 in level order
@@ -126,10 +153,12 @@ class HandSkin:
             moved = (r @ torch.stack([joints, shift], dim=-1)) + translation[:, None, :, None]
             joints, shift = moved[..., 0], moved[..., 1]
         a = torch.cat([g_rot, shift[..., None]], dim=-1)  # (B, 16, 3, 4)
-        joints = joints.index_select(1, self.unorder)
-        if not self.has_blend:
-            out = self.lbs_matrix @ a.permute(1, 3, 0, 2).reshape(-1, b * 3)  # (P, B*3)
-            return out.view(-1, b, 3).transpose(0, 1), joints
+        return a, joints.index_select(1, self.unorder), rot
+
+    def _blend(self, a: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+        """Points (B, P, 3) with pose blend shapes from the transforms and local rotations of
+        :meth:`_transforms`."""
+        b = a.shape[0]
         feature = (rot - torch.eye(3, dtype=rot.dtype)).reshape(b, -1)
         offsets = (feature @ self.posedirs_level).view(b, -1, 3)  # pose blend shapes of the vertices only
         extra = len(self.points) - self.num_vertices
@@ -137,7 +166,7 @@ class HandSkin:
             offsets = torch.cat([offsets, offsets.new_zeros(b, extra, 3)], dim=1)
         posed = self.points + offsets
         t = (self.weights_level @ a.reshape(b, 16, 12)).view(b, -1, 3, 4)
-        return (t[..., :3] @ posed[..., None]).squeeze(-1) + t[..., 3], joints
+        return (t[..., :3] @ posed[..., None]).squeeze(-1) + t[..., 3]
 
 
 # K_flat = r @ _CROSS: the cross-product matrix [r]x of a 3-vector r, flattened row-major

@@ -132,7 +132,14 @@ class SDFGrid:
 
         The eight corners of each point's cell are gathered at once and the gradient comes in closed
         form (:class:`_Trilinear`), about 4x cheaper forward and backward than ``grid_sample``."""
-        return _Trilinear.apply(points.to(torch.float32), self)
+        return _Trilinear.apply(points.to(torch.float32), self, False)
+
+    def query_axis_major(self, points: torch.Tensor) -> torch.Tensor:
+        """:meth:`query` of points given axis-major, (3, ...) (``x``, ``y``, ``z`` rows): values (...).
+
+        The same values and gradients; the layout the lookup works in, so neither the points nor
+        their gradient are transposed (the grasp optimiser skins its hand points this way)."""
+        return _Trilinear.apply(points.to(torch.float32), self, True)
 
     def query_grid_sample(self, points: torch.Tensor) -> torch.Tensor:
         """The same interpolation through ``torch.nn.functional.grid_sample`` (the reference for tests)."""
@@ -156,13 +163,13 @@ class SDFGrid:
             self._table = torch.stack([flat[int(o) : int(o) + len(self._flat)] for o in self._corner_offsets])
         return self._table
 
-    def _interpolate(self, points: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Values (n,) at points (n, 3) and, with ``with_grad``, their gradients (3, n) (no autograd).
+    def _interpolate(self, pts: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Values (n,) at points given as (3, n) rows and, with ``with_grad``, their gradients (3, n)
+        (no autograd).
 
         Works on contiguous (3, n) and (8, n) arrays so that every elementwise op and every sum over
         the three axes runs over whole rows (an (n, 3) layout makes each a slow, strided pass); the
         eight corners come from one gather in the (8, cells) corner table."""
-        pts = torch.stack(points.unbind(1))  # (3, n), contiguous: a strided copy, cheaper than .t().contiguous()
         u = (pts - self._origin_t[:, None]) / self.spacing
         uc = torch.minimum(torch.clamp(u, min=0.0), self._upper[:, None])
         off = u - uc  # nonzero outside the grid
@@ -205,17 +212,23 @@ class _Trilinear(torch.autograd.Function):
     """Trilinear lookup in an :class:`SDFGrid` with its closed-form gradient in the query points."""
 
     @staticmethod
-    def forward(ctx, points: torch.Tensor, grid: SDFGrid) -> torch.Tensor:
-        flat = points.reshape(-1, 3)
-        value, grad = grid._interpolate(flat, with_grad=ctx.needs_input_grad[0])
-        ctx.save_for_backward(grad if grad is not None else flat.new_zeros(0))  # (3, n)
-        ctx.shape = points.shape
-        return value.reshape(points.shape[:-1])
+    def forward(ctx, points: torch.Tensor, grid: SDFGrid, axis_major: bool) -> torch.Tensor:
+        if axis_major:  # (3, ...)
+            rows, shape = points.reshape(3, -1), points.shape[1:]
+        else:  # (..., 3): a strided copy into rows, cheaper than .t().contiguous()
+            rows, shape = torch.stack(points.reshape(-1, 3).unbind(1)), points.shape[:-1]
+        value, grad = grid._interpolate(rows, with_grad=ctx.needs_input_grad[0])
+        ctx.save_for_backward(grad if grad is not None else rows.new_zeros(0))  # (3, n)
+        ctx.shape, ctx.axis_major = points.shape, axis_major
+        return value.reshape(shape)
 
     @staticmethod
     def backward(ctx, upstream: torch.Tensor):
         (grad,) = ctx.saved_tensors
-        return torch.stack((grad * upstream.reshape(1, -1)).unbind(0), dim=1).reshape(ctx.shape), None
+        out = grad * upstream.reshape(1, -1)
+        if not ctx.axis_major:
+            out = torch.stack(out.unbind(0), dim=1)
+        return out.reshape(ctx.shape), None, None
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
