@@ -117,7 +117,7 @@ def joint_space(hand):
 
 def rotation_from_6d(x: torch.Tensor) -> torch.Tensor:
     """(B, 6) -> (B, 3, 3) rotation matrices; the columns come from Gram-Schmidt on two 3-vectors."""
-    a, b = x[:, :3], x[:, 3:]
+    a, b = x.split(3, dim=1)  # one SplitBackward, not two zero-filled SliceBackwards
     e1 = a / a.norm(dim=1, keepdim=True).clamp(min=1e-8)
     b = b - (e1 * b).sum(1, keepdim=True) * e1
     e2 = b / b.norm(dim=1, keepdim=True).clamp(min=1e-8)
@@ -203,15 +203,15 @@ class GraspProblem:
         # one grid lookup for the hand points and the central-difference probes of the contact normals
         probes = (contacts[..., None] + self._normal_step_t).reshape(3, b, -1)
         both = self.sdf.query_axis_major(torch.cat([pts, probes], dim=2))  # (B, P + 6K)
-        d = both[:, :n]
-        grad = both[:, n:].reshape(b, -1, 6)
-        grad = grad[..., :3] - grad[..., 3:]
+        d_tips, d_palm, d_rest, probed = both.split([self.n_tips, 1, n - self.n_tips - 1, both.shape[1] - n], dim=1)
+        ahead, behind = probed.reshape(b, -1, 6).split(3, dim=-1)
+        grad = ahead - behind
         inward = grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-8)
         tips = pts[:, :, : self.n_tips]
         terms = {
-            "contact": (d[:, : self.n_tips] - DEPTH).abs().sum(1),
-            "palm": (d[:, self.n_tips] - DEPTH).abs(),
-            "penetration": torch.relu(d[:, self.n_tips + 1 :] - self.slack).sum(1) / 10.0,
+            "contact": (d_tips - DEPTH).abs().sum(1),
+            "palm": (d_palm[:, 0] - DEPTH).abs(),
+            "penetration": torch.relu(d_rest - self.slack).sum(1) / 10.0,
             "limit": self._violation(angles),
             "prior": ((angles - self.prior) ** 2).sum(dim=(1, 2)),
         }
@@ -277,15 +277,27 @@ class _Adam:
         self.b1, self.b2, self.t = b1, b2, 0
         self.m = [torch.zeros_like(p) for p, _ in params]
         self.v = [torch.zeros_like(p) for p, _ in params]
+        self._tensors = [p for p, _ in params]
+        self._lrs = [lr for _, lr in params]
 
     @torch.no_grad()
     def step(self, grads) -> None:
+        """One update of every parameter; ``torch._foreach_*`` ops (one call per op for all the
+        tensors), the same arithmetic as ``p -= lr * (m / c1) / (sqrt(v / c2) + eps)`` per tensor."""
         self.t += 1
         c1, c2 = 1 - self.b1**self.t, 1 - self.b2**self.t
-        for (p, lr), g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
-            m.mul_(self.b1).add_(g, alpha=1 - self.b1)
-            v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
-            p.sub_(lr * (m / c1) / ((v / c2).sqrt() + 1e-8))
+        grads = list(grads)
+        torch._foreach_mul_(self.m, self.b1)
+        torch._foreach_add_(self.m, grads, alpha=1 - self.b1)
+        torch._foreach_mul_(self.v, self.b2)
+        torch._foreach_addcmul_(self.v, grads, grads, value=1 - self.b2)
+        step = torch._foreach_div(self.m, c1)
+        torch._foreach_mul_(step, self._lrs)
+        denom = torch._foreach_div(self.v, c2)
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, 1e-8)
+        torch._foreach_div_(step, denom)
+        torch._foreach_sub_(self._tensors, step)
 
 
 @contextlib.contextmanager

@@ -138,9 +138,9 @@ class HandSkin:
         g_rot: list[torch.Tensor] = []
         g_pos = [self.joints_rest_level[:1].expand(b, 1, 3)]
         start = 1  # where the level starts in level order (0: the root)
-        for level, parent, bone in zip(self.levels, self.level_parent, bones, strict=True):
+        locals_ = rot.split([len(level) for level in self.levels], dim=1)
+        for level, parent, bone, local in zip(self.levels, self.level_parent, bones, locals_, strict=True):
             n = len(level)
-            local = rot[:, start - 1 : start - 1 + n]
             if not g_rot:  # the first level hangs from the root, whose rotation is the identity
                 g_rot.append(local)
                 g_pos.append(g_pos[0] + self.bone[start : start + n])
@@ -160,7 +160,7 @@ class HandSkin:
             r = rotation[:, None]
             g_rot = r @ g_rot
             moved = (r @ torch.stack([joints, shift], dim=-1)) + translation[:, None, :, None]
-            joints, shift = moved[..., 0], moved[..., 1]
+            joints, shift = moved.unbind(-1)
         a = torch.cat([g_rot, shift[..., None]], dim=-1)  # (B, 16, 3, 4)
         return a, joints.index_select(1, self.unorder), rot
 
