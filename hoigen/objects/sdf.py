@@ -66,6 +66,8 @@ class SDFGrid:
         corners = torch.tensor([[dx, dy, dz] for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)], dtype=torch.long)
         self._corner_offsets = corners @ self._strides
         self._last_cell_f = torch.tensor([max(s - 2, 0) for s in self.shape], dtype=torch.float32)
+        self._strides_f = self._strides.to(torch.float32)
+        self._float_index = nx * ny * nz < 2**24  # flat cell indices are exact in float32
         self._table: torch.Tensor | None = None
 
     @classmethod
@@ -177,7 +179,10 @@ class SDFGrid:
         cell = torch.minimum(uc.floor(), self._last_cell_f[:, None])  # uc >= 0: floor is truncation
         f = uc - cell
         fx, fy, fz = f[0], f[1], f[2]
-        base = (cell.to(torch.long) * self._strides[:, None]).sum(0)
+        if self._float_index:  # exact integers in float32: three row ops and one conversion
+            base = (cell * self._strides_f[:, None]).sum(0).to(torch.int32)
+        else:
+            base = (cell.to(torch.long) * self._strides[:, None]).sum(0)
         v = self._corner_table().index_select(1, base)  # (8, n), rows (dx, dy, dz) = 000, 001, ..., 111
         dz = v[1::2] - v[0::2]  # (4, n), rows (dx, dy) = 00, 01, 10, 11
         vz = v[0::2] + fz * dz
@@ -190,7 +195,8 @@ class SDFGrid:
         gy = dy[0] + fx * (dy[1] - dy[0])
         dzy = dz[0::2] + fy * (dz[1::2] - dz[0::2])  # (2, n), rows dx = 0, 1
         gz = dzy[0] + fx * (dzy[1] - dzy[0])
-        grad = torch.stack([dx, gy, gz]) * (off == 0) / self.spacing  # clamped axes: no interpolation gradient
+        inside = 1.0 - off.abs().sign()  # 1 where the axis is not clamped (a float mask: cheaper than off == 0)
+        grad = torch.stack([dx, gy, gz]) * inside / self.spacing  # clamped axes: no interpolation gradient
         grad = grad - off / outside.clamp(min=1e-12)
         return value, grad
 
