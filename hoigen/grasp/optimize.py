@@ -224,8 +224,9 @@ class GraspProblem:
         force = inward.sum(1)
         torque = torch.cross(arm, inward, dim=-1).sum(1)
         terms["force_closure"] = (force**2).sum(1) + (torque**2).sum(1)
-        if self.support is not None:  # the table is solid too (hoigen grasp --table); (P, B): sums down rows
-            below = torch.relu(self.support + TABLE_GAP - pts[1].t()).sum(0) / 10
+        if self.support is not None:  # the table is solid too (hoigen grasp --table); (P, B) rows: the
+            # sum over the points runs down the rows, in the order the point-major layout summed them
+            below = torch.relu(self.support + TABLE_GAP - pts[1].t().contiguous()).sum(0) / 10
             terms["penetration"] = terms["penetration"] + below
         total = sum(getattr(w, k) * v for k, v in terms.items())
         return total, terms
