@@ -232,9 +232,12 @@ class GraspProblem:
         return total, terms
 
     def _to_pose(self, angles: torch.Tensor) -> torch.Tensor:
-        """``space.to_pose`` with the joint axes converted once (float32), not at every step."""
+        """``space.to_pose`` with the joint axes converted once (float32), not at every step; for (B, 15, 3)
+        the batched product that its ``einsum`` computes, called directly (the same values)."""
         if self._axes is None:
             return self.space.to_pose(angles)
+        if angles.dim() == 3:
+            return torch.bmm(angles.transpose(0, 1), self._axes).transpose(0, 1).reshape(angles.shape[0], 45)
         return torch.einsum("...jk,jkc->...jc", angles, self._axes).reshape(*angles.shape[:-2], 45)
 
     def _violation(self, angles: torch.Tensor) -> torch.Tensor:
