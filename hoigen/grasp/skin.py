@@ -15,6 +15,8 @@ more than their size: the kinematic chain is walked one tree level at a time (MA
 five joints) instead of joint by joint, and when the model has no pose blend shapes (the embedded
 hand) every skinned point is one fixed linear function of the joints' transforms, so skinning is a
 single matrix product ``W (P, 16*4) @ A (16*4, B*3)`` with ``W[p, 4j + k] = w[p, j] * (x_p, 1)[k]``.
+:meth:`HandSkin.axis_major` takes that product transposed, ``A^T (3*B, 64) @ W^T``, whose rows are
+the (3, B, P) axis-major layout the SDF lookup works in (the same values, no transposes).
 """
 
 from __future__ import annotations

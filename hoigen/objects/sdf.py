@@ -23,6 +23,9 @@ Building the grid (about 0.1 s for ~250k cells):
 
 Outside the grid a query returns the value at the nearest grid point minus the distance to the
 grid, so the value keeps falling (and the gradient keeps pointing back) away from the object.
+Queries work on axis-major rows, (3, n) coordinates and (8, n) cell corners gathered from an
+(8, cells) table, with the gradient in closed form; ``query_axis_major`` takes (3, ...) points as
+they are, ``query`` (..., 3) points through one strided copy.
 Grids are cached per (mesh sha256, resolution) in the process.
 """
 
