@@ -230,6 +230,10 @@ def test_axis_major_skin_equals_the_point_major_one() -> None:
     assert axis.shape == (3, 4, len(skin.points))
     assert torch.equal(pts, axis.permute(1, 2, 0)) and torch.equal(joints, joints2)
     assert torch.allclose(pts[0], torch.as_tensor(skin(pose[:1])[0][0]) @ rot[0].T + transl[0], atol=1e-6)
+    skin.has_blend = True  # the pose-blend-shape path (real MANO; the embedded hand's blend shapes are zero)
+    blended, _ = skin(pose, rot, transl)
+    assert torch.equal(blended, skin.axis_major(pose, rot, transl)[0].permute(1, 2, 0))
+    assert torch.allclose(blended, pts, atol=1e-6)
 
 
 def test_adam_matches_the_per_tensor_update() -> None:
