@@ -140,3 +140,118 @@ def test_synthesis_is_deterministic_within_a_process() -> None:
         assert np.array_equal(a.pose.translation, b.pose.translation)
         assert np.array_equal(a.pose.hand_pose, b.pose.hand_pose)
         assert a.metrics == b.metrics
+
+
+def test_axis_major_query_equals_the_point_major_one(grid) -> None:
+    pts = _points(grid, n=500, seed=3).view(5, 100, 3)  # a third or so beyond the grid
+    p1 = pts.clone().requires_grad_(True)
+    p2 = pts.permute(2, 0, 1).contiguous().requires_grad_(True)
+    v1, v2 = grid.query(p1), grid.query_axis_major(p2)
+    assert v1.shape == v2.shape == (5, 100)
+    assert torch.equal(v1, v2)
+    up = torch.rand(5, 100)
+    (g1,) = torch.autograd.grad(v1, p1, up)
+    (g2,) = torch.autograd.grad(v2, p2, up)
+    assert torch.equal(g1, g2.permute(1, 2, 0))
+    assert g1.abs().max() > 0.5
+
+
+def _reference_energy(problem, rot6, transl, angles, w):
+    """The grasp energy as written before the axis-major layout (point-major skinning and lookup)."""
+    from hoigen.grasp.optimize import DEPTH, SPHERE_R, TABLE_GAP, rotation_from_6d
+
+    pts, joints16 = problem.skin(problem.space.to_pose(angles), rotation_from_6d(rot6), transl)
+    contacts = pts[:, : problem.n_tips + 1]
+    probes = (contacts[..., None, :] + problem._normal_step).reshape(pts.shape[0], -1, 3)
+    both = problem.sdf.query(torch.cat([pts, probes], dim=1))
+    d = both[:, : pts.shape[1]]
+    grad = both[:, pts.shape[1] :].reshape(*contacts.shape[:2], 6)
+    grad = grad[..., :3] - grad[..., 3:]
+    inward = grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    tips = pts[:, : problem.n_tips]
+    terms = {
+        "contact": (d[:, : problem.n_tips] - DEPTH).abs().sum(1),
+        "palm": (d[:, problem.n_tips] - DEPTH).abs(),
+        "penetration": torch.relu(d[:, problem.n_tips + 1 :] - problem.slack).sum(1) / 10.0,
+        "limit": problem.space.violation(angles),
+        "prior": ((angles - problem.prior) ** 2).sum(dim=(1, 2)),
+    }
+    b = joints16.shape[0]
+    key = torch.cat([joints16, tips], dim=1).permute(1, 0, 2).reshape(21, b * 3)
+    gap = (problem._pair_map @ key).view(-1, b, 3)
+    dist = (gap * gap).sum(-1).clamp(min=1e-12).sqrt()
+    terms["self_collision"] = torch.relu(2 * SPHERE_R - dist).sum(0)
+    arm = (contacts - problem.centre) / problem.radius
+    torque = torch.cross(arm, inward, dim=-1).sum(1)
+    terms["force_closure"] = (inward.sum(1) ** 2).sum(1) + (torque**2).sum(1)
+    if problem.support is not None:
+        terms["penetration"] = terms["penetration"] + torch.relu(problem.support + TABLE_GAP - pts[..., 1]).sum(1) / 10
+    return sum(getattr(w, k) * v for k, v in terms.items()), terms
+
+
+@pytest.mark.parametrize("support", [None, -0.03])
+def test_energy_and_gradients_equal_the_point_major_formulation_bit_for_bit(support) -> None:
+    from hoigen.grasp.optimize import EnergyWeights, GraspProblem
+    from hoigen.hand import load_hand
+
+    hand = load_hand("right")
+    box = trimesh.creation.box((0.05, 0.08, 0.05))
+    problem = GraspProblem(hand, SDFGrid.from_mesh(box, resolution=24), np.zeros(3), 0.06, support=support)
+    rng = np.random.default_rng(4)
+    b = 6
+    rot = np.linalg.qr(rng.normal(size=(b, 3, 3)))[0]
+    rot6 = torch.as_tensor(rot[:, :, :2].transpose(0, 2, 1).reshape(b, 6), dtype=torch.float32)
+    transl = torch.as_tensor(rng.normal(0, 0.03, (b, 3)), dtype=torch.float32)  # hands through the box
+    angles = torch.as_tensor(rng.normal(0.3, 0.5, (b, 15, 3)), dtype=torch.float32)
+    results = []
+    for fn in (problem.energy, lambda *a: _reference_energy(problem, *a)):
+        leaves = [x.clone().requires_grad_(True) for x in (rot6, transl, angles)]
+        total, terms = fn(*leaves, EnergyWeights())
+        results.append((total, terms, torch.autograd.grad(total.sum(), leaves)))
+    (t1, terms1, g1), (t2, terms2, g2) = results
+    assert torch.equal(t1, t2)
+    assert all(torch.equal(terms1[k], terms2[k]) for k in terms2)
+    assert terms2["penetration"].min() > 0 and terms2["self_collision"].max() > 0  # not a comparison of zeros
+    assert all(torch.equal(x, y) for x, y in zip(g1, g2, strict=True))
+
+
+def test_axis_major_skin_equals_the_point_major_one() -> None:
+    from hoigen.grasp.skin import HandSkin
+    from hoigen.hand import load_hand
+
+    hand = load_hand("right")
+    skin = HandSkin(hand, np.arange(0, hand.num_vertices, 5))
+    rng = np.random.default_rng(6)
+    pose = torch.as_tensor(rng.normal(0, 0.4, (4, 45)), dtype=torch.float32)
+    rot = torch.as_tensor(np.linalg.qr(rng.normal(size=(4, 3, 3)))[0], dtype=torch.float32)
+    transl = torch.as_tensor(rng.normal(0, 0.05, (4, 3)), dtype=torch.float32)
+    pts, joints = skin(pose, rot, transl)
+    axis, joints2 = skin.axis_major(pose, rot, transl)
+    assert axis.shape == (3, 4, len(skin.points))
+    assert torch.equal(pts, axis.permute(1, 2, 0)) and torch.equal(joints, joints2)
+    assert torch.allclose(pts[0], torch.as_tensor(skin(pose[:1])[0][0]) @ rot[0].T + transl[0], atol=1e-6)
+    skin.has_blend = True  # the pose-blend-shape path (real MANO; the embedded hand's blend shapes are zero)
+    blended, _ = skin(pose, rot, transl)
+    assert torch.equal(blended, skin.axis_major(pose, rot, transl)[0].permute(1, 2, 0))
+    assert torch.allclose(blended, pts, atol=1e-6)
+
+
+def test_adam_matches_the_per_tensor_update() -> None:
+    from hoigen.grasp.optimize import _Adam
+
+    rng = np.random.default_rng(7)
+    params = [torch.as_tensor(rng.normal(size=s), dtype=torch.float32) for s in ((4, 6), (4, 3), (4, 15, 3))]
+    lrs = [0.03, 0.003, 0.05]
+    ours = _Adam([(p.clone(), lr) for p, lr in zip(params, lrs, strict=True)])
+    ref = [p.clone() for p in params]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    for t in range(1, 4):
+        grads = [torch.as_tensor(rng.normal(size=p.shape), dtype=torch.float32) for p in params]
+        ours.step(grads)
+        c1, c2 = 1 - 0.9**t, 1 - 0.999**t
+        for p, lr, g, mi, vi in zip(ref, lrs, grads, m, v, strict=True):
+            mi.mul_(0.9).add_(g, alpha=1 - 0.9)
+            vi.mul_(0.999).addcmul_(g, g, value=1 - 0.999)
+            p.sub_(lr * (mi / c1) / ((vi / c2).sqrt() + 1e-8))
+    assert all(torch.equal(p, q) for (p, _), q in zip(ours.params, ref, strict=True))

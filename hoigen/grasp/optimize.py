@@ -31,6 +31,12 @@ surface point (per-category preferences in :mod:`hoigen.grasp.synth`), a little 
 fingers a third of the way closed. Adam runs a fixed number of steps with no random numbers (one
 torch thread), and the final angles are clamped into the joint limits. Default weights and step
 sizes are in :class:`EnergyWeights` and :class:`OptimiseSettings`.
+
+A step at 48 candidates is a few hundred small torch operations, so their count and memory layout
+set its cost: the hand points are skinned axis-major, (3, B, P), straight into the grid lookup
+(:meth:`hoigen.objects.sdf.SDFGrid.query_axis_major`), sums over the three axes add whole rows, and
+the joint space's constants are converted once. Every such change is bit-identical to the
+point-major formulation (``tests/test_grasp_speed.py`` compares energies and gradients bit for bit).
 """
 
 from __future__ import annotations
@@ -117,7 +123,7 @@ def joint_space(hand):
 
 def rotation_from_6d(x: torch.Tensor) -> torch.Tensor:
     """(B, 6) -> (B, 3, 3) rotation matrices; the columns come from Gram-Schmidt on two 3-vectors."""
-    a, b = x[:, :3], x[:, 3:]
+    a, b = x.split(3, dim=1)  # one SplitBackward, not two zero-filled SliceBackwards
     e1 = a / a.norm(dim=1, keepdim=True).clamp(min=1e-8)
     b = b - (e1 * b).sum(1, keepdim=True) * e1
     e2 = b / b.norm(dim=1, keepdim=True).clamp(min=1e-8)
@@ -172,6 +178,12 @@ class GraspProblem:
         other = self._sphere_owner[first] != self._sphere_owner[second]
         self._pair_map = place[first[other]] - place[second[other]]  # (pairs, 21)
         self._normal_step = torch.cat([torch.eye(3), -torch.eye(3)]) * (0.5 * sdf.spacing)  # (6, 3)
+        self._normal_step_t = self._normal_step.t()[:, None, None, :].contiguous()  # (3, 1, 1, 6), axis-major
+        # the joint space's constants as float32 tensors, made once (its methods convert them per call)
+        axes = getattr(self.space, "axes", None)  # JointSpace: MANO axis-angle = angles @ axes per joint
+        self._axes = None if axes is None else torch.as_tensor(axes, dtype=torch.float32)
+        self._lower = torch.as_tensor(self.space.lower, dtype=torch.float32)
+        self._upper = torch.as_tensor(self.space.upper, dtype=torch.float32)
         self.prior = torch.as_tensor(
             0.5 * (np.asarray(self.space.open_angles()) + np.asarray(self.space.fist_angles())), dtype=torch.float32
         )
@@ -187,37 +199,56 @@ class GraspProblem:
         return grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-8)
 
     def energy(self, rot6: torch.Tensor, transl: torch.Tensor, angles: torch.Tensor, w: EnergyWeights):
-        """(total (B,), terms dict of (B,) tensors)."""
-        pts, joints16 = self.skin(self.space.to_pose(angles), rotation_from_6d(rot6), transl)
-        contacts = pts[:, : self.n_tips + 1]  # fingertips and the palm centre
+        """(total (B,), terms dict of (B,) tensors).
+
+        The hand points are skinned axis-major, (3, B, P), the layout of the grid lookup, so that
+        neither they nor their gradients are transposed (see :meth:`HandSkin.axis_major`)."""
+        pts, joints16 = self.skin.axis_major(self._to_pose(angles), rotation_from_6d(rot6), transl)  # (3, B, P)
+        b, n = pts.shape[1], pts.shape[2]
+        contacts = pts[:, :, : self.n_tips + 1]  # fingertips and the palm centre, (3, B, K)
         # one grid lookup for the hand points and the central-difference probes of the contact normals
-        probes = (contacts[..., None, :] + self._normal_step).reshape(pts.shape[0], -1, 3)
-        both = self.sdf.query(torch.cat([pts, probes], dim=1))
-        d = both[:, : pts.shape[1]]
-        grad = both[:, pts.shape[1] :].reshape(*contacts.shape[:2], 6)
-        grad = grad[..., :3] - grad[..., 3:]
+        probes = (contacts[..., None] + self._normal_step_t).reshape(3, b, -1)
+        both = self.sdf.query_axis_major(torch.cat([pts, probes], dim=2))  # (B, P + 6K)
+        d_tips, d_palm, d_rest, probed = both.split([self.n_tips, 1, n - self.n_tips - 1, both.shape[1] - n], dim=1)
+        ahead, behind = probed.reshape(b, -1, 6).split(3, dim=-1)
+        grad = ahead - behind
         inward = grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-        tips = pts[:, : self.n_tips]
+        tips = pts[:, :, : self.n_tips]
         terms = {
-            "contact": (d[:, : self.n_tips] - DEPTH).abs().sum(1),
-            "palm": (d[:, self.n_tips] - DEPTH).abs(),
-            "penetration": torch.relu(d[:, self.n_tips + 1 :] - self.slack).sum(1) / 10.0,
-            "limit": self.space.violation(angles),
+            "contact": (d_tips - DEPTH).abs().sum(1),
+            "palm": (d_palm[:, 0] - DEPTH).abs(),
+            "penetration": torch.relu(d_rest - self.slack).sum(1) / 10.0,
+            "limit": self._violation(angles),
             "prior": ((angles - self.prior) ** 2).sum(dim=(1, 2)),
         }
-        b = joints16.shape[0]
-        key = torch.cat([joints16, tips], dim=1).permute(1, 0, 2).reshape(21, b * 3)  # one (pairs, 21) @ (21, B*3)
-        gap = (self._pair_map @ key).view(-1, b, 3)
-        dist = (gap * gap).sum(-1).clamp(min=1e-12).sqrt()  # (pairs, B) sphere distances
+        # one (pairs, 21) @ (21, 3*B); columns axis-major, so that the sum over the axes adds whole rows
+        key = torch.cat([joints16.permute(1, 2, 0), tips.permute(2, 0, 1)]).reshape(21, 3 * b)
+        gap = (self._pair_map @ key).view(-1, 3, b)
+        dist = (gap * gap).sum(1).clamp(min=1e-12).sqrt()  # (pairs, B) sphere distances
         terms["self_collision"] = torch.relu(2 * SPHERE_R - dist).sum(0)
-        arm = (contacts - self.centre) / self.radius
+        arm = (contacts.permute(1, 2, 0) - self.centre) / self.radius
         force = inward.sum(1)
         torque = torch.cross(arm, inward, dim=-1).sum(1)
         terms["force_closure"] = (force**2).sum(1) + (torque**2).sum(1)
-        if self.support is not None:  # the table is solid too (hoigen grasp --table)
-            terms["penetration"] = terms["penetration"] + torch.relu(self.support + TABLE_GAP - pts[..., 1]).sum(1) / 10
+        if self.support is not None:  # the table is solid too (hoigen grasp --table); (P, B) rows: the
+            # sum over the points runs down the rows, in the order the point-major layout summed them
+            below = torch.relu(self.support + TABLE_GAP - pts[1].t().contiguous()).sum(0) / 10
+            terms["penetration"] = terms["penetration"] + below
         total = sum(getattr(w, k) * v for k, v in terms.items())
         return total, terms
+
+    def _to_pose(self, angles: torch.Tensor) -> torch.Tensor:
+        """``space.to_pose`` with the joint axes converted once (float32), not at every step; for (B, 15, 3)
+        the batched product that its ``einsum`` computes, called directly (the same values)."""
+        if self._axes is None:
+            return self.space.to_pose(angles)
+        if angles.dim() == 3:
+            return torch.bmm(angles.transpose(0, 1), self._axes).transpose(0, 1).reshape(angles.shape[0], 45)
+        return torch.einsum("...jk,jkc->...jc", angles, self._axes).reshape(*angles.shape[:-2], 45)
+
+    def _violation(self, angles: torch.Tensor) -> torch.Tensor:
+        """``space.violation`` (squared excess beyond the limits) with the limits converted once."""
+        return ((torch.relu(self._lower - angles) + torch.relu(angles - self._upper)) ** 2).sum(dim=(-2, -1))
 
 
 @dataclass
@@ -256,15 +287,27 @@ class _Adam:
         self.b1, self.b2, self.t = b1, b2, 0
         self.m = [torch.zeros_like(p) for p, _ in params]
         self.v = [torch.zeros_like(p) for p, _ in params]
+        self._tensors = [p for p, _ in params]
+        self._lrs = [lr for _, lr in params]
 
     @torch.no_grad()
     def step(self, grads) -> None:
+        """One update of every parameter; ``torch._foreach_*`` ops (one call per op for all the
+        tensors), the same arithmetic as ``p -= lr * (m / c1) / (sqrt(v / c2) + eps)`` per tensor."""
         self.t += 1
         c1, c2 = 1 - self.b1**self.t, 1 - self.b2**self.t
-        for (p, lr), g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
-            m.mul_(self.b1).add_(g, alpha=1 - self.b1)
-            v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
-            p.sub_(lr * (m / c1) / ((v / c2).sqrt() + 1e-8))
+        grads = list(grads)
+        torch._foreach_mul_(self.m, self.b1)
+        torch._foreach_add_(self.m, grads, alpha=1 - self.b1)
+        torch._foreach_mul_(self.v, self.b2)
+        torch._foreach_addcmul_(self.v, grads, grads, value=1 - self.b2)
+        step = torch._foreach_div(self.m, c1)
+        torch._foreach_mul_(step, self._lrs)
+        denom = torch._foreach_div(self.v, c2)
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, 1e-8)
+        torch._foreach_div_(step, denom)
+        torch._foreach_sub_(self._tensors, step)
 
 
 @contextlib.contextmanager

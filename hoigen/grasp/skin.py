@@ -15,6 +15,8 @@ more than their size: the kinematic chain is walked one tree level at a time (MA
 five joints) instead of joint by joint, and when the model has no pose blend shapes (the embedded
 hand) every skinned point is one fixed linear function of the joints' transforms, so skinning is a
 single matrix product ``W (P, 16*4) @ A (16*4, B*3)`` with ``W[p, 4j + k] = w[p, j] * (x_p, 1)[k]``.
+:meth:`HandSkin.axis_major` takes that product transposed, ``A^T (3*B, 64) @ W^T``, whose rows are
+the (3, B, P) axis-major layout the SDF lookup works in (the same values, no transposes).
 """
 
 from __future__ import annotations
@@ -80,6 +82,11 @@ class HandSkin:
             self.level_parent.append(None if same else torch.as_tensor(sel))
             prev = level
         self._pose_order = torch.as_tensor([j - 1 for j in order[1:]])  # joints 1..15 of hand_pose, level order
+        # MANO: hand_pose rows are (finger, joint), level order is (joint, finger): a transpose
+        grid = (len(self.levels[0]), len(self.levels)) if self.levels else (0, 0)
+        transposed = torch.arange(grid[0] * grid[1]).view(grid).t().reshape(-1)
+        self._pose_grid = grid if torch.equal(transposed, self._pose_order) else None
+        self._batch_cache: dict[tuple[int, torch.dtype], tuple[list[torch.Tensor], torch.Tensor]] = {}
         bone = self.joints_rest - self.joints_rest[self.parents.clamp(min=0)]  # rest offset from the parent
         self.bone = bone[self.order]
         self.joints_rest_level = self.joints_rest[self.order]
@@ -88,6 +95,7 @@ class HandSkin:
         if not self.has_blend:
             xh = torch.cat([self.points, torch.ones(len(self.points), 1)], dim=1)  # (P, 4)
             self.lbs_matrix = (self.weights_level[:, :, None] * xh[:, None, :]).reshape(len(self.points), -1)  # (P, 64)
+            self.lbs_matrix_t = self.lbs_matrix.t().contiguous()  # (64, P)
 
     def __call__(
         self, hand_pose: torch.Tensor, rotation: torch.Tensor | None = None, translation: torch.Tensor | None = None
@@ -95,41 +103,87 @@ class HandSkin:
         """Points (B, P, 3) and MANO's 16 joints (B, 16, 3) for ``hand_pose`` (B, 45) at zero orient and
         transl, then placed rigidly by ``rotation`` (B, 3, 3) and ``translation`` (B, 3) when given
         (folded into the joints' transforms, which is cheaper than moving the points)."""
+        a, joints, rot = self._transforms(hand_pose, rotation, translation)
         b = hand_pose.shape[0]
-        pose = hand_pose.reshape(b, 15, 3).index_select(1, self._pose_order)
+        if not self.has_blend:
+            out = self.lbs_matrix @ a.permute(1, 3, 0, 2).reshape(-1, b * 3)  # (P, B*3)
+            return out.view(-1, b, 3).transpose(0, 1), joints
+        return self._blend(a, rot), joints
+
+    def axis_major(
+        self, hand_pose: torch.Tensor, rotation: torch.Tensor | None = None, translation: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`__call__`, with the points axis-major: (3, B, P) (the same values).
+
+        Without pose blend shapes the skinning product is taken transposed, ``A (3*B, 64) @ W^T``, whose
+        rows are already the (3, B*P) layout of :meth:`hoigen.objects.sdf.SDFGrid.query_axis_major`."""
+        a, joints, rot = self._transforms(hand_pose, rotation, translation)
+        b = hand_pose.shape[0]
+        if not self.has_blend:
+            out = a.permute(2, 0, 1, 3).reshape(3 * b, -1) @ self.lbs_matrix_t  # (3*B, P)
+            return out.view(3, b, -1), joints
+        return self._blend(a, rot).permute(2, 0, 1), joints
+
+    def _transforms(
+        self, hand_pose: torch.Tensor, rotation: torch.Tensor | None, translation: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The joints' transforms (B, 16, 3, 4) in level order, the joints (B, 16, 3) in MANO order and
+        the local rotations (B, 15, 3, 3) in level order."""
+        b = hand_pose.shape[0]
+        if self._pose_grid is not None:  # level order is a transpose of (fingers, joints): no gather
+            pose = hand_pose.reshape(b, *self._pose_grid, 3).transpose(1, 2).reshape(b, 15, 3)
+        else:
+            pose = hand_pose.reshape(b, 15, 3).index_select(1, self._pose_order)
         rot = rodrigues(pose.reshape(-1, 3)).view(b, 15, 3, 3)  # joints 1..15 in level order
+        bones, rest = self._batched(b, rot.dtype)
         # global rotations and joint positions, one tree level at a time (the root stays at rest)
         g_rot: list[torch.Tensor] = []
         g_pos = [self.joints_rest_level[:1].expand(b, 1, 3)]
         start = 1  # where the level starts in level order (0: the root)
-        for level, parent in zip(self.levels, self.level_parent, strict=True):
+        locals_ = rot.split([len(level) for level in self.levels], dim=1)
+        for level, parent, bone, local in zip(self.levels, self.level_parent, bones, locals_, strict=True):
             n = len(level)
-            local, bone = rot[:, start - 1 : start - 1 + n], self.bone[start : start + n]
             if not g_rot:  # the first level hangs from the root, whose rotation is the identity
                 g_rot.append(local)
-                g_pos.append(g_pos[0] + bone)
+                g_pos.append(g_pos[0] + self.bone[start : start + n])
             else:
                 p_rot, p_pos = g_rot[-1], g_pos[-1]
                 if parent is not None:
                     p_rot, p_pos = p_rot.index_select(1, parent), p_pos.index_select(1, parent)
                 g_rot.append(p_rot @ local)
-                g_pos.append(p_pos + (p_rot @ bone[..., None]).squeeze(-1))
+                g_pos.append(p_pos + (p_rot @ bone).squeeze(-1))
             start += n
         eye = torch.eye(3, dtype=rot.dtype).expand(b, 1, 3, 3)
         g_rot = torch.cat([eye, *g_rot], dim=1)  # (B, 16, 3, 3), level order
         joints = torch.cat(g_pos, dim=1)  # (B, 16, 3)
         # the transform taking a rest-pose point to its posed place along joint j: x -> R_j x + t_j
-        shift = joints - (g_rot @ self.joints_rest_level[..., None]).squeeze(-1)
+        shift = joints - (g_rot @ rest).squeeze(-1)
         if rotation is not None:
             r = rotation[:, None]
             g_rot = r @ g_rot
             moved = (r @ torch.stack([joints, shift], dim=-1)) + translation[:, None, :, None]
-            joints, shift = moved[..., 0], moved[..., 1]
+            joints, shift = moved.unbind(-1)
         a = torch.cat([g_rot, shift[..., None]], dim=-1)  # (B, 16, 3, 4)
-        joints = joints.index_select(1, self.unorder)
-        if not self.has_blend:
-            out = self.lbs_matrix @ a.permute(1, 3, 0, 2).reshape(-1, b * 3)  # (P, B*3)
-            return out.view(-1, b, 3).transpose(0, 1), joints
+        return a, joints.index_select(1, self.unorder), rot
+
+    def _batched(self, b: int, dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Each level's bones (B, n, 3, 1) and the rest joints (B, 16, 3, 1), expanded and contiguous
+        once per batch size (``matmul`` would copy the broadcast operand at every call)."""
+        key = (b, dtype)
+        if key not in self._batch_cache:
+            bones, start = [], 1
+            for level in self.levels:
+                bone = self.bone[start : start + len(level)].to(dtype)[..., None]
+                bones.append(bone.expand(b, *bone.shape).contiguous())
+                start += len(level)
+            rest = self.joints_rest_level.to(dtype)[..., None]
+            self._batch_cache = {key: (bones, rest.expand(b, *rest.shape).contiguous())}  # the latest size only
+        return self._batch_cache[key]
+
+    def _blend(self, a: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+        """Points (B, P, 3) with pose blend shapes from the transforms and local rotations of
+        :meth:`_transforms`."""
+        b = a.shape[0]
         feature = (rot - torch.eye(3, dtype=rot.dtype)).reshape(b, -1)
         offsets = (feature @ self.posedirs_level).view(b, -1, 3)  # pose blend shapes of the vertices only
         extra = len(self.points) - self.num_vertices
@@ -137,7 +191,7 @@ class HandSkin:
             offsets = torch.cat([offsets, offsets.new_zeros(b, extra, 3)], dim=1)
         posed = self.points + offsets
         t = (self.weights_level @ a.reshape(b, 16, 12)).view(b, -1, 3, 4)
-        return (t[..., :3] @ posed[..., None]).squeeze(-1) + t[..., 3], joints
+        return (t[..., :3] @ posed[..., None]).squeeze(-1) + t[..., 3]
 
 
 # K_flat = r @ _CROSS: the cross-product matrix [r]x of a 3-vector r, flattened row-major

@@ -23,6 +23,9 @@ Building the grid (about 0.1 s for ~250k cells):
 
 Outside the grid a query returns the value at the nearest grid point minus the distance to the
 grid, so the value keeps falling (and the gradient keeps pointing back) away from the object.
+Queries work on axis-major rows, (3, n) coordinates and (8, n) cell corners gathered from an
+(8, cells) table, with the gradient in closed form; ``query_axis_major`` takes (3, ...) points as
+they are, ``query`` (..., 3) points through one strided copy.
 Grids are cached per (mesh sha256, resolution) in the process.
 """
 
@@ -65,7 +68,9 @@ class SDFGrid:
         # flat offsets of a cell's eight corners, ordered (dx, dy, dz) = 000, 001, 010, ..., 111
         corners = torch.tensor([[dx, dy, dz] for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)], dtype=torch.long)
         self._corner_offsets = corners @ self._strides
-        self._last_cell = torch.clamp(torch.tensor([s - 2 for s in self.shape], dtype=torch.long), min=0)
+        self._last_cell_f = torch.tensor([max(s - 2, 0) for s in self.shape], dtype=torch.float32)
+        self._strides_f = self._strides.to(torch.float32)
+        self._float_index = nx * ny * nz < 2**24  # flat cell indices are exact in float32
         self._table: torch.Tensor | None = None
 
     @classmethod
@@ -132,7 +137,14 @@ class SDFGrid:
 
         The eight corners of each point's cell are gathered at once and the gradient comes in closed
         form (:class:`_Trilinear`), about 4x cheaper forward and backward than ``grid_sample``."""
-        return _Trilinear.apply(points.to(torch.float32), self)
+        return _Trilinear.apply(points.to(torch.float32), self, False)
+
+    def query_axis_major(self, points: torch.Tensor) -> torch.Tensor:
+        """:meth:`query` of points given axis-major, (3, ...) (``x``, ``y``, ``z`` rows): values (...).
+
+        The same values and gradients; the layout the lookup works in, so neither the points nor
+        their gradient are transposed (the grasp optimiser skins its hand points this way)."""
+        return _Trilinear.apply(points.to(torch.float32), self, True)
 
     def query_grid_sample(self, points: torch.Tensor) -> torch.Tensor:
         """The same interpolation through ``torch.nn.functional.grid_sample`` (the reference for tests)."""
@@ -148,27 +160,33 @@ class SDFGrid:
         return (v.view(-1) - outside).reshape(shape)
 
     def _corner_table(self) -> torch.Tensor:
-        """(cells, 8): the values at the eight corners of the cell starting at each grid point (made on
-        first use; one gather of 32 contiguous bytes per query instead of eight scattered ones)."""
+        """(8, cells): the values at the eight corners of the cell starting at each grid point (made on
+        first use; one gather along the last axis gives the (8, n) corner rows of n queries at once)."""
         if self._table is None:
             pad = int(self._corner_offsets.max())
             flat = torch.cat([self._flat, self._flat.new_zeros(pad)])
-            self._table = torch.stack([flat[int(o) : int(o) + len(self._flat)] for o in self._corner_offsets], dim=1)
+            self._table = torch.stack([flat[int(o) : int(o) + len(self._flat)] for o in self._corner_offsets])
         return self._table
 
-    def _interpolate(self, points: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Values (n,) at points (n, 3) and, with ``with_grad``, their gradients (n, 3) (no autograd).
+    def _interpolate(self, pts: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Values (n,) at points given as (3, n) rows and, with ``with_grad``, their gradients (3, n)
+        (no autograd).
 
-        Works on (3, n) and (8, n) arrays so that every elementwise op runs over contiguous rows."""
-        u = (points.t() - self._origin_t[:, None]) / self.spacing  # (3, n)
+        Works on contiguous (3, n) and (8, n) arrays so that every elementwise op and every sum over
+        the three axes runs over whole rows (an (n, 3) layout makes each a slow, strided pass); the
+        eight corners come from one gather in the (8, cells) corner table."""
+        u = (pts - self._origin_t[:, None]) / self.spacing
         uc = torch.minimum(torch.clamp(u, min=0.0), self._upper[:, None])
         off = u - uc  # nonzero outside the grid
         outside = (off * off).sum(0).sqrt()
-        cell = torch.minimum(uc.to(torch.long), self._last_cell[:, None])  # uc >= 0: truncation is floor
+        cell = torch.minimum(uc.floor(), self._last_cell_f[:, None])  # uc >= 0: floor is truncation
         f = uc - cell
         fx, fy, fz = f[0], f[1], f[2]
-        base = (cell * self._strides[:, None]).sum(0)
-        v = self._corner_table().index_select(0, base).t()  # (8, n), rows (dx, dy, dz) = 000, 001, ..., 111
+        if self._float_index:  # exact integers in float32: three row ops and one conversion
+            base = (cell * self._strides_f[:, None]).sum(0).to(torch.int32)
+        else:
+            base = (cell.to(torch.long) * self._strides[:, None]).sum(0)
+        v = self._corner_table().index_select(1, base)  # (8, n), rows (dx, dy, dz) = 000, 001, ..., 111
         dz = v[1::2] - v[0::2]  # (4, n), rows (dx, dy) = 00, 01, 10, 11
         vz = v[0::2] + fz * dz
         dy = vz[1::2] - vz[0::2]  # (2, n), rows dx = 0, 1
@@ -180,9 +198,10 @@ class SDFGrid:
         gy = dy[0] + fx * (dy[1] - dy[0])
         dzy = dz[0::2] + fy * (dz[1::2] - dz[0::2])  # (2, n), rows dx = 0, 1
         gz = dzy[0] + fx * (dzy[1] - dzy[0])
-        grad = torch.stack([dx, gy, gz]) * (off == 0) / self.spacing  # clamped axes: no interpolation gradient
+        inside = 1.0 - off.abs().sign()  # 1 where the axis is not clamped (a float mask: cheaper than off == 0)
+        grad = torch.stack([dx, gy, gz]) * inside / self.spacing  # clamped axes: no interpolation gradient
         grad = grad - off / outside.clamp(min=1e-12)
-        return value, grad.t()
+        return value, grad
 
     def query_np(self, points: np.ndarray) -> np.ndarray:
         """Numpy convenience: signed distance (n,) of points (n, 3) (float64 out)."""
@@ -202,17 +221,23 @@ class _Trilinear(torch.autograd.Function):
     """Trilinear lookup in an :class:`SDFGrid` with its closed-form gradient in the query points."""
 
     @staticmethod
-    def forward(ctx, points: torch.Tensor, grid: SDFGrid) -> torch.Tensor:
-        flat = points.reshape(-1, 3)
-        value, grad = grid._interpolate(flat, with_grad=ctx.needs_input_grad[0])
-        ctx.save_for_backward(grad if grad is not None else flat.new_zeros(0))
-        ctx.shape = points.shape
-        return value.reshape(points.shape[:-1])
+    def forward(ctx, points: torch.Tensor, grid: SDFGrid, axis_major: bool) -> torch.Tensor:
+        if axis_major:  # (3, ...)
+            rows, shape = points.reshape(3, -1), points.shape[1:]
+        else:  # (..., 3): a strided copy into rows, cheaper than .t().contiguous()
+            rows, shape = torch.stack(points.reshape(-1, 3).unbind(1)), points.shape[:-1]
+        value, grad = grid._interpolate(rows, with_grad=ctx.needs_input_grad[0])
+        ctx.save_for_backward(grad if grad is not None else rows.new_zeros(0))  # (3, n)
+        ctx.shape, ctx.axis_major = points.shape, axis_major
+        return value.reshape(shape)
 
     @staticmethod
     def backward(ctx, upstream: torch.Tensor):
         (grad,) = ctx.saved_tensors
-        return (upstream.reshape(-1, 1) * grad).reshape(ctx.shape), None
+        out = grad * upstream.reshape(1, -1)
+        if not ctx.axis_major:
+            out = torch.stack(out.unbind(0), dim=1)
+        return out.reshape(ctx.shape), None, None
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
