@@ -139,7 +139,8 @@ class GraspEvaluator:
                 pts, _ = self.interior(torch.from_numpy(padded))
             for i in range(len(chunk)):
                 world = pts[i].numpy().astype(np.float64) @ rotations[s + i].T + translations[s + i]
-                near = world[((world >= lo) & (world <= hi)).all(axis=1)]
+                box = (world >= lo) & (world <= hi)
+                near = world[box[:, 0] & box[:, 1] & box[:, 2]]
                 out[s + i] = (self.sdf.query_np(near) > 0).sum() * self.pitch**3 * 1e6 if len(near) else 0.0
         return out
 
