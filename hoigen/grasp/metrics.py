@@ -137,11 +137,15 @@ class GraspEvaluator:
             padded = np.concatenate([chunk, np.repeat(chunk[:1], VOLUME_CHUNK - len(chunk), axis=0)])
             with torch.no_grad():
                 pts, _ = self.interior(torch.from_numpy(padded))
+            near, owner = [], []
             for i in range(len(chunk)):
                 world = pts[i].numpy().astype(np.float64) @ rotations[s + i].T + translations[s + i]
                 box = (world >= lo) & (world <= hi)
-                near = world[box[:, 0] & box[:, 1] & box[:, 2]]
-                out[s + i] = (self.sdf.query_np(near) > 0).sum() * self.pitch**3 * 1e6 if len(near) else 0.0
+                near.append(world[box[:, 0] & box[:, 1] & box[:, 2]])
+                owner.append(np.full(len(near[-1]), i))
+            near_all, owner_all = np.concatenate(near), np.concatenate(owner)
+            inside = self.sdf.query_np(near_all) > 0 if len(near_all) else np.zeros(0, dtype=bool)  # one lookup
+            out[s : s + len(chunk)] = np.bincount(owner_all[inside], minlength=len(chunk)) * self.pitch**3 * 1e6
         return out
 
     def evaluate(
