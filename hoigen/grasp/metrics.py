@@ -11,7 +11,7 @@ Per grasp (hand and object in the object's mesh frame):
   are skinned ``VOLUME_CHUNK`` at a time (padded), so a pose's volume does not depend on how many
   are measured together; grasp synthesis measures only the accepted grasps, in one batch, after
   the filters (the volume is not a filter criterion). Only voxel centres in the box around the
-  grid's positive cells (plus a cell) are looked up: no other can be inside.
+  grid's positive cells (plus 1.5 cells) are looked up: no other can be inside.
 - ``contact_fingers``: fingers with any vertex within ``CONTACT_M`` of the surface (or inside);
   ``contact_thumb``..``contact_pinky`` which ones; ``contact_ratio`` = ``contact_fingers / 5``;
   ``palm_contact``: a palm vertex within ``CONTACT_M``.
@@ -119,7 +119,8 @@ class GraspEvaluator:
 
     def penetration_volume_cm3(self, hand_pose: np.ndarray, rotation: np.ndarray, translation: np.ndarray) -> float:
         """Voxelised hand-object intersection volume (cm^3) of a hand pose placed by ``R, T``."""
-        return float(self.penetration_volumes_cm3(np.reshape(hand_pose, (1, 45)), rotation[None], translation[None])[0])
+        one = (np.reshape(hand_pose, (1, 45)), np.asarray(rotation)[None], np.asarray(translation)[None])
+        return float(self.penetration_volumes_cm3(*one)[0])
 
     def penetration_volumes_cm3(
         self, hand_poses: np.ndarray, rotations: np.ndarray, translations: np.ndarray
