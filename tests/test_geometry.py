@@ -67,3 +67,24 @@ def test_mesh_query_matches_brute_force(name: str) -> None:
     away = np.abs(expected) > 1e-9  # on the surface the sign is moot
     np.testing.assert_allclose(sd[away], expected[away], rtol=0, atol=1e-12)
     assert away.sum() > 0.95 * len(pts) and (sd > 0).sum() > 50 and (sd < 0).sum() > 50
+
+
+def test_pseudonormals_equal_the_add_at_sums_bit_for_bit() -> None:
+    """The bincount scatter gives np.add.at's sums exactly (same order), and the int64 edge keys the
+    ids of ``np.unique(axis=0)``."""
+    mesh = trimesh.creation.torus(major_radius=0.045, minor_radius=0.015)
+    mesh.vertices += np.random.default_rng(0).normal(scale=1e-3, size=mesh.vertices.shape)
+    q = MeshQuery(mesh)
+    faces = np.asarray(mesh.faces)
+    fn = np.asarray(mesh.face_normals)
+    angles = np.asarray(mesh.face_angles)
+    vn = np.zeros((len(mesh.vertices), 3))
+    for k in range(3):
+        np.add.at(vn, faces[:, k], fn * angles[:, k : k + 1])
+    edges = np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
+    _, edge_id = np.unique(edges, axis=0, return_inverse=True)
+    edge_id = edge_id.reshape(-1)
+    en = np.zeros((edge_id.max() + 1, 3))
+    np.add.at(en, edge_id, np.repeat(fn, 3, axis=0))
+    assert np.array_equal(q.vertex_pseudonormal, vn)
+    assert np.array_equal(q.edge_pseudonormal, en[edge_id].reshape(-1, 3, 3))

@@ -82,3 +82,65 @@ def test_filter_thresholds() -> None:
     good = {"penetration_depth_cm": 0.4, "sim_displacement_cm": 1.0, "contact_fingers": 3}
     assert f.accepts(good) and f.reasons(good) == []
     assert f.reasons({**good, "penetration_depth_cm": 0.6}) == ["penetration"]
+
+
+def test_batched_volumes_equal_single_ones_and_the_unpruned_count(hand) -> None:
+    """Volumes measured together (any batch size, fixed-size skinning chunks) equal those measured one
+    at a time, and the box around the grid's positive cells drops no voxel that the grid counts."""
+    import torch
+
+    from hoigen.grasp.metrics import VOLUME_CHUNK
+
+    torus = trimesh.creation.torus(major_radius=0.045, minor_radius=0.015)
+    ev = GraspEvaluator(torus, hand, "torus-volume")
+    rng = np.random.default_rng(3)
+    n = VOLUME_CHUNK + 3  # two chunks, the second padded
+    poses = rng.normal(scale=0.3, size=(n, 45))
+    rots = np.stack([trimesh.transformations.random_rotation_matrix(rng.random(3))[:3, :3] for _ in range(n)])
+    trans = rng.normal(scale=0.03, size=(n, 3)) - rots @ hand.palm_frame()[0]
+    together = ev.penetration_volumes_cm3(poses, rots, trans)
+    alone = [ev.penetration_volume_cm3(p, r, t) for p, r, t in zip(poses, rots, trans, strict=True)]
+    assert together.tolist() == alone
+    assert (together > 0).sum() >= 3  # the test means something: several hands cut the torus
+    # no pruning: skin the same fixed-size chunks and look up every voxel centre
+    full = []
+    for s in range(0, n, VOLUME_CHUNK):
+        chunk = poses[s : s + VOLUME_CHUNK].astype(np.float32)
+        chunk = np.concatenate([chunk, np.repeat(chunk[:1], VOLUME_CHUNK - len(chunk), axis=0)])
+        with torch.no_grad():
+            pts, _ = ev.interior(torch.from_numpy(chunk))
+        for i in range(min(VOLUME_CHUNK, n - s)):
+            world = pts[i].numpy().astype(np.float64) @ rots[s + i].T + trans[s + i]
+            full.append((ev.sdf.query_np(world) > 0).sum() * ev.pitch**3 * 1e6)
+    assert together.tolist() == full
+
+
+def test_positive_box_bounds_every_positive_lookup() -> None:
+    """Random points outside the box never get a positive grid value (nor points beyond the grid)."""
+    from hoigen.grasp.metrics import _positive_box
+    from hoigen.objects.sdf import SDFGrid
+
+    grid = SDFGrid.from_mesh(trimesh.creation.icosphere(subdivisions=2, radius=0.04))
+    lo, hi = _positive_box(grid)
+    assert np.isfinite(lo).all() and np.isfinite(hi).all()
+    rng = np.random.default_rng(0)
+    margin = 2.0 * grid.spacing  # plus points just beyond the box, where a cut would first go wrong
+    pts = np.concatenate([rng.uniform(-0.12, 0.12, (100_000, 3)), rng.uniform(lo - margin, hi + margin, (100_000, 3))])
+    outside = ~((pts >= lo) & (pts <= hi)).all(axis=1)
+    assert outside.sum() > 1000 and (grid.query_np(pts[outside]) <= 0).all()
+    assert (grid.query_np(pts[~outside]) > 0).any()
+
+
+def test_synthesis_fills_in_the_volume_of_every_accepted_grasp(hand) -> None:
+    """Synthesis measures the volume after the filters, batched: each accepted grasp carries the value a
+    single measurement of its pose gives."""
+    from hoigen.grasp.synth import synthesize_grasps
+
+    mesh = trimesh.creation.cylinder(radius=0.03, height=0.12)
+    mesh.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]))
+    ev = GraspEvaluator(mesh, hand, "cylinder-volume")
+    grasps, report = synthesize_grasps(mesh, hand, np.random.default_rng(0), 3, candidates=12, evaluator=ev)
+    assert grasps and report.accepted == len(grasps)
+    for g in grasps:
+        single = round(ev.penetration_volume_cm3(g.pose.hand_pose, g.pose.rotation, g.pose.translation), 4)
+        assert g.metrics["penetration_volume_cm3"] == single

@@ -7,7 +7,11 @@ Per grasp (hand and object in the object's mesh frame):
   once (~3 mm voxels, :func:`hoigen.grasp.skin.interior_skin`), the voxel centres are carried into
   the grasp pose by the hand's own skinning, and those inside the object (signed-distance grid > 0)
   are counted times the voxel volume. (GraspTTA's released code voxelises the object's surface at
-  5 mm and tests the points inside the hand; ours is finer and counts interior voxels too.)
+  5 mm and tests the points inside the hand; ours is finer and counts interior voxels too.) Poses
+  are skinned ``VOLUME_CHUNK`` at a time (padded), so a pose's volume does not depend on how many
+  are measured together; grasp synthesis measures only the accepted grasps, in one batch, after
+  the filters (the volume is not a filter criterion). Only voxel centres in the box around the
+  grid's positive cells (plus 1.5 cells) are looked up: no other can be inside.
 - ``contact_fingers``: fingers with any vertex within ``CONTACT_M`` of the surface (or inside);
   ``contact_thumb``..``contact_pinky`` which ones; ``contact_ratio`` = ``contact_fingers / 5``;
   ``palm_contact``: a palm vertex within ``CONTACT_M``.
@@ -39,6 +43,7 @@ from hoigen.objects.sdf import SDFGrid, sdf_grid
 
 CONTACT_M = 0.005
 PREFILTER_M = 0.008  # vertices farther out than this (grid estimate) skip the exact query
+VOLUME_CHUNK = 16  # poses skinned at once for the volume (padded: the same numbers for any batch size)
 METRIC_NAMES = (
     "penetration_depth_cm",
     "penetration_volume_cm3",
@@ -101,6 +106,7 @@ class GraspEvaluator:
         self.fingers = hand.vertex_fingers
         self.pieces = hand_pieces(hand.faces, hand.vertex_bones)
         self.tips = np.asarray(hand.tip_vertex_ids)
+        self._positive_box = _positive_box(self.sdf)
 
     def exact_signed(self, vertices: np.ndarray) -> np.ndarray:
         """Signed distance of hand vertices (V,): exact near the surface, the grid estimate elsewhere."""
@@ -113,11 +119,35 @@ class GraspEvaluator:
 
     def penetration_volume_cm3(self, hand_pose: np.ndarray, rotation: np.ndarray, translation: np.ndarray) -> float:
         """Voxelised hand-object intersection volume (cm^3) of a hand pose placed by ``R, T``."""
-        with torch.no_grad():
-            pts, _ = self.interior(torch.as_tensor(np.asarray(hand_pose, np.float32).reshape(1, 45)))
-        world = pts[0].numpy().astype(np.float64) @ np.asarray(rotation).T + np.asarray(translation)
-        inside = self.sdf.query_np(world) > 0
-        return float(inside.sum() * self.pitch**3 * 1e6)
+        one = (np.reshape(hand_pose, (1, 45)), np.asarray(rotation)[None], np.asarray(translation)[None])
+        return float(self.penetration_volumes_cm3(*one)[0])
+
+    def penetration_volumes_cm3(
+        self, hand_poses: np.ndarray, rotations: np.ndarray, translations: np.ndarray
+    ) -> np.ndarray:
+        """Volumes (n,) of hand poses (n, 45) placed by ``rotations`` (n, 3, 3) and ``translations`` (n, 3).
+
+        The poses are skinned ``VOLUME_CHUNK`` at a time (the last chunk padded with its first pose): a
+        pose's skinned voxels, hence its volume, are the same whatever else is in the batch."""
+        poses = np.asarray(hand_poses, np.float32).reshape(-1, 45)
+        rotations, translations = np.asarray(rotations), np.asarray(translations)
+        lo, hi = self._positive_box
+        out = np.zeros(len(poses))
+        for s in range(0, len(poses), VOLUME_CHUNK):
+            chunk = poses[s : s + VOLUME_CHUNK]
+            padded = np.concatenate([chunk, np.repeat(chunk[:1], VOLUME_CHUNK - len(chunk), axis=0)])
+            with torch.no_grad():
+                pts, _ = self.interior(torch.from_numpy(padded))
+            near, owner = [], []
+            for i in range(len(chunk)):
+                world = pts[i].numpy().astype(np.float64) @ rotations[s + i].T + translations[s + i]
+                box = (world >= lo) & (world <= hi)
+                near.append(world[box[:, 0] & box[:, 1] & box[:, 2]])
+                owner.append(np.full(len(near[-1]), i))
+            near_all, owner_all = np.concatenate(near), np.concatenate(owner)
+            inside = self.sdf.query_np(near_all) > 0 if len(near_all) else np.zeros(0, dtype=bool)  # one lookup
+            out[s : s + len(chunk)] = np.bincount(owner_all[inside], minlength=len(chunk)) * self.pitch**3 * 1e6
+        return out
 
     def evaluate(
         self,
@@ -127,12 +157,14 @@ class GraspEvaluator:
         translation: np.ndarray,
         simulate: bool = True,
         grasp_filter: GraspFilter | None = None,
+        volume: bool = True,
     ) -> dict[str, float | int | bool]:
         """Per-grasp metrics of the posed hand ``vertices`` (V, 3) in the mesh frame.
 
         With ``grasp_filter``, the cheap checks (penetration depth, contacts) run first and a grasp
         that already fails them skips the volume and the pybullet test (both NaN): it is rejected
-        either way."""
+        either way. ``volume=False`` leaves the volume NaN for the caller to fill in later
+        (:meth:`penetration_volumes_cm3`, batched)."""
         from hoigen.grasp.simulate import simulation_displacement_cm
 
         sd = self.exact_signed(vertices)
@@ -153,12 +185,30 @@ class GraspEvaluator:
             if simulate:
                 metrics["sim_displacement_cm"] = float("nan")
             return metrics
-        metrics["penetration_volume_cm3"] = round(self.penetration_volume_cm3(hand_pose, rotation, translation), 4)
+        if volume:
+            metrics["penetration_volume_cm3"] = round(self.penetration_volume_cm3(hand_pose, rotation, translation), 4)
         if simulate:
             metrics["sim_displacement_cm"] = round(
                 simulation_displacement_cm(vertices, self.pieces, self.mesh, self.key), 4
             )
         return metrics
+
+
+def _positive_box(sdf: SDFGrid) -> tuple[np.ndarray, np.ndarray]:
+    """World-space bounds (lo, hi), each (3,), outside which a point's grid value cannot be positive.
+
+    A trilinear value is positive only if a corner of the point's cell is (the rest interpolates
+    values <= 0 and subtracts the distance outside the grid), so a point more than 1.5 cells beyond
+    the range of positive grid points along an axis is outside; a border cell (where clamping puts
+    points beyond the grid) is never cut off. No positive value at all: an empty box."""
+    positive = np.argwhere(sdf.values > 0)
+    if len(positive) == 0:
+        return np.full(3, np.inf), np.full(3, -np.inf)
+    first, last = positive.min(axis=0), positive.max(axis=0)
+    upper = np.asarray(sdf.shape) - 1
+    lo = np.where(first >= 2, sdf.origin + (first - 1.5) * sdf.spacing, -np.inf)
+    hi = np.where(last + 1 <= upper - 1, sdf.origin + (last + 1.5) * sdf.spacing, np.inf)
+    return lo, hi
 
 
 def kmeans(x: np.ndarray, k: int, iterations: int = 50, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

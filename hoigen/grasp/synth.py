@@ -10,8 +10,9 @@ random angle, pointing either way along it unless the category names a way (``FI
 under a laptop's base), ``PALM_GAP`` off the surface, fingers half open. The whole batch is then
 optimised together (:mod:`hoigen.grasp.optimize`, energy documented there). The candidates are
 ranked by energy and measured with :class:`hoigen.grasp.metrics.GraspEvaluator` (exact
-penetration, contacts, intersection volume, pybullet displacement) in that order until enough pass
-the :class:`~hoigen.grasp.metrics.GraspFilter`. Only accepted grasps are returned. When a batch
+penetration, contacts, pybullet displacement) in that order until enough pass the
+:class:`~hoigen.grasp.metrics.GraspFilter`; the intersection volume (no filter criterion) is then
+measured for the accepted grasps in one batch. Only accepted grasps are returned. When a batch
 yields too few, another round of candidates is drawn (up to ``max_rounds`` rounds); if the quota is
 still not met, fewer grasps come back and the report says so. Every measured candidate is counted:
 the report carries ``candidates``, ``evaluated``, ``accepted``, ``rounds`` and the rejection reasons.
@@ -240,7 +241,9 @@ def _synthesize(
                 report.evaluated += 1
                 report.reasons.update(["table"])
                 continue
-            metrics = ev.evaluate(verts, pose.hand_pose, pose.rotation, pose.translation, grasp_filter=grasp_filter)
+            metrics = ev.evaluate(
+                verts, pose.hand_pose, pose.rotation, pose.translation, grasp_filter=grasp_filter, volume=False
+            )
             if low is not None:
                 metrics["table_clearance_cm"] = round(low * 100.0, 4)
             ok = grasp_filter.accepts(metrics)
@@ -250,6 +253,14 @@ def _synthesize(
             report.reasons.update(grasp_filter.reasons(metrics))
             if ok:
                 accepted.append(GraspResult(pose, approach[i], metrics))
+    if accepted:  # the volume is no filter criterion: measured once, batched, for the accepted grasps only
+        volumes = ev.penetration_volumes_cm3(
+            np.stack([g.pose.hand_pose for g in accepted]),
+            np.stack([g.pose.rotation for g in accepted]),
+            np.stack([g.pose.translation for g in accepted]),
+        )
+        for g, v in zip(accepted, volumes, strict=True):
+            g.metrics["penetration_volume_cm3"] = round(float(v), 4)
     report.accepted = len(accepted)
     report.seconds = time.perf_counter() - t0
     for g in accepted:

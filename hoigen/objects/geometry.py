@@ -135,15 +135,15 @@ class MeshQuery:
             self._height = np.nan_to_num(area2 / np.sqrt(length2[rows, longest]), nan=0.0) + 1e-12
         fn = np.asarray(mesh.face_normals, dtype=np.float64)
         angles = np.nan_to_num(np.asarray(mesh.face_angles, dtype=np.float64))
-        vn = np.zeros_like(self.vertices)
-        for k in range(3):
-            np.add.at(vn, self.faces[:, k], fn * angles[:, k : k + 1])
-        self.vertex_pseudonormal = vn
+        # sums in index order (bincount adds its weights one by one, as np.add.at would, only faster)
+        corner = self.faces.T.reshape(-1)  # every face's corner 0, then corner 1, then corner 2
+        weighted = (fn[None] * angles.T[:, :, None]).reshape(-1, 3)  # fn * angle, corner by corner
+        self.vertex_pseudonormal = _scatter_add(corner, weighted, len(self.vertices))
         edges = np.sort(self.faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
-        _, edge_id = np.unique(edges, axis=0, return_inverse=True)
+        # edge ids in lexicographic order of (low, high) vertex, from one int64 key per edge
+        _, edge_id = np.unique(edges[:, 0] * max(len(self.vertices), 1) + edges[:, 1], return_inverse=True)
         edge_id = edge_id.reshape(-1)
-        en = np.zeros((edge_id.max() + 1 if len(edge_id) else 0, 3))
-        np.add.at(en, edge_id, np.repeat(fn, 3, axis=0))
+        en = _scatter_add(edge_id, np.repeat(fn, 3, axis=0), edge_id.max() + 1 if len(edge_id) else 0)
         self.edge_pseudonormal = en[edge_id].reshape(-1, 3, 3)  # (face, edge k, xyz)
         self.face_normal = fn
         self.parts: list[np.ndarray] = []
@@ -264,6 +264,11 @@ class MeshQuery:
             best_q[p_i[sel]] = q[sel]
             best_f[p_i[sel]] = f_i[sel]
             best_feat[p_i[sel]] = feat[sel]
+
+
+def _scatter_add(index: np.ndarray, rows: np.ndarray, size: int) -> np.ndarray:
+    """``out[index[i]] += rows[i]`` for i in order (``np.add.at``'s sums, bit for bit), out (size, 3)."""
+    return np.stack([np.bincount(index, weights=rows[:, j], minlength=size) for j in range(3)], axis=1)
 
 
 class _FaceSearch:
