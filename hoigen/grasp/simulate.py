@@ -35,11 +35,14 @@ ranks agree): a process keeps one pybullet world, removes the previous test's tw
 creates the hand, then the object, as a fresh world would (removing them leaves bullet's world as
 it found it: the 237 hold tests of a bench pass gave the same displacements, bit for bit, as a
 ``resetSimulation`` per test; ~1.1 ms less a test). The object's collision shape is loaded once and
-reused. The world is reset every ``RESET_EVERY`` tests all the same: pybullet frees a collision
-shape only there (``removeCollisionShape`` refuses a shape a body has used; ~50 kB per hand). The
-hand reaches pybullet as a temporary OBJ file (one ``o`` group per piece), not as vertex lists:
-pybullet 3.2.7 never frees shapes made from vertex lists (~0.2-0.3 MB per test, not even on
-``resetSimulation`` or reconnecting), while file-made shapes are freed.
+reused. The world's client runs without pybullet's built-in renderer (TinyRenderer, unloaded: it
+re-read each new body's mesh files to make a visual copy, ~0.6 ms per hand body; the physics does
+not use it: same displacements bit for bit). The world is reset every ``RESET_EVERY`` tests all
+the same: pybullet frees a collision shape only there (``removeCollisionShape`` refuses a shape a
+body has used; ~50 kB per hand). The hand reaches pybullet as a temporary OBJ file (one ``o``
+group per piece), not as vertex lists: pybullet 3.2.7 never frees shapes made from vertex lists
+(~0.2-0.3 MB per test, not even on ``resetSimulation`` or reconnecting), while file-made shapes
+are freed.
 """
 
 from __future__ import annotations
@@ -293,6 +296,11 @@ class _World:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.cid = _client()
+        p = _pybullet()
+        with _quiet_fd():  # no renderer: it would load every body's mesh files again, for nothing
+            renderer = p.loadPlugin("tinyRendererPlugin", physicsClientId=self.cid)  # the built-in one's id
+            if renderer >= 0:
+                p.unloadPlugin(renderer, physicsClientId=self.cid)
         self.bodies: list[int] = []
         self.shapes: dict[str, int] = {}
         self.tests = RESET_EVERY  # reset before the first test
