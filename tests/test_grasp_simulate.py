@@ -77,8 +77,8 @@ def test_results_do_not_depend_on_earlier_tests(hand, pieces) -> None:
 
 
 def _fresh_world_cm(verts, pieces, mesh, key) -> float:
-    """The hold test as before the kept world: ``resetSimulation``, then the hand (each piece with its
-    own copy of its vertices in the OBJ file), then the object from its file."""
+    """The hold test as before the kept world, in a new client (renderer loaded): the hand (each piece
+    with its own copy of its vertices in the OBJ file), then the object from its file."""
     p = simulate._pybullet()
     path, _ = simulate.collision_file(mesh, key)
     com = np.asarray(mesh.center_mass if mesh.is_watertight else mesh.centroid, dtype=np.float64)
@@ -119,7 +119,9 @@ def test_a_kept_world_gives_what_a_fresh_world_gives_bit_for_bit(hand, pieces) -
     flat, small = _resting_box(hand, size=(0.03, 0.02, 0.05))
     cases = [(verts, box, "sim-rest-box"), (tilted, box, "sim-rest-box"), (flat, small, "sim-small-box"),
              (verts + [0.0, 0.0, 0.5], box, "sim-rest-box"), (verts, box, "sim-rest-box")]  # fmt: skip
+    simulate._world().tests = simulate.RESET_EVERY - 2  # a reset in the middle of the cases
     kept = [simulation_displacement_cm(v, pieces, m, key) for v, m, key in cases]  # one world, shapes reused
+    assert simulate._world().tests == 3
     fresh = [_fresh_world_cm(v, pieces, m, key) for v, m, key in cases]
     assert kept == fresh
     assert len(set(kept)) == 4 and max(kept) > 9.0  # different tests, one in free fall
