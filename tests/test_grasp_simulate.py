@@ -1,4 +1,5 @@
-"""The pybullet hold test: hand pieces, capped object hulls, results free of history, memory flat."""
+"""The pybullet hold test: hand pieces, capped object hulls, results free of history (a kept world
+equals a fresh one), the early stop past the threshold, memory flat."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import trimesh
 
+from hoigen.grasp import simulate
 from hoigen.grasp.simulate import capped_hull, hand_pieces, simulation_displacement_cm
 from hoigen.grasp.synth import align_frames
 from hoigen.hand import load_hand
@@ -72,6 +74,69 @@ def test_results_do_not_depend_on_earlier_tests(hand, pieces) -> None:
     again = simulation_displacement_cm(verts, pieces, box, "sim-rest-box")
     assert first == again and first < 1.0
     assert far > 9.0  # a free fall over 35 steps of 1/240 s is 10.4 cm
+
+
+def _fresh_world_cm(verts, pieces, mesh, key) -> float:
+    """The hold test as before the kept world, in a new client (renderer loaded): the hand (each piece
+    with its own copy of its vertices in the OBJ file), then the object from its file."""
+    p = simulate._pybullet()
+    path, _ = simulate.collision_file(mesh, key)
+    com = np.asarray(mesh.center_mass if mesh.is_watertight else mesh.centroid, dtype=np.float64)
+    lines, offset = [], 1
+    for k, ids in enumerate(pieces):
+        pts = np.asarray(verts[ids], dtype=np.float32)
+        refs = np.minimum(np.arange(-(-len(pts) // 3) * 3), len(pts) - 1) + offset
+        lines += [f"o piece{k}\n", ("v %.9g %.9g %.9g\n" * len(pts)) % tuple(pts.reshape(-1).tolist())]
+        lines.append(("f %d %d %d\n" * (len(refs) // 3)) % tuple(refs.tolist()))
+        offset += len(pts)
+    with tempfile.TemporaryDirectory() as tmp:
+        hand_file = Path(tmp) / "hand.obj"
+        hand_file.write_text("".join(lines))
+        cid = simulate._client()
+        try:
+            p.setPhysicsEngineParameter(fixedTimeStep=simulate.STEP_S, numSolverIterations=150, enableFileCaching=0,
+                                        physicsClientId=cid)  # fmt: skip
+            p.setGravity(0.0, -9.8, 0.0, physicsClientId=cid)
+            hand_shape = p.createCollisionShape(p.GEOM_MESH, fileName=str(hand_file), physicsClientId=cid)
+            hand_body = p.createMultiBody(baseMass=0, baseCollisionShapeIndex=hand_shape, physicsClientId=cid)
+            p.changeDynamics(hand_body, -1, lateralFriction=simulate.FRICTION, restitution=0.0, physicsClientId=cid)
+            obj = p.createMultiBody(
+                baseMass=simulate.OBJECT_MASS, basePosition=com.tolist(), physicsClientId=cid,
+                baseCollisionShapeIndex=p.createCollisionShape(p.GEOM_MESH, fileName=path, physicsClientId=cid),
+            )  # fmt: skip
+            p.changeDynamics(obj, -1, lateralFriction=simulate.FRICTION, restitution=0.5, physicsClientId=cid)
+            for _ in range(simulate.STEPS):
+                p.stepSimulation(physicsClientId=cid)
+            end = np.asarray(p.getBasePositionAndOrientation(obj, physicsClientId=cid)[0])
+        finally:
+            p.disconnect(cid)
+    return float(np.linalg.norm(end - com)) * 100.0
+
+
+def test_a_kept_world_gives_what_a_fresh_world_gives_bit_for_bit(hand, pieces) -> None:
+    verts, box = _resting_box(hand)
+    tilted = verts @ trimesh.transformations.rotation_matrix(0.5, [0, 0, 1])[:3, :3].T  # the box slides off
+    flat, small = _resting_box(hand, size=(0.03, 0.02, 0.05))
+    cases = [(verts, box, "sim-rest-box"), (tilted, box, "sim-rest-box"), (flat, small, "sim-small-box"),
+             (verts + [0.0, 0.0, 0.5], box, "sim-rest-box"), (verts, box, "sim-rest-box")]  # fmt: skip
+    simulate._world().tests = simulate.RESET_EVERY - 2  # a reset in the middle of the cases
+    kept = [simulation_displacement_cm(v, pieces, m, key) for v, m, key in cases]  # one world, shapes reused
+    assert simulate._world().tests == 3
+    fresh = [_fresh_world_cm(v, pieces, m, key) for v, m, key in cases]
+    assert kept == fresh
+    assert len(set(kept)) == 4 and max(kept) > 9.0  # different tests, one in free fall
+
+
+def test_a_test_stops_once_past_the_threshold_and_decides_the_same(hand, pieces) -> None:
+    verts, box = _resting_box(hand)
+    rest = simulation_displacement_cm(verts, pieces, box, "sim-rest-box")
+    assert simulation_displacement_cm(verts, pieces, box, "sim-rest-box", stop_cm=2.0) == rest < 2.0
+    far = verts + [0.0, 0.0, 0.5]
+    full = simulation_displacement_cm(far, pieces, box, "sim-rest-box")
+    stopped = simulation_displacement_cm(far, pieces, box, "sim-rest-box", stop_cm=2.0)
+    assert 2.0 + simulate.STOP_MARGIN_CM < stopped < 3.0 < 9.0 < full  # free fall: 2 cm after ~15 of 35 steps
+    two = simulation_displacement_cm(far, pieces, box, "sim-rest-box", directions=((0, -1, 0), (1, 0, 0)), stop_cm=2.0)
+    assert two == stopped  # the second direction is not run
 
 
 def test_hold_tests_keep_memory_flat_and_leave_no_files(hand, pieces) -> None:

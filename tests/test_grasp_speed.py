@@ -102,7 +102,7 @@ def test_self_collision_pairs_equal_the_all_pairs_formula() -> None:
     assert torch.allclose(terms["self_collision"], ref, atol=1e-5)
 
 
-def test_hand_file_holds_every_piece_vertex_as_the_same_float32() -> None:
+def test_hand_file_holds_every_vertex_as_the_same_float32_and_each_piece_in_order() -> None:
     from hoigen.grasp.simulate import _pieces_obj, hand_pieces
     from hoigen.hand import load_hand
 
@@ -110,15 +110,19 @@ def test_hand_file_holds_every_piece_vertex_as_the_same_float32() -> None:
     verts = hand.forward(hand_pose=hand.curl_pose(0.5)[None]).vertices[0].astype(np.float64) + 0.123456789
     pieces = hand_pieces(hand.faces, hand.vertex_bones)
     text = _pieces_obj(verts, pieces)
+    assert _pieces_obj(verts, pieces) == text  # the cached face block
     lines = text.splitlines()
     written = np.array([[float(x) for x in line.split()[1:]] for line in lines if line.startswith("v ")])
-    # every piece's vertices, in order, each read back to exactly the float32 of the hand vertex
-    expected = np.concatenate([verts[ids] for ids in pieces]).astype(np.float32)
-    assert np.array_equal(written.astype(np.float32), expected)
-    assert sum(line.startswith("o ") for line in lines) == len(pieces)
-    # the faces reference every vertex of the file (pybullet builds each group's hull from them)
-    refs = np.array([[int(x) for x in line.split()[1:]] for line in lines if line.startswith("f ")])
-    assert np.array_equal(np.unique(refs), np.arange(1, len(written) + 1))
+    # every hand vertex once, read back to exactly its float32
+    assert np.array_equal(written.astype(np.float32), verts.astype(np.float32))
+    groups = text.split("\no ")[1:]
+    assert len(groups) == len(pieces) and not any("\nv " in g for g in groups)  # vertices first, then groups
+    for ids, group in zip(pieces, groups, strict=True):
+        # the faces reference the piece's vertices, in order (the last triple padded with its last):
+        # pybullet adds them to the group's hull in that order, as from a copy of the piece's vertices
+        refs = [int(x) - 1 for line in group.splitlines() if line.startswith("f ") for x in line.split()[1:]]
+        assert refs[: len(ids)] == ids.tolist() and set(refs[len(ids) :]) <= {int(ids[-1])}
+        assert len(refs) % 3 == 0 and len(refs) - len(ids) < 3
 
 
 def test_synthesis_is_deterministic_within_a_process() -> None:

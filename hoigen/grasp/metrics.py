@@ -163,7 +163,9 @@ class GraspEvaluator:
 
         With ``grasp_filter``, the cheap checks (penetration depth, contacts) run first and a grasp
         that already fails them skips the volume and the pybullet test (both NaN): it is rejected
-        either way. ``volume=False`` leaves the volume NaN for the caller to fill in later
+        either way; and the pybullet test stops once the object has moved past the filter's
+        ``max_sim_displacement`` (a rejected grasp's ``sim_displacement_cm`` is then a lower bound).
+        ``volume=False`` leaves the volume NaN for the caller to fill in later
         (:meth:`penetration_volumes_cm3`, batched)."""
         from hoigen.grasp.simulate import simulation_displacement_cm
 
@@ -188,8 +190,9 @@ class GraspEvaluator:
         if volume:
             metrics["penetration_volume_cm3"] = round(self.penetration_volume_cm3(hand_pose, rotation, translation), 4)
         if simulate:
+            stop = None if grasp_filter is None else grasp_filter.max_sim_displacement  # past it: rejected
             metrics["sim_displacement_cm"] = round(
-                simulation_displacement_cm(vertices, self.pieces, self.mesh, self.key), 4
+                simulation_displacement_cm(vertices, self.pieces, self.mesh, self.key, stop_cm=stop), 4
             )
         return metrics
 

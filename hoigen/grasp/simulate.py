@@ -25,12 +25,24 @@ the collision geometry made of convex pieces, as physics engines prefer:
   object stands upright, as hoigen places it); ``directions`` can add others;
 - ``STEPS`` = 35 steps of 1/240 s (0.146 s; a free fall covers 10.4 cm in that time);
 - the result is the distance (cm) the object's centre of mass moved; with several gravity
-  directions, the largest.
+  directions, the largest. Given the filter's threshold (``stop_cm``, as the grasp evaluator does),
+  a test stops at the first step the object is past it and returns that step's distance: a lower
+  bound, and the grasp is rejected either way (on the 237 hold tests of a grasp bench pass no
+  object that got past 2 cm came back under it: no accept/reject flip; 38 tests stop early).
 
-Each test starts from ``resetSimulation``, so a result never depends on earlier tests (workers and
-ranks agree). The hand reaches pybullet as a temporary OBJ file (one ``o`` group per piece), not as
-vertex lists: pybullet 3.2.7 never frees shapes made from vertex lists (~0.2-0.3 MB per test, not
-even on ``resetSimulation`` or reconnecting), while file-made shapes are freed.
+Each test starts from an empty world, so a result never depends on earlier tests (workers and
+ranks agree): a process keeps one pybullet world, removes the previous test's two bodies and
+creates the hand, then the object, as a fresh world would (removing them leaves bullet's world as
+it found it: the 237 hold tests of a bench pass gave the same displacements, bit for bit, as a
+``resetSimulation`` per test; ~1.1 ms less a test). The object's collision shape is loaded once and
+reused. The world's client runs without pybullet's built-in renderer (TinyRenderer, unloaded: it
+re-read each new body's mesh files to make a visual copy, ~0.6 ms per hand body; the physics does
+not use it: same displacements bit for bit). The world is reset every ``RESET_EVERY`` tests all
+the same: pybullet frees a collision shape only there (``removeCollisionShape`` refuses a shape a
+body has used; ~50 kB per hand). The hand reaches pybullet as a temporary OBJ file (one ``o``
+group per piece), not as vertex lists: pybullet 3.2.7 never frees shapes made from vertex lists
+(~0.2-0.3 MB per test, not even on ``resetSimulation`` or reconnecting), while file-made shapes
+are freed.
 """
 
 from __future__ import annotations
@@ -52,8 +64,11 @@ FRICTION = 3.0
 OBJECT_MASS = 1.0
 CONVEX_FILL = 0.9
 DOWN = (0.0, -1.0, 0.0)
+STOP_MARGIN_CM = 1e-3  # an early stop is this far past the threshold: rounding (4 decimals) keeps it rejected
+RESET_EVERY = 64  # hold tests between two resetSimulation calls of a process's world
 _DECOMPOSED: dict[str, str] = {}
 _TMP: Path | None = None
+_PB = None  # the pybullet module, once imported
 
 
 @contextlib.contextmanager
@@ -95,11 +110,14 @@ def _tmp() -> Path:
 
 
 def _pybullet():
-    """pybullet, imported without its build-time banner on stdout."""
-    with _quiet_fd():
-        import pybullet
+    """pybullet, imported without its build-time banner on stdout (silencing costs ~40 us: once)."""
+    global _PB
+    if _PB is None:
+        with _quiet_fd():
+            import pybullet
 
-    return pybullet
+        _PB = pybullet
+    return _PB
 
 
 def _client():
@@ -174,25 +192,37 @@ def hand_pieces(faces: np.ndarray, vertex_bones: np.ndarray) -> tuple[np.ndarray
 
 
 def _pieces_obj(vertices: np.ndarray, pieces: tuple[np.ndarray, ...]) -> str:
-    """OBJ text with one ``o`` group per piece holding the piece's vertices; pybullet turns each group
-    of a (non-concave) mesh file into a convex hull of its points itself, so no hull is computed here.
+    """OBJ text with one ``o`` group per piece whose faces reference the piece's vertices; pybullet
+    turns each group of a (non-concave) mesh file into a convex hull of the points its faces use, so
+    no hull is computed here.
 
-    The faces only reference every vertex once (consecutive triples). Coordinates go out as float32
-    with 9 significant digits, which read back to the very same float32 (pybullet's OBJ reader keeps
-    float32). Against writing qhull's hulls (17 digits): the 235 hold tests of a bench pass gave the
-    same displacement in 223, at most 0.55 mm apart in the rest (no accept/reject flip), for ~20% less
-    CPU per test."""
-    lines: list[str] = []
-    offset = 1
-    for k, ids in enumerate(pieces):
-        pts = np.asarray(vertices[ids], dtype=np.float32)
-        n = len(pts)
-        refs = np.minimum(np.arange(-(-n // 3) * 3), n - 1) + offset  # pad the last triple with its last vertex
-        lines.append(f"o piece{k}\n")
-        lines.append(("v %.9g %.9g %.9g\n" * n) % tuple(pts.reshape(-1).tolist()))
-        lines.append(("f %d %d %d\n" * (len(refs) // 3)) % tuple(refs.tolist()))
-        offset += n
-    return "".join(lines)
+    Every hand vertex goes out once, first (OBJ indices are global, so the pieces share the vertices
+    of their overlapping one-rings: 778 vertex lines, not 1,208), then per piece its faces
+    (consecutive triples of its vertex ids, in order; the same for every pose, made once: see
+    :func:`_faces_obj`). pybullet adds the points in face order, as when each group had its own copy
+    of its vertices: same hulls, bit for bit. Coordinates go out as float32 with 9 significant digits,
+    which read back to the very same float32 (pybullet's OBJ reader keeps float32). Against writing
+    qhull's hulls (17 digits): the 235 hold tests of a bench pass gave the same displacement in 223,
+    at most 0.55 mm apart in the rest (no accept/reject flip), for ~20% less CPU per test."""
+    pts = np.asarray(vertices, dtype=np.float32)
+    return ("v %.9g %.9g %.9g\n" * len(pts)) % tuple(pts.reshape(-1).tolist()) + _faces_obj(pieces)
+
+
+_FACES: tuple[tuple[np.ndarray, ...], str] | None = None  # the pieces and their face text, last made
+
+
+def _faces_obj(pieces: tuple[np.ndarray, ...]) -> str:
+    """The ``o``/``f`` lines of :func:`_pieces_obj`, kept for the last ``pieces`` tuple seen."""
+    global _FACES
+    if _FACES is None or _FACES[0] is not pieces:
+        lines = []
+        for k, ids in enumerate(pieces):
+            n = len(ids)
+            refs = np.asarray(ids)[np.minimum(np.arange(-(-n // 3) * 3), n - 1)] + 1  # pad with the last vertex
+            lines.append(f"o piece{k}\n")
+            lines.append(("f %d %d %d\n" * (len(refs) // 3)) % tuple(refs.tolist()))
+        _FACES = (pieces, "".join(lines))
+    return _FACES[1]
 
 
 def simulation_displacement_cm(
@@ -202,50 +232,109 @@ def simulation_displacement_cm(
     key: str,
     directions: tuple[tuple[float, float, float], ...] = (DOWN,),
     steps: int = STEPS,
+    stop_cm: float | None = None,
 ) -> float:
     """How far (cm) the object's centre of mass moves in ``steps`` under gravity, held by the fixed
-    hand: posed ``hand_vertices`` (V, 3), cut into convex ``pieces`` (:func:`hand_pieces`)."""
+    hand: posed ``hand_vertices`` (V, 3), cut into convex ``pieces`` (:func:`hand_pieces`).
+
+    With ``stop_cm`` (the filter's threshold) a test ends at the first step where the object has
+    moved more than ``stop_cm`` + ``STOP_MARGIN_CM``, and the result is that step's displacement: a
+    lower bound of the full test's, enough to reject the grasp (the objects do not come back)."""
     p = _pybullet()
     path, _ = collision_file(mesh, key)
     com = np.asarray(mesh.center_mass if mesh.is_watertight else mesh.centroid, dtype=np.float64)
     hand_file = Path(tempfile.gettempdir()) / f"hoigen-hand-{os.getpid()}-{next(_COUNTER)}.obj"
     hand_file.write_text(_pieces_obj(np.asarray(hand_vertices, dtype=np.float64), pieces))
+    limit = None if stop_cm is None else (stop_cm + STOP_MARGIN_CM) / 100.0
+    cx, cy, cz = com.tolist()
     worst = 0.0
-    cid = _sim_client()
+    world = _world()
+    cid = world.cid
     try:
         for direction in directions:
-            p.resetSimulation(physicsClientId=cid)
-            p.setPhysicsEngineParameter(
-                fixedTimeStep=STEP_S, numSolverIterations=150, enableFileCaching=0, physicsClientId=cid
-            )
+            world.clear()
             g = 9.8 * np.asarray(direction, dtype=np.float64) / np.linalg.norm(direction)
             p.setGravity(*g.tolist(), physicsClientId=cid)
             hand_shape = p.createCollisionShape(p.GEOM_MESH, fileName=str(hand_file), physicsClientId=cid)
             hand_body = p.createMultiBody(baseMass=0, baseCollisionShapeIndex=hand_shape, physicsClientId=cid)
+            world.bodies.append(hand_body)
             p.changeDynamics(hand_body, -1, lateralFriction=FRICTION, restitution=0.0, physicsClientId=cid)
-            obj_shape = p.createCollisionShape(p.GEOM_MESH, fileName=path, physicsClientId=cid)
             obj = p.createMultiBody(
-                baseMass=OBJECT_MASS, baseCollisionShapeIndex=obj_shape, basePosition=com.tolist(),
-                physicsClientId=cid,
+                baseMass=OBJECT_MASS, baseCollisionShapeIndex=world.object_shape(path),
+                basePosition=com.tolist(), physicsClientId=cid,
             )  # fmt: skip
+            world.bodies.append(obj)
             p.changeDynamics(obj, -1, lateralFriction=FRICTION, restitution=0.5, physicsClientId=cid)
             for _ in range(steps):
                 p.stepSimulation(physicsClientId=cid)
-            end = np.asarray(p.getBasePositionAndOrientation(obj, physicsClientId=cid)[0])
-            worst = max(worst, float(np.linalg.norm(end - com)) * 100.0)
+                if limit is not None:  # plain floats: numpy's norm would cost ~3 us more a step
+                    x, y, z = p.getBasePositionAndOrientation(obj, physicsClientId=cid)[0]
+                    if (x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 > limit**2:
+                        break
+            worst = max(worst, _moved(p, obj, com, cid) * 100.0)
+            if limit is not None and worst > limit * 100.0:
+                break
     finally:
         hand_file.unlink(missing_ok=True)
     return worst
 
 
+def _moved(p, body: int, start: np.ndarray, cid: int) -> float:
+    """How far (m) ``body``'s base is from ``start``."""
+    position = p.getBasePositionAndOrientation(body, physicsClientId=cid)[0]
+    return float(np.linalg.norm(np.asarray(position) - start))
+
+
 _COUNTER = itertools.count()
-_SIM: tuple[int, int] | None = None  # (process id, client id) of this process's hold-test client
 
 
-def _sim_client() -> int:
-    """One pybullet DIRECT client per process for the hold tests (connecting costs a few ms a test)."""
-    global _SIM
-    p = _pybullet()
-    if _SIM is None or _SIM[0] != os.getpid() or not p.isConnected(physicsClientId=_SIM[1]):
-        _SIM = (os.getpid(), _client())
-    return _SIM[1]
+class _World:
+    """This process's hold-test world: one pybullet DIRECT client, emptied (bodies removed) before
+    each test and reset every ``RESET_EVERY`` tests; the object shapes of the collision files it has
+    loaded, kept until the reset."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.cid = _client()
+        p = _pybullet()
+        with _quiet_fd():  # no renderer: it would load every body's mesh files again, for nothing
+            renderer = p.loadPlugin("tinyRendererPlugin", physicsClientId=self.cid)  # the built-in one's id
+            if renderer >= 0:
+                p.unloadPlugin(renderer, physicsClientId=self.cid)
+        self.bodies: list[int] = []
+        self.shapes: dict[str, int] = {}
+        self.tests = RESET_EVERY  # reset before the first test
+
+    def clear(self) -> None:
+        """An empty world: the last test's bodies removed, or a ``resetSimulation`` every ``RESET_EVERY``
+        tests (pybullet frees a collision shape only there: ``removeCollisionShape`` refuses once a body
+        used it, ~50 kB per hand)."""
+        p = _pybullet()
+        if self.tests >= RESET_EVERY:
+            p.resetSimulation(physicsClientId=self.cid)
+            p.setPhysicsEngineParameter(
+                fixedTimeStep=STEP_S, numSolverIterations=150, enableFileCaching=0, physicsClientId=self.cid
+            )
+            self.bodies, self.shapes, self.tests = [], {}, 0
+        for body in self.bodies:
+            p.removeBody(body, physicsClientId=self.cid)
+        self.bodies = []
+        self.tests += 1
+
+    def object_shape(self, path: str) -> int:
+        """The collision shape of the object file ``path`` (loaded once per reset)."""
+        if path not in self.shapes:
+            p = _pybullet()
+            self.shapes[path] = p.createCollisionShape(p.GEOM_MESH, fileName=path, physicsClientId=self.cid)
+        return self.shapes[path]
+
+
+_WORLD: _World | None = None
+
+
+def _world() -> _World:
+    """This process's hold-test world (a forked worker makes its own; connecting costs a few ms)."""
+    global _WORLD
+    if _WORLD is None or _WORLD.pid != os.getpid() or not _pybullet().isConnected(physicsClientId=_WORLD.cid):
+        _WORLD = _World()
+    return _WORLD
