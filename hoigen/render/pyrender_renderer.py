@@ -85,21 +85,16 @@ from typing import Any
 import numpy as np
 import trimesh
 
-from hoigen.data.contract import NORMAL_BACKGROUND, SEG_HAND, SEG_OBJECT, SEG_TABLE
+from hoigen.data.contract import SEG_HAND, SEG_OBJECT, SEG_TABLE
 from hoigen.errors import HoigenError
-from hoigen.hand.skeleton import draw_skeleton
-from hoigen.render.annotate import joint_clearance, joint_visibility
 from hoigen.render.backend import import_pyrender, install_raw_readback
-from hoigen.render.cameras import Camera, gl_intrinsics, project, pyrender_pose
+from hoigen.render.cameras import Camera, gl_intrinsics, pyrender_pose
 from hoigen.render.scene import (
-    HAND_COLOR,
-    OBJECT_COLOR,
-    TABLE_COLOR,
+    RendererBase,
     RenderResult,
     SceneSpec,
     area_downsample,
     check_extras,
-    check_supersample,
 )
 from hoigen.render.surface import (
     MAX_FACE_ID,
@@ -136,62 +131,29 @@ class _Placed:
     nocs_from_mesh: np.ndarray | None
 
 
-class PyrenderRenderer:
+class PyrenderRenderer(RendererBase):
     """The pyrender path (``HOIGEN_GL=pyrender``): renders :class:`SceneSpec` frames at a fixed size
-    with one reused offscreen pyrender context; same maps as :class:`hoigen.render.renderer.Renderer`."""
+    with one reused offscreen pyrender context; same maps as :class:`hoigen.render.renderer.Renderer`
+    (settings as :class:`hoigen.render.scene.RendererBase`, plus the camera light's intensity)."""
 
-    def __init__(
-        self,
-        width: int,
-        height: int,
-        *,
-        supersample: int = 1,
-        crease_deg: float | None = 45.0,
-        znear: float = 0.01,
-        zfar: float = 10.0,
-        visibility_tolerance: float = 0.01,
-        self_occlusion_tolerance: float = 0.015,
-        hand_color: tuple[float, float, float] = HAND_COLOR,
-        object_color: tuple[float, float, float] = OBJECT_COLOR,
-        table_color: tuple[float, float, float] = TABLE_COLOR,
-        normal_background: tuple[int, int, int] = NORMAL_BACKGROUND,
-        light_intensity: float = 3.0,
-        ambient: float = 0.25,
-        skeleton_line_width: int | None = None,
-        cache_size: int = 32,
-    ) -> None:
-        self.width, self.height = int(width), int(height)
-        if self.width < 1 or self.height < 1:
-            raise HoigenError(f"render: image size {width}x{height} is empty; use a positive size")
-        self.supersample = check_supersample(supersample)
-        self.crease_deg = crease_deg
-        self.znear, self.zfar = float(znear), float(zfar)
-        self.visibility_tolerance = float(visibility_tolerance)
-        self.self_occlusion_tolerance = float(self_occlusion_tolerance)
-        self.normal_background = np.asarray(normal_background, dtype=np.float64)
-        self.skeleton_line_width = skeleton_line_width
-        self.cache_size = max(1, int(cache_size))
-        self.renders = 0
+    def __init__(self, width: int, height: int, *, light_intensity: float = 3.0, **settings: Any) -> None:
+        super().__init__(width, height, **settings)
+        self.light_intensity = float(light_intensity)
         pr = self._pr = import_pyrender()
         self._offscreen = pr.OffscreenRenderer(self.width, self.height)
         self._readback = install_raw_readback(self._offscreen)
-        self.ambient, self.light_intensity = float(ambient), float(light_intensity)
-        self._scene = pr.Scene(bg_color=(0.0, 0.0, 0.0, 0.0), ambient_light=(ambient, ambient, ambient))
+        a = self.ambient
+        self._scene = pr.Scene(bg_color=(0.0, 0.0, 0.0, 0.0), ambient_light=(a, a, a))
         self._camera = pr.IntrinsicsCamera(1.0, 1.0, 0.0, 0.0, znear=self.znear, zfar=self.zfar)
         self._camera_node = self._scene.add(self._camera)
-        light = pr.DirectionalLight(color=np.ones(3), intensity=light_intensity)
+        light = pr.DirectionalLight(color=np.ones(3), intensity=self.light_intensity)
         self._scene.add(light, parent_node=self._camera_node)
+        rough = {"hand": 0.7, "object": 0.6, "table": 0.8}
         self._materials = {
-            "hand": pr.MetallicRoughnessMaterial(
-                baseColorFactor=(*hand_color, 1.0), metallicFactor=0.0, roughnessFactor=0.7
-            ),
-            "object": pr.MetallicRoughnessMaterial(
-                baseColorFactor=(*object_color, 1.0), metallicFactor=0.0, roughnessFactor=0.6
-            ),
-            "table": pr.MetallicRoughnessMaterial(
-                baseColorFactor=(*table_color, 1.0), metallicFactor=0.0, roughnessFactor=0.8
-            ),
-        }
+            kind: pr.MetallicRoughnessMaterial(baseColorFactor=(*color, 1.0), metallicFactor=0.0,
+                                               roughnessFactor=rough[kind])
+            for kind, color in self.colors.items()
+        }  # fmt: skip
         self._objects: OrderedDict[Hashable, _Geometry] = OrderedDict()
         self._placed: dict[Hashable, tuple[_Geometry, tuple[Any, Any]]] = {}  # slot -> geometry, scene nodes
 
@@ -206,24 +168,13 @@ class PyrenderRenderer:
         """The GL context this renderer uses: its ``OffscreenRenderer`` (None after :meth:`close`)."""
         return self._offscreen
 
-    def close(self) -> None:
-        """Free the GL context. Safe to call twice."""
-        if self._offscreen is not None:
-            self._offscreen.delete()
-            self._offscreen = None
+    def _is_open(self) -> bool:
+        return getattr(self, "_offscreen", None) is not None
+
+    def _release(self) -> None:
+        self._offscreen.delete()
+        self._offscreen = None
         self._objects.clear()
-
-    def __enter__(self) -> PyrenderRenderer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:  # pragma: no cover - best effort
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001
-            pass
 
     # ------------------------------------------------------------------ meshes
     def _geometry(self, vertices: np.ndarray, faces: np.ndarray, first_id: int, kind: str) -> _Geometry:
@@ -334,23 +285,8 @@ class PyrenderRenderer:
         return parts
 
     # ------------------------------------------------------------------ main entry
-    def _check(self, spec: SceneSpec) -> Camera:
-        if self._offscreen is None:
-            raise HoigenError("render: the Renderer was closed; create a new Renderer")
-        cam = spec.camera
-        if (cam.width, cam.height) != (self.width, self.height):
-            raise HoigenError(
-                f"render: camera is {cam.width}x{cam.height} but the Renderer is {self.width}x{self.height}; "
-                "use a Renderer of the camera's size"
-            )
-        return cam
-
-    def shade_only(self, spec: SceneSpec) -> np.ndarray:
-        """Only the plain shaded colour render (H,W,3) uint8 of a frame: the bare single pass that
-        ``make bench`` compares the full set of passes with."""
-        cam = self._check(spec)
-        placed = self._place(spec)
-        return np.ascontiguousarray(self._pass(cam, placed, None))
+    def _shade_only(self, spec: SceneSpec, cam: Camera) -> np.ndarray:
+        return np.ascontiguousarray(self._pass(cam, self._place(spec), None))
 
     def lights_record(self, lights: Any = None) -> dict[str, Any]:
         """ann.json ``lights``: this path always shades with pyrender's metallic-roughness model, one
@@ -358,10 +294,7 @@ class PyrenderRenderer:
         i = self.light_intensity
         return {"shading": "pyrender", "ambient": self.ambient, "direction": [[0.0, 0.0, 1.0]], "color": [[i, i, i]]}
 
-    def render(self, spec: SceneSpec, supersample: int | None = None) -> RenderResult:
-        """Render all maps and annotations of one frame (see the module docstring)."""
-        cam = self._check(spec)
-        ss = self.supersample if supersample is None else check_supersample(supersample)
+    def _render(self, spec: SceneSpec, cam: Camera, ss: int) -> RenderResult:
         placed = self._place(spec)
         parts = self._parts(placed)
         h, w = self.height, self.width
@@ -387,38 +320,8 @@ class PyrenderRenderer:
             normal = normal_image(surf, h, w, np.uint8, self.normal_background)
             shade = np.ascontiguousarray(self._pass(cam, placed, None))
 
-        joints3d = np.asarray(spec.joints3d, dtype=np.float64).reshape(-1, 3)
-        joints2d, joints_z = project(joints3d, cam.K, cam.world_to_cam)
         t_hand = surf["t"][1].reshape(h, w)  # compositing order: object, hand, extras
         t_other = np.min(np.delete(surf["t"], 1, axis=0), axis=0).reshape(h, w)  # any non-hand surface
-        unhidden, self_occluded = joint_visibility(
-            joints2d,
-            joints_z,
-            cam,
-            lambda row, col: (t_other[row, col], t_hand[row, col]),
-            joint_clearance(joints3d, spec.hand_vertices),
-            znear=self.znear,
-            visibility_tolerance=self.visibility_tolerance,
-            self_occlusion_tolerance=self.self_occlusion_tolerance,
-        )
-        skeleton = draw_skeleton(joints2d, unhidden, w, h, self.skeleton_line_width)
         full_masks = {p.seg_id: ids.reshape(h, w) > 0 for p, ids in zip(parts, alone, strict=True)}
-        self.renders += 1
-        return RenderResult(
-            normal=normal,
-            seg=seg,
-            depth=depth,
-            depth_m=depth_m,
-            nocs=nocs,
-            shade=shade,
-            skeleton=skeleton,
-            joints2d=joints2d,
-            joints_visible=unhidden & ~self_occluded,
-            mask_hand=seg == SEG_HAND,
-            mask_object=seg == SEG_OBJECT,
-            camera=cam,
-            mask_hand_full=full_masks[SEG_HAND],
-            mask_object_full=full_masks[SEG_OBJECT],
-            joints_self_occluded=self_occluded,
-            full_masks=full_masks,
-        )
+        maps = {"normal": normal, "seg": seg, "depth": depth, "depth_m": depth_m, "nocs": nocs, "shade": shade}
+        return self._result(spec, cam, maps, full_masks, lambda row, col: (t_other[row, col], t_hand[row, col]))

@@ -84,32 +84,27 @@ import numpy as np
 import trimesh
 
 from hoigen.data.contract import (
-    NORMAL_BACKGROUND,
     SEG_HAND,
     SEG_OBJECT,
     SEG_TABLE,
 )
 from hoigen.errors import HoigenError
-from hoigen.hand.skeleton import draw_skeleton
-from hoigen.render.annotate import joint_clearance, joint_visibility
-from hoigen.render.cameras import Camera, project
+from hoigen.render.cameras import Camera
 from hoigen.render.scene import (
     DEFAULT_LIGHTS,
-    HAND_COLOR,
     MAX_SEG_ID,
-    OBJECT_COLOR,
-    TABLE_COLOR,
     Instance,
     Light,
+    RendererBase,
     RenderResult,
     SceneSpec,
     area_downsample,
     check_extras,
-    check_supersample,
 )
 from hoigen.render.surface import Topology, mesh_normals, mesh_topology
 
 __all__ = ["Instance", "Light", "RenderResult", "Renderer", "SceneSpec", "make_renderer"]
+
 
 def _check_mesh(vertices: np.ndarray, faces: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
@@ -187,44 +182,14 @@ class _Draw:
     kind: str  # "hand" | "object" | "table": base colour
 
 
-class Renderer:
-    """Renders :class:`SceneSpec` frames at a fixed size with one reused raw-GL context (module docstring)."""
+class Renderer(RendererBase):
+    """Renders :class:`SceneSpec` frames at a fixed size with one reused raw-GL context (module
+    docstring); settings as :class:`hoigen.render.scene.RendererBase`."""
 
-    def __init__(
-        self,
-        width: int,
-        height: int,
-        *,
-        supersample: int = 1,
-        crease_deg: float | None = 45.0,
-        znear: float = 0.01,
-        zfar: float = 10.0,
-        visibility_tolerance: float = 0.01,
-        self_occlusion_tolerance: float = 0.015,
-        hand_color: tuple[float, float, float] = HAND_COLOR,
-        object_color: tuple[float, float, float] = OBJECT_COLOR,
-        table_color: tuple[float, float, float] = TABLE_COLOR,
-        normal_background: tuple[int, int, int] = NORMAL_BACKGROUND,
-        ambient: float = 0.25,
-        skeleton_line_width: int | None = None,
-        cache_size: int = 32,
-    ) -> None:
+    def __init__(self, width: int, height: int, **settings: Any) -> None:
         from hoigen.render.gl import shared_core
 
-        self.width, self.height = int(width), int(height)
-        if self.width < 1 or self.height < 1:
-            raise HoigenError(f"render: image size {width}x{height} is empty; use a positive size")
-        self.supersample = check_supersample(supersample)
-        self.crease_deg = crease_deg
-        self.znear, self.zfar = float(znear), float(zfar)
-        self.visibility_tolerance = float(visibility_tolerance)
-        self.self_occlusion_tolerance = float(self_occlusion_tolerance)
-        self.normal_background = np.asarray(normal_background, dtype=np.float64)
-        self.skeleton_line_width = skeleton_line_width
-        self.cache_size = max(1, int(cache_size))
-        self.colors = {"hand": hand_color, "object": object_color, "table": table_color}
-        self.ambient = float(ambient)
-        self.renders = 0
+        super().__init__(width, height, **settings)
         self._gl: Any = shared_core()
         self._meshes: OrderedDict[Hashable, _Mesh] = OrderedDict()
         self._hand: _Mesh | None = None
@@ -238,29 +203,21 @@ class Renderer:
         after :meth:`close`)."""
         return None if self._gl is None else self._gl.ctx
 
-    def close(self) -> None:
-        """Free this renderer's GPU meshes (the shared context stays). Safe to call twice."""
-        if self._gl is not None:
-            with self._gl.current():
-                for mesh in [*self._meshes.values(), *([self._hand] if self._hand else [])]:
-                    mesh.gl.release()
-            self._meshes.clear()
-            self._hand = self._hand_last = None
-            self._gl = None
+    def _is_open(self) -> bool:
+        return getattr(self, "_gl", None) is not None
 
-    def __enter__(self) -> Renderer:
-        return self
+    def _release(self) -> None:
+        """Free this renderer's GPU meshes (the shared context stays)."""
+        with self._gl.current():
+            for mesh in [*self._meshes.values(), *([self._hand] if self._hand else [])]:
+                mesh.gl.release()
+        self._meshes.clear()
+        self._hand = self._hand_last = None
+        self._gl = None
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _frame(self) -> Any:
+        return self._gl.current()
 
-    def __del__(self) -> None:  # pragma: no cover - best effort
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001
-            pass
-
-    # ------------------------------------------------------------------ meshes
     def _buffer(self, vertices: np.ndarray, faces: np.ndarray, topology: Topology | None,
                 uv: np.ndarray | None = None, colors: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
         from hoigen.render.gl import corner_buffer
@@ -437,17 +394,6 @@ class Renderer:
         return out
 
     # ------------------------------------------------------------------ main entry
-    def _check(self, spec: SceneSpec) -> Camera:
-        if self._gl is None:
-            raise HoigenError("render: the Renderer was closed; create a new Renderer")
-        cam = spec.camera
-        if (cam.width, cam.height) != (self.width, self.height):
-            raise HoigenError(
-                f"render: camera is {cam.width}x{cam.height} but the Renderer is {self.width}x{self.height}; "
-                "use a Renderer of the camera's size"
-            )
-        return cam
-
     @staticmethod
     def _lights(spec: SceneSpec) -> tuple[Light, ...]:
         lights = DEFAULT_LIGHTS if spec.lights is None else tuple(spec.lights)
@@ -467,22 +413,9 @@ class Renderer:
             "color": [[round(float(x), 6) for x in light.color] for light in used],
         }
 
-    def shade_only(self, spec: SceneSpec) -> np.ndarray:
-        """Only the plain shaded colour render (H,W,3) uint8 of a frame (one visible pass)."""
-        cam = self._check(spec)
-        with self._gl.current():
-            return self._shade_only(spec, cam)
-
     def _shade_only(self, spec: SceneSpec, cam: Camera) -> np.ndarray:
         targets = self._visible(cam, self._draws(spec), self._lights(spec), False)
         return self._read(targets.visible, 0, (cam.height, cam.width, 3), np.uint8)
-
-    def render(self, spec: SceneSpec, supersample: int | None = None) -> RenderResult:
-        """Render all maps and annotations of one frame (see the module docstring)."""
-        cam = self._check(spec)
-        ss = self.supersample if supersample is None else check_supersample(supersample)
-        with self._gl.current():
-            return self._render(spec, cam, ss)
 
     def _render(self, spec: SceneSpec, cam: Camera, ss: int) -> RenderResult:
         draws = self._draws(spec)
@@ -522,8 +455,6 @@ class Renderer:
             for c, draw in enumerate(draws[4 * a : 4 * a + 4]):
                 full_masks[draw.seg_id] = cov[..., c] > 0
 
-        joints3d = np.asarray(spec.joints3d, dtype=np.float64).reshape(-1, 3)
-        joints2d, joints_z = project(joints3d, cam.K, cam.world_to_cam)
         read = self._read
 
         def depth_at(row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -534,36 +465,8 @@ class Renderer:
             z = np.where(neg > -1e29, -neg, np.inf)
             return z[:, 1], z[:, 0]
 
-        unhidden, self_occluded = joint_visibility(
-            joints2d,
-            joints_z,
-            cam,
-            depth_at,
-            joint_clearance(joints3d, spec.hand_vertices),
-            znear=self.znear,
-            visibility_tolerance=self.visibility_tolerance,
-            self_occlusion_tolerance=self.self_occlusion_tolerance,
-        )
-        skeleton = draw_skeleton(joints2d, unhidden, w, h, self.skeleton_line_width)
-        self.renders += 1
-        return RenderResult(
-            normal=normal,
-            seg=seg,
-            depth=depth,
-            depth_m=depth_m,
-            nocs=nocs,
-            shade=shade,
-            skeleton=skeleton,
-            joints2d=joints2d,
-            joints_visible=unhidden & ~self_occluded,
-            mask_hand=seg == SEG_HAND,
-            mask_object=seg == SEG_OBJECT,
-            camera=cam,
-            mask_hand_full=full_masks[SEG_HAND],
-            mask_object_full=full_masks[SEG_OBJECT],
-            joints_self_occluded=self_occluded,
-            full_masks=full_masks,
-        )
+        maps = {"normal": normal, "seg": seg, "depth": depth, "depth_m": depth_m, "nocs": nocs, "shade": shade}
+        return self._result(spec, cam, maps, full_masks, depth_at)
 
 
 def make_renderer(width: int, height: int, **kwargs: Any) -> Any:

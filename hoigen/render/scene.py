@@ -1,11 +1,13 @@
 """The frame description and result types shared by both renderers (:mod:`hoigen.render.renderer`,
-:mod:`hoigen.render.pyrender_renderer`); their conventions are in :mod:`hoigen.render.renderer`."""
+:mod:`hoigen.render.pyrender_renderer`), and their common base :class:`RendererBase`; their
+conventions are in :mod:`hoigen.render.renderer`."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import cv2
 import numpy as np
@@ -13,6 +15,7 @@ import trimesh
 
 from hoigen.data.contract import (
     MAX_DISTRACTORS,
+    NORMAL_BACKGROUND,
     SEG_FIRST_DISTRACTOR,
     SEG_HAND,
     SEG_OBJECT,
@@ -174,3 +177,143 @@ def check_extras(extras: tuple[Instance, ...]) -> None:
         seen.add(int(inst.seg_id))
 
 
+class RendererBase:
+    """What every renderer backend shares: its settings, the frame checks and the lifecycle.
+
+    A backend (:class:`hoigen.render.renderer.Renderer`, raw GL; the pyrender path) implements
+    :meth:`_is_open`, :meth:`_release`, :meth:`_frame` (a context around one frame's GL work),
+    :meth:`_render` and :meth:`_shade_only`, and :meth:`lights_record`."""
+
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        *,
+        supersample: int = 1,
+        crease_deg: float | None = 45.0,
+        znear: float = 0.01,
+        zfar: float = 10.0,
+        visibility_tolerance: float = 0.01,
+        self_occlusion_tolerance: float = 0.015,
+        hand_color: tuple[float, float, float] = HAND_COLOR,
+        object_color: tuple[float, float, float] = OBJECT_COLOR,
+        table_color: tuple[float, float, float] = TABLE_COLOR,
+        normal_background: tuple[int, int, int] = NORMAL_BACKGROUND,
+        ambient: float = 0.25,
+        skeleton_line_width: int | None = None,
+        cache_size: int = 32,
+    ) -> None:
+        self.width, self.height = int(width), int(height)
+        if self.width < 1 or self.height < 1:
+            raise HoigenError(f"render: image size {width}x{height} is empty; use a positive size")
+        self.supersample = check_supersample(supersample)
+        self.crease_deg = crease_deg
+        self.znear, self.zfar = float(znear), float(zfar)
+        self.visibility_tolerance = float(visibility_tolerance)
+        self.self_occlusion_tolerance = float(self_occlusion_tolerance)
+        self.normal_background = np.asarray(normal_background, dtype=np.float64)
+        self.skeleton_line_width = skeleton_line_width
+        self.cache_size = max(1, int(cache_size))
+        self.colors = {"hand": hand_color, "object": object_color, "table": table_color}
+        self.ambient = float(ambient)
+        self.renders = 0
+
+    # ------------------------------------------------------------------ backend hooks
+    def _is_open(self) -> bool:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Free the backend's GL resources (called once by :meth:`close`)."""
+        raise NotImplementedError
+
+    def _frame(self) -> AbstractContextManager[Any]:
+        """The context one frame's GL work runs in (e.g. making a shared context current)."""
+        return nullcontext()
+
+    def _render(self, spec: SceneSpec, cam: Camera, ss: int) -> RenderResult:
+        raise NotImplementedError
+
+    def _shade_only(self, spec: SceneSpec, cam: Camera) -> np.ndarray:
+        raise NotImplementedError
+
+    def lights_record(self, lights: tuple[Light, ...] | None) -> dict[str, Any]:
+        """ann.json ``lights``: what lit ``shade.png`` of a frame drawn with ``lights`` (None: the default)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ public
+    def render(self, spec: SceneSpec, supersample: int | None = None) -> RenderResult:
+        """Render all maps and annotations of one frame (see the backend's module docstring)."""
+        cam = self._check(spec)
+        ss = self.supersample if supersample is None else check_supersample(supersample)
+        with self._frame():
+            return self._render(spec, cam, ss)
+
+    def shade_only(self, spec: SceneSpec) -> np.ndarray:
+        """Only the plain shaded colour render (H,W,3) uint8 of a frame (one pass: the bare pass that
+        ``make bench`` compares the full set of passes with)."""
+        cam = self._check(spec)
+        with self._frame():
+            return self._shade_only(spec, cam)
+
+    def _result(
+        self, spec: SceneSpec, cam: Camera, maps: dict[str, np.ndarray], full_masks: dict[int, np.ndarray],
+        depth_at: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    ) -> RenderResult:  # fmt: skip
+        """The frame's annotations from its maps: 2D joints, their visibility and the skeleton.
+
+        ``maps``: normal, seg, depth, depth_m, nocs, shade; ``depth_at(row, col)``: the nearest
+        non-hand and hand surface depth at joint pixels (:func:`hoigen.render.annotate.joint_visibility`)."""
+        from hoigen.hand.skeleton import draw_skeleton
+        from hoigen.render.annotate import joint_clearance, joint_visibility
+        from hoigen.render.cameras import project
+
+        joints3d = np.asarray(spec.joints3d, dtype=np.float64).reshape(-1, 3)
+        joints2d, joints_z = project(joints3d, cam.K, cam.world_to_cam)
+        unhidden, self_occluded = joint_visibility(
+            joints2d, joints_z, cam, depth_at, joint_clearance(joints3d, spec.hand_vertices), znear=self.znear,
+            visibility_tolerance=self.visibility_tolerance, self_occlusion_tolerance=self.self_occlusion_tolerance,
+        )  # fmt: skip
+        seg = maps["seg"]
+        self.renders += 1
+        return RenderResult(
+            **maps,
+            skeleton=draw_skeleton(joints2d, unhidden, self.width, self.height, self.skeleton_line_width),
+            joints2d=joints2d,
+            joints_visible=unhidden & ~self_occluded,
+            mask_hand=seg == SEG_HAND,
+            mask_object=seg == SEG_OBJECT,
+            camera=cam,
+            mask_hand_full=full_masks[SEG_HAND],
+            mask_object_full=full_masks[SEG_OBJECT],
+            joints_self_occluded=self_occluded,
+            full_masks=full_masks,
+        )
+
+    def _check(self, spec: SceneSpec) -> Camera:
+        if not self._is_open():
+            raise HoigenError("render: the Renderer was closed; create a new Renderer")
+        cam = spec.camera
+        if (cam.width, cam.height) != (self.width, self.height):
+            raise HoigenError(
+                f"render: camera is {cam.width}x{cam.height} but the Renderer is {self.width}x{self.height}; "
+                "use a Renderer of the camera's size"
+            )
+        return cam
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Free the renderer's GL resources. Safe to call twice."""
+        if self._is_open():
+            self._release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
