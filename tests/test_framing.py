@@ -97,7 +97,7 @@ def test_frame_grasp_redraws_and_skips():
     both = np.concatenate([hand, shell.vertices])
     hidden = frame_grasp(sample, rng(4), both, hand, [(shell.vertices, shell.faces)], fill=0.5, tries=4)
     assert hidden.camera is None and hidden.tries == 4 and hidden.skip == "hand_hidden"
-    assert "hides the whole hand" in hidden.reason and "4 draws" in hidden.reason
+    assert "hide the whole hand" in hidden.reason and "4 draws" in hidden.reason
     # a wall on the +z side of the hand hides it from some directions only: redrawn until it is seen
     wall = trimesh.creation.box(extents=(1.0, 1.0, 0.01))
     wall.apply_translation([0.0, 0.05, 0.1])
@@ -186,7 +186,7 @@ def test_hidden_hand_views_are_skipped_and_counted(five_categories, tmp_path, mo
     run = json.loads((out / "run.json").read_text())
     assert run["views_skipped"] == {"hand_hidden": 10, "out_of_view": 0, "below_table": 0}
     warnings = [r.getMessage() for r in caplog.records if r.name == "hoigen.render" and "skipped" in r.getMessage()]
-    assert len(warnings) == 10 and all("hides the whole hand" in w and "2 draws" in w for w in warnings)
+    assert len(warnings) == 10 and all("hide the whole hand" in w and "2 draws" in w for w in warnings)
 
 
 def test_merged_ranks_sum_their_skipped_views(five_categories, tmp_path, monkeypatch):
@@ -232,3 +232,38 @@ def test_hand_hidden_agrees_with_the_renderer():
         assert hidden == (not result.mask_hand.any())
         seen.append(not hidden)
     assert seen == [False, False, True, True]
+
+
+def test_render_frames_views_against_the_distractors_too(five_categories, tmp_path, monkeypatch):
+    """The render stage hands each trajectory's distractors (world frame) to the hidden-hand check."""
+    from hoigen import api
+    from hoigen.data.shards import list_shards, read_shard
+    from hoigen.objects import read_objects
+    from hoigen.options import Common
+    from hoigen.render import framing
+    from hoigen.render.options import RenderOptions
+
+    seen = []
+    real = framing.frame_views
+
+    def spy(*args, **kwargs):
+        seen.append([v.copy() for v, _ in kwargs["occluders"]])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(framing, "frame_views", spy)
+    out = tmp_path / "render"
+    api.render(five_categories, out, RenderOptions(views=1, size=32, distractors=2), Common(quiet=True))
+    objects = {**read_objects(five_categories), **(read_objects(out) if (out / "objects.parquet").exists() else {})}
+    anns = [s["ann.json"] for shard in list_shards(out) for s in read_shard(shard)]
+    anns = [a for a in anns if a["trajectory"]["frame"] == 0]
+    assert len(seen) == 5 and len(anns) == 5 and all(len(o) == 2 for o in seen)
+    by_object = {a["object"]["id"]: a for a in anns}
+    for occluders in seen:  # each call's meshes are some trajectory's distractors, posed as its ann says
+        matches = []
+        for ann in by_object.values():
+            rows = [r for r in ann["instances"] if r["role"] == "distractor"]
+            posed = [objects[r["id"]].mesh.vertices @ np.asarray(r["pose"])[:3, :3].T + np.asarray(r["pose"])[:3, 3]
+                     for r in rows]  # fmt: skip
+            same = [p.shape == o.shape and np.allclose(p, o, atol=1e-6) for p, o in zip(posed, occluders, strict=False)]
+            matches.append(len(posed) == len(occluders) and all(same))
+        assert sum(matches) == 1

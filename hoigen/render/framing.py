@@ -59,7 +59,7 @@ class Framing:
         if self.camera is not None:
             return ""
         return {
-            "hand_hidden": f"the object hides the whole hand at the grasp frame in all {self.tries} draws",
+            "hand_hidden": f"the objects hide the whole hand at the grasp frame in all {self.tries} draws",
             "out_of_view": f"no camera of {self.tries} draws can place the grasp frame in view (out of view)",
             "below_table": f"all {self.tries} cameras would sit below the table",
         }[self.skip]

@@ -217,6 +217,11 @@ class Scene:
     distractors: tuple[tuple[ObjectAsset, np.ndarray], ...] = ()  # (asset, pose mesh -> world), seg id 4 + k
     extras: tuple[Any, ...] = ()  # the renderer's Instances: the table, then the distractors
 
+    def occluders(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The distractors as world-frame meshes ((V,3), (F,3)) that may hide the hand from a camera
+        (the table cannot: cameras and the hand are above its top)."""
+        return [(a.mesh.vertices @ p[:3, :3].T + p[:3, 3], np.asarray(a.mesh.faces)) for a, p in self.distractors]
+
     def instances(self, ann: dict[str, Any], result: Any) -> list[dict[str, Any]]:
         """ann.json ``instances``: the grasped object (seg id 2), then each distractor, with the frame's
         boxes and pixel counts (``result.instance_boxes()``)."""
@@ -319,11 +324,12 @@ def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sampl
             )
             posed.append((hand, out.vertices[0]))
         support = trajectory[-1]["ann.json"].get("support") or {}
+        scene = _compose(trajectory, asset, [v for _, v in posed], objects, inputs, opts, ctx)
         framings = frame_views(
             sample_camera, partial(ctx.rng, ids["object"], ids["grasp"]), opts.views,
             asset.mesh.vertices, asset.mesh.faces, [s["ann.json"]["object"]["pose"] for s in trajectory],
             [v for _, v in posed], fill=opts.fill, tries=opts.camera_tries, support_height=support.get("height"),
-            znear=renderer.znear, zfar=renderer.zfar,
+            occluders=scene.occluders(), znear=renderer.znear, zfar=renderer.zfar,
         )  # fmt: skip
         cameras = {view: f for view, f in framings.items() if f.camera is not None}
         for view, framing in framings.items():
@@ -333,7 +339,6 @@ def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sampl
         lights = {view: sample_lights(ctx.rng(ids["object"], ids["grasp"], view, "lights"))
                   for view in cameras if opts.lights == "random"}  # fmt: skip
 
-        scene = _compose(trajectory, asset, [v for _, v in posed], objects, inputs, opts, ctx)
         for sample, (hand, vertices) in zip(trajectory, posed, strict=True):
             ann = sample["ann.json"]
             hand_ann, obj_ann = ann["hand"], ann["object"]
