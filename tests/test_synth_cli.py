@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clirun import run_hoigen as hoigen
+from synthetic import render_ann
 
 from hoigen.data.shards import ShardWriter, list_shards, read_shard
 
@@ -17,20 +18,6 @@ SIZE = 32
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _ann(key: str, frame: int) -> dict:
-    """A contract-complete ann.json (the fields every stage checks on input) with neutral values."""
-    eye = np.eye(4).tolist()
-    return {
-        "key": key,
-        "hand": {"side": "right", "model": "test-hand", "global_orient": [0.0] * 3, "hand_pose": [0.0] * 45,
-                 "betas": [0.0] * 10, "transl": [0.0] * 3, "joints3d": [[0.0] * 3] * 21,
-                 "joints2d": [[0.0] * 2] * 21, "joints_visible": [True] * 21},
-        "object": {"id": "mug-1", "category": "mug", "mesh_sha256": "0" * 64, "pose": eye, "nocs_from_mesh": eye},
-        "camera": {"K": [[SIZE, 0, SIZE / 2], [0, SIZE, SIZE / 2], [0, 0, 1]], "world_to_cam": eye, "width": SIZE,
-                   "height": SIZE},
-        "trajectory": {"frame": frame, "frames": 3},
-        "grasp": {},
-    }
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +37,7 @@ def render_dir(tmp_path_factory) -> Path:
                         "normal.png": rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) * (seg > 0)[..., None],
                         "seg.png": seg,
                         "skeleton.png": np.zeros((SIZE, SIZE, 3), np.uint8),
-                        "ann.json": _ann(f"mug-1_0000_{frame:03d}_{view:02d}", frame),
+                        "ann.json": render_ann(f"mug-1_0000_{frame:03d}_{view:02d}", frame, 3, SIZE),
                     }
                 )
     (folder / "run.json").write_text(json.dumps({"stage": "render"}))

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synthetic import render_ann
 
 import hoigen as hg
 from hoigen.data.codec import decode_field
@@ -106,19 +107,6 @@ def test_generate_moves_images_to_the_host_once_per_batch(pipe, monkeypatch):
 # --- the stage loop -----------------------------------------------------------------------------------------
 
 
-def _ann(key: str, frame: int) -> dict:
-    eye = np.eye(4).tolist()
-    return {
-        "key": key,
-        "hand": {"side": "right", "model": "test-hand", "global_orient": [0.0] * 3, "hand_pose": [0.0] * 45,
-                 "betas": [0.0] * 10, "transl": [0.0] * 3, "joints3d": [[0.0] * 3] * 21,
-                 "joints2d": [[0.0] * 2] * 21, "joints_visible": [True] * 21},
-        "object": {"id": "mug-1", "category": "mug", "mesh_sha256": "0" * 64, "pose": eye, "nocs_from_mesh": eye},
-        "camera": {"K": [[SIZE, 0, SIZE / 2], [0, SIZE, SIZE / 2], [0, 0, 1]], "world_to_cam": eye, "width": SIZE,
-                   "height": SIZE},
-        "trajectory": {"frame": frame, "frames": 5},
-        "grasp": {},
-    }
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +126,7 @@ def render_dir(tmp_path_factory) -> Path:
                     "normal.png": rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) * (seg > 0)[..., None],
                     "seg.png": seg,
                     "skeleton.png": np.zeros((SIZE, SIZE, 3), np.uint8),
-                    "ann.json": _ann(key, frame),
+                    "ann.json": render_ann(key, frame, 5, SIZE),
                 })  # fmt: skip
     (folder / "run.json").write_text(json.dumps({"stage": "render"}))
     (folder / "objects.parquet").write_bytes(b"")

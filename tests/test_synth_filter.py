@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clirun import run_hoigen as hoigen
+from synthetic import render_ann
 
 import hoigen as hg
 from hoigen.data.shards import ShardWriter, list_shards, read_shard
@@ -44,21 +45,6 @@ def make_fake() -> FakeDetector:
     return FakeDetector()
 
 
-def _ann(key: str, frame: int, visible: int) -> dict:
-    eye = np.eye(4).tolist()
-    return {
-        "key": key,
-        "hand": {"side": "right", "model": "test-hand", "global_orient": [0.0] * 3, "hand_pose": [0.0] * 45,
-                 "betas": [0.0] * 10, "transl": [0.0] * 3, "joints3d": [[0.0] * 3] * 21,
-                 "joints2d": JOINTS.tolist(), "joints_visible": [i < visible for i in range(21)],
-                 "bbox": [6, 8, 26, 24]},
-        "object": {"id": key.split("_")[0], "category": "mug", "mesh_sha256": "0" * 64,
-                   "pose": eye, "nocs_from_mesh": eye},
-        "camera": {"K": [[SIZE, 0, SIZE / 2], [0, SIZE, SIZE / 2], [0, 0, 1]], "world_to_cam": eye, "width": SIZE,
-                   "height": SIZE},
-        "trajectory": {"frame": frame, "frames": 3},
-        "grasp": {},
-    }
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +63,8 @@ def render_dir(tmp_path_factory) -> Path:
                     "normal.png": rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8),
                     "seg.png": seg,
                     "skeleton.png": np.zeros((SIZE, SIZE, 3), np.uint8),
-                    "ann.json": _ann(key, frame, 5 if key == HIDDEN_KEY else 21),
+                    "ann.json": render_ann(key, frame, 3, SIZE, JOINTS, 5 if key == HIDDEN_KEY else 21,
+                                           bbox=[6, 8, 26, 24]),
                 })
     (folder / "run.json").write_text(json.dumps({"stage": "render"}))
     (folder / "objects.parquet").write_bytes(b"")
