@@ -35,8 +35,9 @@ sizes are in :class:`EnergyWeights` and :class:`OptimiseSettings`.
 A step at 48 candidates is a few hundred small torch operations, so their count and memory layout
 set its cost: the hand points are skinned axis-major, (3, B, P), straight into the grid lookup
 (:meth:`hoigen.objects.sdf.SDFGrid.query_axis_major`), sums over the three axes add whole rows, and
-the joint space's constants are converted once. Every such change is bit-identical to the
-point-major formulation (``tests/test_grasp_speed.py`` compares energies and gradients bit for bit).
+the joint space's constants are converted once (:func:`hoigen.hand.limits.torch_constant`). Every
+such change is bit-identical to the point-major formulation (``tests/test_grasp_speed.py`` compares
+energies and gradients bit for bit).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import torch
 
 from hoigen.grasp.skin import HandSkin
 from hoigen.hand.keypoints import FINGERS, MANO_JOINT_NAMES
+from hoigen.hand.limits import torch_constant
 from hoigen.objects.sdf import SDFGrid
 
 DEPTH = 0.001
@@ -96,13 +98,11 @@ class _BoxSpace:
         return pose.reshape(*pose.shape[:-1], 15, 3)
 
     def clamp(self, angles):
-        lo = torch.as_tensor(self.lower, dtype=angles.dtype)
-        hi = torch.as_tensor(self.upper, dtype=angles.dtype)
+        lo, hi = torch_constant(self, "lower", angles), torch_constant(self, "upper", angles)
         return torch.maximum(torch.minimum(angles, hi), lo)
 
     def violation(self, angles):
-        lo = torch.as_tensor(self.lower, dtype=angles.dtype)
-        hi = torch.as_tensor(self.upper, dtype=angles.dtype)
+        lo, hi = torch_constant(self, "lower", angles), torch_constant(self, "upper", angles)
         return ((torch.relu(lo - angles) + torch.relu(angles - hi)) ** 2).sum(dim=(-2, -1))
 
     def open_angles(self) -> np.ndarray:
@@ -179,11 +179,6 @@ class GraspProblem:
         self._pair_map = place[first[other]] - place[second[other]]  # (pairs, 21)
         self._normal_step = torch.cat([torch.eye(3), -torch.eye(3)]) * (0.5 * sdf.spacing)  # (6, 3)
         self._normal_step_t = self._normal_step.t()[:, None, None, :].contiguous()  # (3, 1, 1, 6), axis-major
-        # the joint space's constants as float32 tensors, made once (its methods convert them per call)
-        axes = getattr(self.space, "axes", None)  # JointSpace: MANO axis-angle = angles @ axes per joint
-        self._axes = None if axes is None else torch.as_tensor(axes, dtype=torch.float32)
-        self._lower = torch.as_tensor(self.space.lower, dtype=torch.float32)
-        self._upper = torch.as_tensor(self.space.upper, dtype=torch.float32)
         self.prior = torch.as_tensor(
             0.5 * (np.asarray(self.space.open_angles()) + np.asarray(self.space.fist_angles())), dtype=torch.float32
         )
@@ -203,7 +198,7 @@ class GraspProblem:
 
         The hand points are skinned axis-major, (3, B, P), the layout of the grid lookup, so that
         neither they nor their gradients are transposed (see :meth:`HandSkin.axis_major`)."""
-        pts, joints16 = self.skin.axis_major(self._to_pose(angles), rotation_from_6d(rot6), transl)  # (3, B, P)
+        pts, joints16 = self.skin.axis_major(self.space.to_pose(angles), rotation_from_6d(rot6), transl)  # (3, B, P)
         b, n = pts.shape[1], pts.shape[2]
         contacts = pts[:, :, : self.n_tips + 1]  # fingertips and the palm centre, (3, B, K)
         # one grid lookup for the hand points and the central-difference probes of the contact normals
@@ -218,7 +213,7 @@ class GraspProblem:
             "contact": (d_tips - DEPTH).abs().sum(1),
             "palm": (d_palm[:, 0] - DEPTH).abs(),
             "penetration": torch.relu(d_rest - self.slack).sum(1) / 10.0,
-            "limit": self._violation(angles),
+            "limit": self.space.violation(angles),
             "prior": ((angles - self.prior) ** 2).sum(dim=(1, 2)),
         }
         # one (pairs, 21) @ (21, 3*B); columns axis-major, so that the sum over the axes adds whole rows
@@ -236,19 +231,6 @@ class GraspProblem:
             terms["penetration"] = terms["penetration"] + below
         total = sum(getattr(w, k) * v for k, v in terms.items())
         return total, terms
-
-    def _to_pose(self, angles: torch.Tensor) -> torch.Tensor:
-        """``space.to_pose`` with the joint axes converted once (float32), not at every step; for (B, 15, 3)
-        the batched product that its ``einsum`` computes, called directly (the same values)."""
-        if self._axes is None:
-            return self.space.to_pose(angles)
-        if angles.dim() == 3:
-            return torch.bmm(angles.transpose(0, 1), self._axes).transpose(0, 1).reshape(angles.shape[0], 45)
-        return torch.einsum("...jk,jkc->...jc", angles, self._axes).reshape(*angles.shape[:-2], 45)
-
-    def _violation(self, angles: torch.Tensor) -> torch.Tensor:
-        """``space.violation`` (squared excess beyond the limits) with the limits converted once."""
-        return ((torch.relu(self._lower - angles) + torch.relu(angles - self._upper)) ** 2).sum(dim=(-2, -1))
 
 
 @dataclass
