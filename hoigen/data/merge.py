@@ -129,8 +129,8 @@ def merge(out_dir: Path, sources: list[Path], partial: bool = False, quiet: bool
             merged = {**run, "merged_from": sorted(str(s) for s in sources)}
             atomic_write_bytes(out_dir / RUN_FILE, json.dumps(merged, indent=2, sort_keys=True).encode() + b"\n")
         table = build_index(out_dir)
-        if sources and stage is not None:
-            stage.tally(out_dir, quiet)  # the counts of every rank's shards, not the first rank's
         if sources:
+            if stage is not None:
+                stage.tally(out_dir, quiet)  # the counts of every rank's shards, not the first rank's
             write_card(out_dir, read_run_json(out_dir))
     return MergeSummary(out_dir, len(sources), len(have), copied, table.num_rows)

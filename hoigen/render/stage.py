@@ -220,7 +220,9 @@ class Scene:
     def occluders(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """The distractors as world-frame meshes ((V,3), (F,3)) that may hide the hand from a camera
         (the table cannot: cameras and the hand are above its top)."""
-        return [(a.mesh.vertices @ p[:3, :3].T + p[:3, 3], np.asarray(a.mesh.faces)) for a, p in self.distractors]
+        from hoigen.render.placement import transform
+
+        return [(transform(a.mesh.vertices, pose), np.asarray(a.mesh.faces)) for a, pose in self.distractors]
 
     def instances(self, ann: dict[str, Any], result: Any) -> list[dict[str, Any]]:
         """ann.json ``instances``: the grasped object (seg id 2), then each distractor, with the frame's
@@ -338,6 +340,7 @@ def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sampl
                 log.warning("render: skipped %s_%04d view %d: %s", ids["object"], ids["grasp"], view, framing.reason)
         lights = {view: sample_lights(ctx.rng(ids["object"], ids["grasp"], view, "lights"))
                   for view in cameras if opts.lights == "random"}  # fmt: skip
+        lit = {view: renderer.lights_record(lights.get(view)) for view in cameras}  # ann.json ``lights``
 
         for sample, (hand, vertices) in zip(trajectory, posed, strict=True):
             ann = sample["ann.json"]
@@ -368,8 +371,7 @@ def render_stage(samples: Iterable[Sample], ctx: StageContext) -> Iterator[Sampl
                     camera.K, result.mask_object_full, renderer.znear,
                 )
                 normal = estimated_normals(result) if opts.normals == "estimated" else result.normal
-                yield _rendered_sample(key, ann, result, view, preset, framing, full, normal, scene,
-                                       renderer.lights_record(lights.get(view)))  # fmt: skip
+                yield _rendered_sample(key, ann, result, view, preset, framing, full, normal, scene, lit[view])
     write_view_stats(ctx.out_dir, ctx.shard, skipped)
 
 
