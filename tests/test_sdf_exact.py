@@ -142,3 +142,150 @@ def test_torch_queries_wrap_the_numpy_lookup(grids) -> None:
     assert np.array_equal(_bits(grid.query_axis_major(ax).detach().reshape(-1)), _bits(v_ref))
     assert np.array_equal(grid.query_np(rows.T), v_ref.numpy().astype(np.float64))
     assert grid.query_np(np.zeros((0, 3))).shape == (0,)
+
+
+# -- the grid build ----------------------------------------------------------------------------------
+
+
+def _reference_grid(mesh, resolution: int = 64, pad: float = 0.03, seed: int = 0) -> np.ndarray:
+    """``SDFGrid.from_mesh``'s values as computed before session 8 (cube candidates, per-pair
+    triangle terms, full distance transforms), verbatim but for names."""
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+
+    from hoigen.objects.geometry import _closest_on_triangles
+    from hoigen.objects.sdf import BAND_CELLS, K_NEAREST, SAMPLES_PER_CELL_AREA
+
+    def dilate(mask, radius):
+        out = mask.view(np.uint8)
+        for axis in range(3):
+            out = ndimage.maximum_filter1d(out, size=2 * radius + 1, axis=axis, mode="constant")
+        return out.view(bool)
+
+    def far_from(mask, cells):
+        free = np.argwhere(~mask)
+        out = np.zeros(mask.shape, dtype=bool)
+        margin = int(np.floor(cells)) + 1
+        lo = np.maximum(free.min(axis=0) - margin, 0)
+        hi = np.minimum(free.max(axis=0) + margin + 1, mask.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        out[box] = ndimage.distance_transform_edt(~mask[box]) > cells
+        return out
+
+    def band_distance(pts, triangles, faces):
+        faces = np.sort(faces, axis=1)
+        keep = np.ones(faces.shape, dtype=bool)
+        keep[:, 1:] = faces[:, 1:] != faces[:, :-1]
+        rows = np.nonzero(keep)[0]
+        tri = triangles[faces[keep]]
+        p = pts[rows]
+        q, _ = _closest_on_triangles(p, tri[:, 0], tri[:, 1], tri[:, 2])
+        d = np.full(faces.shape, np.inf)
+        d[keep] = np.linalg.norm(q - p, axis=1)
+        return d.min(axis=1)
+
+    def sample(n, rng):
+        area = np.asarray(mesh.area_faces, dtype=np.float64)
+        face = rng.choice(len(area), size=n, p=area / area.sum())
+        face = np.concatenate([face, np.arange(len(area))])
+        tri = np.asarray(mesh.triangles, dtype=np.float64)[face]
+        u, v = rng.random(len(face)), rng.random(len(face))
+        flip = u + v > 1.0
+        u[flip], v[flip] = 1.0 - u[flip], 1.0 - v[flip]
+        u[n:], v[n:] = 1 / 3, 1 / 3
+        return tri[:, 0] + u[:, None] * (tri[:, 1] - tri[:, 0]) + v[:, None] * (tri[:, 2] - tri[:, 0]), face
+
+    lo, hi = np.asarray(mesh.bounds, dtype=np.float64)
+    lo, hi = lo - pad, hi + pad
+    spacing = float((hi - lo).max() / (resolution - 1))
+    shape = np.ceil((hi - lo) / spacing - 1e-6).astype(int) + 1
+    axes = [lo[i] + spacing * np.arange(shape[i]) for i in range(3)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    rng = np.random.default_rng(seed)
+    count = int(np.clip(SAMPLES_PER_CELL_AREA * mesh.area / spacing**2, 20_000, 400_000))
+    samples, face = sample(count, rng)
+    normals = np.asarray(mesh.face_normals, dtype=np.float64)[face]
+    tree = cKDTree(samples, balanced_tree=False, compact_nodes=False)
+    band = BAND_CELLS * spacing
+    occupied = np.zeros(shape, dtype=bool)
+    cell = np.clip(np.rint((samples - lo) / spacing).astype(np.int64), 0, shape - 1)
+    occupied[cell[:, 0], cell[:, 1], cell[:, 2]] = True
+    cand = np.flatnonzero(dilate(occupied, int(np.floor(BAND_CELLS + 0.5 * np.sqrt(3.0)))))
+    d_k, idx = tree.query(grid[cand], k=K_NEAREST, distance_upper_bound=band)
+    hit = np.isfinite(d_k[:, 0])
+    in_band = np.zeros(len(grid), dtype=bool)
+    in_band[cand[hit]] = True
+    idx = idx[hit]
+    pts = grid[in_band]
+    short = ~np.isfinite(d_k[hit, -1])
+    if short.any():
+        idx[short] = tree.query(pts[short], k=K_NEAREST)[1]
+    values = np.zeros(len(grid))
+    dist = band_distance(pts, np.asarray(mesh.triangles, dtype=np.float64), face[idx])
+    inside_band = np.einsum("mkj,mkj->mk", pts[:, None] - samples[idx], normals[idx]).mean(axis=1) < 0
+    band3 = in_band.reshape(shape)
+    labels, _ = ndimage.label(~band3)
+    border = np.unique(
+        np.concatenate([labels[[0, -1]].ravel(), labels[:, [0, -1]].ravel(), labels[:, :, [0, -1]].ravel()])
+    )
+    outside = np.isin(labels, border[border > 0])
+    inside_band |= far_from(outside, BAND_CELLS + 1.0).reshape(-1)[in_band]
+    values[in_band] = np.where(inside_band, dist, -dist)
+    band_abs = np.zeros(shape)
+    band_abs[band3] = dist
+    gap, (ii, jj, kk) = ndimage.distance_transform_edt(~band3, return_indices=True)
+    far = (gap * spacing + band_abs[ii, jj, kk]).reshape(-1)
+    off = ~in_band
+    values[off] = np.where(outside.reshape(-1)[off], -far[off], far[off])
+    return values.reshape(shape).astype(np.float32)
+
+
+def test_grid_build_equals_the_reference_build_bit_for_bit() -> None:
+    meshes = _bench_meshes()
+    assert len(meshes) == 13
+    for name, mesh in meshes.items():
+        grid = SDFGrid.from_mesh(mesh)
+        ref = _reference_grid(mesh)
+        assert grid.values.shape == ref.shape and np.array_equal(_bits(grid.values), _bits(ref)), name
+
+
+@pytest.mark.parametrize("radius", [1.0, 2.5, 3.0, 3.0 + 0.5 * np.sqrt(3.0), 4.0, np.sqrt(17.0)])
+def test_within_equals_the_distance_transform_threshold(radius: float) -> None:
+    from scipy import ndimage
+
+    from hoigen.objects.sdf import _far_from, _within
+
+    rng = np.random.default_rng(int(radius * 100))
+    for density in (0.002, 0.02, 0.3):
+        mask = rng.random((23, 31, 17)) < density
+        mask[0, 0, 0] = True
+        edt = ndimage.distance_transform_edt(~mask)
+        assert np.array_equal(_within(mask, radius), edt <= radius)
+        assert np.array_equal(_far_from(mask, radius), edt > radius)
+
+
+def test_gap_equals_the_distance_transform_distances() -> None:
+    from scipy import ndimage
+
+    from hoigen.objects.sdf import _gap
+
+    mask = np.random.default_rng(3).random((19, 26, 21)) < 0.01
+    gap, nearest = ndimage.distance_transform_edt(~mask, return_indices=True)
+    assert np.array_equal(_gap(nearest), gap.reshape(-1))
+
+
+def test_band_distance_equals_the_per_pair_triangle_distance() -> None:
+    from hoigen.objects.geometry import _closest_on_triangles
+    from hoigen.objects.sdf import _band_distance
+
+    mesh = _bench_meshes()["tm-scanned"]
+    tri = np.asarray(mesh.triangles, dtype=np.float64)
+    rng = np.random.default_rng(4)
+    pts = rng.uniform(mesh.bounds[0] - 0.01, mesh.bounds[1] + 0.01, size=(20000, 3))
+    faces = rng.integers(0, len(tri), size=(20000, 4))
+    faces[::3, 1] = faces[::3, 0]  # repeated faces are taken once
+    corner = tri[:, 0]
+    got = _band_distance(pts, corner, (tri[:, 1] - corner, tri[:, 2] - corner), faces, chunk=3000)
+    q, _ = _closest_on_triangles(np.repeat(pts, 4, axis=0), *(tri[faces.reshape(-1)][:, i] for i in range(3)))
+    ref = np.linalg.norm(q - np.repeat(pts, 4, axis=0), axis=1).reshape(-1, 4).min(axis=1)
+    assert np.array_equal(got, ref)

@@ -11,15 +11,18 @@ Building the grid (about 0.1 s for ~250k cells):
 2. Cells within ``BAND_CELLS`` cells of the nearest sample (the *band*) get an exact unsigned
    distance: the point-triangle distance to the faces of their ``K_NEAREST`` nearest samples (one
    of them lies on the closest face; each face once). Their sign is that of the mean of
-   ``(p - s) . n_s`` over those samples. Only cells near a sample's nearest grid point (a dilation
-   of those grid points by the band plus half a cell diagonal) are queried, not the whole grid.
+   ``(p - s) . n_s`` over those samples. Only cells near a sample's nearest grid point (within
+   the band plus half a cell diagonal of one, a Euclidean ball) are queried, not the whole grid.
 3. The rest is signed by a flood fill: cells reachable from the grid's border without crossing the
    band are outside, the others inside. Their distance is the Euclidean distance to the nearest
-   band cell plus that cell's own distance (``scipy.ndimage.distance_transform_edt``), an upper
-   bound within one cell of the truth.
+   band cell plus that cell's own distance (the nearest band cell from
+   ``scipy.ndimage.distance_transform_edt``'s feature transform), an upper bound within one cell of
+   the truth.
 4. Band cells farther than the band plus one cell from any outside cell are inside whatever their
    sample normals say: this fixes surfaces buried inside the object (the procedural mug's handle
-   ends). That distance transform runs on the box around the non-outside cells only.
+   ends). That test, like the ball of step 2, is a short-range distance threshold: three 1-D
+   min-plus passes over the squared distance (``_within``) on the box around the cells concerned,
+   exact and cheaper than a full distance transform.
 
 Outside the grid a query returns the value at the nearest grid point minus the distance to the
 grid, so the value keeps falling (and the gradient keeps pointing back) away from the object.
@@ -41,7 +44,7 @@ import trimesh
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from hoigen.objects.geometry import _closest_on_triangles
+from hoigen.objects.geometry import _closest_on_edges, _edge_dots
 
 RESOLUTION = 64  # cells along the longest padded side
 PAD_M = 0.03  # padding of the bounding box (metres): fingertips optimise within it
@@ -83,32 +86,40 @@ class SDFGrid:
         spacing = float((hi - lo).max() / (resolution - 1))
         shape = np.ceil((hi - lo) / spacing - 1e-6).astype(int) + 1
         axes = [lo[i] + spacing * np.arange(shape[i]) for i in range(3)]
-        grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+        size = int(np.prod(shape))
 
+        triangles = np.asarray(mesh.triangles, dtype=np.float64)
+        corner = triangles[:, 0]
+        edges = (triangles[:, 1] - corner, triangles[:, 2] - corner)  # ab, ac of every face
         rng = np.random.default_rng(seed)
         count = int(np.clip(SAMPLES_PER_CELL_AREA * mesh.area / spacing**2, 20_000, 400_000))
-        samples, face = _sample(mesh, count, rng)
-        normals = np.asarray(mesh.face_normals, dtype=np.float64)[face]
+        samples, face = _sample(mesh, count, rng, corner, edges)
         tree = cKDTree(samples, balanced_tree=False, compact_nodes=False)  # quicker to build and query
         band = BAND_CELLS * spacing
-        # candidates: cells near a sample's nearest grid point (a superset of the band)
+        # candidates: cells within the band plus half a cell diagonal (a sample's distance to its
+        # nearest grid point) of a sample's nearest grid point, a superset of the band
         occupied = np.zeros(shape, dtype=bool)
         cell = np.clip(np.rint((samples - lo) / spacing).astype(np.int64), 0, shape - 1)
         occupied[cell[:, 0], cell[:, 1], cell[:, 2]] = True
-        reach = int(np.floor(BAND_CELLS + 0.5 * np.sqrt(3.0)))  # a sample is within half a diagonal of its cell
-        cand = np.flatnonzero(_dilate(occupied, reach))
-        d_k, idx = tree.query(grid[cand], k=K_NEAREST, distance_upper_bound=band)
+        reach = BAND_CELLS + 0.5 * np.sqrt(3.0)
+        box = _box(cell.min(axis=0), cell.max(axis=0), int(reach) + 1, shape)
+        near = np.zeros(shape, dtype=bool)
+        near[box] = _within(occupied[box], reach)
+        cand = np.flatnonzero(near)
+        d_k, idx = tree.query(_points(axes, shape, cand), k=K_NEAREST, distance_upper_bound=band)
         hit = np.isfinite(d_k[:, 0])
-        in_band = np.zeros(len(grid), dtype=bool)
+        in_band = np.zeros(size, dtype=bool)
         in_band[cand[hit]] = True
         idx = idx[hit]
-        pts = grid[in_band]
+        pts = _points(axes, shape, cand[hit])
         short = ~np.isfinite(d_k[hit, -1])  # fewer than K_NEAREST samples within the band
         if short.any():
             idx[short] = tree.query(pts[short], k=K_NEAREST)[1]
-        values = np.zeros(len(grid))
-        dist = _band_distance(pts, np.asarray(mesh.triangles, dtype=np.float64), face[idx])
-        side = np.einsum("mkj,mkj->mk", pts[:, None] - samples[idx], normals[idx]).mean(axis=1)
+        values = np.zeros(size)
+        faces = face[idx]
+        dist = _band_distance(pts, corner, edges, faces)
+        normals = np.asarray(mesh.face_normals, dtype=np.float64)
+        side = np.einsum("mkj,mkj->mk", pts[:, None] - samples[idx], normals[faces]).mean(axis=1)
         inside_band = side < 0
 
         band3 = in_band.reshape(shape)
@@ -122,10 +133,10 @@ class SDFGrid:
         inside_band |= deep
         values[in_band] = np.where(inside_band, dist, -dist)
         # off the band: distance to the nearest band cell plus its distance
-        band_abs = np.zeros(shape)
-        band_abs[band3] = dist
-        gap, (ii, jj, kk) = ndimage.distance_transform_edt(~band3, return_indices=True)
-        far = (gap * spacing + band_abs[ii, jj, kk]).reshape(-1)
+        band_abs = np.zeros(size)
+        band_abs[in_band] = dist
+        nearest = ndimage.distance_transform_edt(~band3, return_distances=False, return_indices=True)
+        far = _gap(nearest) * spacing + band_abs[np.ravel_multi_index(tuple(nearest), shape).reshape(-1)]
         off = ~in_band
         values[off] = np.where(outside.reshape(-1)[off], -far[off], far[off])
         return cls(values.reshape(shape), lo, spacing)
@@ -270,58 +281,110 @@ class _Trilinear(torch.autograd.Function):
         return out.reshape(ctx.shape), None, None
 
 
-def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Cells within ``radius`` cells of a True cell of ``mask`` along every axis (a cube, separable)."""
-    out = mask.view(np.uint8)
+def _box(lo: np.ndarray, hi: np.ndarray, margin: int, shape) -> tuple[slice, ...]:
+    """The cells from ``lo`` to ``hi`` (inclusive) plus ``margin`` on every side, within ``shape``."""
+    start, stop = np.maximum(lo - margin, 0), np.minimum(hi + margin + 1, shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+
+
+def _within(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Cells within ``radius`` (Euclidean, in cells) of a True cell of ``mask``, exactly as
+    ``distance_transform_edt(~mask) <= radius`` (the square root of an integer sum of squares).
+
+    The squared distance comes from three 1-D min-plus passes over offsets up to ``floor(radius)``
+    along each axis (a True cell within the radius has every coordinate offset within that; the
+    others leave a larger value), instead of a full feature transform."""
+    reach = int(np.floor(radius))
+    d2 = np.where(mask, np.int16(0), np.int16(3 * (reach + 1) ** 2))  # the cap: beyond reach on an axis
     for axis in range(3):
-        out = ndimage.maximum_filter1d(out, size=2 * radius + 1, axis=axis, mode="constant")
-    return out.view(bool)
+        src, d2 = d2, d2.copy()
+        for step in range(1, reach + 1):
+            ahead = tuple(slice(step, None) if i == axis else slice(None) for i in range(3))
+            behind = tuple(slice(None, -step) if i == axis else slice(None) for i in range(3))
+            np.minimum(d2[ahead], src[behind] + np.int16(step * step), out=d2[ahead])
+            np.minimum(d2[behind], src[ahead] + np.int16(step * step), out=d2[behind])
+    return np.sqrt(d2.astype(np.float64)) <= radius
 
 
 def _far_from(mask: np.ndarray, cells: float) -> np.ndarray:
     """Cells farther than ``cells`` (Euclidean, in cells) from every True cell of ``mask``.
 
-    The distance transform runs only on the box around the False cells plus a margin of
-    ``floor(cells) + 1``: a True cell beyond the margin is farther than ``cells`` from the box's content.
-    """
+    Only the box around the False cells plus a margin of ``floor(cells) + 1`` is looked at: a True
+    cell beyond the margin is farther than ``cells`` from the box's content."""
     free = np.argwhere(~mask)
     out = np.zeros(mask.shape, dtype=bool)
     if len(free) == 0:
         return out
-    margin = int(np.floor(cells)) + 1
-    lo = np.maximum(free.min(axis=0) - margin, 0)
-    hi = np.minimum(free.max(axis=0) + margin + 1, mask.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    out[box] = ndimage.distance_transform_edt(~mask[box]) > cells
+    box = _box(free.min(axis=0), free.max(axis=0), int(np.floor(cells)) + 1, mask.shape)
+    out[box] = ~_within(mask[box], cells)
     return out
 
 
-def _band_distance(pts: np.ndarray, triangles: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Distance (m,) of each point to the nearest of its candidate faces (m, k), each pair once."""
+def _points(axes: list[np.ndarray], shape, flat: np.ndarray) -> np.ndarray:
+    """Coordinates (n, 3) of the grid points with flat indices ``flat`` (``axes``: each axis' coordinates)."""
+    ijk = np.unravel_index(flat, tuple(shape))
+    return np.stack([axes[i][ijk[i]] for i in range(3)], axis=1)
+
+
+def _gap(nearest: np.ndarray) -> np.ndarray:
+    """Flat distances (cells, float64) from every cell to the cell ``nearest`` (3, nx, ny, nz) names:
+    ``distance_transform_edt``'s distances, from integer squares summed exactly (int32)."""
+    d2 = np.zeros(nearest.shape[1:], dtype=np.int32)
+    for axis in range(3):
+        index = np.arange(nearest.shape[1 + axis], dtype=np.int32).reshape([-1 if i == axis else 1 for i in range(3)])
+        step = nearest[axis] - index
+        d2 += step * step
+    return np.sqrt(d2.reshape(-1).astype(np.float64))
+
+
+def _band_distance(
+    pts: np.ndarray, corner: np.ndarray, edges: tuple[np.ndarray, np.ndarray], faces: np.ndarray, chunk: int = 8192
+) -> np.ndarray:
+    """Distance (m,) of each point to the nearest of its candidate faces (m, k), each pair once.
+
+    ``corner`` (F, 3) and ``edges`` (ab, ac) are every face's first corner and edge vectors; their
+    dot products are taken once per face (the values ``_closest_on_triangles`` takes per pair), and
+    the points go in chunks (the pair arrays stay in cache)."""
+    ab, ac = edges
+    abab, abac, acac = _edge_dots(ab, ac)
     faces = np.sort(faces, axis=1)
     keep = np.ones(faces.shape, dtype=bool)
     keep[:, 1:] = faces[:, 1:] != faces[:, :-1]
-    rows = np.nonzero(keep)[0]
-    tri = triangles[faces[keep]]
-    p = pts[rows]
-    q, _ = _closest_on_triangles(p, tri[:, 0], tri[:, 1], tri[:, 2])
-    d = np.full(faces.shape, np.inf)
-    d[keep] = np.linalg.norm(q - p, axis=1)
-    return d.min(axis=1)
+    out = np.empty(len(pts))
+    for s in range(0, len(pts), chunk):
+        f, k = faces[s : s + chunk], keep[s : s + chunk]
+        fi = f[k]
+        p = pts[s : s + chunk][np.nonzero(k)[0]]
+        q, _ = _closest_on_edges(p, corner[fi], ab[fi], ac[fi], abab[fi], abac[fi], acac[fi])
+        d = np.full(f.shape, np.inf)
+        d[k] = np.linalg.norm(q - p, axis=1)
+        out[s : s + chunk] = d.min(axis=1)
+    return out
 
 
-def _sample(mesh: trimesh.Trimesh, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Area-weighted surface samples (n, 3) and their face ids, from ``rng`` (stratified per face)."""
+def _sample(
+    mesh: trimesh.Trimesh,
+    n: int,
+    rng: np.random.Generator,
+    corner: np.ndarray | None = None,
+    edges: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Area-weighted surface samples (n, 3) and their face ids, from ``rng`` (stratified per face).
+
+    ``corner`` and ``edges``: the faces' first corners and edge vectors ab, ac, if already at hand."""
+    if corner is None or edges is None:
+        triangles = np.asarray(mesh.triangles, dtype=np.float64)
+        corner = triangles[:, 0]
+        edges = (triangles[:, 1] - corner, triangles[:, 2] - corner)
     area = np.asarray(mesh.area_faces, dtype=np.float64)
     face = rng.choice(len(area), size=n, p=area / area.sum())
     # every face gets at least its three corners' worth of coverage: add each face's centroid
     face = np.concatenate([face, np.arange(len(area))])
-    tri = np.asarray(mesh.triangles, dtype=np.float64)[face]
     u, v = rng.random(len(face)), rng.random(len(face))
     flip = u + v > 1.0
     u[flip], v[flip] = 1.0 - u[flip], 1.0 - v[flip]
     u[n:], v[n:] = 1 / 3, 1 / 3
-    points = tri[:, 0] + u[:, None] * (tri[:, 1] - tri[:, 0]) + v[:, None] * (tri[:, 2] - tri[:, 0])
+    points = corner[face] + u[:, None] * edges[0][face] + v[:, None] * edges[1][face]
     return points, face
 
 
