@@ -130,42 +130,46 @@ def joint_space(hand):
 
 # -- component-major helpers: (3, 3, ...) matrices and (3, ...) vectors, the trailing axes broadcast --
 
-_NEXT, _PREV = [1, 2, 0], [2, 0, 1]
-_DIAG = ([0, 1, 2], [0, 1, 2])
-# the cross-product matrix [r]x as rot[_KROW, _KCOL] += sign * r[_KAXIS]
-_KROW, _KCOL, _KAXIS = [0, 0, 1, 1, 2, 2], [1, 2, 0, 2, 0, 1], [2, 1, 2, 0, 1, 0]
-_KSIGN = np.array([-1.0, 1.0, 1.0, -1.0, -1.0, 1.0])[:, None]
-_SKEW_A, _SKEW_B = [2, 0, 1], [1, 2, 0]  # k(D) = D[_SKEW_A, _SKEW_B] - D[_SKEW_B, _SKEW_A]
+_NEXT, _PREV = np.array([1, 2, 0]), np.array([2, 0, 1])
+_CROSS_MAP = np.zeros((9, 3))  # [r]x flattened row-major = _CROSS_MAP @ r
+for _row, _col, _axis, _sign in ((0, 1, 2, -1), (0, 2, 1, 1), (1, 0, 2, 1), (1, 2, 0, -1), (2, 0, 1, -1), (2, 1, 0, 1)):
+    _CROSS_MAP[3 * _row + _col, _axis] = _sign
+_EYE9 = np.eye(3).reshape(9, 1)
 
 
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """A B: C[i, k] = sum_j A[i, j] B[j, k]."""
-    return (a[:, :, None] * b[None]).sum(1)
+    return np.einsum("ij...,jk...->ik...", a, b)
 
 
 def _mtm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """A^T B: C[i, k] = sum_j A[j, i] B[j, k]."""
-    return (a[:, :, None] * b[:, None]).sum(0)
+    return np.einsum("ji...,jk...->ik...", a, b)
 
 
 def _mmt(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """A B^T: C[i, k] = sum_j A[i, j] B[k, j]."""
-    return (a[:, None] * b[None]).sum(2)
+    return np.einsum("ij...,kj...->ik...", a, b)
 
 
 def _mv(a: np.ndarray, v: np.ndarray) -> np.ndarray:
     """A v: u[i] = sum_j A[i, j] v[j]."""
-    return (a * v[None]).sum(1)
+    return np.einsum("ij...,j...->i...", a, v)
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a . b over the first axis."""
+    return np.einsum("i...,i...->...", a, b)
 
 
 def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a x b along the first axis."""
-    return a[_NEXT] * b[_PREV] - a[_PREV] * b[_NEXT]
+    return a.take(_NEXT, 0) * b.take(_PREV, 0) - a.take(_PREV, 0) * b.take(_NEXT, 0)
 
 
 def _unit_backward(grad: np.ndarray, unit: np.ndarray, norm: np.ndarray, clamped: np.ndarray) -> np.ndarray:
     """The gradient of ``x / max(|x|, 1e-8)`` (norm over the first axis): ``clamped`` the clamped norm."""
-    return (grad - unit * ((unit * grad).sum(0) * (norm > 1e-8))) / clamped
+    return (grad - unit * (_dot(unit, grad) * (norm > 1e-8))) / clamped
 
 
 def _matmul(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -180,12 +184,12 @@ def _rotation_forward(x: np.ndarray) -> tuple[np.ndarray, tuple]:
     """(6, B) two columns -> (3, 3, B) rotations (columns e1, e2, e1 x e2 by Gram-Schmidt) and what
     the backward pass needs."""
     a, b = x[:3], x[3:]
-    na = np.sqrt((a * a).sum(0))
+    na = np.sqrt(_dot(a, a))
     nac = np.maximum(na, 1e-8)
     e1 = a / nac
-    dot = (e1 * b).sum(0)
+    dot = _dot(e1, b)
     bp = b - dot * e1
-    nb = np.sqrt((bp * bp).sum(0))
+    nb = np.sqrt(_dot(bp, bp))
     nbc = np.maximum(nb, 1e-8)
     e2 = bp / nbc
     return np.stack([e1, e2, _cross(e1, e2)], axis=1), (b, e1, e2, dot, na, nac, nb, nbc)
@@ -197,7 +201,7 @@ def _rotation_backward(grad: np.ndarray, cache: tuple) -> np.ndarray:
     de1 = grad[:, 0] + _cross(e2, grad[:, 2])
     de2 = grad[:, 1] + _cross(grad[:, 2], e1)
     dbp = _unit_backward(de2, e2, nb, nbc)
-    ddot = -(dbp * e1).sum(0)
+    ddot = -_dot(dbp, e1)
     de1 = de1 - dot * dbp + ddot * b
     return np.concatenate([_unit_backward(de1, e1, na, nac), dbp + ddot * e1])
 
@@ -211,24 +215,24 @@ def rotation_from_6d(x: np.ndarray) -> np.ndarray:
 def _rodrigues_forward(v: np.ndarray) -> tuple[np.ndarray, tuple]:
     """(3, N) axis-angles -> (3, 3, N) rotations ``cos I + sin [r]x + (1 - cos) r r^T`` with the 1e-8
     guard of ``smplx.lbs.batch_rodrigues`` (as :func:`hoigen.grasp.skin.rodrigues`)."""
+    cross_map, eye = _CROSS_MAP.astype(v.dtype), _EYE9.astype(v.dtype)
     vp = v + 1e-8
-    angle = np.sqrt((vp * vp).sum(0))
+    angle = np.sqrt(_dot(vp, vp))
     r = v / angle
     cos, sin = np.cos(angle), np.sin(angle)
-    rot = (1 - cos) * (r[:, None] * r[None])
-    rot[_DIAG] += cos
-    rot[_KROW, _KCOL] += (sin * r)[_KAXIS] * _KSIGN.astype(v.dtype)
-    return rot, (v, vp, angle, r, cos, sin)
+    flat = (1 - cos) * (r[:, None] * r[None]).reshape(9, -1) + eye * cos + cross_map @ (sin * r)
+    return flat.reshape(3, 3, -1), (v, vp, angle, r, cos, sin)
 
 
 def _rodrigues_backward(grad: np.ndarray, cache: tuple) -> np.ndarray:
     """(3, 3, N) gradient of the rotations -> (3, N) gradient of the axis-angles."""
     v, vp, angle, r, cos, sin = cache
-    skew = grad[_SKEW_A, _SKEW_B] - grad[_SKEW_B, _SKEW_A]
-    sym = _mv(grad, r) + (grad * r[:, None]).sum(0)  # (D + D^T) r
-    d_cos = np.trace(grad) - 0.5 * (r * sym).sum(0)
+    flat = grad.reshape(9, -1)
+    skew = _CROSS_MAP.T.astype(v.dtype) @ flat  # the gradient through [r]x
+    sym = _mv(grad, r) + _mv(grad.transpose(1, 0, 2), r)  # (D + D^T) r
+    d_cos = flat[0] + flat[4] + flat[8] - 0.5 * _dot(r, sym)
     dr = sin * skew + (1 - cos) * sym
-    d_angle = cos * (r * skew).sum(0) - sin * d_cos - (dr * v).sum(0) / (angle * angle)
+    d_angle = cos * _dot(r, skew) - sin * d_cos - _dot(dr, v) / (angle * angle)
     return dr / angle + d_angle * vp / angle
 
 
@@ -267,8 +271,9 @@ class _Constants:
         self.slack = cast(problem.slack)
         self.centre = cast(np.asarray(problem.centre).reshape(3, 1, 1))
         self.step = cast(problem.normal_step.T[:, None, :, None])  # (3, 1, 6, 1)
-        self.pair_map = tensor(problem.pair_map_level)
-        self.pair_map_t = tensor(problem.pair_map_level.T)
+        self.sphere_map = tensor(problem.sphere_map_level)  # (S, 21)
+        self.sphere_map_t = tensor(problem.sphere_map_level.T)
+        self.incidence_t = cast(problem.pair_incidence.T)  # (pairs, S)
         if skin.has_blend:
             self.points = cast(skin.points.double().numpy()[:, :, None])  # (P, 3, 1)
             self.weights = tensor(skin.weights_level.double().numpy())
@@ -315,17 +320,20 @@ class GraspProblem:
                     owners.append(k)
         n = len(owners)
         t = np.asarray(SPHERE_T * (n // len(SPHERE_T)))
-        # sphere centres and the differences of every pair on different fingers (each once) as linear
-        # maps of the 21 points (16 joints + 5 tips): one matrix product instead of gathers
+        # sphere centres as a linear map of the 21 points (16 joints + 5 tips); the pairs on different
+        # fingers (each once) are differences of two centres
         self.sphere_map = np.zeros((n, 21))  # (S, 21)
         self.sphere_map[np.arange(n), starts] = 1.0 - t
         self.sphere_map[np.arange(n), ends] += t
         self.sphere_owner = np.asarray(owners)
         first, second = np.triu_indices(n, k=1)
         other = self.sphere_owner[first] != self.sphere_owner[second]
-        self.pair_map = self.sphere_map[first[other]] - self.sphere_map[second[other]]  # (pairs, 21), MANO order
-        # the same with the 16 joints in the skin's level order (the order the chain computes them in)
-        self.pair_map_level = self.pair_map[:, np.concatenate([self.skin.order.numpy(), np.arange(16, 21)])]
+        self.pairs = np.stack([first[other], second[other]])  # (2, pairs): spheres on different fingers, once
+        self.pair_incidence = np.zeros((n, self.pairs.shape[1]))  # (S, pairs): +1 first sphere, -1 second
+        self.pair_incidence[self.pairs[0], np.arange(self.pairs.shape[1])] = 1.0
+        self.pair_incidence[self.pairs[1], np.arange(self.pairs.shape[1])] = -1.0
+        # the sphere map with the 16 joints in the skin's level order (the order the chain computes them in)
+        self.sphere_map_level = self.sphere_map[:, np.concatenate([self.skin.order.numpy(), np.arange(16, 21)])]
         self.normal_step = np.concatenate([np.eye(3), -np.eye(3)]) * (0.5 * sdf.spacing)  # (6, 3)
         self.prior = 0.5 * (np.asarray(self.space.open_angles()) + np.asarray(self.space.fist_angles()))
         self.pose_order = self.skin._pose_order.numpy()  # level order -> hand_pose row (joints 1..15)
@@ -369,7 +377,7 @@ class GraspProblem:
         nt, nk = self.n_tips, self.n_tips + 1  # tips; tips and the palm centre (the contacts)
         # -- forward: rotation, joint space, Rodrigues (component-major: (3, ...) and (3, 3, ...)) ----
         rot, rot_cache = _rotation_forward(rot6.T)  # (3, 3, B)
-        a_level = angles.transpose(2, 1, 0)[:, self.pose_order]  # (3, 15, B), joints in level order
+        a_level = angles.transpose(2, 1, 0).take(self.pose_order, 1)  # (3, 15, B), joints in level order
         pose = (k.axes * a_level[:, None]).sum(0)  # (3, 15, B) MANO axis-angles
         local, rod_cache = _rodrigues_forward(pose.reshape(3, -1))
         local = local.reshape(3, 3, 15, b)
@@ -391,7 +399,7 @@ class GraspProblem:
             g[:, :, s0:s1] = _mm(gp, local[:, :, s0 - 1 : s1 - 1])
             j[:, s0:s1] = jp + _mv(gp, k.bone[:, s0:s1])
         s_[...] = j - _mv(g, k.rest[0])
-        placed = _mm(rot[:, :, None], m)  # (3, 5, 16, B): the rigid placement folded into the transforms
+        placed = np.einsum("ijb,jkcb->ikcb", rot, m)  # (3, 5, 16, B): the rigid placement folded into the transforms
         placed[:, 3:] += transl.T[:, None, None]
         n_pts = len(self.ids)
         if blend := self.skin.has_blend:
@@ -412,7 +420,7 @@ class GraspProblem:
         d_tips, d_palm, d_rest = value[:, :nt], value[:, nt], value[:, nk:n_pts]
         probed = value[:, n_pts:].reshape(b, 6, nk)
         diff = (probed[:, :3] - probed[:, 3:]).transpose(1, 0, 2)  # (3, B, K)
-        norm = np.sqrt((diff * diff).sum(0))
+        norm = np.sqrt(_dot(diff, diff))
         norm_c = np.maximum(norm, 1e-8)
         inward = diff / norm_c
         arm = (contacts - k.centre) / self.radius
@@ -423,8 +431,9 @@ class GraspProblem:
         excess = lo_excess + hi_excess
         off_prior = angles - k.prior
         key = np.concatenate([joints.transpose(1, 0, 2), pts[:, :, :nt].transpose(2, 0, 1)]).reshape(21, -1)
-        gap = _matmul(k.pair_map, key).reshape(-1, 3, b)  # (pairs, 3, B)
-        sq = (gap * gap).sum(1)
+        centres = _matmul(k.sphere_map, key)  # (S, 3 B) sphere centres
+        gap = (centres.take(self.pairs[0], 0) - centres.take(self.pairs[1], 0)).reshape(-1, 3, b)  # (pairs, 3, B)
+        sq = np.einsum("pcb,pcb->pb", gap, gap)
         dist = np.sqrt(np.maximum(sq, 1e-12))
         reach = 2 * SPHERE_R - dist
         terms = {
@@ -466,8 +475,8 @@ class GraspProblem:
         d_joints = np.zeros((3, 16, b), dt)
         if len(touch):
             coef = (reach[touch] > 0) * (-weight["self_collision"]) / dist[touch] * (sq[touch] > 1e-12)
-            d_key = _matmul(k.pair_map_t[:, touch], (coef[:, None] * gap[touch]).reshape(len(touch), -1))
-            d_key = d_key.reshape(21, 3, b)
+            d_centres = _matmul(k.incidence_t[touch].T, (coef[:, None] * gap[touch]).reshape(len(touch), -1))
+            d_key = _matmul(k.sphere_map_t, d_centres).reshape(21, 3, b)
             d_joints += d_key[:16].transpose(1, 0, 2)
             d_pts[:, :, :nt] += d_key[16:].transpose(1, 2, 0)
         # -- skinning -> the placed transforms ----------------------------------------------------------
@@ -486,8 +495,8 @@ class GraspProblem:
             d_placed[:, :4] = d_a.reshape(3, b, 16, 4).transpose(0, 3, 2, 1)
         d_placed[:, 4] = d_joints
         d_transl = d_placed[:, 3:].sum((1, 2))  # (3, B)
-        d_rot = (d_placed[:, None] * m[None]).sum((2, 3))  # (3, 3, B)
-        d_m = _mtm(rot[:, :, None], d_placed)  # (3, 5, 16, B)
+        d_rot = np.einsum("ickb,lckb->ilb", d_placed, m)  # (3, 3, B)
+        d_m = np.einsum("ilb,ickb->lckb", rot, d_placed)  # (3, 5, 16, B)
         d_g, d_s, d_j = d_m[:, :3], d_m[:, 3], d_m[:, 4]
         d_j += d_s
         d_g -= d_s[:, None] * k.rest
