@@ -399,18 +399,19 @@ class GraspProblem:
             g[:, :, s0:s1] = _mm(gp, local[:, :, s0 - 1 : s1 - 1])
             j[:, s0:s1] = jp + _mv(gp, k.bone[:, s0:s1])
         s_[...] = j - _mv(g, k.rest[0])
-        placed = np.einsum("ijb,jkcb->ikcb", rot, m)  # (3, 5, 16, B): the rigid placement folded into the transforms
-        placed[:, 3:] += transl.T[:, None, None]
+        # the rigid placement folded into the transforms: (3, B, 16, 5), each joint's (R G | R S + T | R J + T)
+        placed = np.einsum("ijb,jkcb->ibck", rot, m)
+        placed[..., 3:] += transl.T[:, :, None, None]
         n_pts = len(self.ids)
         if blend := self.skin.has_blend:
             feature = (local - k.eye[..., None]).transpose(3, 2, 0, 1).reshape(b, -1)  # (B, 15 * 9)
             posed = k.points + _matmul(feature, k.posedirs).reshape(b, n_pts, 3).transpose(1, 2, 0)  # (P, 3, B)
-            tm = _matmul(k.weights, placed[:, :4].transpose(2, 0, 1, 3).reshape(16, -1)).reshape(n_pts, 3, 4, b)
+            tm = _matmul(k.weights, placed[..., :4].transpose(2, 0, 3, 1).reshape(16, -1)).reshape(n_pts, 3, 4, b)
             pts = ((tm[:, :, :3] * posed[:, None]).sum(2) + tm[:, :, 3]).transpose(1, 2, 0)  # (3, B, P)
         else:  # every point a fixed linear function of the transforms: one product
-            a_t = placed[:, :4].transpose(0, 3, 2, 1).reshape(3 * b, 64)
+            a_t = placed[..., :4].reshape(3 * b, 64)
             pts = _matmul(a_t, k.lbs_t).reshape(3, b, n_pts)
-        joints = placed[:, 4]  # (3, 16, B) placed joints, level order
+        joints = placed[..., 4]  # (3, B, 16) placed joints, level order
         # -- the grid lookup of the hand points and the normals' central-difference probes ------------
         contacts = pts[:, :, :nk]  # (3, B, K)
         probes = (contacts[:, :, None] + k.step).reshape(3, b, -1)  # (3, B, 6 K)
@@ -430,7 +431,7 @@ class GraspProblem:
         hi_excess = np.maximum(angles - k.upper, 0)
         excess = lo_excess + hi_excess
         off_prior = angles - k.prior
-        key = np.concatenate([joints.transpose(1, 0, 2), pts[:, :, :nt].transpose(2, 0, 1)]).reshape(21, -1)
+        key = np.concatenate([joints.transpose(2, 0, 1), pts[:, :, :nt].transpose(2, 0, 1)]).reshape(21, -1)
         centres = _matmul(k.sphere_map, key)  # (S, 3 B) sphere centres
         gap = (centres.take(self.pairs[0], 0) - centres.take(self.pairs[1], 0)).reshape(-1, 3, b)  # (pairs, 3, B)
         sq = np.einsum("pcb,pcb->pb", gap, gap)
@@ -472,12 +473,12 @@ class GraspProblem:
             d_pts[1] -= (under > 0) * (weight["penetration"] / 10)
         # self-collision: only the pairs that touch in some candidate have a gradient
         touch = np.flatnonzero((reach > 0).any(1))
-        d_joints = np.zeros((3, 16, b), dt)
+        d_joints = np.zeros((3, b, 16), dt)
         if len(touch):
             coef = (reach[touch] > 0) * (-weight["self_collision"]) / dist[touch] * (sq[touch] > 1e-12)
             d_centres = _matmul(k.incidence_t[touch].T, (coef[:, None] * gap[touch]).reshape(len(touch), -1))
             d_key = _matmul(k.sphere_map_t, d_centres).reshape(21, 3, b)
-            d_joints += d_key[:16].transpose(1, 0, 2)
+            d_joints += d_key[:16].transpose(1, 2, 0)
             d_pts[:, :, :nt] += d_key[16:].transpose(1, 2, 0)
         # -- skinning -> the placed transforms ----------------------------------------------------------
         d_placed = np.empty_like(placed)
@@ -487,16 +488,15 @@ class GraspProblem:
             d_tm = np.empty_like(tm)
             d_tm[:, :, :3] = dp[:, :, None] * posed[:, None]
             d_tm[:, :, 3] = dp
-            d_placed[:, :4] = _matmul(k.weights_t, d_tm.reshape(n_pts, -1)).reshape(16, 3, 4, b).transpose(1, 2, 0, 3)
+            d_placed[..., :4] = _matmul(k.weights_t, d_tm.reshape(n_pts, -1)).reshape(16, 3, 4, b).transpose(1, 3, 0, 2)
             d_posed = (tm[:, :, :3] * dp[:, :, None]).sum(1)  # (P, 3, B)
             d_feature = _matmul(np.ascontiguousarray(d_posed.transpose(2, 0, 1)).reshape(b, -1), k.posedirs_t)
         else:
-            d_a = _matmul(np.ascontiguousarray(d_pts).reshape(3 * b, n_pts), k.lbs)  # (3 B, 64)
-            d_placed[:, :4] = d_a.reshape(3, b, 16, 4).transpose(0, 3, 2, 1)
-        d_placed[:, 4] = d_joints
-        d_transl = d_placed[:, 3:].sum((1, 2))  # (3, B)
-        d_rot = np.einsum("ickb,lckb->ilb", d_placed, m)  # (3, 3, B)
-        d_m = np.einsum("ilb,ickb->lckb", rot, d_placed)  # (3, 5, 16, B)
+            d_placed[..., :4] = _matmul(d_pts.reshape(3 * b, n_pts), k.lbs).reshape(3, b, 16, 4)
+        d_placed[..., 4] = d_joints
+        d_transl = d_placed[..., 3:].sum((2, 3))  # (3, B)
+        d_rot = np.einsum("ibck,lkcb->ilb", d_placed, m)  # (3, 3, B)
+        d_m = np.einsum("ilb,ibck->lkcb", rot, d_placed)  # (3, 5, 16, B)
         d_g, d_s, d_j = d_m[:, :3], d_m[:, 3], d_m[:, 4]
         d_j += d_s
         d_g -= d_s[:, None] * k.rest
