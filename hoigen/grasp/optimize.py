@@ -50,6 +50,7 @@ float64 in the tests that check the gradient against finite differences).
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -341,6 +342,9 @@ class GraspProblem:
         self._levels = [(int(s), int(s + m)) for s, m in zip(np.cumsum([1, *sizes[:-1]]), sizes, strict=True)]
         self._level_parent = [None if p is None else p.numpy() for p in self.skin.level_parent]
         self._constants: dict[np.dtype, _Constants] = {}
+        # the SDF lookup: rows (3, n) -> values (n,), gradients (3, n) or None, in the rows' dtype (float32;
+        # the tests put a float64 one here to compare the gradient with finite differences)
+        self.lookup = functools.partial(_sdf_lookup, sdf)
 
     def constants(self, dtype) -> _Constants:
         """The constant arrays in ``dtype`` (made once per dtype)."""
@@ -416,7 +420,7 @@ class GraspProblem:
         contacts = pts[:, :, :nk]  # (3, B, K)
         probes = (contacts[:, :, None] + k.step).reshape(3, b, -1)  # (3, B, 6 K)
         rows = np.concatenate([pts, probes], axis=2).reshape(3, -1)
-        value, value_grad = _sdf_lookup(self.sdf, rows, grad)
+        value, value_grad = self.lookup(rows, grad)
         value = value.reshape(b, -1)
         d_tips, d_palm, d_rest = value[:, :nt], value[:, nt], value[:, nk:n_pts]
         probed = value[:, n_pts:].reshape(b, 6, nk)
