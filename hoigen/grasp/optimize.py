@@ -288,7 +288,7 @@ class _Constants:
             self.posedirs_t = tensor(skin.posedirs_level.double().numpy().T)
         else:
             self.lbs = tensor(skin.lbs_matrix.double().numpy())  # (P, 64)
-            self.lbs_t = tensor(skin.lbs_matrix_t.double().numpy())
+            self.lbs_t = tensor(skin.lbs_matrix.double().numpy().T)
 
 
 class GraspProblem:
