@@ -3,10 +3,10 @@
 Each candidate is a rigid placement (rotation as a 6-D two-column representation, Zhou et al. CVPR
 2019; translation in metres) and finger angles ``a`` (15, 3) in the hand's joint space
 (flexion, abduction, twist per joint; :class:`hoigen.hand.limits.JointSpace`, or a box around
-MANO's axis-angles when that module is absent). The hand points are skinned with
-:class:`hoigen.grasp.skin.HandSkin` (a subsample of the vertices plus the fingertips), placed by
-``R p + T`` in the object's mesh frame, and their signed distances ``d`` (positive inside) come
-from the object's :class:`hoigen.objects.sdf.SDFGrid`.
+MANO's axis-angles when that module is absent). The hand points (a subsample of the vertices plus
+the fingertips) are skinned as :class:`hoigen.grasp.skin.HandSkin` skins them, placed by ``R p + T``
+in the object's mesh frame, and their signed distances ``d`` (positive inside) come from the
+object's :class:`hoigen.objects.sdf.SDFGrid`.
 
 The energy of a candidate, minimised with Adam for a fixed number of steps::
 
