@@ -23,8 +23,9 @@ Building the grid (about 0.1 s for ~250k cells):
 
 Outside the grid a query returns the value at the nearest grid point minus the distance to the
 grid, so the value keeps falling (and the gradient keeps pointing back) away from the object.
-Queries work on axis-major rows, (3, n) coordinates and (8, n) cell corners gathered from an
-(8, cells) table, with the gradient in closed form; ``query_axis_major`` takes (3, ...) points as
+Queries work on axis-major rows, (3, n) coordinates, with the gradient in closed form: one numpy
+implementation (``SDFGrid.lookup_np``; a cell's eight corners are one 32-byte row of a (cells, 8)
+table) that the torch queries wrap without copies; ``query_axis_major`` takes (3, ...) points as
 they are, ``query`` (..., 3) points through one strided copy.
 Grids are cached per (mesh sha256, resolution) in the process.
 """
@@ -59,19 +60,18 @@ class SDFGrid:
         self.origin = np.asarray(origin, dtype=np.float64).reshape(3)
         self.spacing = float(spacing)
         self.shape = tuple(int(s) for s in self.values.shape)
-        self._volume = torch.from_numpy(self.values.copy())[None, None]  # (1, 1, nx, ny, nz)
-        self._flat = self._volume.reshape(-1)
+        self._volume = torch.from_numpy(self.values.copy())[None, None]  # (1, 1, nx, ny, nz), grid_sample's
         self._origin_t = torch.tensor(self.origin, dtype=torch.float32)
         self._upper = torch.tensor([s - 1 for s in self.shape], dtype=torch.float32)
         nx, ny, nz = self.shape
-        self._strides = torch.tensor([ny * nz, nz, 1], dtype=torch.long)
-        # flat offsets of a cell's eight corners, ordered (dx, dy, dz) = 000, 001, 010, ..., 111
-        corners = torch.tensor([[dx, dy, dz] for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)], dtype=torch.long)
-        self._corner_offsets = corners @ self._strides
-        self._last_cell_f = torch.tensor([max(s - 2, 0) for s in self.shape], dtype=torch.float32)
-        self._strides_f = self._strides.to(torch.float32)
+        # float32 constants of the lookup (its arithmetic is float32 throughout)
+        self._spacing32 = np.float32(self.spacing)
+        self._origin32 = self.origin.astype(np.float32)[:, None]
+        self._upper32 = np.array([s - 1 for s in self.shape], dtype=np.float32)[:, None]
+        self._last_cell32 = np.array([max(s - 2, 0) for s in self.shape], dtype=np.float32)[:, None]
+        self._strides = (ny * nz, nz)  # flat index of grid point (i, j, k): i * ny * nz + j * nz + k
         self._float_index = nx * ny * nz < 2**24  # flat cell indices are exact in float32
-        self._table: torch.Tensor | None = None
+        self._table: np.ndarray | None = None
 
     @classmethod
     def from_mesh(
@@ -159,55 +159,85 @@ class SDFGrid:
         )
         return (v.view(-1) - outside).reshape(shape)
 
-    def _corner_table(self) -> torch.Tensor:
-        """(8, cells): the values at the eight corners of the cell starting at each grid point (made on
-        first use; one gather along the last axis gives the (8, n) corner rows of n queries at once)."""
+    def _corner_table(self) -> np.ndarray:
+        """(cells, 8) float32: the values at the eight corners, ordered (dx, dy, dz) = 000, 001, 010,
+        ..., 111, of the cell starting at each grid point (made on first use; one 32-byte row per
+        query point: ``take`` along axis 0 gathers a query's corners at once)."""
         if self._table is None:
-            pad = int(self._corner_offsets.max())
-            flat = torch.cat([self._flat, self._flat.new_zeros(pad)])
-            self._table = torch.stack([flat[int(o) : int(o) + len(self._flat)] for o in self._corner_offsets])
+            flat = self.values.reshape(-1)
+            ny_nz, nz = self._strides
+            offsets = [dx * ny_nz + dy * nz + dz for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)]
+            padded = np.concatenate([flat, np.zeros(offsets[-1], dtype=np.float32)])
+            table = np.empty((len(flat), 8), dtype=np.float32)
+            for k, o in enumerate(offsets):
+                table[:, k] = padded[o : o + len(flat)]
+            self._table = table
         return self._table
 
-    def _interpolate(self, pts: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Values (n,) at points given as (3, n) rows and, with ``with_grad``, their gradients (3, n)
-        (no autograd).
+    def lookup_np(self, rows: np.ndarray, with_grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Trilinear values (n,) float32 at points given as (3, n) rows and, with ``with_grad``, their
+        gradients (3, n) float32: the one implementation of the lookup (the torch queries wrap it).
 
-        Works on contiguous (3, n) and (8, n) arrays so that every elementwise op and every sum over
-        the three axes runs over whole rows (an (n, 3) layout makes each a slow, strided pass); the
-        eight corners come from one gather in the (8, cells) corner table."""
-        u = (pts - self._origin_t[:, None]) / self.spacing
-        uc = torch.minimum(torch.clamp(u, min=0.0), self._upper[:, None])
-        off = u - uc  # nonzero outside the grid
-        outside = (off * off).sum(0).sqrt()
-        cell = torch.minimum(uc.floor(), self._last_cell_f[:, None])  # uc >= 0: floor is truncation
+        float32 arithmetic in a fixed order, each op exactly rounded (the distance to the grid's
+        square root is torch's, whose SLEEF kernel is not always the correctly rounded value;
+        sums over the three axes add rows 0, 1, 2 left to right). The eight corners of each point's
+        cell come from one gather of 32-byte rows in the (cells, 8) corner table; the first
+        interpolation level reads them strided and writes contiguous (4, n) rows, after which every
+        op runs over whole rows. Outside the grid a point takes the value at the nearest grid point
+        minus its distance to the grid (those terms are skipped when no point is outside: they are
+        exact zeros then)."""
+        rows = np.ascontiguousarray(rows, dtype=np.float32).reshape(3, -1)
+        n = rows.shape[1]
+        u = (rows - self._origin32) / self._spacing32
+        uc = np.clip(u, np.float32(0.0), self._upper32)
+        cell = np.clip(np.floor(uc), np.float32(0.0), self._last_cell32)  # uc >= 0: floor is truncation
         f = uc - cell
         fx, fy, fz = f[0], f[1], f[2]
-        if self._float_index:  # exact integers in float32: three row ops and one conversion
-            base = (cell * self._strides_f[:, None]).sum(0).to(torch.int32)
+        ny_nz, nz = self._strides
+        if self._float_index:  # exact integers in float32
+            base = (cell[0] * np.float32(ny_nz) + cell[1] * np.float32(nz) + cell[2]).astype(np.int32)
         else:
-            base = (cell.to(torch.long) * self._strides[:, None]).sum(0)
-        v = self._corner_table().index_select(1, base)  # (8, n), rows (dx, dy, dz) = 000, 001, ..., 111
-        dz = v[1::2] - v[0::2]  # (4, n), rows (dx, dy) = 00, 01, 10, 11
-        vz = v[0::2] + fz * dz
+            c = cell.astype(np.int64)
+            base = c[0] * ny_nz + c[1] * nz + c[2]
+        # (8, n) view, rows (dx, dy, dz) = 000, 001, ..., 111 ("clip": base is in range, skip the checks)
+        v = self._corner_table().take(base, axis=0, mode="clip").T
+        dz = np.subtract(v[1::2], v[0::2], out=np.empty((4, n), dtype=np.float32))  # rows (dx, dy) = 00, ..., 11
+        vz = np.add(v[0::2], fz * dz, out=np.empty((4, n), dtype=np.float32))
         dy = vz[1::2] - vz[0::2]  # (2, n), rows dx = 0, 1
         vy = vz[0::2] + fy * dy
-        dx = vy[1] - vy[0]
-        value = vy[0] + fx * dx - outside * self.spacing
+        grad = np.empty((3, n), dtype=np.float32)  # rows d/dx, d/dy, d/dz of the interpolation, then the gradient
+        dx = np.subtract(vy[1], vy[0], out=grad[0])
+        value = vy[0] + fx * dx
+        off = u - uc  # nonzero on an axis where the point is outside the grid
+        outside = off.any()
+        if outside:
+            o2 = off * off
+            dist = o2[0] + o2[1] + o2[2]
+            zero = dist == 0  # torch's sqrt (see above) is slow at 0: take it at 1 there, then zero it
+            dist = torch.from_numpy(dist + zero).sqrt().numpy() * ~zero
+            value -= dist * self._spacing32
         if not with_grad:
             return value, None
-        gy = dy[0] + fx * (dy[1] - dy[0])
+        np.add(dy[0], fx * (dy[1] - dy[0]), out=grad[1])
         dzy = dz[0::2] + fy * (dz[1::2] - dz[0::2])  # (2, n), rows dx = 0, 1
-        gz = dzy[0] + fx * (dzy[1] - dzy[0])
-        inside = 1.0 - off.abs().sign()  # 1 where the axis is not clamped (a float mask: cheaper than off == 0)
-        grad = torch.stack([dx, gy, gz]) * inside / self.spacing  # clamped axes: no interpolation gradient
-        grad = grad - off / outside.clamp(min=1e-12)
+        np.add(dzy[0], fx * (dzy[1] - dzy[0]), out=grad[2])
+        if outside:  # clamped axes: no interpolation gradient (a 0/1 mask), the distance's instead
+            grad *= (off == 0).astype(np.float32)
+            grad /= self._spacing32
+            grad -= off / np.maximum(dist, np.float32(1e-12))
+        else:
+            grad /= self._spacing32
         return value, grad
+
+    def _interpolate(self, pts: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`lookup_np` of (3, n) float32 torch rows (no autograd; zero-copy both ways)."""
+        value, grad = self.lookup_np(pts.detach().numpy(), with_grad)
+        return torch.from_numpy(value), None if grad is None else torch.from_numpy(grad)
 
     def query_np(self, points: np.ndarray) -> np.ndarray:
         """Numpy convenience: signed distance (n,) of points (n, 3) (float64 out)."""
-        with torch.no_grad():
-            t = torch.as_tensor(np.asarray(points, dtype=np.float32).reshape(-1, 3))
-            return self.query(t).numpy().astype(np.float64)
+        rows = np.asarray(points, dtype=np.float32).reshape(-1, 3).T
+        return self.lookup_np(rows, with_grad=False)[0].astype(np.float64)
 
     def gradient(self, points: torch.Tensor) -> torch.Tensor:
         """d(signed distance)/d(point) (..., 3): points **into** the object (positive inside)."""
