@@ -36,7 +36,8 @@ The energy and its gradient are computed in numpy by hand (:meth:`GraspProblem.e
 the forward pass keeps its intermediates and the backward pass applies the chain rule through the
 6-D rotation's Gram-Schmidt, the joint space's linear map, Rodrigues' formula, the kinematic chain
 (one tree level at a time), linear blend skinning (one matrix product, or MANO's pose blend shapes),
-the SDF's trilinear lookup (its closed-form gradient, also at the normals' probes) and every term.
+the SDF's trilinear lookup (:meth:`hoigen.objects.sdf.SDFGrid.lookup_np`: values and their
+closed-form gradient, also at the normals' probes) and every term.
 A step at 48 candidates is a few hundred small array operations, so their count sets its cost
 (torch's autograd spent ~6 us an operation on dispatch and graph bookkeeping). Small 3x3 products
 run component-major, ``(3, 3, ...)`` arrays multiplied and summed over whole rows; the few large
@@ -50,7 +51,6 @@ float64 in the tests that check the gradient against finite differences).
 from __future__ import annotations
 
 import contextlib
-import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -242,16 +242,6 @@ def _rodrigues_backward(grad: np.ndarray, cache: tuple) -> np.ndarray:
     return dr / angle + d_angle * vp / angle
 
 
-def _sdf_lookup(grid: SDFGrid, rows: np.ndarray, with_grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Values (n,) and, with ``with_grad``, gradients (3, n) of the grid at points given as (3, n) rows."""
-    lookup = getattr(grid, "lookup_np", None)
-    if lookup is not None and rows.dtype == np.float32:
-        return lookup(rows, with_grad)
-    with torch.no_grad():  # the torch lookup on the same memory (and for float64 rows)
-        value, grad = grid._interpolate(torch.from_numpy(rows), with_grad)
-    return value.numpy(), None if grad is None else grad.numpy()
-
-
 class _Constants:
     """The problem's constant arrays in one dtype, laid out for :meth:`GraspProblem.energy_and_grad`."""
 
@@ -347,9 +337,9 @@ class GraspProblem:
         self._levels = [(int(s), int(s + m)) for s, m in zip(np.cumsum([1, *sizes[:-1]]), sizes, strict=True)]
         self._level_parent = [None if p is None else p.numpy() for p in self.skin.level_parent]
         self._constants: dict[np.dtype, _Constants] = {}
-        # the SDF lookup: rows (3, n) -> values (n,), gradients (3, n) or None, in the rows' dtype (float32;
-        # the tests put a float64 one here to compare the gradient with finite differences)
-        self.lookup = functools.partial(_sdf_lookup, sdf)
+        # the SDF lookup: (3, n) rows -> values (n,) and gradients (3, n) or None, in the rows' dtype: the
+        # grid's float32 lookup (the tests put a float64 one here to compare with finite differences)
+        self.lookup = sdf.lookup_np
 
     def constants(self, dtype) -> _Constants:
         """The constant arrays in ``dtype`` (made once per dtype)."""
