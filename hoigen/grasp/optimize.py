@@ -174,7 +174,8 @@ def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _unit_backward(grad: np.ndarray, unit: np.ndarray, norm: np.ndarray, clamped: np.ndarray) -> np.ndarray:
-    """The gradient of ``x / max(|x|, 1e-8)`` (norm over the first axis): ``clamped`` the clamped norm."""
+    """The gradient of ``unit = x / max(|x|, 1e-8)`` (norms over the first axis) given ``norm`` = |x| and
+    ``clamped`` = max(|x|, 1e-8)."""
     return (grad - unit * (_dot(unit, grad) * (norm > 1e-8))) / clamped
 
 
@@ -226,6 +227,7 @@ def _rodrigues_forward(v: np.ndarray) -> tuple[np.ndarray, tuple]:
     angle = np.sqrt(_dot(vp, vp))
     r = v / angle
     cos, sin = np.cos(angle), np.sin(angle)
+    # (9, 3) @ (3, N): small enough that OpenBLAS runs it on one thread
     flat = (1 - cos) * (r[:, None] * r[None]).reshape(9, -1) + eye * cos + cross_map @ (sin * r)
     return flat.reshape(3, 3, -1), (v, vp, angle, r, cos, sin)
 
