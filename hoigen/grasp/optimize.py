@@ -1,12 +1,12 @@
-"""Batched grasp optimisation in torch: many candidates per object at once, no learned weights.
+"""Batched grasp optimisation in numpy: many candidates per object at once, no learned weights.
 
 Each candidate is a rigid placement (rotation as a 6-D two-column representation, Zhou et al. CVPR
 2019; translation in metres) and finger angles ``a`` (15, 3) in the hand's joint space
 (flexion, abduction, twist per joint; :class:`hoigen.hand.limits.JointSpace`, or a box around
-MANO's axis-angles when that module is absent). The hand points are skinned with
-:class:`hoigen.grasp.skin.HandSkin` (a subsample of the vertices plus the fingertips), placed by
-``R p + T`` in the object's mesh frame, and their signed distances ``d`` (positive inside) come
-from the object's :class:`hoigen.objects.sdf.SDFGrid`.
+MANO's axis-angles when that module is absent). The hand points (a subsample of the vertices plus
+the fingertips) are skinned as :class:`hoigen.grasp.skin.HandSkin` skins them, placed by ``R p + T``
+in the object's mesh frame, and their signed distances ``d`` (positive inside) come from the
+object's :class:`hoigen.objects.sdf.SDFGrid`.
 
 The energy of a candidate, minimised with Adam for a fixed number of steps::
 
@@ -28,16 +28,24 @@ The energy of a candidate, minimised with Adam for a fixed number of steps::
 produce friction. The normals come from central differences of the SDF grid, so the force-closure
 term is differentiable in the contact positions. Candidates start with the palm facing a sampled
 surface point (per-category preferences in :mod:`hoigen.grasp.synth`), a little away from it,
-fingers a third of the way closed. Adam runs a fixed number of steps with no random numbers (one
-torch thread), and the final angles are clamped into the joint limits. Default weights and step
-sizes are in :class:`EnergyWeights` and :class:`OptimiseSettings`.
+fingers a third of the way closed. Adam runs a fixed number of steps with no random numbers, and
+the final angles are clamped into the joint limits. Default weights and step sizes are in
+:class:`EnergyWeights` and :class:`OptimiseSettings`.
 
-A step at 48 candidates is a few hundred small torch operations, so their count and memory layout
-set its cost: the hand points are skinned axis-major, (3, B, P), straight into the grid lookup
-(:meth:`hoigen.objects.sdf.SDFGrid.query_axis_major`), sums over the three axes add whole rows, and
-the joint space's constants are converted once (:func:`hoigen.hand.limits.torch_constant`). Every
-such change is bit-identical to the point-major formulation (``tests/test_grasp_speed.py`` compares
-energies and gradients bit for bit).
+The energy and its gradient are computed in numpy by hand (:meth:`GraspProblem.energy_and_grad`):
+the forward pass keeps its intermediates and the backward pass applies the chain rule through the
+6-D rotation's Gram-Schmidt, the joint space's linear map, Rodrigues' formula, the kinematic chain
+(one tree level at a time), linear blend skinning (one matrix product, or MANO's pose blend shapes),
+the SDF's trilinear lookup (:meth:`hoigen.objects.sdf.SDFGrid.lookup_np`: values and their
+closed-form gradient, also at the normals' probes) and every term.
+A step at 48 candidates is a few hundred small array operations, so their count sets its cost
+(torch's autograd spent ~6 us an operation on dispatch and graph bookkeeping). Small 3x3 products
+run component-major, ``(3, 3, ...)`` arrays multiplied and summed over whole rows; the few large
+products go through ``torch.mm`` on the same memory (one torch thread, where numpy's OpenBLAS
+would start a second thread). The skinning here is the optimiser's own; it reuses the precomputed
+buffers of :class:`hoigen.grasp.skin.HandSkin` (levels, bones, skinning matrix, blend shapes), whose
+torch forward serves the metrics. The implementation is dtype-generic (float32 in the optimiser,
+float64 in the tests that check the gradient against finite differences).
 """
 
 from __future__ import annotations
@@ -50,7 +58,6 @@ import torch
 
 from hoigen.grasp.skin import HandSkin
 from hoigen.hand.keypoints import FINGERS, MANO_JOINT_NAMES
-from hoigen.hand.limits import torch_constant
 from hoigen.objects.sdf import SDFGrid
 
 DEPTH = 0.001
@@ -59,6 +66,7 @@ SPHERE_R = 0.0075
 SPHERE_T = (0.25, 0.6, 0.95)  # where along each bone a self-collision sphere sits
 VERTEX_STRIDE = 3
 TABLE_GAP = 0.002  # with a support plane, hand points are kept this far above it (the vertices between them too)
+TERMS = ("contact", "palm", "penetration", "limit", "prior", "self_collision", "force_closure")
 
 
 @dataclass
@@ -82,28 +90,28 @@ class OptimiseSettings:
 
 
 class _BoxSpace:
-    """Stand-in for JointSpace: the angles *are* MANO's axis-angles, bounded by a box that holds the
-    flat hand and the curled fist with 0.2 rad of play."""
+    """Stand-in for JointSpace: the angles *are* MANO's axis-angles (identity ``axes``), bounded by a
+    box that holds the flat hand and the curled fist with 0.2 rad of play (numpy)."""
 
     def __init__(self, hand) -> None:
         fist = np.asarray(hand.curl_pose(1.0)).reshape(15, 3)
         self.lower = np.minimum(fist, 0.0) - 0.2
         self.upper = np.maximum(fist, 0.0) + 0.2
+        self.axes = np.broadcast_to(np.eye(3), (15, 3, 3)).copy()
         self._fist = fist
 
     def to_pose(self, angles):
-        return angles.reshape(*angles.shape[:-2], 45)
+        return np.asarray(angles).reshape(*np.shape(angles)[:-2], 45)
 
     def from_pose(self, pose):
-        return pose.reshape(*pose.shape[:-1], 15, 3)
+        return np.asarray(pose).reshape(*np.shape(pose)[:-1], 15, 3)
 
     def clamp(self, angles):
-        lo, hi = torch_constant(self, "lower", angles), torch_constant(self, "upper", angles)
-        return torch.maximum(torch.minimum(angles, hi), lo)
+        return np.clip(angles, self.lower, self.upper)
 
     def violation(self, angles):
-        lo, hi = torch_constant(self, "lower", angles), torch_constant(self, "upper", angles)
-        return ((torch.relu(lo - angles) + torch.relu(angles - hi)) ** 2).sum(dim=(-2, -1))
+        excess = np.maximum(self.lower - angles, 0.0) + np.maximum(angles - self.upper, 0.0)
+        return (excess**2).sum(axis=(-2, -1))
 
     def open_angles(self) -> np.ndarray:
         return np.zeros((15, 3))
@@ -121,24 +129,170 @@ def joint_space(hand):
     return JointSpace.from_hand(hand)
 
 
-def rotation_from_6d(x: torch.Tensor) -> torch.Tensor:
+# -- component-major helpers: (3, 3, ...) matrices and (3, ...) vectors, the trailing axes broadcast --
+
+try:  # np.einsum without its Python-level argument dispatch (~2.5 us of ~4 us a call on these small arrays)
+    from numpy._core.multiarray import c_einsum as _einsum
+except ImportError:  # pragma: no cover - other numpy versions
+    _einsum = np.einsum
+
+_NEXT, _PREV = np.array([1, 2, 0]), np.array([2, 0, 1])
+_CROSS_MAP = np.zeros((9, 3))  # [r]x flattened row-major = _CROSS_MAP @ r
+for _row, _col, _axis, _sign in ((0, 1, 2, -1), (0, 2, 1, 1), (1, 0, 2, 1), (1, 2, 0, -1), (2, 0, 1, -1), (2, 1, 0, 1)):
+    _CROSS_MAP[3 * _row + _col, _axis] = _sign
+_EYE9 = np.eye(3).reshape(9, 1)
+
+
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A B: C[i, k] = sum_j A[i, j] B[j, k]."""
+    return _einsum("ij...,jk...->ik...", a, b)
+
+
+def _mtm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A^T B: C[i, k] = sum_j A[j, i] B[j, k]."""
+    return _einsum("ji...,jk...->ik...", a, b)
+
+
+def _mmt(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A B^T: C[i, k] = sum_j A[i, j] B[k, j]."""
+    return _einsum("ij...,kj...->ik...", a, b)
+
+
+def _mv(a: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """A v: u[i] = sum_j A[i, j] v[j]."""
+    return _einsum("ij...,j...->i...", a, v)
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a . b over the first axis."""
+    return _einsum("i...,i...->...", a, b)
+
+
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a x b along the first axis."""
+    return a.take(_NEXT, 0) * b.take(_PREV, 0) - a.take(_PREV, 0) * b.take(_NEXT, 0)
+
+
+def _unit_backward(grad: np.ndarray, unit: np.ndarray, norm: np.ndarray, clamped: np.ndarray) -> np.ndarray:
+    """The gradient of ``unit = x / max(|x|, 1e-8)`` (norms over the first axis) given ``norm`` = |x| and
+    ``clamped`` = max(|x|, 1e-8)."""
+    return (grad - unit * (_dot(unit, grad) * (norm > 1e-8))) / clamped
+
+
+def _matmul(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``a @ b`` for a larger product: ``torch.mm`` on numpy's memory (one torch thread; numpy's
+    OpenBLAS would run such a product on two)."""
+    a = a if isinstance(a, torch.Tensor) else torch.from_numpy(a)
+    b = b if isinstance(b, torch.Tensor) else torch.from_numpy(b)
+    return torch.mm(a, b).numpy()
+
+
+def _rotation_forward(x: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """(6, B) two columns -> (3, 3, B) rotations (columns e1, e2, e1 x e2 by Gram-Schmidt) and what
+    the backward pass needs."""
+    a, b = x[:3], x[3:]
+    na = np.sqrt(_dot(a, a))
+    nac = np.maximum(na, 1e-8)
+    e1 = a / nac
+    dot = _dot(e1, b)
+    bp = b - dot * e1
+    nb = np.sqrt(_dot(bp, bp))
+    nbc = np.maximum(nb, 1e-8)
+    e2 = bp / nbc
+    return np.stack([e1, e2, _cross(e1, e2)], axis=1), (b, e1, e2, dot, na, nac, nb, nbc)
+
+
+def _rotation_backward(grad: np.ndarray, cache: tuple) -> np.ndarray:
+    """(3, 3, B) gradient of the rotations -> (6, B) gradient of the two columns."""
+    b, e1, e2, dot, na, nac, nb, nbc = cache
+    de1 = grad[:, 0] + _cross(e2, grad[:, 2])
+    de2 = grad[:, 1] + _cross(grad[:, 2], e1)
+    dbp = _unit_backward(de2, e2, nb, nbc)
+    ddot = -_dot(dbp, e1)
+    de1 = de1 - dot * dbp + ddot * b
+    return np.concatenate([_unit_backward(de1, e1, na, nac), dbp + ddot * e1])
+
+
+def rotation_from_6d(x: np.ndarray) -> np.ndarray:
     """(B, 6) -> (B, 3, 3) rotation matrices; the columns come from Gram-Schmidt on two 3-vectors."""
-    a, b = x.split(3, dim=1)  # one SplitBackward, not two zero-filled SliceBackwards
-    e1 = a / a.norm(dim=1, keepdim=True).clamp(min=1e-8)
-    b = b - (e1 * b).sum(1, keepdim=True) * e1
-    e2 = b / b.norm(dim=1, keepdim=True).clamp(min=1e-8)
-    return torch.stack([e1, e2, torch.cross(e1, e2, dim=1)], dim=2)
+    rot, _ = _rotation_forward(np.asarray(x).T)
+    return np.ascontiguousarray(rot.transpose(2, 0, 1))
+
+
+def _rodrigues_forward(v: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """(3, N) axis-angles -> (3, 3, N) rotations ``cos I + sin [r]x + (1 - cos) r r^T`` with the 1e-8
+    guard of ``smplx.lbs.batch_rodrigues`` (as :func:`hoigen.grasp.skin.rodrigues`)."""
+    cross_map, eye = _CROSS_MAP.astype(v.dtype), _EYE9.astype(v.dtype)
+    vp = v + 1e-8
+    angle = np.sqrt(_dot(vp, vp))
+    r = v / angle
+    cos, sin = np.cos(angle), np.sin(angle)
+    # (9, 3) @ (3, N): small enough that OpenBLAS runs it on one thread
+    flat = (1 - cos) * (r[:, None] * r[None]).reshape(9, -1) + eye * cos + cross_map @ (sin * r)
+    return flat.reshape(3, 3, -1), (v, vp, angle, r, cos, sin)
+
+
+def _rodrigues_backward(grad: np.ndarray, cache: tuple) -> np.ndarray:
+    """(3, 3, N) gradient of the rotations -> (3, N) gradient of the axis-angles."""
+    v, vp, angle, r, cos, sin = cache
+    flat = grad.reshape(9, -1)
+    skew = _CROSS_MAP.T.astype(v.dtype) @ flat  # the gradient through [r]x
+    sym = _mv(grad, r) + _mv(grad.transpose(1, 0, 2), r)  # (D + D^T) r
+    d_cos = flat[0] + flat[4] + flat[8] - 0.5 * _dot(r, sym)
+    dr = sin * skew + (1 - cos) * sym
+    d_angle = cos * _dot(r, skew) - sin * d_cos - _dot(dr, v) / (angle * angle)
+    return dr / angle + d_angle * vp / angle
+
+
+class _Constants:
+    """The problem's constant arrays in one dtype, laid out for :meth:`GraspProblem.energy_and_grad`."""
+
+    def __init__(self, problem: GraspProblem, dtype: np.dtype) -> None:
+        def cast(x) -> np.ndarray:
+            return np.ascontiguousarray(np.asarray(x, dtype=np.float64).astype(dtype))
+
+        def tensor(x) -> torch.Tensor:
+            return torch.from_numpy(cast(x))
+
+        skin = problem.skin
+        space = problem.space
+        order = problem.pose_order  # level order -> hand_pose row
+        self.axes = cast(np.asarray(space.axes)[order].transpose(1, 2, 0)[..., None])  # (3 k, 3 c, 15, 1)
+        self.lower, self.upper = cast(space.lower), cast(space.upper)  # (15, 3)
+        self.prior = cast(problem.prior)
+        bone = skin.bone.double().numpy().T  # (3, 16), level order
+        rest = skin.joints_rest_level.double().numpy().T
+        self.bone = cast(bone[:, :, None])
+        self.rest = cast(rest[None, :, :, None])  # (1, 3, 16, 1)
+        self.root = cast(rest[:, :1, None])
+        self.eye = cast(np.eye(3)[:, :, None])
+        self.slack = cast(problem.slack)
+        self.centre = cast(np.asarray(problem.centre).reshape(3, 1, 1))
+        self.step = cast(problem.normal_step.T[:, None, :, None])  # (3, 1, 6, 1)
+        self.sphere_map = tensor(problem.sphere_map_level)  # (S, 21)
+        self.sphere_map_t = tensor(problem.sphere_map_level.T)
+        self.incidence_t = cast(problem.pair_incidence.T)  # (pairs, S)
+        if skin.has_blend:
+            self.points = cast(skin.points.double().numpy()[:, :, None])  # (P, 3, 1)
+            self.weights = tensor(skin.weights_level.double().numpy())
+            self.weights_t = tensor(skin.weights_level.double().numpy().T)
+            self.posedirs = tensor(skin.posedirs_level.double().numpy())
+            self.posedirs_t = tensor(skin.posedirs_level.double().numpy().T)
+        else:
+            self.lbs = tensor(skin.lbs_matrix.double().numpy())  # (P, 64)
+            self.lbs_t = tensor(skin.lbs_matrix.double().numpy().T)
 
 
 class GraspProblem:
-    """The energy of grasps of one object (its SDF grid) by one hand; see the module docstring."""
+    """The energy of grasps of one object (its SDF grid) by one hand, and its gradient; see the module
+    docstring."""
 
     def __init__(self, hand, sdf: SDFGrid, centre: np.ndarray, radius: float, support: float | None = None) -> None:
         self.hand = hand
         self.support = support  # the table's height (mesh frame, y up) or None: hand points below it penetrate
         self.space = joint_space(hand)
         self.sdf = sdf
-        self.centre = torch.as_tensor(np.asarray(centre), dtype=torch.float32)
+        self.centre = np.asarray(centre, dtype=np.float64).reshape(3)
         self.radius = float(radius)
         fingers = hand.vertex_fingers
         tips = np.asarray(hand.tip_vertex_ids)
@@ -147,12 +301,11 @@ class GraspProblem:
         rest = hand.forward().vertices[0]
         palm_id = int(np.argmin(np.linalg.norm(rest - palm_centre, axis=1)))
         self.ids = np.concatenate([tips, [palm_id], sub])
-        self.skin = HandSkin(hand, self.ids)
+        self.skin = HandSkin(hand, self.ids)  # its buffers; the optimiser skins in numpy (energy_and_grad)
         self.n_tips = len(tips)
-        self.owner = torch.as_tensor(fingers[self.ids])
+        self.owner = np.asarray(fingers[self.ids])
         # finger vertices may press DEPTH into the surface like the tips; palm vertices only PEN_SLACK
-        self.slack = torch.where(self.owner[len(tips) + 1 :] >= 0, DEPTH, PEN_SLACK).to(torch.float32)
-        # finger-segment spheres: 16 MANO joints + 5 tips, three samples per bone
+        self.slack = np.where(self.owner[len(tips) + 1 :] >= 0, DEPTH, PEN_SLACK)
         # finger-segment spheres: three samples on each bone of the 16 MANO joints + 5 tips (the tips
         # are joints 16..20 of the stacked (joints16, tips) array)
         starts, ends, owners = [], [], []
@@ -163,74 +316,213 @@ class GraspProblem:
                     starts.append(a)
                     ends.append(b)
                     owners.append(k)
-        self._sphere_a = torch.as_tensor(starts)
-        self._sphere_b = torch.as_tensor(ends)
-        self._sphere_t = torch.as_tensor(SPHERE_T * (len(starts) // len(SPHERE_T)), dtype=torch.float32)[:, None]
-        self._sphere_owner = torch.as_tensor(owners)
-        # sphere centres and the differences of every pair on different fingers (each once) as linear
-        # maps of the 21 points (16 joints + 5 tips): one matrix product instead of gathers
         n = len(owners)
-        place = torch.zeros(n, 21)
-        place[torch.arange(n), self._sphere_a] = 1.0 - self._sphere_t[:, 0]
-        place[torch.arange(n), self._sphere_b] += self._sphere_t[:, 0]
-        self._sphere_map = place  # (S, 21)
-        first, second = torch.triu_indices(n, n, offset=1)
-        other = self._sphere_owner[first] != self._sphere_owner[second]
-        self._pair_map = place[first[other]] - place[second[other]]  # (pairs, 21)
-        self._normal_step = torch.cat([torch.eye(3), -torch.eye(3)]) * (0.5 * sdf.spacing)  # (6, 3)
-        self._normal_step_t = self._normal_step.t()[:, None, None, :].contiguous()  # (3, 1, 1, 6), axis-major
-        self.prior = torch.as_tensor(
-            0.5 * (np.asarray(self.space.open_angles()) + np.asarray(self.space.fist_angles())), dtype=torch.float32
-        )
+        t = np.asarray(SPHERE_T * (n // len(SPHERE_T)))
+        # sphere centres as a linear map of the 21 points (16 joints + 5 tips); the pairs on different
+        # fingers (each once) are differences of two centres
+        self.sphere_map = np.zeros((n, 21))  # (S, 21)
+        self.sphere_map[np.arange(n), starts] = 1.0 - t
+        self.sphere_map[np.arange(n), ends] += t
+        self.sphere_owner = np.asarray(owners)
+        first, second = np.triu_indices(n, k=1)
+        other = self.sphere_owner[first] != self.sphere_owner[second]
+        self.pairs = np.stack([first[other], second[other]])  # (2, pairs): spheres on different fingers, once
+        self.pair_incidence = np.zeros((n, self.pairs.shape[1]))  # (S, pairs): +1 first sphere, -1 second
+        self.pair_incidence[self.pairs[0], np.arange(self.pairs.shape[1])] = 1.0
+        self.pair_incidence[self.pairs[1], np.arange(self.pairs.shape[1])] = -1.0
+        # the sphere map with the 16 joints in the skin's level order (the order the chain computes them in)
+        self.sphere_map_level = self.sphere_map[:, np.concatenate([self.skin.order.numpy(), np.arange(16, 21)])]
+        self.normal_step = np.concatenate([np.eye(3), -np.eye(3)]) * (0.5 * sdf.spacing)  # (6, 3)
+        self.prior = 0.5 * (np.asarray(self.space.open_angles()) + np.asarray(self.space.fist_angles()))
+        self.pose_order = self.skin._pose_order.numpy()  # level order -> hand_pose row (joints 1..15)
+        sizes = [len(level) for level in self.skin.levels]
+        self._levels = [(int(s), int(s + m)) for s, m in zip(np.cumsum([1, *sizes[:-1]]), sizes, strict=True)]
+        self._level_parent = [None if p is None else p.numpy() for p in self.skin.level_parent]
+        self._constants: dict[np.dtype, _Constants] = {}
+        # the SDF lookup: (3, n) rows -> values (n,) and gradients (3, n) or None, in the rows' dtype: the
+        # grid's float32 lookup (the tests put a float64 one here to compare with finite differences)
+        self.lookup = sdf.lookup_np
 
-    def spheres(self, joints16: torch.Tensor, tips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sphere centres (B, S, 3) along each finger's bones and the finger (S,) of each."""
-        return self._sphere_map @ torch.cat([joints16, tips], dim=1), self._sphere_owner
+    def constants(self, dtype) -> _Constants:
+        """The constant arrays in ``dtype`` (made once per dtype)."""
+        dtype = np.dtype(dtype)
+        if dtype not in self._constants:
+            self._constants[dtype] = _Constants(self, dtype)
+        return self._constants[dtype]
 
-    def normals(self, points: torch.Tensor) -> torch.Tensor:
-        """Unit inward normals (B, K, 3) at ``points`` by central differences of the SDF (differentiable)."""
-        d = self.sdf.query(points[..., None, :] + self._normal_step.to(points.dtype))  # (B, K, 6)
-        grad = d[..., :3] - d[..., 3:]
-        return grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    def to_pose(self, angles: np.ndarray) -> np.ndarray:
+        """(B, 15, 3) joint-space angles -> (B, 45) MANO hand_pose, in the angles' dtype."""
+        axes = np.asarray(self.space.axes).astype(angles.dtype)
+        return (angles[..., None] * axes).sum(-2).reshape(len(angles), 45)
 
-    def energy(self, rot6: torch.Tensor, transl: torch.Tensor, angles: torch.Tensor, w: EnergyWeights):
-        """(total (B,), terms dict of (B,) tensors).
+    def clamp(self, angles: np.ndarray) -> np.ndarray:
+        """Angles clipped into the joint limits, in their dtype."""
+        k = self.constants(angles.dtype)
+        return np.minimum(np.maximum(angles, k.lower), k.upper)
 
-        The hand points are skinned axis-major, (3, B, P), the layout of the grid lookup, so that
-        neither they nor their gradients are transposed (see :meth:`HandSkin.axis_major`)."""
-        pts, joints16 = self.skin.axis_major(self.space.to_pose(angles), rotation_from_6d(rot6), transl)  # (3, B, P)
-        b, n = pts.shape[1], pts.shape[2]
-        contacts = pts[:, :, : self.n_tips + 1]  # fingertips and the palm centre, (3, B, K)
-        # one grid lookup for the hand points and the central-difference probes of the contact normals
-        probes = (contacts[..., None] + self._normal_step_t).reshape(3, b, -1)
-        both = self.sdf.query_axis_major(torch.cat([pts, probes], dim=2))  # (B, P + 6K)
-        d_tips, d_palm, d_rest, probed = both.split([self.n_tips, 1, n - self.n_tips - 1, both.shape[1] - n], dim=1)
-        ahead, behind = probed.reshape(b, -1, 6).split(3, dim=-1)
-        grad = ahead - behind
-        inward = grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-        tips = pts[:, :, : self.n_tips]
-        terms = {
-            "contact": (d_tips - DEPTH).abs().sum(1),
-            "palm": (d_palm[:, 0] - DEPTH).abs(),
-            "penetration": torch.relu(d_rest - self.slack).sum(1) / 10.0,
-            "limit": self.space.violation(angles),
-            "prior": ((angles - self.prior) ** 2).sum(dim=(1, 2)),
-        }
-        # one (pairs, 21) @ (21, 3*B); columns axis-major, so that the sum over the axes adds whole rows
-        key = torch.cat([joints16.permute(1, 2, 0), tips.permute(2, 0, 1)]).reshape(21, 3 * b)
-        gap = (self._pair_map @ key).view(-1, 3, b)
-        dist = (gap * gap).sum(1).clamp(min=1e-12).sqrt()  # (pairs, B) sphere distances
-        terms["self_collision"] = torch.relu(2 * SPHERE_R - dist).sum(0)
-        arm = (contacts.permute(1, 2, 0) - self.centre) / self.radius
-        force = inward.sum(1)
-        torque = torch.cross(arm, inward, dim=-1).sum(1)
-        terms["force_closure"] = (force**2).sum(1) + (torque**2).sum(1)
-        if self.support is not None:  # the table is solid too (hoigen grasp --table); (P, B) rows: the
-            # sum over the points runs down the rows, in the order the point-major layout summed them
-            below = torch.relu(self.support + TABLE_GAP - pts[1].t().contiguous()).sum(0) / 10
-            terms["penetration"] = terms["penetration"] + below
-        total = sum(getattr(w, k) * v for k, v in terms.items())
+    def energy(self, rot6: np.ndarray, transl: np.ndarray, angles: np.ndarray, w: EnergyWeights):
+        """(total (B,), terms dict of (B,) arrays) for rotations (B, 6), translations (B, 3) and angles
+        (B, 15, 3), all of one float dtype."""
+        total, terms, _ = self._evaluate(rot6, transl, angles, w, False)
         return total, terms
+
+    def energy_and_grad(self, rot6: np.ndarray, transl: np.ndarray, angles: np.ndarray, w: EnergyWeights):
+        """(total, terms, (d total / d rot6, d total / d transl, d total / d angles)): :meth:`energy`
+        and the gradient of the summed totals, by the chain rule (see the module docstring)."""
+        return self._evaluate(rot6, transl, angles, w, True)
+
+    def _evaluate(self, rot6, transl, angles, w: EnergyWeights, grad: bool):
+        dt = rot6.dtype
+        k = self.constants(dt)
+        b = len(rot6)
+        nt, nk = self.n_tips, self.n_tips + 1  # tips; tips and the palm centre (the contacts)
+        # -- forward: rotation, joint space, Rodrigues (component-major: (3, ...) and (3, 3, ...)) ----
+        rot, rot_cache = _rotation_forward(rot6.T)  # (3, 3, B)
+        a_level = angles.transpose(2, 1, 0).take(self.pose_order, 1)  # (3, 15, B), joints in level order
+        pose = (k.axes * a_level[:, None]).sum(0)  # (3, 15, B) MANO axis-angles
+        local, rod_cache = _rodrigues_forward(pose.reshape(3, -1))
+        local = local.reshape(3, 3, 15, b)
+        # the chain one tree level at a time; m holds (G | S | J) per joint: global rotation G, the
+        # skinning shift S = J - G rest and the joint J, (3, 5, 16, B) in level order
+        m = np.empty((3, 5, 16, b), dt)
+        g, s_, j = m[:, :3], m[:, 3], m[:, 4]
+        g[:, :, 0] = k.eye
+        j[:, 0] = k.root[:, 0]
+        first = self._levels[0]
+        g[:, :, first[0] : first[1]] = local[:, :, first[0] - 1 : first[1] - 1]
+        j[:, first[0] : first[1]] = k.root + k.bone[:, first[0] : first[1]]
+        parents = []
+        for (s0, s1), (p0, p1), par in zip(self._levels[1:], self._levels, self._level_parent[1:], strict=False):
+            gp, jp = g[:, :, p0:p1], j[:, p0:p1]
+            if par is not None:
+                gp, jp = gp[:, :, par], jp[:, par]
+            parents.append(gp)
+            g[:, :, s0:s1] = _mm(gp, local[:, :, s0 - 1 : s1 - 1])
+            j[:, s0:s1] = jp + _mv(gp, k.bone[:, s0:s1])
+        s_[...] = j - _mv(g, k.rest[0])
+        # the rigid placement folded into the transforms: (3, B, 16, 5), each joint's (R G | R S + T | R J + T)
+        placed = _einsum("ijb,jkcb->ibck", rot, m)
+        placed[..., 3:] += transl.T[:, :, None, None]
+        n_pts = len(self.ids)
+        if blend := self.skin.has_blend:
+            feature = (local - k.eye[..., None]).transpose(3, 2, 0, 1).reshape(b, -1)  # (B, 15 * 9)
+            posed = k.points + _matmul(feature, k.posedirs).reshape(b, n_pts, 3).transpose(1, 2, 0)  # (P, 3, B)
+            tm = _matmul(k.weights, placed[..., :4].transpose(2, 0, 3, 1).reshape(16, -1)).reshape(n_pts, 3, 4, b)
+            pts = ((tm[:, :, :3] * posed[:, None]).sum(2) + tm[:, :, 3]).transpose(1, 2, 0)  # (3, B, P)
+        else:  # every point a fixed linear function of the transforms: one product
+            a_t = placed[..., :4].reshape(3 * b, 64)
+            pts = _matmul(a_t, k.lbs_t).reshape(3, b, n_pts)
+        joints = placed[..., 4]  # (3, B, 16) placed joints, level order
+        # -- the grid lookup of the hand points and the normals' central-difference probes ------------
+        contacts = pts[:, :, :nk]  # (3, B, K)
+        probes = (contacts[:, :, None] + k.step).reshape(3, b, -1)  # (3, B, 6 K)
+        rows = np.concatenate([pts, probes], axis=2).reshape(3, -1)
+        value, value_grad = self.lookup(rows, grad)
+        value = value.reshape(b, -1)
+        d_tips, d_palm, d_rest = value[:, :nt], value[:, nt], value[:, nk:n_pts]
+        probed = value[:, n_pts:].reshape(b, 6, nk)
+        diff = (probed[:, :3] - probed[:, 3:]).transpose(1, 0, 2)  # (3, B, K)
+        norm = np.sqrt(_dot(diff, diff))
+        norm_c = np.maximum(norm, 1e-8)
+        inward = diff / norm_c
+        arm = (contacts - k.centre) / self.radius
+        force = inward.sum(2)
+        torque = _cross(arm, inward).sum(2)
+        lo_excess = np.maximum(k.lower - angles, 0)
+        hi_excess = np.maximum(angles - k.upper, 0)
+        excess = lo_excess + hi_excess
+        off_prior = angles - k.prior
+        key = np.concatenate([joints.transpose(2, 0, 1), pts[:, :, :nt].transpose(2, 0, 1)]).reshape(21, -1)
+        centres = _matmul(k.sphere_map, key)  # (S, 3 B) sphere centres
+        gap = (centres.take(self.pairs[0], 0) - centres.take(self.pairs[1], 0)).reshape(-1, 3, b)  # (pairs, 3, B)
+        sq = _einsum("pcb,pcb->pb", gap, gap)
+        dist = np.sqrt(np.maximum(sq, 1e-12))
+        reach = 2 * SPHERE_R - dist
+        terms = {
+            "contact": np.abs(d_tips - DEPTH).sum(1),
+            "palm": np.abs(d_palm - DEPTH),
+            "penetration": np.maximum(d_rest - k.slack, 0).sum(1) / 10,
+            "limit": (excess * excess).sum((1, 2)),
+            "prior": (off_prior * off_prior).sum((1, 2)),
+            "self_collision": np.maximum(reach, 0).sum(0),
+            "force_closure": (force * force).sum(0) + (torque * torque).sum(0),
+        }
+        if self.support is not None:  # the table is solid too (hoigen grasp --table)
+            under = self.support + TABLE_GAP - pts[1]  # (B, P)
+            terms["penetration"] = terms["penetration"] + np.maximum(under, 0).sum(1) / 10
+        weight = {name: dt.type(getattr(w, name)) for name in TERMS}
+        total = sum(weight[name] * terms[name] for name in TERMS)
+        if not grad:
+            return total, terms, None
+        # -- backward: the terms -> the looked-up values and the points ---------------------------------
+        d_value = np.empty_like(value)
+        d_value[:, :nt] = weight["contact"] * np.sign(d_tips - DEPTH)
+        d_value[:, nt] = weight["palm"] * np.sign(d_palm - DEPTH)
+        d_value[:, nk:n_pts] = (d_rest > k.slack) * (weight["penetration"] / 10)
+        d_force = (2 * weight["force_closure"]) * force
+        d_torque = (2 * weight["force_closure"]) * torque
+        d_inward = d_force[:, :, None] + _cross(d_torque[:, :, None], arm)
+        d_diff = _unit_backward(d_inward, inward, norm, norm_c).transpose(1, 0, 2)  # (B, 3, K)
+        d_probed = d_value[:, n_pts:].reshape(b, 6, nk)
+        d_probed[:, :3] = d_diff
+        d_probed[:, 3:] = -d_diff
+        d_all = value_grad.reshape(3, b, -1) * d_value  # (3, B, P + 6K)
+        d_pts = d_all[:, :, :n_pts]
+        d_pts[:, :, :nk] += d_all[:, :, n_pts:].reshape(3, b, 6, nk).sum(2)
+        d_pts[:, :, :nk] += _cross(inward, d_torque[:, :, None]) / self.radius  # through the arms
+        if self.support is not None:
+            d_pts[1] -= (under > 0) * (weight["penetration"] / 10)
+        # self-collision: only the pairs that touch in some candidate have a gradient
+        touch = np.flatnonzero((reach > 0).any(1))
+        d_joints = np.zeros((3, b, 16), dt)
+        if len(touch):
+            coef = (reach[touch] > 0) * (-weight["self_collision"]) / dist[touch] * (sq[touch] > 1e-12)
+            d_centres = _matmul(k.incidence_t[touch].T, (coef[:, None] * gap[touch]).reshape(len(touch), -1))
+            d_key = _matmul(k.sphere_map_t, d_centres).reshape(21, 3, b)
+            d_joints += d_key[:16].transpose(1, 2, 0)
+            d_pts[:, :, :nt] += d_key[16:].transpose(1, 2, 0)
+        # -- skinning -> the placed transforms ----------------------------------------------------------
+        d_placed = np.empty_like(placed)
+        d_local = np.empty_like(local)
+        if blend:
+            dp = d_pts.transpose(2, 0, 1)  # (P, 3, B)
+            d_tm = np.empty_like(tm)
+            d_tm[:, :, :3] = dp[:, :, None] * posed[:, None]
+            d_tm[:, :, 3] = dp
+            d_placed[..., :4] = _matmul(k.weights_t, d_tm.reshape(n_pts, -1)).reshape(16, 3, 4, b).transpose(1, 3, 0, 2)
+            d_posed = (tm[:, :, :3] * dp[:, :, None]).sum(1)  # (P, 3, B)
+            d_feature = _matmul(np.ascontiguousarray(d_posed.transpose(2, 0, 1)).reshape(b, -1), k.posedirs_t)
+        else:
+            d_placed[..., :4] = _matmul(d_pts.reshape(3 * b, n_pts), k.lbs).reshape(3, b, 16, 4)
+        d_placed[..., 4] = d_joints
+        d_transl = d_placed[..., 3:].sum((2, 3))  # (3, B)
+        d_rot = _einsum("ibck,lkcb->ilb", d_placed, m)  # (3, 3, B)
+        d_m = _einsum("ilb,ibck->lkcb", rot, d_placed)  # (3, 5, 16, B)
+        d_g, d_s, d_j = d_m[:, :3], d_m[:, 3], d_m[:, 4]
+        d_j += d_s
+        d_g -= d_s[:, None] * k.rest
+        # -- the chain backward, the last level first ---------------------------------------------------
+        for (s0, s1), (p0, p1), par, gp in reversed(
+            list(zip(self._levels[1:], self._levels, self._level_parent[1:], parents, strict=False))
+        ):
+            dg, dj = d_g[:, :, s0:s1], d_j[:, s0:s1]
+            d_local[:, :, s0 - 1 : s1 - 1] = _mtm(gp, dg)
+            d_gp = _mmt(dg, local[:, :, s0 - 1 : s1 - 1]) + dj[:, None] * k.bone[None, :, s0:s1]
+            if par is None:
+                d_g[:, :, p0:p1] += d_gp
+                d_j[:, p0:p1] += dj
+            else:
+                np.add.at(d_g[:, :, p0:p1], (slice(None), slice(None), par), d_gp)
+                np.add.at(d_j[:, p0:p1], (slice(None), par), dj)
+        d_local[:, :, first[0] - 1 : first[1] - 1] = d_g[:, :, first[0] : first[1]]
+        if blend:
+            d_local += d_feature.reshape(b, 15, 3, 3).transpose(2, 3, 1, 0)
+        d_pose = _rodrigues_backward(d_local.reshape(3, 3, -1), rod_cache).reshape(3, 15, b)
+        d_angles = np.empty_like(angles)
+        d_angles.transpose(2, 1, 0)[:, self.pose_order] = (k.axes * d_pose[None]).sum(1)
+        d_angles += (2 * weight["limit"]) * (hi_excess - lo_excess) + (2 * weight["prior"]) * off_prior
+        d_rot6 = _rotation_backward(d_rot, rot_cache).T
+        return total, terms, (d_rot6, d_transl.T, d_angles)
 
 
 @dataclass
@@ -251,7 +543,8 @@ def optimise(
     angles: np.ndarray,
     settings: OptimiseSettings | None = None,
 ) -> Candidates:
-    """Run Adam from the initial placements (B, 3, 3), (B, 3) and angles (B, 15, 3) (one torch thread).
+    """Run Adam from the initial placements (B, 3, 3), (B, 3) and angles (B, 15, 3) in float32 (one
+    torch thread for the few products that torch runs).
 
     The final angles are clamped into the joint limits (the limit term keeps the excess small)."""
     with one_thread():
@@ -259,37 +552,40 @@ def optimise(
 
 
 class _Adam:
-    """Plain Adam (Kingma & Ba 2015; betas 0.9/0.999, eps 1e-8) on (tensor, lr) pairs.
+    """Plain Adam (Kingma & Ba 2015; betas 0.9/0.999, eps 1e-8) on (array, lr) pairs, in numpy.
 
-    ``torch.optim.Adam`` would do the same, but constructing it imports ``torch._dynamo`` (several
-    seconds per process on these CPUs)."""
+    The parameters live in one flat buffer (``params`` are views of it), so that an update is a
+    dozen array operations for all of them: ``p -= lr * (m / c1) / (sqrt(v / c2) + eps)``."""
 
-    def __init__(self, params: list[tuple[torch.Tensor, float]], b1: float = 0.9, b2: float = 0.999) -> None:
-        self.params = params
+    def __init__(self, params: list[tuple[np.ndarray, float]], b1: float = 0.9, b2: float = 0.999) -> None:
         self.b1, self.b2, self.t = b1, b2, 0
-        self.m = [torch.zeros_like(p) for p, _ in params]
-        self.v = [torch.zeros_like(p) for p, _ in params]
-        self._tensors = [p for p, _ in params]
-        self._lrs = [lr for _, lr in params]
+        self.flat = np.concatenate([np.ravel(p) for p, _ in params])
+        self.lr = np.concatenate([np.full(np.size(p), lr, dtype=self.flat.dtype) for p, lr in params])
+        self.m = np.zeros_like(self.flat)
+        self.v = np.zeros_like(self.flat)
+        self._grad = np.empty_like(self.flat)
+        bounds = np.cumsum([0] + [np.size(p) for p, _ in params])
+        spans = [(i, j, np.shape(p)) for (p, _), i, j in zip(params, bounds[:-1], bounds[1:], strict=True)]
+        self.params = [self.flat[i:j].reshape(shape) for i, j, shape in spans]
+        self._grads = [self._grad[i:j].reshape(shape) for i, j, shape in spans]
 
-    @torch.no_grad()
     def step(self, grads) -> None:
-        """One update of every parameter; ``torch._foreach_*`` ops (one call per op for all the
-        tensors), the same arithmetic as ``p -= lr * (m / c1) / (sqrt(v / c2) + eps)`` per tensor."""
+        """One update of every parameter (in place: ``params`` keep pointing at the new values)."""
+        for out, g in zip(self._grads, grads, strict=True):
+            out[...] = g
+        g = self._grad
         self.t += 1
         c1, c2 = 1 - self.b1**self.t, 1 - self.b2**self.t
-        grads = list(grads)
-        torch._foreach_mul_(self.m, self.b1)
-        torch._foreach_add_(self.m, grads, alpha=1 - self.b1)
-        torch._foreach_mul_(self.v, self.b2)
-        torch._foreach_addcmul_(self.v, grads, grads, value=1 - self.b2)
-        step = torch._foreach_div(self.m, c1)
-        torch._foreach_mul_(step, self._lrs)
-        denom = torch._foreach_div(self.v, c2)
-        torch._foreach_sqrt_(denom)
-        torch._foreach_add_(denom, 1e-8)
-        torch._foreach_div_(step, denom)
-        torch._foreach_sub_(self._tensors, step)
+        self.m *= self.b1
+        self.m += (1 - self.b1) * g
+        self.v *= self.b2
+        self.v += (1 - self.b2) * (g * g)
+        step = self.m / c1
+        step *= self.lr
+        denom = np.sqrt(self.v / c2)
+        denom += 1e-8
+        step /= denom
+        self.flat -= step
 
 
 @contextlib.contextmanager
@@ -303,27 +599,28 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def _optimise(problem, rotation, translation, angles, s: OptimiseSettings) -> Candidates:
-    rot6 = torch.as_tensor(np.asarray(rotation)[:, :, :2].transpose(0, 2, 1).reshape(-1, 6), dtype=torch.float32)
-    rot6.requires_grad_(True)
-    t = torch.as_tensor(translation, dtype=torch.float32).clone().requires_grad_(True)
-    a = torch.as_tensor(angles, dtype=torch.float32).clone().requires_grad_(True)
-    adam = _Adam([(rot6, s.lr_rotation), (t, s.lr_translation), (a, s.lr_angles)])
+def _optimise(problem: GraspProblem, rotation, translation, angles, s: OptimiseSettings) -> Candidates:
+    f32 = np.float32
+    rot6 = np.asarray(rotation)[:, :, :2].transpose(0, 2, 1).reshape(-1, 6).astype(f32)
+    adam = _Adam(
+        [
+            (rot6, s.lr_rotation),
+            (np.asarray(translation, f32), s.lr_translation),
+            (np.asarray(angles, f32), s.lr_angles),
+        ]
+    )
+    rot6, t, a = adam.params
     history = []
     for _ in range(s.steps):
-        total, _ = problem.energy(rot6, t, a, s.weights)
-        grads = torch.autograd.grad(total.sum(), [rot6, t, a])
+        total, _, grads = problem.energy_and_grad(rot6, t, a, s.weights)
         adam.step(grads)
-        history.append(float(total.detach().mean()))
-    with torch.no_grad():
-        a = problem.space.clamp(a)  # the result lies within the joint limits exactly
-        total, _ = problem.energy(rot6, t, a, s.weights)
-        rot = rotation_from_6d(rot6)
-        pose = problem.space.to_pose(a)
+        history.append(float(total.mean()))
+    a = problem.clamp(a)  # the result lies within the joint limits exactly
+    total, _ = problem.energy(rot6, t, a, s.weights)
     return Candidates(
-        rotation=rot.numpy().astype(np.float64),
-        translation=t.detach().numpy().astype(np.float64),
-        hand_pose=pose.detach().numpy().astype(np.float64),
-        energy=total.numpy().astype(np.float64),
+        rotation=rotation_from_6d(rot6).astype(np.float64),
+        translation=t.astype(np.float64),
+        hand_pose=problem.to_pose(a).astype(np.float64),
+        energy=total.astype(np.float64),
         history=history,
     )

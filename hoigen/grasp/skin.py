@@ -1,4 +1,4 @@
-"""A light, batched linear-blend skinning of chosen hand points, for grasp optimisation and metrics.
+"""A light, batched linear-blend skinning of chosen hand points in torch, for the grasp metrics.
 
 ``HandModel.forward_torch`` poses all vertices with MANO's pose blend shapes; the grasp energy needs
 only a few hundred points, and the penetration-volume metric needs points that are not vertices
@@ -10,13 +10,16 @@ included for vertices, none for interior points).
 The hand is articulated at zero global orientation and translation (the canonical frame used by
 :class:`~hoigen.grasp.trajectory.HandPose`); the caller places it rigidly with ``R p + T``.
 
-It is written for the optimiser's many small steps, where the number of torch operations matters
-more than their size: the kinematic chain is walked one tree level at a time (MANO: three levels of
-five joints) instead of joint by joint, and when the model has no pose blend shapes (the embedded
-hand) every skinned point is one fixed linear function of the joints' transforms, so skinning is a
-single matrix product ``W (P, 16*4) @ A (16*4, B*3)`` with ``W[p, 4j + k] = w[p, j] * (x_p, 1)[k]``.
-:meth:`HandSkin.axis_major` takes that product transposed, ``A^T (3*B, 64) @ W^T``, whose rows are
-the (3, B, P) axis-major layout the SDF lookup works in (the same values, no transposes).
+The kinematic chain is walked one tree level at a time (MANO: three levels of five joints) instead
+of joint by joint, and when the model has no pose blend shapes (the embedded hand) every skinned
+point is one fixed linear function of the joints' transforms, so skinning is a single matrix product
+``W (P, 16*4) @ A (16*4, B*3)`` with ``W[p, 4j + k] = w[p, j] * (x_p, 1)[k]``.
+
+The grasp optimiser skins its points with its own numpy forward and hand-written backward
+(:meth:`hoigen.grasp.optimize.GraspProblem.energy_and_grad`); it reuses this class's precomputed
+buffers (``levels``, ``level_parent``, ``order``, ``bone``, ``joints_rest_level``, ``weights_level``,
+``posedirs_level``, ``lbs_matrix``), while the torch forward here serves the metrics
+(:func:`vertex_skin`, :func:`interior_skin`, no autograd).
 """
 
 from __future__ import annotations
@@ -95,7 +98,6 @@ class HandSkin:
         if not self.has_blend:
             xh = torch.cat([self.points, torch.ones(len(self.points), 1)], dim=1)  # (P, 4)
             self.lbs_matrix = (self.weights_level[:, :, None] * xh[:, None, :]).reshape(len(self.points), -1)  # (P, 64)
-            self.lbs_matrix_t = self.lbs_matrix.t().contiguous()  # (64, P)
 
     def __call__(
         self, hand_pose: torch.Tensor, rotation: torch.Tensor | None = None, translation: torch.Tensor | None = None
@@ -109,20 +111,6 @@ class HandSkin:
             out = self.lbs_matrix @ a.permute(1, 3, 0, 2).reshape(-1, b * 3)  # (P, B*3)
             return out.view(-1, b, 3).transpose(0, 1), joints
         return self._blend(a, rot), joints
-
-    def axis_major(
-        self, hand_pose: torch.Tensor, rotation: torch.Tensor | None = None, translation: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As :meth:`__call__`, with the points axis-major: (3, B, P) (the same values).
-
-        Without pose blend shapes the skinning product is taken transposed, ``A (3*B, 64) @ W^T``, whose
-        rows are already the (3, B*P) layout of :meth:`hoigen.objects.sdf.SDFGrid.query_axis_major`."""
-        a, joints, rot = self._transforms(hand_pose, rotation, translation)
-        b = hand_pose.shape[0]
-        if not self.has_blend:
-            out = a.permute(2, 0, 1, 3).reshape(3 * b, -1) @ self.lbs_matrix_t  # (3*B, P)
-            return out.view(3, b, -1), joints
-        return self._blend(a, rot).permute(2, 0, 1), joints
 
     def _transforms(
         self, hand_pose: torch.Tensor, rotation: torch.Tensor | None, translation: torch.Tensor | None

@@ -86,7 +86,7 @@ def _is_torch(x) -> bool:
 
 def torch_constant(owner, name: str, like):
     """``owner.<name>`` (a numpy array) as a tensor of ``like``'s dtype and device, converted once per
-    dtype and device and kept on ``owner`` (the grasp optimiser calls the maps every step)."""
+    dtype and device and kept on ``owner`` (not converted again at every call)."""
     import torch
 
     cache = owner.__dict__.setdefault("_torch_constants", {})
