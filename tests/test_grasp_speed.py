@@ -220,14 +220,11 @@ def problems():
     out = {}
     for support in (None, -0.03):
         out["embedded", support] = GraspProblem(hand, sdf, np.zeros(3), 0.06, support=support)
-    mano = hand._mano
-    saved = mano.posedirs.detach().clone()
-    try:  # HandSkin copies the blend shapes it needs
-        mano.posedirs.data = torch.as_tensor(np.random.default_rng(0).normal(0, 2e-3, saved.shape), dtype=saved.dtype)
-        for support in (None, -0.03):
-            out["blend", support] = GraspProblem(hand, sdf, np.zeros(3), 0.06, support=support)
-    finally:
-        mano.posedirs.data = saved
+    blend = type(hand)(hand.source, hand.side)  # a hand of its own: problems share what they make of a hand
+    posedirs = blend._mano.posedirs
+    posedirs.data = torch.as_tensor(np.random.default_rng(0).normal(0, 2e-3, posedirs.shape), dtype=posedirs.dtype)
+    for support in (None, -0.03):
+        out["blend", support] = GraspProblem(blend, sdf, np.zeros(3), 0.06, support=support)
     assert not out["embedded", None].skin.has_blend and out["blend", None].skin.has_blend
     return out
 

@@ -51,6 +51,7 @@ float64 in the tests that check the gradient against finite differences).
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -127,6 +128,22 @@ def joint_space(hand):
     except ImportError:
         return _BoxSpace(hand)
     return JointSpace.from_hand(hand)
+
+
+@functools.lru_cache(maxsize=8)
+def _hand_points(hand) -> tuple[object, np.ndarray, int, HandSkin]:
+    """The hand's joint space, the optimiser's vertex ids (fingertips, the palm centre, then every
+    ``VERTEX_STRIDE``-th other vertex), the fingertip count and the ids' :class:`HandSkin` (whose
+    buffers the numpy skinning reads): made once per hand, not per object (three MANO forwards,
+    ~15 ms)."""
+    tips = np.asarray(hand.tip_vertex_ids)
+    sub = np.setdiff1d(np.arange(0, hand.num_vertices, VERTEX_STRIDE), tips)
+    palm_centre, _, _ = hand.palm_frame()
+    rest = hand.forward().vertices[0]
+    palm_id = int(np.argmin(np.linalg.norm(rest - palm_centre, axis=1)))
+    ids = np.concatenate([tips, [palm_id], sub])
+    ids.flags.writeable = False  # shared by every problem of the hand
+    return joint_space(hand), ids, len(tips), HandSkin(hand, ids)
 
 
 # -- component-major helpers: (3, 3, ...) matrices and (3, ...) vectors, the trailing axes broadcast --
@@ -290,20 +307,12 @@ class GraspProblem:
     def __init__(self, hand, sdf: SDFGrid, centre: np.ndarray, radius: float, support: float | None = None) -> None:
         self.hand = hand
         self.support = support  # the table's height (mesh frame, y up) or None: hand points below it penetrate
-        self.space = joint_space(hand)
+        self.space, self.ids, self.n_tips, self.skin = _hand_points(hand)
         self.sdf = sdf
         self.centre = np.asarray(centre, dtype=np.float64).reshape(3)
         self.radius = float(radius)
-        fingers = hand.vertex_fingers
-        tips = np.asarray(hand.tip_vertex_ids)
-        sub = np.setdiff1d(np.arange(0, hand.num_vertices, VERTEX_STRIDE), tips)
-        palm_centre, _, _ = hand.palm_frame()
-        rest = hand.forward().vertices[0]
-        palm_id = int(np.argmin(np.linalg.norm(rest - palm_centre, axis=1)))
-        self.ids = np.concatenate([tips, [palm_id], sub])
-        self.skin = HandSkin(hand, self.ids)  # its buffers; the optimiser skins in numpy (energy_and_grad)
-        self.n_tips = len(tips)
-        self.owner = np.asarray(fingers[self.ids])
+        tips = self.ids[: self.n_tips]
+        self.owner = np.asarray(hand.vertex_fingers[self.ids])
         # finger vertices may press DEPTH into the surface like the tips; palm vertices only PEN_SLACK
         self.slack = np.where(self.owner[len(tips) + 1 :] >= 0, DEPTH, PEN_SLACK)
         # finger-segment spheres: three samples on each bone of the 16 MANO joints + 5 tips (the tips
