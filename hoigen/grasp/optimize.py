@@ -142,7 +142,6 @@ def _hand_points(hand) -> tuple[object, np.ndarray, int, HandSkin]:
     rest = hand.forward().vertices[0]
     palm_id = int(np.argmin(np.linalg.norm(rest - palm_centre, axis=1)))
     ids = np.concatenate([tips, [palm_id], sub])
-    ids.flags.writeable = False  # shared by every problem of the hand
     return joint_space(hand), ids, len(tips), HandSkin(hand, ids)
 
 
