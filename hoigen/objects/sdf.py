@@ -119,7 +119,8 @@ class SDFGrid:
         faces = face[idx]
         dist = _band_distance(pts, corner, edges, faces)
         normals = np.asarray(mesh.face_normals, dtype=np.float64)
-        side = np.einsum("mkj,mkj->mk", pts[:, None] - samples[idx], normals[faces]).mean(axis=1)
+        near_samples, near_normals = samples.take(idx, axis=0), normals.take(faces, axis=0)  # (m, K, 3)
+        side = np.einsum("mkj,mkj->mk", pts[:, None] - near_samples, near_normals).mean(axis=1)
         inside_band = side < 0
 
         band3 = in_band.reshape(shape)
@@ -354,8 +355,8 @@ def _band_distance(
     for s in range(0, len(pts), chunk):
         f, k = faces[s : s + chunk], keep[s : s + chunk]
         fi = f[k]
-        p = pts[s : s + chunk][np.nonzero(k)[0]]
-        q, _ = _closest_on_edges(p, corner[fi], ab[fi], ac[fi], abab[fi], abac[fi], acac[fi])
+        p = pts[s : s + chunk].take(np.nonzero(k)[0], axis=0)  # take: fancy indexing's rows, faster
+        q, _ = _closest_on_edges(p, *(x.take(fi, axis=0) for x in (corner, ab, ac)), abab[fi], abac[fi], acac[fi])
         d = np.full(f.shape, np.inf)
         d[k] = np.linalg.norm(q - p, axis=1)
         out[s : s + chunk] = d.min(axis=1)
@@ -384,7 +385,9 @@ def _sample(
     flip = u + v > 1.0
     u[flip], v[flip] = 1.0 - u[flip], 1.0 - v[flip]
     u[n:], v[n:] = 1 / 3, 1 / 3
-    points = corner[face] + u[:, None] * edges[0][face] + v[:, None] * edges[1][face]
+    points = (
+        corner.take(face, axis=0) + u[:, None] * edges[0].take(face, axis=0) + v[:, None] * edges[1].take(face, axis=0)
+    )
     return points, face
 
 
