@@ -296,14 +296,16 @@ def _within(mask: np.ndarray, radius: float) -> np.ndarray:
     along each axis (a True cell within the radius has every coordinate offset within that; the
     others leave a larger value), instead of a full feature transform."""
     reach = int(np.floor(radius))
-    d2 = np.where(mask, np.int16(0), np.int16(3 * (reach + 1) ** 2))  # the cap: beyond reach on an axis
+    cap = 3 * (reach + 1) ** 2  # stands for "beyond reach on some axis"; values stay <= cap
+    kind = np.int16 if cap + reach**2 <= np.iinfo(np.int16).max else np.int32
+    d2 = np.where(mask, kind(0), kind(cap))
     for axis in range(3):
         src, d2 = d2, d2.copy()
         for step in range(1, reach + 1):
             ahead = tuple(slice(step, None) if i == axis else slice(None) for i in range(3))
             behind = tuple(slice(None, -step) if i == axis else slice(None) for i in range(3))
-            np.minimum(d2[ahead], src[behind] + np.int16(step * step), out=d2[ahead])
-            np.minimum(d2[behind], src[ahead] + np.int16(step * step), out=d2[behind])
+            np.minimum(d2[ahead], src[behind] + kind(step * step), out=d2[ahead])
+            np.minimum(d2[behind], src[ahead] + kind(step * step), out=d2[behind])
     return np.sqrt(d2.astype(np.float64)) <= radius
 
 
