@@ -249,7 +249,7 @@ def test_grid_build_equals_the_reference_build_bit_for_bit() -> None:
         assert grid.values.shape == ref.shape and np.array_equal(_bits(grid.values), _bits(ref)), name
 
 
-@pytest.mark.parametrize("radius", [1.0, 2.5, 3.0, 3.0 + 0.5 * np.sqrt(3.0), 4.0, np.sqrt(17.0)])
+@pytest.mark.parametrize("radius", [1.0, 2.5, 3.0, 3.0 + 0.5 * np.sqrt(3.0), 4.0, np.sqrt(17.0), 110.5])
 def test_within_equals_the_distance_transform_threshold(radius: float) -> None:
     from scipy import ndimage
 

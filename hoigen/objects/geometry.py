@@ -79,20 +79,29 @@ def _closest_on_edges(
     e_bc, f_bc = d4 - d3, d5 - d6
     # the Voronoi region is the feature; later ones take precedence (vertices over edges over the face)
     feat = np.zeros(len(p), dtype=np.int8)
-    feat[(vc <= 0) & (d1 >= 0) & (d3 <= 0)] = 1
-    feat[(vb <= 0) & (d2 >= 0) & (d6 <= 0)] = 3
-    feat[(va <= 0) & (e_bc >= 0) & (f_bc >= 0)] = 2
-    feat[(d1 <= 0) & (d2 <= 0)] = 4
-    feat[(d3 >= 0) & (d4 <= d3)] = 5
-    feat[(d6 >= 0) & (d5 <= d6)] = 6
+    np.putmask(feat, (vc <= 0) & (d1 >= 0) & (d3 <= 0), 1)
+    np.putmask(feat, (vb <= 0) & (d2 >= 0) & (d6 <= 0), 3)
+    np.putmask(feat, (va <= 0) & (e_bc >= 0) & (f_bc >= 0), 2)
+    np.putmask(feat, (d1 <= 0) & (d2 <= 0), 4)
+    np.putmask(feat, (d3 >= 0) & (d4 <= d3), 5)
+    np.putmask(feat, (d6 >= 0) & (d5 <= d6), 6)
+    # (v, w) of each feature, then each row's pick (``np.choose``'s values, without its broadcasting)
+    n = len(p)
+    choice = np.zeros((2, 7, n))
     with np.errstate(divide="ignore", invalid="ignore"):
-        denom = 1.0 / (va + vb + vc)
-        t_bc = e_bc / (e_bc + f_bc)
-        v = np.choose(feat, (vb * denom, d1 / (d1 - d3), 1.0 - t_bc, 0.0, 0.0, 1.0, 0.0))
-        w = np.choose(feat, (vc * denom, 0.0, t_bc, d2 / (d2 - d6), 0.0, 0.0, 1.0))
+        denom = np.divide(1.0, va + vb + vc)
+        np.multiply(vb, denom, out=choice[0, 0])
+        np.multiply(vc, denom, out=choice[1, 0])
+        np.divide(d1, d1 - d3, out=choice[0, 1])
+        np.divide(e_bc, e_bc + f_bc, out=choice[1, 2])  # t_bc
+        np.subtract(1.0, choice[1, 2], out=choice[0, 2])
+        np.divide(d2, d2 - d6, out=choice[1, 3])
+        choice[0, 5] = 1.0
+        choice[1, 6] = 1.0
+        v, w = choice.reshape(2, -1).take(feat.astype(np.intp) * n + np.arange(n), axis=1)
         out = a + ab * v[:, None] + ac * w[:, None]
-    bad = ~np.isfinite(out).all(axis=1)  # degenerate triangles: fall back to the nearest corner
-    if bad.any():
+    if not np.isfinite(out).all():  # degenerate triangles: fall back to the nearest corner
+        bad = ~np.isfinite(out).all(axis=1)
         corners = np.stack([a[bad], a[bad] + ab[bad], a[bad] + ac[bad]], axis=1)
         k = np.argmin(((corners - p[bad, None]) ** 2).sum(-1), axis=1)
         out[bad] = corners[np.arange(len(k)), k]
@@ -122,7 +131,7 @@ class MeshQuery:
         self._a = np.ascontiguousarray(self.triangles[:, 0])
         self._ab = self.triangles[:, 1] - self._a
         self._ac = self.triangles[:, 2] - self._a
-        self._dots = np.stack(_edge_dots(self._ab, self._ac), axis=1)
+        self._dots = _edge_dots(self._ab, self._ac)  # ab.ab, ab.ac, ac.ac per face
         edges = np.stack([self._ab, self.triangles[:, 2] - self.triangles[:, 1], -self._ac], axis=1)  # ab, bc, ca
         length2 = (edges**2).sum(-1)
         longest = np.argmax(length2, axis=1)
@@ -178,12 +187,13 @@ class MeshQuery:
         # all parts in one pass: the rows are the points of each subset in turn
         owner = np.concatenate(subsets)
         q, d, f, feat = self._closest(pts, self._part_search or [self._search], subsets, uppers)
-        normal = self.face_normal[f]
-        on_edge = (feat >= 1) & (feat <= 3)
-        normal[on_edge] = self.edge_pseudonormal[f[on_edge], feat[on_edge] - 1]
-        on_vertex = feat >= 4
-        normal[on_vertex] = self.vertex_pseudonormal[self.faces[f[on_vertex], feat[on_vertex] - 4]]
-        outside = np.einsum("ij,ij->i", pts[owner] - q, normal) > 0
+        normal = self.face_normal.take(f, axis=0)
+        on_edge = np.flatnonzero((feat >= 1) & (feat <= 3))
+        edge = f[on_edge] * 3 + feat[on_edge] - 1  # row of (face, edge) in the (F * 3, 3) edge normals
+        normal[on_edge] = self.edge_pseudonormal.reshape(-1, 3).take(edge, axis=0)
+        on_vertex = np.flatnonzero(feat >= 4)
+        normal[on_vertex] = self.vertex_pseudonormal.take(self.faces[f[on_vertex], feat[on_vertex] - 4], axis=0)
+        outside = np.einsum("ij,ij->i", pts.take(owner, axis=0) - q, normal) > 0
         out = np.full(len(pts), -np.inf)
         np.maximum.at(out, owner, np.where(outside, -d, d))  # the union of the parts
         return out
@@ -202,13 +212,13 @@ class MeshQuery:
         """
         owner = np.concatenate(subsets)
         m = len(owner)
-        tiled = pts[owner]
+        tiled = pts.take(owner, axis=0)  # take: the same rows as fancy indexing, several times faster
         best = (np.zeros((m, 3)), np.full(m, np.inf), np.zeros(m, dtype=np.int64), np.zeros(m, dtype=np.int8))
         if m == 0 or len(self.faces) == 0:
             return best
         ends = np.cumsum([len(sub) for sub in subsets])
         blocks = [
-            (s, pts[sub], np.arange(end - len(sub), end))
+            (s, pts.take(sub, axis=0), np.arange(end - len(sub), end))
             for s, sub, end in zip(searches, subsets, ends, strict=True)
         ]
         # upper bound: the nearest vertex, or (large faces) the nearest of the faces with the nearest centroids
@@ -237,13 +247,21 @@ class MeshQuery:
                 pis.append(np.repeat(rows, lens))
                 fis.append(faces[fi])
         pi, fi = np.concatenate(pis), np.concatenate(fis)
-        p = tiled[pi]
-        keep = np.linalg.norm(p - self.centroid[fi], axis=1) - self.radius[fi] <= upper[pi]
-        pi, fi, p = pi[keep], fi[keep], p[keep]
+        p = tiled.take(pi, axis=0)
+        # the bounds compare squares (no square roots): they differ from ``|x| - r <= upper`` only
+        # in the last bit, and a pair that close to the bound is farther than ``upper - 1e-12``,
+        # never the nearest, so the nearest pairs reaching ``_take`` (and their order) are the same
+        gap = p - self.centroid.take(fi, axis=0)
+        reach = upper[pi] + self.radius[fi]
+        keep = np.flatnonzero(np.einsum("ij,ij->i", gap, gap) <= reach * reach)
+        pi, fi, p = pi[keep], fi[keep], p.take(keep, axis=0)
         # a face lies within its height of its longest edge: a tighter bound for slivers
-        start, edge = self._long_start[fi], self._long_edge[fi]
-        t = np.clip(np.einsum("ij,ij->i", p - start, edge) * self._long_inv[fi], 0.0, 1.0)
-        keep = np.linalg.norm(p - start - edge * t[:, None], axis=1) - self._height[fi] <= upper[pi]
+        start, edge = self._long_start.take(fi, axis=0), self._long_edge.take(fi, axis=0)
+        gap = p - start
+        t = np.clip(np.einsum("ij,ij->i", gap, edge) * self._long_inv[fi], 0.0, 1.0)
+        gap -= edge * t[:, None]
+        reach = upper[pi] + self._height[fi]
+        keep = np.einsum("ij,ij->i", gap, gap) <= reach * reach
         self._take(tiled, pi[keep], fi[keep], best)
         return best
 
@@ -252,16 +270,16 @@ class MeshQuery:
         best_q, best_d, best_f, best_feat = best
         for s in range(0, len(pi), _PAIR_CHUNK):
             p_i, f_i = pi[s : s + _PAIR_CHUNK], fi[s : s + _PAIR_CHUNK]
-            p = pts[p_i]
-            dots = self._dots[f_i]
-            q, feat = _closest_on_edges(p, self._a[f_i], self._ab[f_i], self._ac[f_i], *dots.T)
+            p = pts.take(p_i, axis=0)
+            a, ab, ac = (x.take(f_i, axis=0) for x in (self._a, self._ab, self._ac))
+            q, feat = _closest_on_edges(p, a, ab, ac, *(x[f_i] for x in self._dots))
             d = np.linalg.norm(q - p, axis=1)
             low = np.full(len(pts), np.inf)
             np.minimum.at(low, p_i, d)
             sel = np.flatnonzero((d == low[p_i]) & (d < best_d[p_i]))
             # a point with tied candidates: the last of them wins (all are equally near)
             best_d[p_i[sel]] = d[sel]
-            best_q[p_i[sel]] = q[sel]
+            best_q[p_i[sel]] = q.take(sel, axis=0)
             best_f[p_i[sel]] = f_i[sel]
             best_feat[p_i[sel]] = feat[sel]
 

@@ -119,7 +119,8 @@ class SDFGrid:
         faces = face[idx]
         dist = _band_distance(pts, corner, edges, faces)
         normals = np.asarray(mesh.face_normals, dtype=np.float64)
-        side = np.einsum("mkj,mkj->mk", pts[:, None] - samples[idx], normals[faces]).mean(axis=1)
+        near_samples, near_normals = samples.take(idx, axis=0), normals.take(faces, axis=0)  # (m, K, 3)
+        side = np.einsum("mkj,mkj->mk", pts[:, None] - near_samples, near_normals).mean(axis=1)
         inside_band = side < 0
 
         band3 = in_band.reshape(shape)
@@ -295,14 +296,16 @@ def _within(mask: np.ndarray, radius: float) -> np.ndarray:
     along each axis (a True cell within the radius has every coordinate offset within that; the
     others leave a larger value), instead of a full feature transform."""
     reach = int(np.floor(radius))
-    d2 = np.where(mask, np.int16(0), np.int16(3 * (reach + 1) ** 2))  # the cap: beyond reach on an axis
+    cap = 3 * (reach + 1) ** 2  # stands for "beyond reach on some axis"; values stay <= cap
+    kind = np.int16 if cap + reach**2 <= np.iinfo(np.int16).max else np.int32
+    d2 = np.where(mask, kind(0), kind(cap))
     for axis in range(3):
         src, d2 = d2, d2.copy()
         for step in range(1, reach + 1):
             ahead = tuple(slice(step, None) if i == axis else slice(None) for i in range(3))
             behind = tuple(slice(None, -step) if i == axis else slice(None) for i in range(3))
-            np.minimum(d2[ahead], src[behind] + np.int16(step * step), out=d2[ahead])
-            np.minimum(d2[behind], src[ahead] + np.int16(step * step), out=d2[behind])
+            np.minimum(d2[ahead], src[behind] + kind(step * step), out=d2[ahead])
+            np.minimum(d2[behind], src[ahead] + kind(step * step), out=d2[behind])
     return np.sqrt(d2.astype(np.float64)) <= radius
 
 
@@ -354,8 +357,8 @@ def _band_distance(
     for s in range(0, len(pts), chunk):
         f, k = faces[s : s + chunk], keep[s : s + chunk]
         fi = f[k]
-        p = pts[s : s + chunk][np.nonzero(k)[0]]
-        q, _ = _closest_on_edges(p, corner[fi], ab[fi], ac[fi], abab[fi], abac[fi], acac[fi])
+        p = pts[s : s + chunk].take(np.nonzero(k)[0], axis=0)  # take: fancy indexing's rows, faster
+        q, _ = _closest_on_edges(p, *(x.take(fi, axis=0) for x in (corner, ab, ac)), abab[fi], abac[fi], acac[fi])
         d = np.full(f.shape, np.inf)
         d[k] = np.linalg.norm(q - p, axis=1)
         out[s : s + chunk] = d.min(axis=1)
@@ -384,7 +387,9 @@ def _sample(
     flip = u + v > 1.0
     u[flip], v[flip] = 1.0 - u[flip], 1.0 - v[flip]
     u[n:], v[n:] = 1 / 3, 1 / 3
-    points = corner[face] + u[:, None] * edges[0][face] + v[:, None] * edges[1][face]
+    points = (
+        corner.take(face, axis=0) + u[:, None] * edges[0].take(face, axis=0) + v[:, None] * edges[1].take(face, axis=0)
+    )
     return points, face
 
 
