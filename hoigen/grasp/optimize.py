@@ -455,8 +455,10 @@ class GraspProblem:
         joints = placed[..., 4]  # (3, B, 16) placed joints, level order
         # -- the grid lookup of the hand points and the normals' central-difference probes ------------
         contacts = pts[:, :, :nk]  # (3, B, K)
-        probes = (contacts[:, :, None] + k.step).reshape(3, b, -1)  # (3, B, 6 K)
-        rows = np.concatenate([pts, probes], axis=2).reshape(3, -1)
+        rows = np.empty((3, b, n_pts + 6 * nk), dt)  # the points, then the probes (3, B, 6, K)
+        rows[:, :, :n_pts] = pts
+        np.add(contacts[:, :, None], k.step, out=rows[:, :, n_pts:].reshape(3, b, 6, nk))
+        rows = rows.reshape(3, -1)
         value, value_grad = self.lookup(rows, grad)
         value = value.reshape(b, -1)
         d_tips, d_palm, d_rest = value[:, :nt], value[:, nt], value[:, nk:n_pts]
@@ -495,7 +497,9 @@ class GraspProblem:
             under = self.support + TABLE_GAP - pts[1]  # (B, P)
             terms["penetration"] = terms["penetration"] + np.maximum(under, 0).sum(1) / 10
         weight = {name: dt.type(getattr(w, name)) for name in TERMS}
-        total = sum(weight[name] * terms[name] for name in TERMS)
+        total = weight[TERMS[0]] * terms[TERMS[0]]  # the contact term, >= +0: what sum()'s 0 + ... gives
+        for name in TERMS[1:]:
+            total += weight[name] * terms[name]
         if not grad:
             return total, terms, None
         # -- backward: the terms -> the looked-up values and the points ---------------------------------
@@ -512,7 +516,11 @@ class GraspProblem:
         d_probed[:, 3:] = -d_diff
         d_all = value_grad.reshape(3, b, -1) * d_value  # (3, B, P + 6K)
         d_pts = d_all[:, :, :n_pts]
-        d_pts[:, :, :nk] += d_all[:, :, n_pts:].reshape(3, b, 6, nk).sum(2)
+        d_probes = d_all[:, :, n_pts:].reshape(3, b, 6, nk)
+        d_sum = d_probes[:, :, 0] + d_probes[:, :, 1]  # the sum over the six probes, in order (as .sum(2))
+        for i in range(2, 6):
+            d_sum += d_probes[:, :, i]
+        d_pts[:, :, :nk] += d_sum
         d_pts[:, :, :nk] += _cross(inward, d_torque[:, :, None]) / self.radius  # through the arms
         if self.support is not None:
             d_pts[1] -= (under > 0) * (weight["penetration"] / 10)
@@ -520,8 +528,10 @@ class GraspProblem:
         touch = np.flatnonzero((reach > 0).any(1))
         d_joints = np.zeros((3, b, 16), dt)
         if len(touch):
-            coef = (reach[touch] > 0) * (-weight["self_collision"]) / dist[touch] * (sq[touch] > 1e-12)
-            d_centres = _matmul(k.incidence_t[near[touch]].T, (coef[:, None] * gap[touch]).reshape(len(touch), -1))
+            coef = (reach.take(touch, 0) > 0) * (-weight["self_collision"]) / dist.take(touch, 0)
+            coef *= sq.take(touch, 0) > 1e-12
+            pulled = coef[:, None] * gap.take(touch, 0)
+            d_centres = _matmul(k.incidence_t.take(near.take(touch), 0).T, pulled.reshape(len(touch), -1))
             d_key = _matmul(k.sphere_map_t, d_centres).reshape(21, 3, b)
             d_joints += d_key[:16].transpose(1, 2, 0)
             d_pts[:, :, :nt] += d_key[16:].transpose(1, 2, 0)
