@@ -234,7 +234,7 @@ class SDFGrid:
         value = fx * dx
         value += vy[0]
         off = np.subtract(u, uc, out=u)  # nonzero on an axis where the point is outside the grid
-        outside = off.any()
+        outside = (off != 0).any()  # as off.any(), cheaper
         if outside:
             o2 = off * off
             dist = o2[0] + o2[1]
