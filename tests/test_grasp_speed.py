@@ -343,6 +343,43 @@ def test_gradient_of_every_term_equals_finite_differences(problems, case) -> Non
         problem.lookup = lookup
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_skipped_sphere_pairs_do_not_touch_and_skipping_them_changes_no_bit(problems, case) -> None:
+    """The bone-level bound only skips pairs that are 2 r apart, and the energy, its terms and its gradient
+    are bit for bit those over all 810 pairs."""
+    from hoigen.grasp.optimize import SPHERE_R, TERMS, EnergyWeights, GraspProblem
+
+    problem = problems[case]
+    rng = np.random.default_rng(12)
+    b = 24
+    rot6, transl, angles = _inputs(b, 12)
+    angles = (angles - 0.3 + rng.normal(0, 0.3, angles.shape)).astype(np.float32)  # fingers crossing
+    seen = []
+    near_pairs = problem._near_pairs
+
+    def spy(centres, b):
+        seen.append((centres.copy(), near_pairs(centres, b)))
+        return seen[-1][1]
+
+    problem._near_pairs = spy
+    try:
+        total, terms, grads = problem.energy_and_grad(rot6, transl, angles, EnergyWeights())
+        problem._near_pairs = lambda centres, b: np.arange(problem.pairs.shape[1])
+        all_total, all_terms, all_grads = problem.energy_and_grad(rot6, transl, angles, EnergyWeights())
+    finally:
+        del problem._near_pairs
+    assert isinstance(problem._near_pairs.__self__, GraspProblem)
+    centres, near = seen[0]
+    c = centres.reshape(-1, 3, b)
+    gap = np.linalg.norm(c[problem.pairs[0]] - c[problem.pairs[1]], axis=1)  # (pairs, B)
+    touching = np.flatnonzero((gap < 2 * SPHERE_R + 5e-5).any(1))
+    assert 0 < len(touching) and np.isin(touching, near).all()  # none skipped that (nearly) touches
+    assert len(near) < 0.8 * problem.pairs.shape[1]  # and some are skipped
+    assert total.tobytes() == all_total.tobytes()
+    assert all(terms[name].tobytes() == all_terms[name].tobytes() for name in TERMS)
+    assert all(g.tobytes() == h.tobytes() for g, h in zip(grads, all_grads, strict=True))
+
+
 def test_numpy_rodrigues_and_rotation_equal_the_torch_ones() -> None:
     from hoigen.grasp.optimize import _rodrigues_forward, rotation_from_6d
     from hoigen.grasp.skin import rodrigues

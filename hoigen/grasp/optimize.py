@@ -37,7 +37,9 @@ the forward pass keeps its intermediates and the backward pass applies the chain
 6-D rotation's Gram-Schmidt, the joint space's linear map, Rodrigues' formula, the kinematic chain
 (one tree level at a time), linear blend skinning (one matrix product, or MANO's pose blend shapes),
 the SDF's trilinear lookup (:meth:`hoigen.objects.sdf.SDFGrid.lookup_np`: values and their
-closed-form gradient, also at the normals' probes) and every term.
+closed-form gradient, also at the normals' probes) and every term. Sphere pairs whose bones are more
+than ``2 r`` apart in every candidate (a triangle-inequality bound from each bone's middle sphere) are
+skipped: their terms and gradients are exact zeros, so the result is bit for bit that over all pairs.
 A step at 48 candidates is a few hundred small array operations, so their count sets its cost
 (torch's autograd spent ~6 us an operation on dispatch and graph bookkeeping). Small 3x3 products
 run component-major, ``(3, 3, ...)`` arrays multiplied and summed over whole rows; the few large
@@ -65,6 +67,7 @@ DEPTH = 0.001
 PEN_SLACK = 0.0002  # palm vertices may sink this far before the penetration term acts (fingers: DEPTH)
 SPHERE_R = 0.0075
 SPHERE_T = (0.25, 0.6, 0.95)  # where along each bone a self-collision sphere sits
+SPHERE_MARGIN = 1e-4  # slack of the bone-level bound that skips far sphere pairs (float32 error ~1e-8 m)
 VERTEX_STRIDE = 3
 TABLE_GAP = 0.002  # with a support plane, hand points are kept this far above it (the vertices between them too)
 TERMS = ("contact", "palm", "penetration", "limit", "prior", "self_collision", "force_closure")
@@ -235,10 +238,16 @@ def rotation_from_6d(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rot.transpose(2, 0, 1))
 
 
+@functools.lru_cache(maxsize=4)
+def _rodrigues_constants(dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_CROSS_MAP``, ``_EYE9`` and ``_CROSS_MAP.T`` in ``dtype`` (made once per dtype)."""
+    return _CROSS_MAP.astype(dtype), _EYE9.astype(dtype), _CROSS_MAP.T.astype(dtype)
+
+
 def _rodrigues_forward(v: np.ndarray) -> tuple[np.ndarray, tuple]:
     """(3, N) axis-angles -> (3, 3, N) rotations ``cos I + sin [r]x + (1 - cos) r r^T`` with the 1e-8
     guard of ``smplx.lbs.batch_rodrigues`` (as :func:`hoigen.grasp.skin.rodrigues`)."""
-    cross_map, eye = _CROSS_MAP.astype(v.dtype), _EYE9.astype(v.dtype)
+    cross_map, eye, _ = _rodrigues_constants(v.dtype)
     vp = v + 1e-8
     angle = np.sqrt(_dot(vp, vp))
     r = v / angle
@@ -252,7 +261,7 @@ def _rodrigues_backward(grad: np.ndarray, cache: tuple) -> np.ndarray:
     """(3, 3, N) gradient of the rotations -> (3, N) gradient of the axis-angles."""
     v, vp, angle, r, cos, sin = cache
     flat = grad.reshape(9, -1)
-    skew = _CROSS_MAP.T.astype(v.dtype) @ flat  # the gradient through [r]x
+    skew = _rodrigues_constants(v.dtype)[2] @ flat  # the gradient through [r]x
     sym = _mv(grad, r) + _mv(grad.transpose(1, 0, 2), r)  # (D + D^T) r
     d_cos = flat[0] + flat[4] + flat[8] - 0.5 * _dot(r, sym)
     dr = sin * skew + (1 - cos) * sym
@@ -336,6 +345,12 @@ class GraspProblem:
         other = self.sphere_owner[first] != self.sphere_owner[second]
         self.pairs = np.stack([first[other], second[other]])  # (2, pairs): spheres on different fingers, once
         self.pair_incidence = np.zeros((n, self.pairs.shape[1]))  # (S, pairs): +1 first sphere, -1 second
+        # a pair's two bones (spheres 3 i .. 3 i + 2 sit on bone i): a bone pair whose spheres are all
+        # 2 r + SPHERE_MARGIN apart in every candidate has no pair in contact (see _self_collision)
+        bone_a, bone_b = self.pairs // len(SPHERE_T)
+        self.bone_pairs, self.pair_bone_pair = np.unique(np.stack([bone_a, bone_b]), axis=1, return_inverse=True)
+        ts = np.asarray(SPHERE_T)
+        self._sphere_spread = float(np.abs(ts - ts[len(ts) // 2]).max() / (ts[-1] - ts[0]))
         self.pair_incidence[self.pairs[0], np.arange(self.pairs.shape[1])] = 1.0
         self.pair_incidence[self.pairs[1], np.arange(self.pairs.shape[1])] = -1.0
         # the sphere map with the 16 joints in the skin's level order (the order the chain computes them in)
@@ -350,6 +365,25 @@ class GraspProblem:
         # the SDF lookup: (3, n) rows -> values (n,) and gradients (3, n) or None, in the rows' dtype: the
         # grid's float32 lookup (the tests put a float64 one here to compare with finite differences)
         self.lookup = sdf.lookup_np
+
+    def _near_pairs(self, centres: np.ndarray, b: int) -> np.ndarray:
+        """Indices (ascending) of the sphere pairs that may touch in some candidate, from (S, 3 B) sphere
+        centres: a bone pair is skipped when, in every candidate, the distance of its middle spheres
+        minus each bone's farthest sphere from its middle one is at least ``2 SPHERE_R + SPHERE_MARGIN``
+        (a lower bound of every distance between their spheres: the triangle inequality)."""
+        c = centres.reshape(-1, len(SPHERE_T), 3, b)  # (bones, spheres on a bone, 3, B)
+        mid = len(SPHERE_T) // 2
+        span = c[:, 0] - c[:, -1]
+        spread = np.sqrt(_einsum("ncb,ncb->nb", span, span))
+        spread *= self._sphere_spread  # (bones, B): the farthest sphere's distance from the middle one
+        first, second = self.bone_pairs
+        gap = c[:, mid].take(first, 0)
+        gap -= c[:, mid].take(second, 0)
+        lower = np.sqrt(_einsum("pcb,pcb->pb", gap, gap))
+        lower -= spread.take(first, 0)
+        lower -= spread.take(second, 0)
+        near = (lower < 2 * SPHERE_R + SPHERE_MARGIN).any(1)
+        return np.flatnonzero(near.take(self.pair_bone_pair))
 
     def constants(self, dtype) -> _Constants:
         """The constant arrays in ``dtype`` (made once per dtype)."""
@@ -423,8 +457,10 @@ class GraspProblem:
         joints = placed[..., 4]  # (3, B, 16) placed joints, level order
         # -- the grid lookup of the hand points and the normals' central-difference probes ------------
         contacts = pts[:, :, :nk]  # (3, B, K)
-        probes = (contacts[:, :, None] + k.step).reshape(3, b, -1)  # (3, B, 6 K)
-        rows = np.concatenate([pts, probes], axis=2).reshape(3, -1)
+        rows = np.empty((3, b, n_pts + 6 * nk), dt)  # the points, then the probes (3, B, 6, K)
+        rows[:, :, :n_pts] = pts
+        np.add(contacts[:, :, None], k.step, out=rows[:, :, n_pts:].reshape(3, b, 6, nk))
+        rows = rows.reshape(3, -1)
         value, value_grad = self.lookup(rows, grad)
         value = value.reshape(b, -1)
         d_tips, d_palm, d_rest = value[:, :nt], value[:, nt], value[:, nk:n_pts]
@@ -442,14 +478,18 @@ class GraspProblem:
         off_prior = angles - k.prior
         key = np.concatenate([joints.transpose(2, 0, 1), pts[:, :, :nt].transpose(2, 0, 1)]).reshape(21, -1)
         centres = _matmul(k.sphere_map, key)  # (S, 3 B) sphere centres
-        gap = (centres.take(self.pairs[0], 0) - centres.take(self.pairs[1], 0)).reshape(-1, 3, b)  # (pairs, 3, B)
+        near = self._near_pairs(centres, b)  # the pairs that may touch, ascending (their terms: exact zeros)
+        gap = centres.take(self.pairs[0].take(near), 0)
+        gap -= centres.take(self.pairs[1].take(near), 0)
+        gap = gap.reshape(-1, 3, b)  # (near pairs, 3, B)
         sq = _einsum("pcb,pcb->pb", gap, gap)
         dist = np.sqrt(np.maximum(sq, 1e-12))
         reach = 2 * SPHERE_R - dist
+        tip_off, palm_off, pen_off = d_tips - DEPTH, d_palm - DEPTH, d_rest - k.slack
         terms = {
-            "contact": np.abs(d_tips - DEPTH).sum(1),
-            "palm": np.abs(d_palm - DEPTH),
-            "penetration": np.maximum(d_rest - k.slack, 0).sum(1) / 10,
+            "contact": np.abs(tip_off).sum(1),
+            "palm": np.abs(palm_off),
+            "penetration": np.maximum(pen_off, 0).sum(1) / 10,
             "limit": (excess * excess).sum((1, 2)),
             "prior": (off_prior * off_prior).sum((1, 2)),
             "self_collision": np.maximum(reach, 0).sum(0),
@@ -459,14 +499,16 @@ class GraspProblem:
             under = self.support + TABLE_GAP - pts[1]  # (B, P)
             terms["penetration"] = terms["penetration"] + np.maximum(under, 0).sum(1) / 10
         weight = {name: dt.type(getattr(w, name)) for name in TERMS}
-        total = sum(weight[name] * terms[name] for name in TERMS)
+        total = weight[TERMS[0]] * terms[TERMS[0]]  # the contact term, >= +0: what sum()'s 0 + ... gives
+        for name in TERMS[1:]:
+            total += weight[name] * terms[name]
         if not grad:
             return total, terms, None
         # -- backward: the terms -> the looked-up values and the points ---------------------------------
         d_value = np.empty_like(value)
-        d_value[:, :nt] = weight["contact"] * np.sign(d_tips - DEPTH)
-        d_value[:, nt] = weight["palm"] * np.sign(d_palm - DEPTH)
-        d_value[:, nk:n_pts] = (d_rest > k.slack) * (weight["penetration"] / 10)
+        d_value[:, :nt] = weight["contact"] * np.sign(tip_off)
+        d_value[:, nt] = weight["palm"] * np.sign(palm_off)
+        d_value[:, nk:n_pts] = (pen_off > 0) * (weight["penetration"] / 10)  # d > slack exactly when d - slack > 0
         d_force = (2 * weight["force_closure"]) * force
         d_torque = (2 * weight["force_closure"]) * torque
         d_inward = d_force[:, :, None] + _cross(d_torque[:, :, None], arm)
@@ -476,7 +518,11 @@ class GraspProblem:
         d_probed[:, 3:] = -d_diff
         d_all = value_grad.reshape(3, b, -1) * d_value  # (3, B, P + 6K)
         d_pts = d_all[:, :, :n_pts]
-        d_pts[:, :, :nk] += d_all[:, :, n_pts:].reshape(3, b, 6, nk).sum(2)
+        d_probes = d_all[:, :, n_pts:].reshape(3, b, 6, nk)
+        d_sum = d_probes[:, :, 0] + d_probes[:, :, 1]  # the sum over the six probes, in order (as .sum(2))
+        for i in range(2, 6):
+            d_sum += d_probes[:, :, i]
+        d_pts[:, :, :nk] += d_sum
         d_pts[:, :, :nk] += _cross(inward, d_torque[:, :, None]) / self.radius  # through the arms
         if self.support is not None:
             d_pts[1] -= (under > 0) * (weight["penetration"] / 10)
@@ -484,8 +530,10 @@ class GraspProblem:
         touch = np.flatnonzero((reach > 0).any(1))
         d_joints = np.zeros((3, b, 16), dt)
         if len(touch):
-            coef = (reach[touch] > 0) * (-weight["self_collision"]) / dist[touch] * (sq[touch] > 1e-12)
-            d_centres = _matmul(k.incidence_t[touch].T, (coef[:, None] * gap[touch]).reshape(len(touch), -1))
+            coef = (reach.take(touch, 0) > 0) * (-weight["self_collision"]) / dist.take(touch, 0)
+            coef *= sq.take(touch, 0) > 1e-12
+            pulled = coef[:, None] * gap.take(touch, 0)
+            d_centres = _matmul(k.incidence_t.take(near.take(touch), 0).T, pulled.reshape(len(touch), -1))
             d_key = _matmul(k.sphere_map_t, d_centres).reshape(21, 3, b)
             d_joints += d_key[:16].transpose(1, 2, 0)
             d_pts[:, :, :nt] += d_key[16:].transpose(1, 2, 0)

@@ -55,6 +55,12 @@ _CACHE: OrderedDict[tuple[str, int], SDFGrid] = OrderedDict()
 _CACHE_SIZE = 16
 
 
+try:  # the clip ufunc itself (np.clip adds ~3 us of Python-level argument handling a call)
+    from numpy._core.umath import clip as _clip
+except ImportError:  # pragma: no cover - other numpy versions
+    _clip = np.clip
+
+
 class SDFGrid:
     """Signed distance sampled on a grid: ``values`` (nx, ny, nz) at ``origin + spacing * (i, j, k)``."""
 
@@ -200,43 +206,62 @@ class SDFGrid:
         exact zeros then)."""
         rows = np.ascontiguousarray(rows, dtype=np.float32).reshape(3, -1)
         n = rows.shape[1]
-        u = (rows - self._origin32) / self._spacing32
-        uc = np.clip(u, np.float32(0.0), self._upper32)
-        cell = np.clip(np.floor(uc), np.float32(0.0), self._last_cell32)  # uc >= 0: floor is truncation
-        f = uc - cell
+        u = np.subtract(rows, self._origin32)
+        u /= self._spacing32
+        uc = _clip(u, np.float32(0.0), self._upper32)  # the ufunc under np.clip, without its Python wrapper
+        cell = np.floor(uc)
+        _clip(cell, np.float32(0.0), self._last_cell32, out=cell)  # uc >= 0: floor is truncation
+        f = np.subtract(uc, cell)
         fx, fy, fz = f[0], f[1], f[2]
         ny_nz, nz = self._strides
         if self._float_index:  # exact integers in float32
-            base = (cell[0] * np.float32(ny_nz) + cell[1] * np.float32(nz) + cell[2]).astype(np.int32)
+            base = cell[0] * np.float32(ny_nz)
+            base += cell[1] * np.float32(nz)
+            base += cell[2]
+            base = base.astype(np.int32)
         else:
             c = cell.astype(np.int64)
             base = c[0] * ny_nz + c[1] * nz + c[2]
         # (8, n) view, rows (dx, dy, dz) = 000, 001, ..., 111 ("clip": base is in range, skip the checks)
         v = self._corner_table().take(base, axis=0, mode="clip").T
         dz = np.subtract(v[1::2], v[0::2], out=np.empty((4, n), dtype=np.float32))  # rows (dx, dy) = 00, ..., 11
-        vz = np.add(v[0::2], fz * dz, out=np.empty((4, n), dtype=np.float32))
+        vz = np.multiply(fz, dz, out=np.empty((4, n), dtype=np.float32))
+        vz += v[0::2]
         dy = vz[1::2] - vz[0::2]  # (2, n), rows dx = 0, 1
-        vy = vz[0::2] + fy * dy
+        vy = fy * dy
+        vy += vz[0::2]
         grad = np.empty((3, n), dtype=np.float32)  # rows d/dx, d/dy, d/dz of the interpolation, then the gradient
         dx = np.subtract(vy[1], vy[0], out=grad[0])
-        value = vy[0] + fx * dx
-        off = u - uc  # nonzero on an axis where the point is outside the grid
-        outside = off.any()
+        value = fx * dx
+        value += vy[0]
+        off = np.subtract(u, uc, out=u)  # nonzero on an axis where the point is outside the grid
+        outside = (off != 0).any()  # as off.any(), cheaper
         if outside:
             o2 = off * off
-            dist = o2[0] + o2[1] + o2[2]
+            dist = o2[0] + o2[1]
+            dist += o2[2]
             zero = dist == 0  # torch's sqrt (see above) is slow at 0: take it at 1 there, then zero it
-            dist = torch.from_numpy(dist + zero).sqrt().numpy() * ~zero
+            dist += zero
+            dist = torch.from_numpy(dist).sqrt().numpy()
+            dist *= ~zero
             value -= dist * self._spacing32
         if not with_grad:
             return value, None
-        np.add(dy[0], fx * (dy[1] - dy[0]), out=grad[1])
-        dzy = dz[0::2] + fy * (dz[1::2] - dz[0::2])  # (2, n), rows dx = 0, 1
-        np.add(dzy[0], fx * (dzy[1] - dzy[0]), out=grad[2])
+        diff = dy[1] - dy[0]
+        diff *= fx
+        np.add(dy[0], diff, out=grad[1])
+        dzy = dz[1::2] - dz[0::2]
+        dzy *= fy
+        dzy += dz[0::2]  # (2, n), rows dx = 0, 1
+        diff = np.subtract(dzy[1], dzy[0], out=diff)
+        diff *= fx
+        np.add(dzy[0], diff, out=grad[2])
         if outside:  # clamped axes: no interpolation gradient (a 0/1 mask), the distance's instead
-            grad *= (off == 0).astype(np.float32)
+            np.multiply(grad, off == 0, out=grad)
             grad /= self._spacing32
-            grad -= off / np.maximum(dist, np.float32(1e-12))
+            np.maximum(dist, np.float32(1e-12), out=dist)
+            off /= dist
+            grad -= off
         else:
             grad /= self._spacing32
         return value, grad
