@@ -109,13 +109,17 @@ class GraspEvaluator:
         self._positive_box = _positive_box(self.sdf)
 
     def exact_signed(self, vertices: np.ndarray) -> np.ndarray:
-        """Signed distance of hand vertices (V,): exact near the surface, the grid estimate elsewhere."""
-        approx = self.sdf.query_np(vertices)
+        """Signed distance (...) of hand vertices (..., 3): exact near the surface, the grid estimate
+        elsewhere. Each point's value is its own (both queries treat points independently), so several
+        hands can be measured in one call, which saves the per-call overhead of the exact search."""
+        pts = np.asarray(vertices, dtype=np.float64)
+        flat = pts.reshape(-1, 3)
+        approx = self.sdf.query_np(flat)
         near = approx > -PREFILTER_M
         out = approx.copy()
         if near.any():
-            out[near] = self.query.signed_distance(vertices[near])
-        return out
+            out[near] = self.query.signed_distance(flat[near])
+        return out.reshape(pts.shape[:-1])
 
     def penetration_volume_cm3(self, hand_pose: np.ndarray, rotation: np.ndarray, translation: np.ndarray) -> float:
         """Voxelised hand-object intersection volume (cm^3) of a hand pose placed by ``R, T``."""
@@ -158,6 +162,7 @@ class GraspEvaluator:
         simulate: bool = True,
         grasp_filter: GraspFilter | None = None,
         volume: bool = True,
+        signed: np.ndarray | None = None,
     ) -> dict[str, float | int | bool]:
         """Per-grasp metrics of the posed hand ``vertices`` (V, 3) in the mesh frame.
 
@@ -166,10 +171,11 @@ class GraspEvaluator:
         either way; and the pybullet test stops once the object has moved past the filter's
         ``max_sim_displacement`` (a rejected grasp's ``sim_displacement_cm`` is then a lower bound).
         ``volume=False`` leaves the volume NaN for the caller to fill in later
-        (:meth:`penetration_volumes_cm3`, batched)."""
+        (:meth:`penetration_volumes_cm3`, batched). ``signed``: the vertices' :meth:`exact_signed`, when
+        the caller has measured them already (several hands at once)."""
         from hoigen.grasp.simulate import simulation_displacement_cm
 
-        sd = self.exact_signed(vertices)
+        sd = self.exact_signed(vertices) if signed is None else signed
         touching = sd > -CONTACT_M
         per_finger = [bool(touching[self.fingers == k].any()) for k in range(5)]
         count = int(sum(per_finger))

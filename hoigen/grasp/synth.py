@@ -47,6 +47,7 @@ START_CURL = 0.35  # initial finger angles: this share of the way from open to f
 FINGERS_TOWARD = {"laptop": (0.0, -1.0, 0.0)}
 # with a support plane: surface points lower than this above it are rarely picked (the hand's half width)
 SUPPORT_REACH = 0.04
+SIGNED_BLOCK = 8  # candidates whose exact signed distances are measured in one call (its overhead is per call)
 SUPPORT_TOL = 1e-6  # metres: an accepted grasp's lowest vertex is at least this far above the plane (float32 skinning)
 
 
@@ -231,19 +232,29 @@ def _synthesize(
         betas = np.zeros(10)
         with torch.no_grad():  # all candidates' vertices at once (canonical frame, betas 0)
             local = vertex_skin(hand)(torch.as_tensor(result.hand_pose, dtype=torch.float32))[0].numpy()
-        for i in order:
+        # each candidate's vertices in the mesh frame, one product per candidate (a batched product may sum
+        # in another order), and their height above the table
+        rt = zip(result.rotation, result.translation, strict=True)
+        placed = np.stack([v.astype(np.float64) @ r.T + t for v, (r, t) in zip(local, rt, strict=True)])
+        lowest = None if support is None else placed[:, :, 1].min(axis=1) - support
+        signed: dict[int, np.ndarray] = {}  # exact signed distances measured ahead (SIGNED_BLOCK at a time)
+        for pos, i in enumerate(order):
             if len(accepted) >= count:
                 break
             pose = HandPose(result.rotation[i], result.translation[i], result.hand_pose[i], betas)
-            verts = local[i].astype(np.float64) @ pose.rotation.T + pose.translation
-            low = None if support is None else float(verts[:, 1].min() - support)
+            verts = placed[i]
+            low = None if lowest is None else float(lowest[i])
             if low is not None and low < SUPPORT_TOL:  # through the table: rejected, nothing else measured
                 report.evaluated += 1
                 report.reasons.update(["table"])
                 continue
+            if i not in signed:  # this candidate and the next few in energy order, in one exact query
+                ahead = [j for j in order[pos : pos + SIGNED_BLOCK] if lowest is None or lowest[j] >= SUPPORT_TOL]
+                signed.update(zip(ahead, ev.exact_signed(placed[ahead]), strict=True))
             metrics = ev.evaluate(
-                verts, pose.hand_pose, pose.rotation, pose.translation, grasp_filter=grasp_filter, volume=False
-            )
+                verts, pose.hand_pose, pose.rotation, pose.translation, grasp_filter=grasp_filter, volume=False,
+                signed=signed.pop(i),
+            )  # fmt: skip
             if low is not None:
                 metrics["table_clearance_cm"] = round(low * 100.0, 4)
             ok = grasp_filter.accepts(metrics)
