@@ -148,20 +148,6 @@ def test_synthesis_is_deterministic_within_a_process() -> None:
         assert a.metrics == b.metrics
 
 
-def test_axis_major_query_equals_the_point_major_one(grid) -> None:
-    pts = _points(grid, n=500, seed=3).view(5, 100, 3)  # a third or so beyond the grid
-    p1 = pts.clone().requires_grad_(True)
-    p2 = pts.permute(2, 0, 1).contiguous().requires_grad_(True)
-    v1, v2 = grid.query(p1), grid.query_axis_major(p2)
-    assert v1.shape == v2.shape == (5, 100)
-    assert torch.equal(v1, v2)
-    up = torch.rand(5, 100)
-    (g1,) = torch.autograd.grad(v1, p1, up)
-    (g2,) = torch.autograd.grad(v2, p2, up)
-    assert torch.equal(g1, g2.permute(1, 2, 0))
-    assert g1.abs().max() > 0.5
-
-
 def _rotation_from_6d_torch(x: torch.Tensor) -> torch.Tensor:
     a, b = x.split(3, dim=1)
     e1 = a / a.norm(dim=1, keepdim=True).clamp(min=1e-8)

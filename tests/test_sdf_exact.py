@@ -137,9 +137,7 @@ def test_torch_queries_wrap_the_numpy_lookup(grids) -> None:
     (g,) = torch.autograd.grad(value, pts, up)
     assert np.array_equal(_bits(value.detach()), _bits(v_ref))
     assert np.array_equal(_bits(g), _bits((g_ref * up).T.contiguous()))
-    # axis-major and numpy conveniences
-    ax = torch.from_numpy(rows).reshape(3, 10, -1).requires_grad_(True)
-    assert np.array_equal(_bits(grid.query_axis_major(ax).detach().reshape(-1)), _bits(v_ref))
+    # the numpy convenience
     assert np.array_equal(grid.query_np(rows.T), v_ref.numpy().astype(np.float64))
     assert grid.query_np(np.zeros((0, 3))).shape == (0,)
 

@@ -28,8 +28,8 @@ Outside the grid a query returns the value at the nearest grid point minus the d
 grid, so the value keeps falling (and the gradient keeps pointing back) away from the object.
 Queries work on axis-major rows, (3, n) coordinates, with the gradient in closed form: one numpy
 implementation (``SDFGrid.lookup_np``; a cell's eight corners are one 32-byte row of a (cells, 8)
-table) that the torch queries wrap without copies; ``query_axis_major`` takes (3, ...) points as
-they are, ``query`` (..., 3) points through one strided copy.
+table) that the torch query wraps (``query`` takes (..., 3) points through one strided copy; the
+grasp optimiser calls ``lookup_np`` itself).
 Grids are cached per (mesh sha256, resolution) in the process.
 """
 
@@ -155,14 +155,7 @@ class SDFGrid:
 
         The eight corners of each point's cell are gathered at once and the gradient comes in closed
         form (:class:`_Trilinear`), about 4x cheaper forward and backward than ``grid_sample``."""
-        return _Trilinear.apply(points.to(torch.float32), self, False)
-
-    def query_axis_major(self, points: torch.Tensor) -> torch.Tensor:
-        """:meth:`query` of points given axis-major, (3, ...) (``x``, ``y``, ``z`` rows): values (...).
-
-        The same values and gradients; the layout the lookup works in, so neither the points nor
-        their gradient are transposed (the grasp optimiser skins its hand points this way)."""
-        return _Trilinear.apply(points.to(torch.float32), self, True)
+        return _Trilinear.apply(points.to(torch.float32), self)
 
     def query_grid_sample(self, points: torch.Tensor) -> torch.Tensor:
         """The same interpolation through ``torch.nn.functional.grid_sample`` (the reference for tests)."""
@@ -288,23 +281,19 @@ class _Trilinear(torch.autograd.Function):
     """Trilinear lookup in an :class:`SDFGrid` with its closed-form gradient in the query points."""
 
     @staticmethod
-    def forward(ctx, points: torch.Tensor, grid: SDFGrid, axis_major: bool) -> torch.Tensor:
-        if axis_major:  # (3, ...)
-            rows, shape = points.reshape(3, -1), points.shape[1:]
-        else:  # (..., 3): a strided copy into rows, cheaper than .t().contiguous()
-            rows, shape = torch.stack(points.reshape(-1, 3).unbind(1)), points.shape[:-1]
+    def forward(ctx, points: torch.Tensor, grid: SDFGrid) -> torch.Tensor:
+        # (..., 3) -> (3, n) rows: a strided copy, cheaper than .t().contiguous()
+        rows = torch.stack(points.reshape(-1, 3).unbind(1))
         value, grad = grid._interpolate(rows, with_grad=ctx.needs_input_grad[0])
         ctx.save_for_backward(grad if grad is not None else rows.new_zeros(0))  # (3, n)
-        ctx.shape, ctx.axis_major = points.shape, axis_major
-        return value.reshape(shape)
+        ctx.shape = points.shape
+        return value.reshape(points.shape[:-1])
 
     @staticmethod
     def backward(ctx, upstream: torch.Tensor):
         (grad,) = ctx.saved_tensors
-        out = grad * upstream.reshape(1, -1)
-        if not ctx.axis_major:
-            out = torch.stack(out.unbind(0), dim=1)
-        return out.reshape(ctx.shape), None, None
+        out = torch.stack((grad * upstream.reshape(1, -1)).unbind(0), dim=1)
+        return out.reshape(ctx.shape), None
 
 
 def _box(lo: np.ndarray, hi: np.ndarray, margin: int, shape) -> tuple[slice, ...]:
