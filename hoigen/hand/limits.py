@@ -84,18 +84,6 @@ def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch")
 
 
-def torch_constant(owner, name: str, like):
-    """``owner.<name>`` (a numpy array) as a tensor of ``like``'s dtype and device, converted once per
-    dtype and device and kept on ``owner`` (not converted again at every call)."""
-    import torch
-
-    cache = owner.__dict__.setdefault("_torch_constants", {})
-    key = (name, like.dtype, like.device)
-    if key not in cache:
-        cache[key] = torch.as_tensor(getattr(owner, name), dtype=like.dtype, device=like.device)
-    return cache[key]
-
-
 class JointSpace:
     """Anatomical angles <-> MANO axis-angle for one hand model (see the module docstring).
 
@@ -144,9 +132,7 @@ class JointSpace:
         if _is_torch(angles):
             import torch
 
-            axes = torch_constant(self, "axes", angles)
-            if angles.dim() == 3:  # the batched product the einsum below computes, called directly
-                return torch.bmm(angles.transpose(0, 1), axes).transpose(0, 1).reshape(angles.shape[0], 45)
+            axes = torch.as_tensor(self.axes, dtype=angles.dtype, device=angles.device)
             pose = torch.einsum("...jk,jkc->...jc", angles, axes)
             return pose.reshape(*angles.shape[:-2], 45)
         a = np.asarray(angles, dtype=np.float64)
@@ -158,7 +144,7 @@ class JointSpace:
         if _is_torch(hand_pose):
             import torch
 
-            axes = torch_constant(self, "axes", hand_pose)
+            axes = torch.as_tensor(self.axes, dtype=hand_pose.dtype, device=hand_pose.device)
             p = hand_pose.reshape(*hand_pose.shape[:-1], 15, 3)
             return torch.einsum("...jc,jkc->...jk", p, axes)
         p = np.asarray(hand_pose, dtype=np.float64)
@@ -172,7 +158,8 @@ class JointSpace:
         if _is_torch(angles):
             import torch
 
-            lo, hi = torch_constant(self, "lower", angles), torch_constant(self, "upper", angles)
+            lo = torch.as_tensor(self.lower, dtype=angles.dtype, device=angles.device)
+            hi = torch.as_tensor(self.upper, dtype=angles.dtype, device=angles.device)
             return torch.maximum(torch.minimum(angles, hi), lo)
         return np.clip(np.asarray(angles, dtype=np.float64), self.lower, self.upper)
 
@@ -183,7 +170,8 @@ class JointSpace:
         if _is_torch(angles):
             import torch
 
-            lo, hi = torch_constant(self, "lower", angles), torch_constant(self, "upper", angles)
+            lo = torch.as_tensor(self.lower, dtype=angles.dtype, device=angles.device)
+            hi = torch.as_tensor(self.upper, dtype=angles.dtype, device=angles.device)
             excess = torch.relu(lo - angles) + torch.relu(angles - hi)
             return (excess**2).sum(dim=(-2, -1))
         a = np.asarray(angles, dtype=np.float64)
