@@ -85,11 +85,6 @@ class HandSkin:
             self.level_parent.append(None if same else torch.as_tensor(sel))
             prev = level
         self._pose_order = torch.as_tensor([j - 1 for j in order[1:]])  # joints 1..15 of hand_pose, level order
-        # MANO: hand_pose rows are (finger, joint), level order is (joint, finger): a transpose
-        grid = (len(self.levels[0]), len(self.levels)) if self.levels else (0, 0)
-        transposed = torch.arange(grid[0] * grid[1]).view(grid).t().reshape(-1)
-        self._pose_grid = grid if torch.equal(transposed, self._pose_order) else None
-        self._batch_cache: dict[tuple[int, torch.dtype], tuple[list[torch.Tensor], torch.Tensor]] = {}
         bone = self.joints_rest - self.joints_rest[self.parents.clamp(min=0)]  # rest offset from the parent
         self.bone = bone[self.order]
         self.joints_rest_level = self.joints_rest[self.order]
@@ -118,34 +113,30 @@ class HandSkin:
         """The joints' transforms (B, 16, 3, 4) in level order, the joints (B, 16, 3) in MANO order and
         the local rotations (B, 15, 3, 3) in level order."""
         b = hand_pose.shape[0]
-        if self._pose_grid is not None:  # level order is a transpose of (fingers, joints): no gather
-            pose = hand_pose.reshape(b, *self._pose_grid, 3).transpose(1, 2).reshape(b, 15, 3)
-        else:
-            pose = hand_pose.reshape(b, 15, 3).index_select(1, self._pose_order)
+        pose = hand_pose.reshape(b, 15, 3).index_select(1, self._pose_order)
         rot = rodrigues(pose.reshape(-1, 3)).view(b, 15, 3, 3)  # joints 1..15 in level order
-        bones, rest = self._batched(b, rot.dtype)
         # global rotations and joint positions, one tree level at a time (the root stays at rest)
         g_rot: list[torch.Tensor] = []
         g_pos = [self.joints_rest_level[:1].expand(b, 1, 3)]
         start = 1  # where the level starts in level order (0: the root)
-        locals_ = rot.split([len(level) for level in self.levels], dim=1)
-        for level, parent, bone, local in zip(self.levels, self.level_parent, bones, locals_, strict=True):
+        for level, parent in zip(self.levels, self.level_parent, strict=True):
             n = len(level)
+            local, bone = rot[:, start - 1 : start - 1 + n], self.bone[start : start + n]
             if not g_rot:  # the first level hangs from the root, whose rotation is the identity
                 g_rot.append(local)
-                g_pos.append(g_pos[0] + self.bone[start : start + n])
+                g_pos.append(g_pos[0] + bone)
             else:
                 p_rot, p_pos = g_rot[-1], g_pos[-1]
                 if parent is not None:
                     p_rot, p_pos = p_rot.index_select(1, parent), p_pos.index_select(1, parent)
                 g_rot.append(p_rot @ local)
-                g_pos.append(p_pos + (p_rot @ bone).squeeze(-1))
+                g_pos.append(p_pos + (p_rot @ bone[..., None]).squeeze(-1))
             start += n
         eye = torch.eye(3, dtype=rot.dtype).expand(b, 1, 3, 3)
         g_rot = torch.cat([eye, *g_rot], dim=1)  # (B, 16, 3, 3), level order
         joints = torch.cat(g_pos, dim=1)  # (B, 16, 3)
         # the transform taking a rest-pose point to its posed place along joint j: x -> R_j x + t_j
-        shift = joints - (g_rot @ rest).squeeze(-1)
+        shift = joints - (g_rot @ self.joints_rest_level[..., None]).squeeze(-1)
         if rotation is not None:
             r = rotation[:, None]
             g_rot = r @ g_rot
@@ -153,20 +144,6 @@ class HandSkin:
             joints, shift = moved.unbind(-1)
         a = torch.cat([g_rot, shift[..., None]], dim=-1)  # (B, 16, 3, 4)
         return a, joints.index_select(1, self.unorder), rot
-
-    def _batched(self, b: int, dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Each level's bones (B, n, 3, 1) and the rest joints (B, 16, 3, 1), expanded and contiguous
-        once per batch size (``matmul`` would copy the broadcast operand at every call)."""
-        key = (b, dtype)
-        if key not in self._batch_cache:
-            bones, start = [], 1
-            for level in self.levels:
-                bone = self.bone[start : start + len(level)].to(dtype)[..., None]
-                bones.append(bone.expand(b, *bone.shape).contiguous())
-                start += len(level)
-            rest = self.joints_rest_level.to(dtype)[..., None]
-            self._batch_cache = {key: (bones, rest.expand(b, *rest.shape).contiguous())}  # the latest size only
-        return self._batch_cache[key]
 
     def _blend(self, a: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
         """Points (B, P, 3) with pose blend shapes from the transforms and local rotations of
