@@ -380,19 +380,10 @@ def _band_distance(
 
 
 def _sample(
-    mesh: trimesh.Trimesh,
-    n: int,
-    rng: np.random.Generator,
-    corner: np.ndarray | None = None,
-    edges: tuple[np.ndarray, np.ndarray] | None = None,
+    mesh: trimesh.Trimesh, n: int, rng: np.random.Generator, corner: np.ndarray, edges: tuple[np.ndarray, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Area-weighted surface samples (n, 3) and their face ids, from ``rng`` (stratified per face).
-
-    ``corner`` and ``edges``: the faces' first corners and edge vectors ab, ac, if already at hand."""
-    if corner is None or edges is None:
-        triangles = np.asarray(mesh.triangles, dtype=np.float64)
-        corner = triangles[:, 0]
-        edges = (triangles[:, 1] - corner, triangles[:, 2] - corner)
+    """Area-weighted surface samples (n, 3) and their face ids, from ``rng`` (stratified per face);
+    ``corner`` and ``edges`` are the faces' first corners and edge vectors ab, ac."""
     area = np.asarray(mesh.area_faces, dtype=np.float64)
     face = rng.choice(len(area), size=n, p=area / area.sum())
     # every face gets at least its three corners' worth of coverage: add each face's centroid
